@@ -1,0 +1,104 @@
+/**
+ * The `ckpt` command. A thin shell over the library: it declares the commands, lazily imports each
+ * one's code from `cli/`, and is the only place that prints and exits.
+ *
+ * ```sh
+ * deno run -A jsr:@ckpt/pipelines/cli --help
+ * deno install -g -A -n ckpt ./cli.ts
+ * ```
+ *
+ * Exit codes: 0 success, 1 a run failed (a {@linkcode CkptError} or verification failure),
+ * 2 wrong usage (unknown command or option), 130 interrupted.
+ * @module
+ */
+import { CkptError } from "./errors.ts";
+import { UsageError } from "./cli/_args.ts";
+import denoJson from "./deno.json" with { type: "json" };
+
+/** A subcommand module: `cli/<name>.ts` exports `run(args)` returning an exit code. */
+export interface CommandModule {
+  /** Runs the command with its own arguments; returns the exit code. */
+  run(args: string[]): Promise<number>;
+}
+
+/** The commands, their one-line summary and their lazy loader. */
+export const COMMANDS: Record<string, { summary: string; load: () => Promise<CommandModule> }> = {
+  run: { summary: "run a pipeline config (JSONC) end to end", load: () => import("./cli/run.ts") },
+  merge: {
+    summary: "merge a LoRA adapter into base weights (--base --adapter --out)",
+    load: () => import("./cli/merge.ts"),
+  },
+  gather: {
+    summary: "gather sharded weights (DCP, HF shards, .bin) into one model folder",
+    load: () => import("./cli/gather.ts"),
+  },
+  inspect: {
+    summary: "list the tensors and values of a checkpoint file or folder",
+    load: () => import("./cli/inspect.ts"),
+  },
+  verify: {
+    summary: "check a finished checkpoint folder against its manifest",
+    load: () => import("./cli/verify.ts"),
+  },
+  watch: {
+    summary: "export each new checkpoint of a training run (once, or on a cron schedule)",
+    load: () => import("./cli/watch.ts"),
+  },
+};
+
+/** Version of this package. */
+export const VERSION: string = denoJson.version;
+
+/** Top-level help text. */
+export function helpText(): string {
+  const width = Math.max(...Object.keys(COMMANDS).map((c) => c.length));
+  const lines = Object.entries(COMMANDS).map(([name, c]) =>
+    `  ${name.padEnd(width)}  ${c.summary}`
+  );
+  return [
+    `ckpt ${VERSION}: turn the raw output of a fine-tuning run into a finished checkpoint`,
+    "",
+    "Usage: ckpt <command> [options]   (ckpt <command> --help for a command's options)",
+    "",
+    "Commands:",
+    ...lines,
+    "",
+    "Exit codes: 0 ok, 1 failed, 2 usage error, 130 interrupted",
+  ].join("\n");
+}
+
+/** Runs the CLI with `args` and returns the exit code (never exits itself). */
+export async function main(args: string[]): Promise<number> {
+  const [name, ...rest] = args;
+  if (name === undefined || name === "--help" || name === "-h" || name === "help") {
+    console.log(helpText());
+    return name === undefined ? 2 : 0;
+  }
+  if (name === "--version" || name === "-V") {
+    console.log(`ckpt ${VERSION}`);
+    return 0;
+  }
+  const command = COMMANDS[name];
+  if (!command) {
+    console.error(`ckpt: unknown command "${name}"\n\n${helpText()}`);
+    return 2;
+  }
+  try {
+    const mod = await command.load();
+    return await mod.run(rest);
+  } catch (err) {
+    if (err instanceof CkptError) {
+      console.error(`ckpt ${name}: [${err.code}] ${err.message}`);
+      return 1;
+    }
+    if (err instanceof UsageError) {
+      console.error(`ckpt ${name}: ${err.message}\n(see ckpt ${name} --help)`);
+      return 2;
+    }
+    throw err;
+  }
+}
+
+if (import.meta.main) {
+  Deno.exit(await main(Deno.args));
+}

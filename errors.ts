@@ -1,0 +1,75 @@
+/**
+ * The one error class of ckpt. Every failure the library raises is a {@linkcode CkptError} with a
+ * stable {@linkcode CkptError.code}; tests and scripts branch on the code, never on the wording.
+ * Messages read "Cannot <action>: <what was found>" and name the file, tensor and offset they concern.
+ *
+ * @example Branching on the code
+ * ```ts
+ * import { CkptError } from "./errors.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const err = new CkptError("SAFETENSORS_HEADER", "Cannot read header: file is 7 bytes", { file: "a.safetensors" });
+ * assert.equal(err.code, "SAFETENSORS_HEADER");
+ * assert.equal(err.file, "a.safetensors");
+ * ```
+ * @module
+ */
+
+/** Where an error happened: any of file, tensor, byte offset and JSON path. */
+export interface ErrorContext {
+  /** File the error concerns. */
+  file?: string;
+  /** Tensor (state-dict key) the error concerns. */
+  tensor?: string;
+  /** Byte offset in {@linkcode ErrorContext.file}. */
+  offset?: number;
+  /** Further machine-readable details. */
+  details?: Record<string, unknown>;
+  /** Underlying cause. */
+  cause?: unknown;
+}
+
+/**
+ * The error every ckpt module throws. `code` is stable across releases (see README "Error codes");
+ * the message is for humans.
+ */
+export class CkptError extends Error {
+  /** Stable machine-readable code such as `SAFETENSORS_OFFSETS`. */
+  readonly code: string;
+  /** File the error concerns, if any. */
+  readonly file: string | undefined;
+  /** Tensor the error concerns, if any. */
+  readonly tensor: string | undefined;
+  /** Byte offset the error concerns, if any. */
+  readonly offset: number | undefined;
+  /** Extra details for scripts. */
+  readonly details: Record<string, unknown> | undefined;
+
+  /** Creates an error with a stable code and a "Cannot ...: ..." message. */
+  constructor(code: string, message: string, context: ErrorContext = {}) {
+    super(message, context.cause === undefined ? undefined : { cause: context.cause });
+    this.name = "CkptError";
+    this.code = code;
+    this.file = context.file;
+    this.tensor = context.tensor;
+    this.offset = context.offset;
+    this.details = context.details;
+  }
+
+  /** A plain object for JSON logs. */
+  toJSON(): Record<string, unknown> {
+    return {
+      code: this.code,
+      message: this.message,
+      ...(this.file === undefined ? {} : { file: this.file }),
+      ...(this.tensor === undefined ? {} : { tensor: this.tensor }),
+      ...(this.offset === undefined ? {} : { offset: this.offset }),
+      ...(this.details === undefined ? {} : { details: this.details }),
+    };
+  }
+}
+
+/** True when `err` is a {@linkcode CkptError}, optionally with the given code. */
+export function isCkptError(err: unknown, code?: string): err is CkptError {
+  return err instanceof CkptError && (code === undefined || err.code === code);
+}
