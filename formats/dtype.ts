@@ -49,7 +49,13 @@ export const DTYPES: Readonly<Record<DType, DTypeInfo>> = {
   BOOL: { name: "BOOL", size: 1, torch: "torch.bool", storage: "BoolStorage", float: false },
   U8: { name: "U8", size: 1, torch: "torch.uint8", storage: "ByteStorage", float: false },
   I8: { name: "I8", size: 1, torch: "torch.int8", storage: "CharStorage", float: false },
-  F8_E5M2: { name: "F8_E5M2", size: 1, torch: "torch.float8_e5m2", storage: undefined, float: true },
+  F8_E5M2: {
+    name: "F8_E5M2",
+    size: 1,
+    torch: "torch.float8_e5m2",
+    storage: undefined,
+    float: true,
+  },
   F8_E4M3: {
     name: "F8_E4M3",
     size: 1,

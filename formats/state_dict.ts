@@ -67,7 +67,9 @@ export function checkRowRange(
   const rows = rowCount(shape);
   const start = rowStart ?? 0;
   const end = rowEnd ?? rows;
-  if (!Number.isInteger(start) || !Number.isInteger(end) || start < 0 || end < start || end > rows) {
+  if (
+    !Number.isInteger(start) || !Number.isInteger(end) || start < 0 || end < start || end > rows
+  ) {
     throw new CkptError(
       "ROW_RANGE",
       `Cannot read rows [${start}, ${end}) of "${name}": it has ${rows} rows`,
@@ -88,7 +90,9 @@ export function tensorFromBytes(
   if (bytes.byteLength !== expected) {
     throw new CkptError(
       "TENSOR_SIZE",
-      `Cannot wrap bytes as ${dtype}[${shape.join(", ")}]: got ${bytes.byteLength} bytes, need ${expected}`,
+      `Cannot wrap bytes as ${dtype}[${
+        shape.join(", ")
+      }]: got ${bytes.byteLength} bytes, need ${expected}`,
     );
   }
   const rowBytes = rowNumel(shape) * DTYPES[dtype].size;
@@ -121,7 +125,7 @@ export class StateDict implements AsyncDisposable {
 
   /** Creates a state dict, optionally from entries. */
   constructor(entries?: Iterable<[string, TensorRef]>) {
-    if (entries) for (const [k, v] of entries) this.#tensors.set(k, v);
+    if (entries) { for (const [k, v] of entries) this.#tensors.set(k, v); }
   }
 
   /** Number of tensors. */

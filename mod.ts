@@ -1,0 +1,18 @@
+/**
+ * ckpt: turn the raw output of an LLM fine-tuning run into a finished checkpoint that PyTorch and
+ * Hugging Face load as-is. Composable stages (gatherShards, mergeLora, writeModel, writeTokenizer,
+ * writeOptim, writeMetrics, writeValueHead) chained by a declarative config, with the LoRA merge as
+ * a WGSL compute shader on WebGPU and a CPU reference.
+ *
+ * @example Errors carry stable codes
+ * ```ts
+ * import { CkptError } from "@ckpt/pipelines";
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(new CkptError("X", "Cannot do it: no").code, "X");
+ * ```
+ * @module
+ */
+export * from "./errors.ts";
+export * from "./formats/dtype.ts";
+export * from "./formats/state_dict.ts";

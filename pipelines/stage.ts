@@ -1,0 +1,69 @@
+/**
+ * The stage contract. A stage is a named async function `(ctx, options) => Promise<void>` with a
+ * typed, validated options object. The runner gives every stage the same {@linkcode StageContext}.
+ * @module
+ */
+import type { z } from "zod";
+import type { StateDict } from "../formats/state_dict.ts";
+
+/** One event a pipeline emits; the CLI renders them as a live line or as JSON lines. */
+export type PipelineEvent =
+  | { type: "pipeline-start"; output: string; stages: string[] }
+  | { type: "stage-start"; stage: string; index: number }
+  | {
+    type: "progress";
+    stage: string;
+    done: number;
+    total: number;
+    unit: "bytes" | "tensors" | "files";
+  }
+  | { type: "stage-end"; stage: string; index: number; ms: number }
+  | {
+    type: "log";
+    level: "debug" | "info" | "warn";
+    stage?: string;
+    message: string;
+    data?: Record<string, unknown>;
+  }
+  | { type: "pipeline-end"; output: string; ms: number; manifestSha256?: string }
+  | { type: "pipeline-error"; code: string; message: string; stage?: string };
+
+/** What every stage receives. */
+export interface StageContext {
+  /** Staging folder: every output file is written here and renamed into place by the runner. */
+  readonly outDir: string;
+  /** Folder relative input paths resolve against (the config file's folder). */
+  readonly baseDir: string;
+  /** Aborted on SIGINT/SIGTERM or by the caller; long loops check it. */
+  readonly signal: AbortSignal;
+  /** True for `--dry-run`: stages plan (describe files and sizes) but write nothing. */
+  readonly dryRun: boolean;
+  /** The model weights as a lazy state dict, set by gatherShards and wrapped by mergeLora. */
+  stateDict: StateDict | undefined;
+  /** The model's `config.json` object, set by gatherShards when the input has one. */
+  modelConfig: Record<string, unknown> | undefined;
+  /** Folder the model came from (for config.json, generation_config.json, tokenizer fallbacks). */
+  modelDir: string | undefined;
+  /** Adapter folder last merged or written, if any (tokenizer files are looked up there first). */
+  adapterDir: string | undefined;
+  /** Resolves a config path against {@linkcode StageContext.baseDir}. */
+  resolve(path: string): string;
+  /** Sends an event to the run's sink (progress, logs). */
+  emit(event: PipelineEvent): void;
+  /** Records an input file for the manifest. */
+  addInput(path: string, role: string): void;
+  /** Records a planned output (dry run) or a stage report entry for the manifest. */
+  report(stage: string, data: Record<string, unknown>): void;
+}
+
+/** A stage: its name, its options schema (unknown keys rejected) and its function. */
+export interface Stage<S extends z.ZodType = z.ZodType> {
+  /** Name used in configs (`"use": "gatherShards"`). */
+  readonly name: string;
+  /** One-line description for `--help` and docs. */
+  readonly summary: string;
+  /** Options schema; the `use` key is removed before parsing. */
+  readonly options: S;
+  /** Runs the stage. */
+  run(ctx: StageContext, options: z.infer<S>): Promise<void>;
+}
