@@ -1,0 +1,58 @@
+/**
+ * The contract between the LoRA semantics (which tensors, which factors, which scale) and the merge
+ * backends (WebGPU and CPU) that do the arithmetic. A backend merges row blocks:
+ *
+ *   out[i, j] = round_outDtype( f32(W[i, j]) + scale · Σ_k B[i, k] · A[k, j] )
+ *
+ * in f32 with one round-to-nearest-even into `outDtype`; with `magnitude` (DoRA, per output row)
+ * the row is then multiplied by `magnitude[i] / ‖row_i‖₂` before the single rounding.
+ * Transposed layouts (Conv1D, Embedding) are expressed by the caller by swapping and transposing
+ * the (small) factors, so backends only ever see this one layout.
+ * @module
+ */
+import type { DType } from "../formats/dtype.ts";
+
+/** Float dtypes a merge reads and writes. */
+export type MergeDType = Extract<DType, "BF16" | "F16" | "F32">;
+
+/** One block of rows to merge. */
+export interface MergeRowsRequest {
+  /** Tensor name, for errors and labels. */
+  name: string;
+  /** Base rows: `rows × cols` elements of `wDtype`, little-endian, contiguous. */
+  w: Uint8Array;
+  /** Dtype of `w`. */
+  wDtype: MergeDType;
+  /** Dtype of the result. */
+  outDtype: MergeDType;
+  /** Rows in this block. */
+  rows: number;
+  /** Columns (elements per row). */
+  cols: number;
+  /** Rank r (may be the concatenation of several adapters' ranks). */
+  rank: number;
+  /** A factor, `rank × cols`, f32 (the whole A; identical for every block of a tensor). */
+  a: Float32Array;
+  /** B rows for this block, `rows × rank`, f32 (per-adapter weight × scaling may be folded in). */
+  b: Float32Array;
+  /** Scaling s applied to B·A (alpha/r, alpha/sqrt(r) for rsLoRA, times the adapter weight). */
+  scale: number;
+  /** DoRA magnitude per row of this block (`rows` values), or undefined for plain LoRA. */
+  magnitude?: Float32Array;
+}
+
+/** A merge backend: the arithmetic, nothing about files or PEFT. */
+export interface MergeBackend {
+  /** Which backend this is, for reports. */
+  readonly kind: "webgpu" | "cpu";
+  /** Human-readable detail (adapter description, worker count). */
+  readonly description: string;
+  /** Merges one block; resolves to `rows × cols` elements of `outDtype`. Concurrent calls are allowed
+   * (the WebGPU backend overlaps upload, compute and read-back of calls in flight). */
+  mergeRows(req: MergeRowsRequest): Promise<Uint8Array>;
+  /** Releases GPU objects / workers. */
+  dispose(): Promise<void>;
+}
+
+/** Which backend to use: `auto` picks the faster one measured for the adapter at hand. */
+export type BackendChoice = "auto" | "webgpu" | "cpu";
