@@ -114,3 +114,411 @@ export function parseDType(spelling: string): DType {
   if (hit) return hit;
   return dtypeFromTorch(s);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Scalar conversions. Every encoder takes an f32 value (a JS number is first rounded to f32 with
+// Math.fround, exactly as `torch.tensor(x, dtype=torch.float32)` would) and rounds to nearest, ties
+// to even, with the bit patterns torch 2.6 produces on CPU (checked against the peer):
+// - BF16: NaN -> 0xFFFF (torch's vectorized and scalar CPU casts both give 0xFFFF).
+// - F16: NaN keeps its sign and top payload bits and becomes quiet (sign | 0x7E00 | payload >> 13).
+// - F8_E4M3 (torch.float8_e4m3fn): no Inf; |x| that rounds above 448 (including Inf and NaN)
+//   becomes NaN (sign | 0x7F).
+// - F8_E5M2: |x| >= 65536 or Inf -> Inf (sign | 0x7C); NaN -> sign | 0x7F.
+
+const f32Scratch = new Float32Array(1);
+const u32Scratch = new Uint32Array(f32Scratch.buffer);
+
+/** The bits of `x` rounded to f32. */
+function f32Bits(x: number): number {
+  f32Scratch[0] = x;
+  return u32Scratch[0]!;
+}
+
+/** The f32 value of 32 bits. */
+function f32FromBits(bits: number): number {
+  u32Scratch[0] = bits;
+  return f32Scratch[0]!;
+}
+
+/**
+ * Rounds the magnitude `a` (f32 bits without sign, below the target's smallest normal) to an
+ * integer number of target subnormal ulps, ties to even. `shiftBase` is 150 minus log2 of that
+ * ulp (f16: 126, e4m3: 141, e5m2: 134).
+ */
+function roundSubnormal(a: number, shiftBase: number): number {
+  const e = a >>> 23;
+  const shift = shiftBase - e;
+  if (e === 0 || shift > 25) return 0;
+  const m = (a & 0x7fffff) | 0x800000;
+  let q = m >>> shift;
+  const rem = m & ((1 << shift) - 1);
+  const half = 1 << (shift - 1);
+  if (rem > half || (rem === half && (q & 1) === 1)) q++;
+  return q;
+}
+
+/** bf16 bits from f32 bits (RNE; NaN -> 0xFFFF like torch). */
+function bf16FromBits(u: number): number {
+  if ((u & 0x7fffffff) > 0x7f800000) return 0xffff;
+  return ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) & 0xffff;
+}
+
+/** f16 bits from f32 bits (RNE, subnormals, NaN payload kept and quieted). */
+function f16FromBits(u: number): number {
+  const sign = (u >>> 16) & 0x8000;
+  let a = u & 0x7fffffff;
+  if (a >= 0x47800000) {
+    if (a > 0x7f800000) return sign | 0x7e00 | ((a >>> 13) & 0x3ff);
+    return sign | 0x7c00;
+  }
+  if (a < 0x38800000) return sign | roundSubnormal(a, 126);
+  a += -0x38000000 + 0xfff + ((a >>> 13) & 1);
+  return sign | (a >>> 13);
+}
+
+/** float8_e4m3fn bits from f32 bits (torch's `fp8e4m3fn_from_fp32_value`). */
+function f8e4m3FromBits(u: number): number {
+  const sign = (u >>> 24) & 0x80;
+  let a = u & 0x7fffffff;
+  if (a >= 0x43f00000) return sign | 0x7f;
+  if (a < 0x3c800000) return sign | roundSubnormal(a, 141);
+  a += -0x3c000000 + 0x7ffff + ((a >>> 20) & 1);
+  return sign | (a >>> 20);
+}
+
+/** float8_e5m2 bits from f32 bits (torch's `fp8e5m2_from_fp32_value`). */
+function f8e5m2FromBits(u: number): number {
+  const sign = (u >>> 24) & 0x80;
+  let a = u & 0x7fffffff;
+  if (a >= 0x47800000) return sign | (a > 0x7f800000 ? 0x7f : 0x7c);
+  if (a < 0x38800000) return sign | roundSubnormal(a, 134);
+  a += -0x38000000 + 0xfffff + ((a >>> 21) & 1);
+  return sign | (a >>> 21);
+}
+
+/** Decodes a small float (no implicit Inf handling) of `ebits`/`mbits` with the given bias. */
+function smallFloatToF32(bits: number, ebits: number, mbits: number, nanAll: boolean): number {
+  const sign = (bits >> (ebits + mbits)) & 1 ? -1 : 1;
+  const e = (bits >> mbits) & ((1 << ebits) - 1);
+  const m = bits & ((1 << mbits) - 1);
+  const bias = (1 << (ebits - 1)) - 1;
+  const emax = (1 << ebits) - 1;
+  if (nanAll) {
+    // e4m3fn: only S.1111.111 is NaN, no Inf.
+    if (e === emax && m === (1 << mbits) - 1) return NaN;
+  } else if (e === emax) {
+    return m === 0 ? sign * Infinity : NaN;
+  }
+  if (e === 0) return sign * m * 2 ** (1 - bias - mbits);
+  return sign * (1 + m / (1 << mbits)) * 2 ** (e - bias);
+}
+
+let f16Table: Uint32Array | undefined;
+let f8e4m3Table: Float32Array | undefined;
+let f8e5m2Table: Float32Array | undefined;
+
+/** f32 bits of every f16 pattern (256 KiB, built on first use). */
+function f16ToF32Table(): Uint32Array {
+  if (f16Table) return f16Table;
+  const t = new Uint32Array(65536);
+  for (let h = 0; h < 65536; h++) {
+    const sign = (h & 0x8000) << 16;
+    const e = (h >>> 10) & 0x1f;
+    const m = h & 0x3ff;
+    if (e === 0x1f) t[h] = sign | 0x7f800000 | (m << 13);
+    else if (e !== 0) t[h] = sign | ((e + 112) << 23) | (m << 13);
+    else if (m === 0) t[h] = sign;
+    else t[h] = (sign | f32Bits(m * 2 ** -24)) >>> 0;
+  }
+  f16Table = t;
+  return t;
+}
+
+function f8Table(e4m3: boolean): Float32Array {
+  if (e4m3 && f8e4m3Table) return f8e4m3Table;
+  if (!e4m3 && f8e5m2Table) return f8e5m2Table;
+  const t = new Float32Array(256);
+  for (let b = 0; b < 256; b++) {
+    t[b] = e4m3 ? smallFloatToF32(b, 4, 3, true) : smallFloatToF32(b, 5, 2, false);
+  }
+  if (e4m3) f8e4m3Table = t;
+  else f8e5m2Table = t;
+  return t;
+}
+
+/**
+ * The f32 value of bf16 bits (exact: bf16 is the top half of an f32).
+ *
+ * @example
+ * ```ts
+ * import { bf16ToF32 } from "./dtype.ts";
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(bf16ToF32(0x3f80), 1);
+ * assert.equal(bf16ToF32(0xff80), -Infinity);
+ * ```
+ */
+export function bf16ToF32(bits: number): number {
+  return f32FromBits((bits & 0xffff) << 16);
+}
+
+/**
+ * bf16 bits of `x` (rounded to f32 first), round-to-nearest-even; NaN gives 0xFFFF like torch.
+ *
+ * @example
+ * ```ts
+ * import { f32ToBf16 } from "./dtype.ts";
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(f32ToBf16(1), 0x3f80);
+ * assert.equal(f32ToBf16(1 + 2 ** -8), 0x3f80); // tie rounds to even
+ * ```
+ */
+export function f32ToBf16(x: number): number {
+  return bf16FromBits(f32Bits(x));
+}
+
+/**
+ * The f32 value of IEEE binary16 bits (exact, subnormals included).
+ *
+ * @example
+ * ```ts
+ * import { f16ToF32 } from "./dtype.ts";
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(f16ToF32(0x3c00), 1);
+ * assert.equal(f16ToF32(0x0001), 2 ** -24);
+ * ```
+ */
+export function f16ToF32(bits: number): number {
+  return f32FromBits(f16ToF32Table()[bits & 0xffff]!);
+}
+
+/**
+ * binary16 bits of `x` (rounded to f32 first), round-to-nearest-even, subnormals, overflow to Inf,
+ * NaN kept quiet with its sign and top payload bits.
+ *
+ * @example
+ * ```ts
+ * import { f32ToF16 } from "./dtype.ts";
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(f32ToF16(1), 0x3c00);
+ * assert.equal(f32ToF16(65520), 0x7c00); // rounds up to Inf
+ * ```
+ */
+export function f32ToF16(x: number): number {
+  return f16FromBits(f32Bits(x));
+}
+
+/**
+ * The f32 value of float8_e4m3fn bits (no Inf; S.1111.111 is NaN).
+ *
+ * @example
+ * ```ts
+ * import { f8e4m3ToF32 } from "./dtype.ts";
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(f8e4m3ToF32(0x7e), 448);
+ * assert.ok(Number.isNaN(f8e4m3ToF32(0x7f)));
+ * ```
+ */
+export function f8e4m3ToF32(bits: number): number {
+  return f8Table(true)[bits & 0xff]!;
+}
+
+/**
+ * float8_e4m3fn bits of `x`, as torch casts: RNE, subnormals, and anything that rounds above 448
+ * (Inf and NaN included) becomes NaN with the sign of `x`.
+ *
+ * @example
+ * ```ts
+ * import { f32ToF8e4m3 } from "./dtype.ts";
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(f32ToF8e4m3(448), 0x7e);
+ * assert.equal(f32ToF8e4m3(-1000), 0xff);
+ * ```
+ */
+export function f32ToF8e4m3(x: number): number {
+  return f8e4m3FromBits(f32Bits(x));
+}
+
+/**
+ * The f32 value of float8_e5m2 bits (IEEE-like: Inf and NaN exist).
+ *
+ * @example
+ * ```ts
+ * import { f8e5m2ToF32 } from "./dtype.ts";
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(f8e5m2ToF32(0x7b), 57344);
+ * assert.equal(f8e5m2ToF32(0x7c), Infinity);
+ * ```
+ */
+export function f8e5m2ToF32(bits: number): number {
+  return f8Table(false)[bits & 0xff]!;
+}
+
+/**
+ * float8_e5m2 bits of `x`, as torch casts: RNE, subnormals, overflow to Inf, NaN -> sign | 0x7F.
+ *
+ * @example
+ * ```ts
+ * import { f32ToF8e5m2 } from "./dtype.ts";
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(f32ToF8e5m2(1), 0x3c);
+ * assert.equal(f32ToF8e5m2(1e6), 0x7c);
+ * ```
+ */
+export function f32ToF8e5m2(x: number): number {
+  return f8e5m2FromBits(f32Bits(x));
+}
+
+/** Float dtypes {@linkcode decodeF32} and {@linkcode encodeF32} handle. */
+export type FloatDType = "BF16" | "F16" | "F32" | "F64" | "F8_E4M3" | "F8_E5M2";
+
+/** True when `dtype` is a float dtype ({@linkcode FloatDType}). */
+export function isFloatDType(dtype: DType): dtype is FloatDType {
+  return DTYPES[dtype].float;
+}
+
+function requireFloat(dtype: DType, action: string): void {
+  if (!isFloatDType(dtype)) {
+    throw new CkptError(
+      "DTYPE_NOT_FLOAT",
+      `Cannot ${action}: ${dtype} is not a float dtype (BF16, F16, F32, F64, F8_E4M3, F8_E5M2)`,
+    );
+  }
+}
+
+/** `bytes` as-is when its offset is a multiple of `align`, else an aligned copy. */
+function aligned(bytes: Uint8Array, align: number): Uint8Array {
+  return bytes.byteOffset % align === 0 ? bytes : bytes.slice();
+}
+
+/**
+ * Decodes little-endian `dtype` bytes into f32 values (exact for BF16, F16, F8; F64 rounds to
+ * nearest even). Writes into `out` when given (at least `bytes.length / size` elements) and
+ * returns the filled view. Unaligned input is copied first. `DTYPE_NOT_FLOAT` for integer dtypes,
+ * `TENSOR_SIZE` when the byte count is not a multiple of the element size or `out` is too short.
+ *
+ * @example Decoding bf16 bytes
+ * ```ts
+ * import { decodeF32 } from "./dtype.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const bytes = new Uint8Array(new Uint16Array([0x3f80, 0xc000]).buffer);
+ * assert.deepEqual([...decodeF32("BF16", bytes)], [1, -2]);
+ * ```
+ */
+export function decodeF32(dtype: DType, bytes: Uint8Array, out?: Float32Array): Float32Array {
+  requireFloat(dtype, "decode to f32");
+  const size = DTYPES[dtype].size;
+  if (bytes.byteLength % size !== 0) {
+    throw new CkptError(
+      "TENSOR_SIZE",
+      `Cannot decode ${dtype}: ${bytes.byteLength} bytes is not a multiple of ${size}`,
+    );
+  }
+  const n = bytes.byteLength / size;
+  if (out && out.length < n) {
+    throw new CkptError(
+      "TENSOR_SIZE",
+      `Cannot decode ${n} ${dtype} values into an array of ${out.length}`,
+    );
+  }
+  const dst = out ? out.subarray(0, n) : new Float32Array(n);
+  const src = aligned(bytes, size);
+  switch (dtype as FloatDType) {
+    case "F32":
+      new Uint8Array(dst.buffer, dst.byteOffset, n * 4).set(src);
+      break;
+    case "F64": {
+      const s = new Float64Array(src.buffer, src.byteOffset, n);
+      for (let i = 0; i < n; i++) dst[i] = s[i]!;
+      break;
+    }
+    case "BF16": {
+      const s = new Uint16Array(src.buffer, src.byteOffset, n);
+      const d = new Uint32Array(dst.buffer, dst.byteOffset, n);
+      for (let i = 0; i < n; i++) d[i] = s[i]! << 16;
+      break;
+    }
+    case "F16": {
+      const t = f16ToF32Table();
+      const s = new Uint16Array(src.buffer, src.byteOffset, n);
+      const d = new Uint32Array(dst.buffer, dst.byteOffset, n);
+      for (let i = 0; i < n; i++) d[i] = t[s[i]!]!;
+      break;
+    }
+    case "F8_E4M3":
+    case "F8_E5M2": {
+      const t = f8Table(dtype === "F8_E4M3");
+      for (let i = 0; i < n; i++) dst[i] = t[src[i]!]!;
+      break;
+    }
+  }
+  return dst;
+}
+
+/**
+ * Encodes f32 values as little-endian `dtype` bytes, rounding to nearest even with torch's
+ * NaN/Inf/overflow rules (see the scalar encoders). Writes into `out` when given (at least
+ * `src.length * size` bytes) and returns the filled view. `DTYPE_NOT_FLOAT` for integer dtypes.
+ *
+ * @example Encoding to f16
+ * ```ts
+ * import { encodeF32 } from "./dtype.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const bytes = encodeF32("F16", new Float32Array([1, -2]));
+ * assert.deepEqual([...new Uint16Array(bytes.buffer, bytes.byteOffset, 2)], [0x3c00, 0xc000]);
+ * ```
+ */
+export function encodeF32(dtype: DType, src: Float32Array, out?: Uint8Array): Uint8Array {
+  requireFloat(dtype, "encode from f32");
+  const size = DTYPES[dtype].size;
+  const n = src.length;
+  if (out && out.byteLength < n * size) {
+    throw new CkptError(
+      "TENSOR_SIZE",
+      `Cannot encode ${n} values as ${dtype} into ${out.byteLength} bytes`,
+    );
+  }
+  const target = out ? out.subarray(0, n * size) : new Uint8Array(n * size);
+  const dst = target.byteOffset % size === 0 ? target : new Uint8Array(n * size);
+  const u = new Uint32Array(src.buffer, src.byteOffset, n);
+  switch (dtype as FloatDType) {
+    case "F32":
+      dst.set(new Uint8Array(src.buffer, src.byteOffset, n * 4));
+      break;
+    case "F64": {
+      const d = new Float64Array(dst.buffer, dst.byteOffset, n);
+      for (let i = 0; i < n; i++) d[i] = src[i]!;
+      break;
+    }
+    case "BF16": {
+      const d = new Uint16Array(dst.buffer, dst.byteOffset, n);
+      for (let i = 0; i < n; i++) {
+        const x = u[i]!;
+        d[i] = (x & 0x7fffffff) > 0x7f800000 ? 0xffff : (x + 0x7fff + ((x >>> 16) & 1)) >>> 16;
+      }
+      break;
+    }
+    case "F16": {
+      const d = new Uint16Array(dst.buffer, dst.byteOffset, n);
+      for (let i = 0; i < n; i++) d[i] = f16FromBits(u[i]!);
+      break;
+    }
+    case "F8_E4M3":
+      for (let i = 0; i < n; i++) dst[i] = f8e4m3FromBits(u[i]!);
+      break;
+    case "F8_E5M2":
+      for (let i = 0; i < n; i++) dst[i] = f8e5m2FromBits(u[i]!);
+      break;
+  }
+  if (dst !== target) target.set(dst);
+  return target;
+}
