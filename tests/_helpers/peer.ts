@@ -3,10 +3,11 @@
  * loudly when it is missing: CI builds it, and a silent skip would hide an interop break.
  * @module
  */
-import { dirname, fromFileUrl, join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 
 /** Repository root. */
-export const REPO_ROOT: string = resolve(dirname(fromFileUrl(import.meta.url)), "..", "..");
+export const REPO_ROOT: string = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 
 /** Path of the torch-peer launcher (`CKPT_TORCH_PEER` overrides). */
 export function peerPath(): string {
