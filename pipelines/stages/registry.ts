@@ -13,8 +13,10 @@
  */
 import type { Stage } from "../stage.ts";
 import { writeMetrics } from "./write_metrics.ts";
+import { writeTokenizer } from "./write_tokenizer.ts";
 
 /** Every built-in stage by its config name. */
 export const STAGES: Record<string, Stage> = {
+  writeTokenizer,
   writeMetrics,
 };
