@@ -204,7 +204,7 @@ export const writeMetrics: Stage<typeof writeMetricsOptions> = {
     if (input !== undefined) ctx.addInput(input, "metrics");
     const result = await buildMetrics(input, options);
     const bytes = new TextEncoder().encode(result.text).byteLength;
-    ctx.report("writeMetrics", { file: options.file, bytes, counter: result.counter });
+    ctx.report("writeMetrics", { files: [{ path: options.file, bytes }], counter: result.counter });
     if (ctx.dryRun) return;
     await Deno.writeTextFile(join(ctx.outDir, options.file), result.text);
     ctx.emit({ type: "progress", stage: "writeMetrics", done: 1, total: 1, unit: "files" });

@@ -612,7 +612,7 @@ export const writeTokenizer: Stage<typeof writeTokenizerOptions> = {
     for (const f of plan.files) if (f.copyFrom) ctx.addInput(f.copyFrom, "tokenizer");
     ctx.report("writeTokenizer", {
       source: plan.source,
-      files: plan.files.map((f) => ({ name: f.name, bytes: f.size })),
+      files: plan.files.map((f) => ({ path: f.name, bytes: f.size })),
       changed: plan.changed,
       vocabSize: plan.vocabSize,
       padToken: plan.padToken,

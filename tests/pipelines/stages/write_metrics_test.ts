@@ -72,6 +72,9 @@ Deno.test("`writeMetrics` options reject unknown keys and writes nothing on a dr
     const ctx = fakeContext(dir, { dryRun: true });
     await writeMetrics.run(ctx, writeMetrics.options.parse({ metrics: { a: 1 }, counter: 5 }));
     assert.deepEqual(await listFiles(dir), []);
-    assert.equal(ctx.reports[0]?.data.bytes, '{"a": 1, "counter": 5}'.length);
+    assert.deepEqual(ctx.reports[0]?.data.files, [{
+      path: "metrics.json",
+      bytes: '{"a": 1, "counter": 5}'.length,
+    }]);
   });
 });
