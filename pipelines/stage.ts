@@ -5,6 +5,7 @@
  */
 import type { z } from "zod";
 import type { StateDict } from "../formats/state_dict.ts";
+import type { BackendChoice } from "../merge/types.ts";
 
 /** One event a pipeline emits; the CLI renders them as a live line or as JSON lines. */
 export type PipelineEvent =
@@ -36,8 +37,14 @@ export interface StageContext {
   readonly baseDir: string;
   /** Aborted on SIGINT/SIGTERM or by the caller; long loops check it. */
   readonly signal: AbortSignal;
-  /** True for `--dry-run`: stages plan (describe files and sizes) but write nothing. */
+  /**
+   * True for `--dry-run`: stages plan but write nothing. A stage describes what it would write with
+   * `ctx.report(stage, { files: [{ path: "model.safetensors", bytes: 123 }, ...] })` (paths relative
+   * to the output folder); the runner collects every report's `files` into the plan it prints.
+   */
   readonly dryRun: boolean;
+  /** Merge backend the caller asked for (`--backend`); stages fall back to their own option. */
+  readonly backend?: BackendChoice;
   /** The model weights as a lazy state dict, set by gatherShards and wrapped by mergeLora. */
   stateDict: StateDict | undefined;
   /** The model's `config.json` object, set by gatherShards when the input has one. */
@@ -52,7 +59,11 @@ export interface StageContext {
   emit(event: PipelineEvent): void;
   /** Records an input file for the manifest. */
   addInput(path: string, role: string): void;
-  /** Records a planned output (dry run) or a stage report entry for the manifest. */
+  /**
+   * Merges `data` into the stage's report in the manifest (and the dry-run plan). Conventional keys:
+   * `files` (array of `{ path, bytes }`, the files written or planned), `backend` (merge backend used),
+   * `dtype` (output weight dtype); anything else is kept as is.
+   */
   report(stage: string, data: Record<string, unknown>): void;
 }
 

@@ -1,0 +1,180 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { isCkptError } from "../../errors.ts";
+import { readManifest } from "../../pipelines/manifest.ts";
+import { runPipeline } from "../../pipelines/run.ts";
+import type { PipelineEvent } from "../../pipelines/stage.ts";
+import { withTempDir } from "../_helpers/tmp.ts";
+import { FAKE_STAGES } from "./_fake_stages.ts";
+
+async function entries(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for await (const e of Deno.readDir(dir)) out.push(e.name);
+  return out.sort();
+}
+
+const base = { stages: FAKE_STAGES, env: {} };
+
+Deno.test("`runPipeline()` runs stages in order, times them and writes a manifest", async () => {
+  await withTempDir(async (dir) => {
+    const events: PipelineEvent[] = [];
+    const result = await runPipeline({
+      output: "out",
+      stages: [
+        { use: "writeText", name: "a.txt", text: "abc" },
+        { use: "fakeMerge" },
+        { use: "writeText", name: "b.txt" },
+      ],
+    }, { ...base, baseDir: dir, onEvent: (e) => events.push(e), backend: "cpu" });
+    assert.equal(result.output, join(dir, "out"));
+    assert.deepEqual(await entries(dir), ["out"]);
+    assert.deepEqual(await entries(join(dir, "out")), ["a.txt", "b.txt", "ckpt-manifest.json"]);
+    assert.deepEqual(result.stages.map((s) => s.name), ["writeText", "fakeMerge", "writeText"]);
+    const manifest = await readManifest(join(dir, "out"));
+    assert.deepEqual(manifest.files.map((f) => [f.path, f.size]), [["a.txt", 3], ["b.txt", 5]]);
+    assert.equal(
+      manifest.files[0]!.sha256,
+      "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+    );
+    assert.equal(manifest.backend, "cpu");
+    assert.equal(manifest.dtype, "BF16");
+    assert.equal(manifest.timings.stages.length, 3);
+    assert.match(result.manifestSha256, /^[0-9a-f]{64}$/);
+    assert.deepEqual(events.map((e) => e.type), [
+      "pipeline-start",
+      "stage-start",
+      "progress",
+      "stage-end",
+      "stage-start",
+      "stage-end",
+      "stage-start",
+      "progress",
+      "stage-end",
+      "pipeline-end",
+    ]);
+  });
+});
+
+Deno.test("`runPipeline()` refuses an existing output unless overwrite, then replaces it", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.mkdir(join(dir, "out"));
+    await Deno.writeTextFile(join(dir, "out", "old.txt"), "old");
+    const cfg = { output: "out", stages: [{ use: "writeText", name: "new.txt" }] };
+    await assert.rejects(
+      () => runPipeline(cfg, { ...base, baseDir: dir }),
+      (e: unknown) => isCkptError(e, "OUTPUT_EXISTS"),
+    );
+    assert.deepEqual(await entries(join(dir, "out")), ["old.txt"]);
+    assert.deepEqual(await entries(dir), ["out"]);
+    await runPipeline(cfg, { ...base, baseDir: dir, overwrite: true });
+    assert.deepEqual(await entries(join(dir, "out")), ["ckpt-manifest.json", "new.txt"]);
+    assert.deepEqual(await entries(dir), ["out"]);
+  });
+});
+
+Deno.test("`runPipeline()` leaves no trace when a stage fails", async () => {
+  await withTempDir(async (dir) => {
+    const events: PipelineEvent[] = [];
+    await assert.rejects(
+      () =>
+        runPipeline({
+          output: "deep/er/out",
+          stages: [{ use: "writeText", name: "a.txt" }, { use: "fail" }],
+        }, { ...base, baseDir: dir, onEvent: (e) => events.push(e) }),
+      (e: unknown) => isCkptError(e, "FAKE_FAILURE"),
+    );
+    assert.deepEqual(await entries(dir), []);
+    const last = events[events.length - 1]!;
+    assert.equal(last.type, "pipeline-error");
+    assert.equal(last.type === "pipeline-error" && last.stage, "fail");
+  });
+});
+
+Deno.test("`runPipeline()` aborts on the signal and removes its staging folder", async () => {
+  await withTempDir(async (dir) => {
+    const ac = new AbortController();
+    const run = runPipeline(
+      { output: "out", stages: [{ use: "writeText", name: "a.txt" }, { use: "wait" }] },
+      {
+        ...base,
+        baseDir: dir,
+        signal: ac.signal,
+        onEvent: (e) => {
+          if (e.type === "stage-start" && e.stage === "wait") setTimeout(() => ac.abort(), 20);
+        },
+      },
+    );
+    await assert.rejects(() => run, (e: unknown) => isCkptError(e, "ABORTED"));
+    assert.deepEqual(await entries(dir), []);
+  });
+});
+
+Deno.test("`runPipeline()` with dryRun plans files and writes nothing", async () => {
+  await withTempDir(async (dir) => {
+    const result = await runPipeline(
+      { output: "out", stages: [{ use: "writeText", name: "a.txt", repeat: 4 }] },
+      { ...base, baseDir: dir, dryRun: true },
+    );
+    assert.equal(result.dryRun, true);
+    assert.deepEqual(result.files, [{ path: "a.txt", bytes: 20, stage: "writeText" }]);
+    assert.deepEqual(await entries(dir), []);
+  });
+});
+
+Deno.test("`runPipeline()` refuses an output inside an input folder", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.mkdir(join(dir, "run"));
+    await Deno.writeTextFile(join(dir, "run", "x"), "x");
+    await assert.rejects(
+      () =>
+        runPipeline(
+          { output: "run/FINAL", stages: [{ use: "writeText", name: "a", from: "run" }] },
+          { ...base, baseDir: dir },
+        ),
+      (e: unknown) => isCkptError(e, "OUTPUT_INSIDE_INPUT"),
+    );
+    // ...and an output that would contain (and so replace) an input.
+    await assert.rejects(
+      () =>
+        runPipeline(
+          { output: ".", stages: [{ use: "writeText", name: "a", from: "run/x" }] },
+          { ...base, baseDir: dir, overwrite: true },
+        ),
+      (e: unknown) => isCkptError(e, "OUTPUT_INSIDE_INPUT"),
+    );
+    assert.deepEqual(await entries(dir), ["run"]);
+    assert.deepEqual(await entries(join(dir, "run")), ["x"]);
+  });
+});
+
+Deno.test("`runPipeline()` records inputs and config vars in the manifest", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.writeTextFile(join(dir, "in.txt"), "12345");
+    const result = await runPipeline(
+      {
+        vars: { step: "0" },
+        output: "out-${step}",
+        stages: [{ use: "writeText", name: "a", from: "in.txt" }],
+      },
+      { ...base, baseDir: dir, vars: { step: "64" } },
+    );
+    assert.equal(result.output, join(dir, "out-64"));
+    assert.deepEqual(result.manifest.inputs.map((i) => [i.path, i.role, i.size]), [
+      [join(dir, "in.txt"), "source", 5],
+    ]);
+    assert.equal(result.manifest.config?.vars.step, "64");
+  });
+});
+
+Deno.test("`runPipeline()` removes staging folders left by dead processes", async () => {
+  await withTempDir(async (dir) => {
+    // pid 2^22+1 is above Linux's pid_max default, so it is never alive.
+    const stale = join(dir, `.out.ckpt-staging-4194305-deadbeef`);
+    await Deno.mkdir(stale);
+    await runPipeline({ output: "out", stages: [{ use: "writeText", name: "a" }] }, {
+      ...base,
+      baseDir: dir,
+    });
+    assert.deepEqual(await entries(dir), ["out"]);
+  });
+});
