@@ -56,8 +56,8 @@ Deno.test("`createTtyRenderer()` rewrites one live line and ends each stage with
   t = 2000;
   render({ type: "stage-end", stage: "a", index: 0, ms: 2000 });
   render({ type: "pipeline-end", output: "/o", ms: 2000, manifestSha256: "ab".repeat(32) });
-  assert.match(out, /\r\x1b\[2K\[1\/1\] a  1.00 MB \/ 2.00 MB  50%  1.00 MB\/s  ETA 1.0s/);
-  assert.match(out, /\[1\/1\] a  2.00 MB  done in 2.0s\n/);
+  assert.ok(out.includes("\r\x1b[2K[1/1] a  1.00 MB / 2.00 MB  50%  1.00 MB/s  ETA 1.0s"), out);
+  assert.ok(out.includes("[1/1] a  2.00 MB  done in 2.0s\n"), out);
   assert.match(out, /done in 2.0s: \/o \(manifest sha256 abababab/);
 });
 
