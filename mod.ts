@@ -16,3 +16,6 @@
 export * from "./errors.ts";
 export * from "./formats/dtype.ts";
 export * from "./formats/state_dict.ts";
+export * from "./formats/safetensors.ts";
+export * from "./formats/shards.ts";
+export * from "./formats/size.ts";
