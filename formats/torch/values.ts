@@ -1,0 +1,660 @@
+/**
+ * The Python value model of ckpt's pickle reader and writer: what `torch.load` returns, as
+ * TypeScript values that keep every Python type distinction a round trip needs.
+ *
+ * | Python | TypeScript |
+ * |---|---|
+ * | `None` | `null` |
+ * | `bool` | `boolean` |
+ * | `int` | `number` when it is a safe integer, else `bigint` |
+ * | `float` | `number` when it is not a whole number (`0.001`, `NaN`, `±Infinity`), else {@linkcode PyFloat} (`1.0`, `-0.0`) |
+ * | `str` | `string` |
+ * | `bytes`, `bytearray` | `Uint8Array` |
+ * | `list` | `PyValue[]` (a plain array) |
+ * | `tuple` | {@linkcode PyTuple} (`kind: "tuple"`); `torch.Size` is a {@linkcode PyTuple} with `kind: "torch.Size"` |
+ * | `dict`, `collections.OrderedDict` | {@linkcode PyDict} with `kind: "dict" \| "OrderedDict"` and a `Map` that allows int and str keys |
+ * | tensors, `nn.Parameter` | {@linkcode TorchTensor} (a lazy {@linkcode TensorRef}) |
+ * | dtypes, layouts, other bare globals | {@linkcode PyGlobal} (`torch.bfloat16`) |
+ * | anything else that was built without being run (`torch.device`, `set`, DCP dataclasses, enums) | {@linkcode PyRecord} |
+ *
+ * The int/float rule: the writer emits a JS `number` as a Python `int` when it is an integer and
+ * as a `float` otherwise; {@linkcode PyFloat} forces a float. The reader produces the same shapes,
+ * so `lr: 0.001` reads as `0.001`, `step: 3` as `3`, and `eps: 1.0` as `PyFloat(1)`, and all of them
+ * write back with their Python types. Use {@linkcode pyNumber} to get a plain JS number from any of them.
+ *
+ * @example Building an optimizer state tree
+ * ```ts
+ * import { pyDict, pyFloat, pyTuple, toJSONish, PyDict } from "./values.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const group = pyDict([["lr", 0.001], ["betas", pyTuple([0.9, 0.999])], ["eps", pyFloat(1)]]);
+ * const opt = pyDict([["state", pyDict([[0, pyDict([])]])], ["param_groups", [group]]]);
+ * assert.ok(opt instanceof PyDict && opt.kind === "dict");
+ * assert.deepEqual(toJSONish(group), { lr: 0.001, betas: { __tuple__: [0.9, 0.999] }, eps: { __float__: 1 } });
+ * ```
+ * @module
+ */
+import { CkptError } from "../../errors.ts";
+import { type DType, DTYPES } from "../dtype.ts";
+import { checkRowRange, numel, rowCount, rowNumel, type TensorRef } from "../state_dict.ts";
+
+/** Keys a {@linkcode PyDict} allows (Python's hashable scalars, plus tuples compared by identity). */
+export type PyKey = string | number | bigint | boolean | null | PyFloat | PyTuple;
+
+/** Any value the pickle reader produces or the writer accepts. */
+export type PyValue =
+  | null
+  | boolean
+  | number
+  | bigint
+  | string
+  | Uint8Array
+  | PyFloat
+  | PyValue[]
+  | PyTuple
+  | PyDict
+  | TorchTensor
+  | PyGlobal
+  | PyRecord;
+
+/** A Python `float` that is a whole number (`1.0`, `-0.0`): keeps its type through a round trip. */
+export class PyFloat {
+  /** The value. */
+  readonly value: number;
+  /** Wraps `value` as a Python float. */
+  constructor(value: number) {
+    this.value = value;
+  }
+  /** The plain number (so `+f` and arithmetic work). */
+  valueOf(): number {
+    return this.value;
+  }
+}
+
+/** A Python `tuple`, or a `torch.Size` (a tuple subclass) when `kind` is `"torch.Size"`. */
+export class PyTuple {
+  /** The items, in order. */
+  readonly items: PyValue[];
+  /** `"tuple"`, or `"torch.Size"` for sizes (written as `torch.Size((...))`). */
+  readonly kind: "tuple" | "torch.Size";
+  /** Creates a tuple of `items`. */
+  constructor(items: PyValue[], kind: "tuple" | "torch.Size" = "tuple") {
+    this.items = items;
+    this.kind = kind;
+  }
+  /** Number of items. */
+  get length(): number {
+    return this.items.length;
+  }
+}
+
+/**
+ * A Python `dict` or `collections.OrderedDict`: insertion-ordered, with str, int, float, bool,
+ * None and tuple keys (ints as `number`/`bigint`, so `0` and `"0"` are different keys, as in Python).
+ * `attrs` holds the instance attributes an OrderedDict carried (`state_dict()._metadata`).
+ */
+export class PyDict {
+  /** Entries in insertion order. */
+  readonly map: Map<PyKey, PyValue>;
+  /** `"dict"` or `"OrderedDict"`. */
+  kind: "dict" | "OrderedDict";
+  /** Instance attributes set by a pickle `BUILD` (only OrderedDicts have them), else undefined. */
+  attrs: PyDict | undefined;
+  /** Creates a dict from entries. */
+  constructor(entries: Iterable<[PyKey, PyValue]> = [], kind: "dict" | "OrderedDict" = "dict") {
+    this.map = new Map(entries);
+    this.kind = kind;
+    this.attrs = undefined;
+  }
+  /** Value of `key` (undefined when missing). */
+  get(key: PyKey): PyValue | undefined {
+    return this.map.get(key);
+  }
+  /** Sets `key`. */
+  set(key: PyKey, value: PyValue): this {
+    this.map.set(key, value);
+    return this;
+  }
+  /** True when `key` is present. */
+  has(key: PyKey): boolean {
+    return this.map.has(key);
+  }
+  /** Number of entries. */
+  get size(): number {
+    return this.map.size;
+  }
+  /** Keys in order. */
+  keys(): IterableIterator<PyKey> {
+    return this.map.keys();
+  }
+  /** Entries in order. */
+  entries(): IterableIterator<[PyKey, PyValue]> {
+    return this.map.entries();
+  }
+  /** Same as {@linkcode PyDict.entries}. */
+  [Symbol.iterator](): IterableIterator<[PyKey, PyValue]> {
+    return this.map.entries();
+  }
+}
+
+/** A module-level name that was referenced but not called: dtypes (`torch.bfloat16`), layouts, classes. */
+export class PyGlobal {
+  /** Module, e.g. `"torch"`. */
+  readonly module: string;
+  /** Name, e.g. `"bfloat16"`. */
+  readonly name: string;
+  /** Creates a reference to `module.name`. */
+  constructor(module: string, name: string) {
+    this.module = module;
+    this.name = name;
+  }
+  /** `"module.name"`. */
+  get qualname(): string {
+    return `${this.module}.${this.name}`;
+  }
+  /** `"module.name"`. */
+  toString(): string {
+    return this.qualname;
+  }
+}
+
+/**
+ * An object the pickle described but ckpt did not construct: its class as `"module.Name"`, the
+ * arguments it was created with (`REDUCE`/`NEWOBJ`/`INST`/`OBJ`), and the state `BUILD` gave it.
+ *
+ * - A dataclass pickled as `NEWOBJ(cls, ())` + `BUILD({...fields})` has `args: []` and `state` a
+ *   {@linkcode PyDict} of its fields; {@linkcode PyRecord.field} reads one.
+ * - A custom `__getstate__` gives a non-dict state (DCP `TensorProperties`: a 5-tuple {@linkcode PyTuple}).
+ * - An enum member (`_MEM_FORMAT_ENCODING(0)`) or `torch.device("cuda:1")` is a `REDUCE` call: `args: [0]`,
+ *   `args: ["cuda:1"]`, `state: undefined`.
+ * - A namedtuple is `REDUCE(cls, (a, b))` (`args` = its fields in order) or `NEWOBJ(cls, (a, b))`.
+ * - A `BUILD` whose state is a 2-tuple `(dict, slots)` is kept as that tuple.
+ * - `set`/`frozenset` are records `builtins.set`/`builtins.frozenset` with `args: [[...items]]`.
+ * - Items added by `APPEND(S)`/`SETITEM(S)` to a record (list or dict subclasses) go to `listItems`/`dictItems`.
+ *
+ * The writer emits a record as `GLOBAL module name` + `args` tuple + `REDUCE` (+ `state` `BUILD`).
+ */
+export class PyRecord {
+  /** Class or callable as `"module.Name"`. */
+  readonly className: string;
+  /** Constructor / call arguments. */
+  args: PyValue[];
+  /** State given by `BUILD`, if any. */
+  state: PyValue | undefined;
+  /** Items appended to it (list subclasses), if any. */
+  listItems: PyValue[] | undefined;
+  /** Items set on it (dict subclasses), if any. */
+  dictItems: PyDict | undefined;
+  /** Creates a record of `className` built from `args`, with an optional `state`. */
+  constructor(className: string, args: PyValue[] = [], state?: PyValue) {
+    this.className = className;
+    this.args = args;
+    this.state = state;
+    this.listItems = undefined;
+    this.dictItems = undefined;
+  }
+  /** A field of a dict state (`record.field("size")`), or undefined. */
+  field(name: string): PyValue | undefined {
+    return this.state instanceof PyDict ? this.state.get(name) : undefined;
+  }
+}
+
+/**
+ * Where a storage's bytes come from: a byte range of a zip record in an open file, memory, or a
+ * tensor being written. `read` returns bytes `[start, end)` of the storage.
+ */
+export interface StorageSource {
+  /** Bytes available. */
+  readonly byteLength: number;
+  /** Reads bytes `[start, end)` (little-endian element bytes). */
+  read(start: number, end: number): Promise<Uint8Array>;
+  /** Preferred block alignment in bytes for streaming reads (a row's bytes); 1 when any split is fine. */
+  readonly blockAlign?: number;
+}
+
+/**
+ * A torch storage: a flat run of `numel` elements of `dtype` under a key. Tensors that share a
+ * storage object are views of it (tied weights) and are written as one storage record.
+ */
+export class TorchStorage {
+  /** Element type. */
+  readonly dtype: DType;
+  /** Number of elements. */
+  readonly numel: number;
+  /** Device location as pickled (`"cpu"`, `"cuda:0"`). */
+  readonly location: string;
+  /** Key of the storage record in the file it came from (`"0"`), or undefined for new storages. */
+  readonly key: string | undefined;
+  /** The bytes. */
+  readonly source: StorageSource;
+  /** Creates a storage. `source.byteLength` must cover `numel` elements. */
+  constructor(
+    dtype: DType,
+    numel: number,
+    source: StorageSource,
+    options: { location?: string; key?: string } = {},
+  ) {
+    this.dtype = dtype;
+    this.numel = numel;
+    this.source = source;
+    this.location = options.location ?? "cpu";
+    this.key = options.key;
+  }
+  /** Bytes of the storage (`numel × itemsize`). */
+  get byteLength(): number {
+    return this.numel * DTYPES[this.dtype].size;
+  }
+}
+
+/** Options of {@linkcode TorchTensor}. */
+export interface TorchTensorOptions {
+  /** Element offset of the view into the storage. Default 0. */
+  storageOffset?: number;
+  /** Strides in elements. Default: contiguous row-major. */
+  stride?: readonly number[];
+  /** `requires_grad`. Default false. */
+  requiresGrad?: boolean;
+  /** True for an `nn.Parameter`. Default false. */
+  parameter?: boolean;
+  /** Human-readable origin. */
+  source?: string;
+}
+
+/** Row-major strides of a shape. */
+export function contiguousStrides(shape: readonly number[]): number[] {
+  const out = new Array<number>(shape.length);
+  let s = 1;
+  for (let i = shape.length - 1; i >= 0; i--) {
+    out[i] = s;
+    s *= shape[i]!;
+  }
+  return out;
+}
+
+const GATHER_WINDOW = 16 * 1024 * 1024;
+
+/**
+ * A tensor: a view (`storageOffset`, `shape`, `stride`) of a {@linkcode TorchStorage}. It is a
+ * {@linkcode TensorRef}: `read(rowStart, rowEnd)` returns those rows as contiguous bytes, reading only
+ * the storage bytes they cover (non-contiguous views are gathered window by window).
+ * Construction checks that the view fits in the storage (`TORCH_STORAGE_SIZE`) and that strides are
+ * not negative (`TORCH_STRIDE`).
+ */
+export class TorchTensor implements TensorRef {
+  /** Element type. */
+  readonly dtype: DType;
+  /** Shape; `[]` for 0-d. */
+  readonly shape: readonly number[];
+  /** Strides in elements. */
+  readonly stride: readonly number[];
+  /** Element offset into the storage. */
+  readonly storageOffset: number;
+  /** The storage it views. */
+  readonly storage: TorchStorage;
+  /** `requires_grad`. */
+  readonly requiresGrad: boolean;
+  /** True for `nn.Parameter`. */
+  readonly parameter: boolean;
+  /** Origin, for errors. */
+  readonly source: string;
+
+  /** Creates a view of `storage`. */
+  constructor(storage: TorchStorage, shape: readonly number[], options: TorchTensorOptions = {}) {
+    this.storage = storage;
+    this.dtype = storage.dtype;
+    this.shape = [...shape];
+    this.stride = options.stride ? [...options.stride] : contiguousStrides(shape);
+    this.storageOffset = options.storageOffset ?? 0;
+    this.requiresGrad = options.requiresGrad ?? false;
+    this.parameter = options.parameter ?? false;
+    this.source = options.source ?? "memory";
+    const ctx = { file: this.source };
+    if (this.stride.length !== this.shape.length) {
+      throw new CkptError(
+        "TORCH_STRIDE",
+        `Cannot view storage: shape [${
+          shape.join(", ")
+        }] has ${shape.length} dims, stride has ${this.stride.length}`,
+        ctx,
+      );
+    }
+    for (const v of [...this.shape, ...this.stride, this.storageOffset]) {
+      if (!Number.isSafeInteger(v) || v < 0) {
+        throw new CkptError(
+          "TORCH_STRIDE",
+          `Cannot view storage: shape [${shape.join(", ")}], stride [${
+            this.stride.join(", ")
+          }], offset ${this.storageOffset} has a negative or non-integer value`,
+          ctx,
+        );
+      }
+    }
+    const n = numel(this.shape);
+    if (n > 0) {
+      let last = this.storageOffset;
+      for (let i = 0; i < this.shape.length; i++) last += (this.shape[i]! - 1) * this.stride[i]!;
+      if (!Number.isSafeInteger(last) || last >= storage.numel) {
+        throw new CkptError(
+          "TORCH_STORAGE_SIZE",
+          `Cannot view storage: shape [${shape.join(", ")}] with stride [${
+            this.stride.join(", ")
+          }] and offset ${this.storageOffset} needs ${
+            last + 1
+          } elements, the storage has ${storage.numel}`,
+          ctx,
+        );
+      }
+    }
+  }
+
+  /** True when the view is the row-major contiguous layout (any storage offset). */
+  get isContiguous(): boolean {
+    const want = contiguousStrides(this.shape);
+    for (let i = 0; i < this.shape.length; i++) {
+      if (this.shape[i]! !== 1 && this.stride[i]! !== want[i]!) return false;
+    }
+    return true;
+  }
+
+  /** Reads rows `[rowStart, rowEnd)` as contiguous little-endian bytes. */
+  async read(rowStart?: number, rowEnd?: number): Promise<Uint8Array> {
+    const [s, e] = checkRowRange(this.shape, rowStart, rowEnd, this.source);
+    const item = DTYPES[this.dtype].size;
+    const perRow = rowNumel(this.shape);
+    const count = (e - s) * perRow;
+    if (count === 0) return new Uint8Array(0);
+    const first = this.shape.length === 0
+      ? this.storageOffset
+      : this.storageOffset + s * this.stride[0]!;
+    if (this.isContiguous) {
+      return await this.storage.source.read(first * item, (first + count) * item);
+    }
+    return await this.#gather(s, e, count, item);
+  }
+
+  async #gather(s: number, e: number, count: number, item: number): Promise<Uint8Array> {
+    const shape = this.shape.length === 0 ? [1] : [e - s, ...this.shape.slice(1)];
+    const stride = this.shape.length === 0 ? [1] : [...this.stride];
+    const base = this.shape.length === 0
+      ? this.storageOffset
+      : this.storageOffset + s * this.stride[0]!;
+    let hi = base;
+    for (let i = 0; i < shape.length; i++) hi += (shape[i]! - 1) * stride[i]!;
+    const out = new Uint8Array(count * item);
+    const windowElems = Math.max(1, Math.floor(GATHER_WINDOW / item));
+    for (let w0 = base; w0 <= hi; w0 += windowElems) {
+      const w1 = Math.min(hi + 1, w0 + windowElems);
+      const bytes = await this.storage.source.read(w0 * item, w1 * item);
+      // Walk every output element in order with a multi-index; copy those inside the window.
+      const idx = new Array<number>(shape.length).fill(0);
+      let off = base;
+      for (let k = 0; k < count; k++) {
+        if (off >= w0 && off < w1) {
+          const src = (off - w0) * item;
+          out.set(bytes.subarray(src, src + item), k * item);
+        }
+        for (let d = shape.length - 1; d >= 0; d--) {
+          idx[d]!++;
+          off += stride[d]!;
+          if (idx[d]! < shape[d]!) break;
+          off -= stride[d]! * shape[d]!;
+          idx[d] = 0;
+        }
+      }
+    }
+    return out;
+  }
+}
+
+/** An in-memory {@linkcode StorageSource}. */
+export function bytesSource(bytes: Uint8Array): StorageSource {
+  return {
+    byteLength: bytes.byteLength,
+    read(start: number, end: number): Promise<Uint8Array> {
+      if (start < 0 || end > bytes.byteLength || end < start) {
+        throw new CkptError(
+          "TORCH_STORAGE_SIZE",
+          `Cannot read storage bytes [${start}, ${end}): it has ${bytes.byteLength}`,
+        );
+      }
+      return Promise.resolve(bytes.subarray(start, end));
+    },
+  };
+}
+
+/**
+ * Wraps any {@linkcode TensorRef} as a contiguous {@linkcode TorchTensor} over a storage of its own
+ * (reads go to `ref.read` row by row). A {@linkcode TorchTensor} is returned unchanged.
+ */
+export function torchTensor(
+  ref: TensorRef,
+  options: { requiresGrad?: boolean; parameter?: boolean } = {},
+): TorchTensor {
+  if (
+    ref instanceof TorchTensor && options.requiresGrad === undefined &&
+    options.parameter === undefined
+  ) {
+    return ref;
+  }
+  const item = DTYPES[ref.dtype].size;
+  const rowBytes = rowNumel(ref.shape) * item;
+  const rows = rowCount(ref.shape);
+  const n = numel(ref.shape);
+  const total = n * item;
+  const source: StorageSource = {
+    byteLength: total,
+    blockAlign: Math.max(1, rowBytes),
+    async read(start: number, end: number): Promise<Uint8Array> {
+      if (start === end) return new Uint8Array(0);
+      if (rowBytes === 0 || start < 0 || end > total || end < start) {
+        throw new CkptError(
+          "TORCH_STORAGE_SIZE",
+          `Cannot read bytes [${start}, ${end}) of a ${total}-byte tensor`,
+          { file: ref.source ?? "memory" },
+        );
+      }
+      const r0 = Math.floor(start / rowBytes);
+      const r1 = Math.min(rows, Math.ceil(end / rowBytes));
+      const bytes = await ref.read(r0, r1);
+      const skip = start - r0 * rowBytes;
+      return bytes.subarray(skip, skip + (end - start));
+    },
+  };
+  const storage = new TorchStorage(ref.dtype, n, source);
+  return new TorchTensor(storage, ref.shape, {
+    source: ref.source ?? "memory",
+    requiresGrad: options.requiresGrad ?? (ref instanceof TorchTensor ? ref.requiresGrad : false),
+    parameter: options.parameter ?? (ref instanceof TorchTensor ? ref.parameter : false),
+  });
+}
+
+/** A contiguous tensor over in-memory little-endian bytes. */
+export function tensorOfBytes(
+  dtype: DType,
+  shape: readonly number[],
+  bytes: Uint8Array,
+): TorchTensor {
+  const n = numel(shape);
+  if (bytes.byteLength !== n * DTYPES[dtype].size) {
+    throw new CkptError(
+      "TENSOR_SIZE",
+      `Cannot wrap bytes as ${dtype}[${shape.join(", ")}]: got ${bytes.byteLength} bytes, need ${
+        n * DTYPES[dtype].size
+      }`,
+    );
+  }
+  return new TorchTensor(new TorchStorage(dtype, n, bytesSource(bytes)), shape);
+}
+
+/** A `dict` (default) or `OrderedDict` from entries. */
+export function pyDict(
+  entries: Iterable<[PyKey, PyValue]> | Record<string, PyValue> = [],
+  kind: "dict" | "OrderedDict" = "dict",
+): PyDict {
+  const it: Iterable<[PyKey, PyValue]> = Symbol.iterator in entries
+    ? entries as Iterable<[PyKey, PyValue]>
+    : Object.entries(entries);
+  return new PyDict(it, kind);
+}
+
+/** A tuple of `items`. */
+export function pyTuple(items: PyValue[]): PyTuple {
+  return new PyTuple(items, "tuple");
+}
+
+/** A `torch.Size` of `dims`. */
+export function torchSize(dims: readonly number[]): PyTuple {
+  return new PyTuple([...dims], "torch.Size");
+}
+
+/** A Python float, kept a float even when whole (`pyFloat(1)` is `1.0`). */
+export function pyFloat(value: number): PyFloat {
+  return new PyFloat(value);
+}
+
+/** A JS number from a Python int or float (`number`, `bigint`, {@linkcode PyFloat}, `boolean`); `PY_TYPE` otherwise. */
+export function pyNumber(value: PyValue | undefined): number {
+  if (typeof value === "number") return value;
+  if (typeof value === "bigint") return Number(value);
+  if (typeof value === "boolean") return value ? 1 : 0;
+  if (value instanceof PyFloat) return value.value;
+  throw new CkptError("PY_TYPE", `Cannot read a number: found ${describe(value)}`);
+}
+
+/** Short description of a value's Python type, for error messages. */
+export function describe(value: PyValue | undefined): string {
+  if (value === undefined) return "nothing";
+  if (value === null) return "None";
+  if (typeof value === "boolean") return "bool";
+  if (typeof value === "number") return Number.isInteger(value) ? "int" : "float";
+  if (typeof value === "bigint") return "int";
+  if (typeof value === "string") return "str";
+  if (value instanceof Uint8Array) return "bytes";
+  if (value instanceof PyFloat) return "float";
+  if (Array.isArray(value)) return "list";
+  if (value instanceof PyTuple) return value.kind;
+  if (value instanceof PyDict) return value.kind;
+  if (value instanceof TorchTensor) return "torch.Tensor";
+  if (value instanceof PyGlobal) return value.qualname;
+  if (value instanceof PyRecord) return value.className;
+  return "storage";
+}
+
+/** A JSON-friendly key for a {@linkcode PyKey}. Ints print as digits; other non-strings as JSON. */
+function keyString(key: PyKey): string {
+  if (typeof key === "string") return key;
+  if (typeof key === "number" || typeof key === "bigint") return String(key);
+  if (key instanceof PyFloat) return `${key.value}.0`;
+  if (key instanceof PyTuple) return JSON.stringify(toJSONish(key));
+  return JSON.stringify(key);
+}
+
+/** Options of {@linkcode toJSONish}. */
+export interface ToJSONishOptions {
+  /** Stop after this many nodes (guards against shared-reference bombs). Default 1,000,000. */
+  maxNodes?: number;
+  /** Mark dict keys that are not strings (`{"__dict__": [[k, v], ...]}`) instead of stringifying them. Default false. */
+  exactKeys?: boolean;
+}
+
+/**
+ * A JSON-friendly view of a value, for inspect output and tests. Plain JSON where the type is
+ * unambiguous; otherwise a one-key tag: `{__tuple__: [...]}`, `{__size__: [...]}`,
+ * `{__float__: 1}` (whole floats, NaN, ±Infinity as strings), `{__int__: "123..."}` (big ints),
+ * `{__bytes__: "hex"}`, `{__odict__: {...}}`, `{__global__: "torch.bfloat16"}`,
+ * `{__tensor__: {dtype, shape, stride, offset, key, requires_grad, parameter}}`,
+ * `{__class__: "m.C", args?, state?, ...}` for records. Dict keys become strings (int `0` -> `"0"`).
+ */
+export function toJSONish(value: PyValue, options: ToJSONishOptions = {}): unknown {
+  let budget = options.maxNodes ?? 1_000_000;
+  const exact = options.exactKeys ?? false;
+  const walk = (v: PyValue, depth: number): unknown => {
+    if (--budget < 0) {
+      throw new CkptError("PY_TOO_LARGE", "Cannot convert value to JSON: it has too many nodes");
+    }
+    if (depth > 1000) {
+      throw new CkptError("PY_TOO_DEEP", "Cannot convert value to JSON: it is nested too deeply");
+    }
+    if (v === null || typeof v === "boolean" || typeof v === "string") return v;
+    if (typeof v === "number") {
+      return Number.isFinite(v) ? v : { __float__: String(v) };
+    }
+    if (typeof v === "bigint") return { __int__: v.toString() };
+    if (v instanceof PyFloat) {
+      return Number.isFinite(v.value) ? { __float__: Object.is(v.value, -0) ? "-0.0" : v.value } : {
+        __float__: String(v.value),
+      };
+    }
+    if (v instanceof Uint8Array) {
+      return { __bytes__: Array.from(v, (b) => b.toString(16).padStart(2, "0")).join("") };
+    }
+    if (Array.isArray(v)) return v.map((x) => walk(x, depth + 1));
+    if (v instanceof PyTuple) {
+      const items = v.items.map((x) => walk(x, depth + 1));
+      return v.kind === "torch.Size" ? { __size__: items } : { __tuple__: items };
+    }
+    if (v instanceof PyDict) {
+      let body: unknown;
+      if (exact) {
+        body = {
+          __dict__: [...v.map].map(([k, x]) => [walk(k as PyValue, depth + 1), walk(x, depth + 1)]),
+        };
+      } else {
+        const o: Record<string, unknown> = {};
+        for (const [k, x] of v.map) o[keyString(k)] = walk(x, depth + 1);
+        body = o;
+      }
+      return v.kind === "OrderedDict" ? { __odict__: body } : body;
+    }
+    if (v instanceof TorchTensor) {
+      return {
+        __tensor__: {
+          dtype: v.dtype,
+          shape: [...v.shape],
+          stride: [...v.stride],
+          offset: v.storageOffset,
+          key: v.storage.key ?? null,
+          requires_grad: v.requiresGrad,
+          parameter: v.parameter,
+        },
+      };
+    }
+    if (v instanceof PyGlobal) return { __global__: v.qualname };
+    const rec: Record<string, unknown> = { __class__: v.className };
+    if (v.args.length > 0) rec.args = v.args.map((x) => walk(x, depth + 1));
+    if (v.state instanceof PyDict) {
+      for (const [k, x] of v.state.map) rec[keyString(k)] = walk(x, depth + 1);
+    } else if (v.state !== undefined) rec.state = walk(v.state, depth + 1);
+    if (v.listItems) rec.items = v.listItems.map((x) => walk(x, depth + 1));
+    if (v.dictItems) rec.dict = walk(v.dictItems, depth + 1);
+    return rec;
+  };
+  return walk(value, 0);
+}
+
+/** Every tensor in a value tree, with a dotted path (`state.0.exp_avg`), in tree order. */
+export function* tensorsOf(value: PyValue, prefix = ""): Generator<[string, TorchTensor]> {
+  const seen = new Set<object>();
+  const stack: [string, PyValue][] = [[prefix, value]];
+  while (stack.length > 0) {
+    const [path, v] = stack.pop()!;
+    if (v instanceof TorchTensor) {
+      yield [path, v];
+      continue;
+    }
+    if (v === null || typeof v !== "object" || v instanceof Uint8Array) continue;
+    if (seen.has(v)) continue;
+    seen.add(v);
+    const join = (k: string) => (path === "" ? k : `${path}.${k}`);
+    const kids: [string, PyValue][] = [];
+    if (Array.isArray(v)) v.forEach((x, i) => kids.push([join(String(i)), x]));
+    else if (v instanceof PyTuple) v.items.forEach((x, i) => kids.push([join(String(i)), x]));
+    else if (v instanceof PyDict) {
+      for (const [k, x] of v.map) kids.push([join(keyString(k)), x]);
+    } else if (v instanceof PyRecord) {
+      v.args.forEach((x, i) => kids.push([join(String(i)), x]));
+      if (v.state !== undefined) kids.push([path, v.state]);
+    }
+    for (let i = kids.length - 1; i >= 0; i--) stack.push(kids[i]!);
+  }
+}
