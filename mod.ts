@@ -19,3 +19,7 @@ export * from "./formats/state_dict.ts";
 export * from "./formats/safetensors.ts";
 export * from "./formats/shards.ts";
 export * from "./formats/size.ts";
+export * from "./formats/peft.ts";
+export * from "./merge/layouts.ts";
+export * from "./merge/dora.ts";
+export * from "./merge/lora.ts";
