@@ -12,11 +12,11 @@
  * @module
  */
 import type { Stage } from "../stage.ts";
-import { writeMetrics } from "./write_metrics.ts";
-import { writeTokenizer } from "./write_tokenizer.ts";
+import { writeMetricsStage } from "./write_metrics.ts";
+import { writeTokenizerStage } from "./write_tokenizer.ts";
 
 /** Every built-in stage by its config name. */
 export const STAGES: Record<string, Stage> = {
-  writeTokenizer,
-  writeMetrics,
+  writeTokenizer: writeTokenizerStage,
+  writeMetrics: writeMetricsStage,
 };

@@ -194,8 +194,8 @@ export async function writeMetricsFile(
   return result;
 }
 
-/** The writeMetrics stage. */
-export const writeMetrics: Stage<typeof writeMetricsOptions> = {
+/** The writeMetrics stage (config name `writeMetrics`). */
+export const writeMetricsStage: Stage<typeof writeMetricsOptions> = {
   name: "writeMetrics",
   summary: "write metrics.json (eval results + counter) as HALOs does, from JSON/JSONL or config",
   options: writeMetricsOptions,

@@ -589,8 +589,8 @@ export async function writeTokenizerPlan(outDir: string, plan: TokenizerPlan): P
   }
 }
 
-/** The writeTokenizer stage. */
-export const writeTokenizer: Stage<typeof writeTokenizerOptions> = {
+/** The writeTokenizer stage (config name `writeTokenizer`). */
+export const writeTokenizerStage: Stage<typeof writeTokenizerOptions> = {
   name: "writeTokenizer",
   summary:
     "copy and validate the tokenizer (adapter folder first, then base); pad, template, tokens",

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { isCkptError } from "../../../errors.ts";
-import { buildMetrics, writeMetrics } from "../../../pipelines/stages/write_metrics.ts";
+import { buildMetrics, writeMetricsStage } from "../../../pipelines/stages/write_metrics.ts";
 import { withTempDir } from "../../_helpers/tmp.ts";
 import { fakeContext, listFiles } from "../_context.ts";
 
@@ -14,12 +14,12 @@ Deno.test("`writeMetrics` writes eval results plus counter as Python's json.dump
     const out = join(dir, "out");
     await Deno.mkdir(out);
     const ctx = fakeContext(out, { baseDir: dir });
-    const opts = writeMetrics.options.parse({
+    const opts = writeMetricsStage.options.parse({
       from: "eval.json",
       field: "results",
       counter: "64000",
     });
-    await writeMetrics.run(ctx, opts);
+    await writeMetricsStage.run(ctx, opts);
     assert.equal(
       await Deno.readTextFile(join(out, "metrics.json")),
       '{"rewards/chosen": 1.0, "loss": 1e-05, "n": 3, "\\u00e9": NaN, "counter": 64000}',
@@ -59,7 +59,7 @@ Deno.test("`buildMetrics()` refuses a missing counter and a missing input before
     await Deno.mkdir(out);
     const ctx = fakeContext(out, { baseDir: dir });
     await assert.rejects(
-      writeMetrics.run(ctx, writeMetrics.options.parse({ from: "eval.json" })),
+      writeMetricsStage.run(ctx, writeMetricsStage.options.parse({ from: "eval.json" })),
       (e) => isCkptError(e, "JSON_PARSE"),
     );
     assert.deepEqual(await listFiles(out), []);
@@ -67,10 +67,13 @@ Deno.test("`buildMetrics()` refuses a missing counter and a missing input before
 });
 
 Deno.test("`writeMetrics` options reject unknown keys and writes nothing on a dry run", async () => {
-  assert.equal(writeMetrics.options.safeParse({ from: "a", frm: "b" }).success, false);
+  assert.equal(writeMetricsStage.options.safeParse({ from: "a", frm: "b" }).success, false);
   await withTempDir(async (dir) => {
     const ctx = fakeContext(dir, { dryRun: true });
-    await writeMetrics.run(ctx, writeMetrics.options.parse({ metrics: { a: 1 }, counter: 5 }));
+    await writeMetricsStage.run(
+      ctx,
+      writeMetricsStage.options.parse({ metrics: { a: 1 }, counter: 5 }),
+    );
     assert.deepEqual(await listFiles(dir), []);
     assert.deepEqual(ctx.reports[0]?.data.files, [{
       path: "metrics.json",

@@ -3,7 +3,7 @@ import { join } from "node:path";
 import { Tokenizer } from "@huggingface/tokenizers";
 import { isCkptError } from "../../../errors.ts";
 import { StateDict, type TensorRef } from "../../../formats/state_dict.ts";
-import { writeTokenizer } from "../../../pipelines/stages/write_tokenizer.ts";
+import { writeTokenizerStage } from "../../../pipelines/stages/write_tokenizer.ts";
 import { REPO_ROOT } from "../../_helpers/peer.ts";
 import { withTempDir } from "../../_helpers/tmp.ts";
 import { fakeContext, listFiles } from "../_context.ts";
@@ -97,7 +97,7 @@ Deno.test("`writeTokenizer` copies the adapter folder's tokenizer byte for byte 
       stateDict: new StateDict([["model.embed_tokens.weight", shapeOnly([151936, 8])]]),
       modelConfig: { vocab_size: 151936 },
     });
-    await writeTokenizer.run(ctx, writeTokenizer.options.parse({ padWithEos: true }));
+    await writeTokenizerStage.run(ctx, writeTokenizerStage.options.parse({ padWithEos: true }));
     assert.deepEqual(await listFiles(out), [
       "special_tokens_map.json",
       "tokenizer.json",
@@ -118,9 +118,9 @@ Deno.test("`writeTokenizer` adds special tokens and a pad token consistently in 
     const out = join(dir, "out");
     await Deno.mkdir(out);
     const ctx = fakeContext(out, { baseDir: dir });
-    await writeTokenizer.run(
+    await writeTokenizerStage.run(
       ctx,
-      writeTokenizer.options.parse({
+      writeTokenizerStage.options.parse({
         from: "tok",
         addSpecialTokens: ["<|reward|>"],
         padToken: "<|reward|>",
@@ -168,7 +168,7 @@ Deno.test("`writeTokenizer` refuses a tokenizer larger than the embeddings or vo
       stateDict: new StateDict([["model.embed_tokens.weight", shapeOnly([1000, 8])]]),
     });
     await assert.rejects(
-      writeTokenizer.run(small, writeTokenizer.options.parse({})),
+      writeTokenizerStage.run(small, writeTokenizerStage.options.parse({})),
       (e) => isCkptError(e, "TOKENIZER_VOCAB"),
     );
     const cfg = fakeContext(out, {
@@ -176,7 +176,7 @@ Deno.test("`writeTokenizer` refuses a tokenizer larger than the embeddings or vo
       modelConfig: { text_config: { vocab_size: 151000 } },
     });
     await assert.rejects(
-      writeTokenizer.run(cfg, writeTokenizer.options.parse({})),
+      writeTokenizerStage.run(cfg, writeTokenizerStage.options.parse({})),
       (e) => isCkptError(e, "TOKENIZER_VOCAB"),
     );
     assert.deepEqual(await listFiles(out), []);
@@ -194,9 +194,9 @@ Deno.test("`writeTokenizer` sets a default chat template when missing and render
     const out = join(dir, "out");
     await Deno.mkdir(out);
     const ctx = fakeContext(out, { baseDir: dir, modelDir: src });
-    await writeTokenizer.run(
+    await writeTokenizerStage.run(
       ctx,
-      writeTokenizer.options.parse({ chatTemplateFile: "t.jinja", padWithEos: true }),
+      writeTokenizerStage.options.parse({ chatTemplateFile: "t.jinja", padWithEos: true }),
     );
     const text = await Deno.readTextFile(join(out, "tokenizer_config.json"));
     const cfg = JSON.parse(text);
@@ -225,20 +225,20 @@ Deno.test("`writeTokenizer` rejects a broken chat template, an unknown pad token
     await Deno.mkdir(out);
     const ctx = fakeContext(out, { modelDir: src });
     await assert.rejects(
-      writeTokenizer.run(
+      writeTokenizerStage.run(
         ctx,
-        writeTokenizer.options.parse({ chatTemplate: "{% for m in messages %}" }),
+        writeTokenizerStage.options.parse({ chatTemplate: "{% for m in messages %}" }),
       ),
       (e) => isCkptError(e, "TOKENIZER_TEMPLATE"),
     );
     await assert.rejects(
-      writeTokenizer.run(ctx, writeTokenizer.options.parse({ padToken: "<pad>" })),
+      writeTokenizerStage.run(ctx, writeTokenizerStage.options.parse({ padToken: "<pad>" })),
       (e) => isCkptError(e, "TOKENIZER_INVALID"),
     );
     await assert.rejects(
-      writeTokenizer.run(
+      writeTokenizerStage.run(
         fakeContext(out, { modelDir: join(dir, "empty") }),
-        writeTokenizer.options.parse({}),
+        writeTokenizerStage.options.parse({}),
       ),
       (e) => isCkptError(e, "TOKENIZER_MISSING"),
     );
