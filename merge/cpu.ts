@@ -1,30 +1,220 @@
 /**
- * The CPU merge backend (temporary scalar version; the WebAssembly SIMD worker version replaces it).
+ * The CPU merge backend: a WebAssembly SIMD kernel (`merge/cpu_kernel.ts`, generated at startup)
+ * run by workers that share one `WebAssembly.Memory`, each merging a contiguous range of the
+ * block's rows. Results equal `merge/reference.ts` bit for bit.
+ *
+ * Calls are served one at a time in arrival order (the workers already use every core); a block is
+ * copied into the shared memory, merged in parallel and copied out. Blocks too small to be worth a
+ * round trip to the workers are merged on the calling thread with the same kernel.
+ *
+ * @example Merging on the CPU
+ * ```ts
+ * import { createCpuBackend } from "./cpu.ts";
+ * import { mergeRowsReference } from "./reference.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const cpu = await createCpuBackend({ workers: 2 });
+ * const req = {
+ *   name: "w", wDtype: "BF16", outDtype: "BF16", rows: 3, cols: 40, rank: 2,
+ *   w: new Uint8Array(3 * 40 * 2).fill(0x3f), a: new Float32Array(80).fill(0.25),
+ *   b: new Float32Array(6).fill(-1), scale: 2,
+ * } as const;
+ * assert.deepEqual(await cpu.mergeRows(req), mergeRowsReference(req));
+ * await cpu.dispose();
+ * ```
  * @module
  */
-import type { MergeBackend, MergeRowsRequest } from "./types.ts";
-import { mergeRowsReference } from "./reference.ts";
+import { CkptError } from "../errors.ts";
+import { type CpuTask, KernelCache, runCpuTask } from "./_cpu_rows.ts";
+import { KERNEL_MAX_PAGES, mergeKernelWasm } from "./cpu_kernel.ts";
+import type { MergeBackend, MergeDType, MergeRowsRequest } from "./types.ts";
+import { MERGE_DTYPE_SIZE, validateMergeRequest } from "./validate.ts";
 
 /** Options of {@linkcode createCpuBackend}. */
 export interface CpuBackendOptions {
-  /** Worker count (default: `navigator.hardwareConcurrency`, at most 8). */
+  /** Worker count (default `navigator.hardwareConcurrency`, at most 16; 0 merges on the calling
+   * thread only). */
   workers?: number;
+  /** Blocks with fewer than this many `weights × rank` products run on the calling thread
+   * (default 2^20). */
+  inlineBelow?: number;
 }
 
-/** Creates the CPU backend. */
-export function createCpuBackend(_options: CpuBackendOptions = {}): Promise<MergeBackend> {
-  return Promise.resolve({
-    kind: "cpu",
-    description: "cpu: scalar JavaScript",
-    mergeRows(req: MergeRowsRequest): Promise<Uint8Array> {
-      try {
-        return Promise.resolve(mergeRowsReference(req));
-      } catch (e) {
-        return Promise.reject(e);
+const PAGE = 65536;
+const align = (n: number) => Math.ceil(n / 64) * 64;
+
+interface Pending {
+  resolve: () => void;
+  reject: (e: Error) => void;
+}
+
+class CpuBackend implements MergeBackend {
+  readonly kind = "cpu" as const;
+  readonly description: string;
+  #mem: WebAssembly.Memory;
+  #cache: KernelCache;
+  #workers: Worker[];
+  #modules = new Map<string, WebAssembly.Module>();
+  #sent: Set<string>[];
+  #pending = new Map<number, Pending>();
+  #nextId = 0;
+  #queue: Promise<unknown> = Promise.resolve();
+  #inlineBelow: number;
+  #disposed = false;
+
+  constructor(workers: number, inlineBelow: number) {
+    this.#mem = new WebAssembly.Memory({ initial: 16, maximum: KERNEL_MAX_PAGES, shared: true });
+    this.#cache = new KernelCache(this.#mem);
+    this.#inlineBelow = inlineBelow;
+    this.#workers = [];
+    this.#sent = [];
+    for (let n = 0; n < workers; n++) {
+      const w = new Worker(new URL("./cpu_worker.ts", import.meta.url).href, {
+        type: "module",
+        name: `ckpt-merge-cpu-${n}`,
+      });
+      w.onmessage = (e: MessageEvent) => {
+        const { id, error } = e.data as { id: number; error?: string };
+        const p = this.#pending.get(id);
+        this.#pending.delete(id);
+        if (error === undefined) p?.resolve();
+        else p?.reject(new CkptError("MERGE_CPU_WORKER", `Cannot merge on the CPU: ${error}`));
+      };
+      w.onerror = (e: ErrorEvent) => {
+        e.preventDefault();
+        for (const p of this.#pending.values()) {
+          p.reject(new CkptError("MERGE_CPU_WORKER", `Cannot merge on the CPU: ${e.message}`));
+        }
+        this.#pending.clear();
+      };
+      w.postMessage({ type: "init", mem: this.#mem });
+      this.#workers.push(w);
+      this.#sent.push(new Set());
+    }
+    this.description = `cpu: WebAssembly SIMD, ${workers} worker${workers === 1 ? "" : "s"}`;
+  }
+
+  mergeRows(req: MergeRowsRequest): Promise<Uint8Array> {
+    if (this.#disposed) {
+      return Promise.reject(
+        new CkptError("MERGE_DISPOSED", `Cannot merge "${req.name}": the CPU backend was disposed`),
+      );
+    }
+    try {
+      validateMergeRequest(req);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    const run = this.#queue.then(() => this.#merge(req));
+    this.#queue = run.catch(() => {});
+    return run;
+  }
+
+  #module(wDtype: MergeDType, out: MergeDType): WebAssembly.Module {
+    const key = `${wDtype}>${out}`;
+    let m = this.#modules.get(key);
+    if (!m) {
+      m = new WebAssembly.Module(mergeKernelWasm(wDtype, out));
+      this.#modules.set(key, m);
+    }
+    return m;
+  }
+
+  async #merge(req: MergeRowsRequest): Promise<Uint8Array> {
+    const { rows, cols, rank } = req;
+    const dora = req.magnitude !== undefined;
+    const aPtr = 0;
+    const bPtr = align(aPtr + req.a.byteLength);
+    const wPtr = align(bPtr + req.b.byteLength);
+    const outBytes = rows * cols * MERGE_DTYPE_SIZE[req.outDtype];
+    const outPtr = align(wPtr + req.w.byteLength);
+    const yPtr = align(outPtr + outBytes);
+    const magPtr = align(yPtr + (dora ? rows * cols * 4 : 0));
+    const end = magPtr + (dora ? rows * 4 : 0) + 64;
+    const pages = Math.ceil(end / PAGE);
+    const have = this.#mem.buffer.byteLength / PAGE;
+    if (pages > KERNEL_MAX_PAGES) {
+      throw new CkptError(
+        "MERGE_BLOCK_TOO_LARGE",
+        `Cannot merge "${req.name}" on the CPU: a block of ${rows} x ${cols} needs ${end} bytes, over 4 GiB`,
+        { tensor: req.name },
+      );
+    }
+    if (pages > have) this.#mem.grow(pages - have);
+    const u8 = new Uint8Array(this.#mem.buffer as unknown as ArrayBuffer);
+    u8.set(new Uint8Array(req.a.buffer, req.a.byteOffset, req.a.byteLength), aPtr);
+    u8.set(new Uint8Array(req.b.buffer, req.b.byteOffset, req.b.byteLength), bPtr);
+    u8.set(req.w, wPtr);
+    if (req.magnitude) {
+      const m = req.magnitude;
+      u8.set(new Uint8Array(m.buffer, m.byteOffset, m.byteLength), magPtr);
+    }
+    const base: Omit<CpuTask, "row0" | "row1"> = {
+      key: `${req.wDtype}>${dora ? "F32" : req.outDtype}`,
+      wDtype: req.wDtype,
+      outDtype: req.outDtype,
+      wPtr,
+      aPtr,
+      bPtr,
+      outPtr,
+      yPtr,
+      magPtr,
+      dora,
+      cols,
+      rank,
+      scale: req.scale,
+    };
+    const work = rows * cols * Math.max(rank, 1);
+    const n = Math.min(this.#workers.length, rows);
+    if (n <= 1 || work < this.#inlineBelow) {
+      runCpuTask(this.#mem, this.#cache, { ...base, row0: 0, row1: rows });
+    } else {
+      const kernelOut = dora ? "F32" : req.outDtype;
+      const module = this.#module(req.wDtype, kernelOut);
+      const jobs: Promise<void>[] = [];
+      for (let t = 0; t < n; t++) {
+        const row0 = Math.floor((rows * t) / n), row1 = Math.floor((rows * (t + 1)) / n);
+        const id = this.#nextId++;
+        const sent = this.#sent[t]!;
+        const first = !sent.has(base.key);
+        sent.add(base.key);
+        jobs.push(
+          new Promise<void>((resolve, reject) => {
+            this.#pending.set(id, { resolve, reject });
+            this.#workers[t]!.postMessage({
+              type: "task",
+              id,
+              task: { ...base, row0, row1 },
+              ...(first ? { module } : {}),
+            });
+          }),
+        );
       }
-    },
-    dispose(): Promise<void> {
-      return Promise.resolve();
-    },
-  });
+      await Promise.all(jobs);
+    }
+    return new Uint8Array(this.#mem.buffer as unknown as ArrayBuffer).slice(
+      outPtr,
+      outPtr + outBytes,
+    );
+  }
+
+  dispose(): Promise<void> {
+    this.#disposed = true;
+    for (const w of this.#workers) w.terminate();
+    this.#workers = [];
+    for (const p of this.#pending.values()) {
+      p.reject(new CkptError("MERGE_DISPOSED", "Cannot merge: the CPU backend was disposed"));
+    }
+    this.#pending.clear();
+    return Promise.resolve();
+  }
+}
+
+/** Creates the CPU backend (workers start at once; dispose it to stop them). */
+export function createCpuBackend(options: CpuBackendOptions = {}): Promise<MergeBackend> {
+  const workers = Math.max(
+    0,
+    Math.min(16, Math.floor(options.workers ?? navigator.hardwareConcurrency ?? 1)),
+  );
+  return Promise.resolve(new CpuBackend(workers, options.inlineBelow ?? 1 << 20));
 }

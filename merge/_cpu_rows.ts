@@ -1,0 +1,114 @@
+/**
+ * The part of a CPU merge that runs beside the SIMD kernel, on the main thread or in a worker:
+ * the columns past the last 16-column tile (scalar formula of `merge/reference.ts`) and the DoRA
+ * row scaling. Private to the CPU backend.
+ * @module
+ */
+import { bf16ToF32, f16ToF32 } from "../formats/dtype.ts";
+import { doraSumOfSquares, encodeMergedRow } from "./reference.ts";
+import { KERNEL_TILE_COLS, mergeKernelWasm } from "./cpu_kernel.ts";
+import type { MergeDType } from "./types.ts";
+
+/** One slice of a block for one thread: pointers into the shared memory and the row range. */
+export interface CpuTask {
+  /** Kernel cache key `${wDtype}>${kernelOut}`. */
+  key: string;
+  wDtype: MergeDType;
+  outDtype: MergeDType;
+  wPtr: number;
+  aPtr: number;
+  bPtr: number;
+  outPtr: number;
+  /** DoRA: f32 scratch for the unscaled rows (`rows × cols`), and the magnitudes. */
+  yPtr: number;
+  magPtr: number;
+  dora: boolean;
+  row0: number;
+  row1: number;
+  cols: number;
+  rank: number;
+  scale: number;
+}
+
+const SIZE: Record<MergeDType, number> = { BF16: 2, F16: 2, F32: 4 };
+type Kernel = (...args: number[]) => void;
+
+/** A per-thread cache of instantiated kernels over one shared memory. */
+export class KernelCache {
+  #mem: WebAssembly.Memory;
+  #kernels = new Map<string, Kernel>();
+  constructor(mem: WebAssembly.Memory) {
+    this.#mem = mem;
+  }
+  /** The kernel for `key`, compiled from `module` or generated when absent. */
+  get(wDtype: MergeDType, kernelOut: MergeDType, module?: WebAssembly.Module): Kernel {
+    const key = `${wDtype}>${kernelOut}`;
+    let k = this.#kernels.get(key);
+    if (!k) {
+      const mod = module ?? new WebAssembly.Module(mergeKernelWasm(wDtype, kernelOut));
+      const inst = new WebAssembly.Instance(mod, { env: { mem: this.#mem } });
+      k = inst.exports.run as Kernel;
+      this.#kernels.set(key, k);
+    }
+    return k;
+  }
+}
+
+const fr = Math.fround;
+
+/** Runs one task: SIMD kernel, scalar tail, DoRA scaling. */
+export function runCpuTask(
+  mem: WebAssembly.Memory,
+  cache: KernelCache,
+  t: CpuTask,
+  module?: WebAssembly.Module,
+): void {
+  const kernelOut: MergeDType = t.dora ? "F32" : t.outDtype;
+  const kernel = cache.get(t.wDtype, kernelOut, module);
+  const colsVec = t.cols - (t.cols % KERNEL_TILE_COLS);
+  const dst = t.dora ? t.yPtr : t.outPtr;
+  const s = fr(t.scale);
+  if (colsVec > 0) {
+    kernel(t.wPtr, t.aPtr, t.bPtr, dst, t.row0, t.row1, t.cols, colsVec, t.rank, s);
+  }
+  const buf = mem.buffer as unknown as ArrayBuffer;
+  const { cols, rank } = t;
+  const a = new Float32Array(buf, t.aPtr, rank * cols);
+  const outBytes = new Uint8Array(buf, t.outPtr);
+  if (colsVec < cols) {
+    const tail = new Float32Array(cols - colsVec);
+    const wsz = SIZE[t.wDtype];
+    const w = new DataView(buf, t.wPtr);
+    const b = new Float32Array(buf, t.bPtr);
+    const y = t.dora ? new Float32Array(buf, t.yPtr) : undefined;
+    for (let i = t.row0; i < t.row1; i++) {
+      for (let j = colsVec; j < cols; j++) {
+        const e = i * cols + j;
+        const wv = t.wDtype === "F32"
+          ? w.getFloat32(e * 4, true)
+          : t.wDtype === "BF16"
+          ? bf16ToF32(w.getUint16(e * wsz, true))
+          : f16ToF32(w.getUint16(e * wsz, true));
+        let acc = 0;
+        if (rank > 0) {
+          acc = fr(b[i * rank]! * a[j]!);
+          for (let k = 1; k < rank; k++) acc = fr(acc + fr(b[i * rank + k]! * a[k * cols + j]!));
+        }
+        const v = fr(wv + fr(s * acc));
+        if (y) y[e] = v;
+        else tail[j - colsVec] = v;
+      }
+      if (!y) encodeMergedRow(t.outDtype, tail, outBytes, i * cols + colsVec);
+    }
+  }
+  if (t.dora) {
+    const mag = new Float32Array(buf, t.magPtr);
+    for (let i = t.row0; i < t.row1; i++) {
+      const row = new Float32Array(buf, t.yPtr + i * cols * 4, cols);
+      const norm = fr(Math.sqrt(doraSumOfSquares(row)));
+      const f = fr(mag[i]! / norm);
+      for (let j = 0; j < cols; j++) row[j] = fr(f * row[j]!);
+      encodeMergedRow(t.outDtype, row, outBytes, i * cols);
+    }
+  }
+}

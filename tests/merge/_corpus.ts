@@ -1,0 +1,106 @@
+/**
+ * A deterministic corpus of merge requests for backend tests: every dtype pair, ranks 0-70, column
+ * counts around the 4- and 16-column tiles, NaN/Inf/subnormal/huge weights, DoRA rows.
+ * @module
+ */
+import type { MergeDType, MergeRowsRequest } from "../../merge/types.ts";
+
+/** Deterministic pseudo-random f32s in [-scale/2, scale/2). */
+export function seeded(n: number, seed: number, scale = 1): Float32Array {
+  const out = new Float32Array(n);
+  let s = seed >>> 0;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    out[i] = (s / 2 ** 32 - 0.5) * scale;
+  }
+  return out;
+}
+
+const SIZE: Record<MergeDType, number> = { BF16: 2, F16: 2, F32: 4 };
+
+/** W bytes of `dtype` from random bit patterns mixed with special values. */
+export function weights(dtype: MergeDType, n: number, seed: number): Uint8Array {
+  const bytes = new Uint8Array(n * SIZE[dtype]);
+  const f = seeded(n, seed, 4);
+  const specials = dtype === "F32"
+    ? [
+      0x7fc00000,
+      0xff800000,
+      0x7f800000,
+      0x00000001,
+      0x807fffff,
+      0x7f7fffff,
+      0x80000000,
+      0x00400000,
+    ]
+    : dtype === "BF16"
+    ? [0x7fc0, 0xff80, 0x7f80, 0x0001, 0x807f, 0x7f7f, 0x8000, 0x0040, 0xffff]
+    : [0x7e00, 0xfc00, 0x7c00, 0x0001, 0x83ff, 0x7bff, 0x8000, 0x0200, 0xfe01];
+  if (dtype === "F32") {
+    const u = new Uint32Array(bytes.buffer);
+    u.set(new Uint32Array(f.buffer));
+    for (let i = 0; i < n; i += 7) u[i] = specials[(i / 7) % specials.length]!;
+  } else {
+    const u = new Uint16Array(bytes.buffer);
+    const src = new Uint32Array(f.buffer);
+    for (let i = 0; i < n; i++) {
+      u[i] = dtype === "BF16" ? src[i]! >>> 16 : (src[i]! >>> 13) & 0xffff;
+    }
+    for (let i = 0; i < n; i += 7) u[i] = specials[(i / 7) % specials.length]!;
+  }
+  return bytes;
+}
+
+/** One request of the corpus. */
+export function request(
+  wDtype: MergeDType,
+  outDtype: MergeDType,
+  rows: number,
+  cols: number,
+  rank: number,
+  seed: number,
+  opts: { dora?: boolean; factorScale?: number; scale?: number } = {},
+): MergeRowsRequest {
+  const req: MergeRowsRequest = {
+    name: `corpus.${wDtype}.${outDtype}.${rows}x${cols}.r${rank}.s${seed}`,
+    w: weights(wDtype, rows * cols, seed),
+    wDtype,
+    outDtype,
+    rows,
+    cols,
+    rank,
+    a: seeded(rank * cols, seed + 1, opts.factorScale ?? 0.5),
+    b: seeded(rows * rank, seed + 2, opts.factorScale ?? 0.5),
+    scale: opts.scale ?? 1.7,
+  };
+  if (opts.dora) req.magnitude = seeded(rows, seed + 3, 3);
+  return req;
+}
+
+const DTYPES: MergeDType[] = ["BF16", "F16", "F32"];
+
+/** The corpus: small shapes covering every case the backends must agree on. */
+export function corpus(): MergeRowsRequest[] {
+  const out: MergeRowsRequest[] = [];
+  let seed = 1;
+  for (const wd of DTYPES) {
+    for (const od of DTYPES) {
+      out.push(request(wd, od, 5, 48, 16, seed++));
+      out.push(request(wd, od, 3, 37, 3, seed++));
+      out.push(request(wd, od, 2, 130, 8, seed++, { dora: true }));
+    }
+  }
+  for (const rank of [0, 1, 2, 5, 64, 70]) {
+    for (const cols of [1, 4, 7, 16, 33, 257]) {
+      out.push(request("BF16", "BF16", 3, cols, rank, seed++));
+    }
+  }
+  // large magnitudes: huge factors overflow f16/bf16 outputs to Inf
+  out.push(request("BF16", "F16", 4, 64, 8, seed++, { factorScale: 600 }));
+  out.push(request("F32", "BF16", 4, 64, 8, seed++, { factorScale: 1e19 }));
+  // tiny factors: results near subnormal
+  out.push(request("BF16", "BF16", 4, 64, 4, seed++, { factorScale: 1e-20 }));
+  out.push(request("F16", "F16", 4, 64, 4, seed++, { factorScale: 1e-3, scale: 1e-3 }));
+  out.push(request("BF16", "BF16", 6, 300, 16, seed++, { dora: true }));
+  return out;
+}

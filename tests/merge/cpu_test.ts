@@ -1,0 +1,48 @@
+import assert from "node:assert/strict";
+import { createCpuBackend } from "../../merge/cpu.ts";
+import { mergeRowsReference } from "../../merge/reference.ts";
+import { corpus, request } from "./_corpus.ts";
+
+Deno.test("`createCpuBackend()` equals the reference bit for bit over the corpus (inline)", async () => {
+  const cpu = await createCpuBackend({ workers: 0 });
+  try {
+    for (const req of corpus()) {
+      assert.deepEqual(await cpu.mergeRows(req), mergeRowsReference(req), req.name);
+    }
+  } finally {
+    await cpu.dispose();
+  }
+});
+
+Deno.test("`createCpuBackend()` with workers equals the reference bit for bit", async () => {
+  const cpu = await createCpuBackend({ workers: 2, inlineBelow: 0 });
+  try {
+    assert.match(cpu.description, /2 workers/);
+    for (const req of corpus()) {
+      assert.deepEqual(await cpu.mergeRows(req), mergeRowsReference(req), req.name);
+    }
+    // a moderately sized block, concurrent calls served in order
+    const big = [
+      request("BF16", "BF16", 257, 1040, 16, 99),
+      request("F16", "F32", 64, 1027, 64, 100),
+      request("BF16", "BF16", 33, 512, 16, 101, { dora: true }),
+    ];
+    const got = await Promise.all(big.map((r) => cpu.mergeRows(r)));
+    big.forEach((r, n) => assert.deepEqual(got[n], mergeRowsReference(r), r.name));
+  } finally {
+    await cpu.dispose();
+  }
+});
+
+Deno.test("`createCpuBackend()` rejects bad requests with coded errors and refuses after dispose", async () => {
+  const cpu = await createCpuBackend({ workers: 1 });
+  const req = request("BF16", "BF16", 2, 8, 2, 5);
+  await assert.rejects(cpu.mergeRows({ ...req, rank: 3 }), { code: "MERGE_SHAPE" });
+  await assert.rejects(cpu.mergeRows({ ...req, b: new Float32Array(3) }), { code: "MERGE_SHAPE" });
+  await assert.rejects(
+    cpu.mergeRows({ ...req, magnitude: new Float32Array(5) }),
+    { code: "MERGE_SHAPE" },
+  );
+  await cpu.dispose();
+  await assert.rejects(cpu.mergeRows(req), { code: "MERGE_DISPOSED" });
+});

@@ -1,0 +1,126 @@
+import assert from "node:assert/strict";
+import { bf16ToF32, decodeF32, f16ToF32 } from "../../formats/dtype.ts";
+import { doraSumOfSquares, mergeRowsReference } from "../../merge/reference.ts";
+import type { MergeDType } from "../../merge/types.ts";
+import { request, seeded } from "./_corpus.ts";
+
+function ulp(dtype: MergeDType, x: number): number {
+  const mant = dtype === "BF16" ? 7 : dtype === "F16" ? 10 : 23;
+  const minExp = dtype === "F16" ? -14 : -126;
+  const e = Math.max(Math.floor(Math.log2(Math.abs(x) || 2 ** minExp)), minExp);
+  return 2 ** (e - mant);
+}
+
+function decodeOut(dtype: MergeDType, bytes: Uint8Array): Float32Array {
+  return decodeF32(dtype, bytes);
+}
+
+Deno.test("`mergeRowsReference()` is within half an output ulp plus f32 slack of a float64 merge", () => {
+  for (
+    const [wd, od] of [["BF16", "BF16"], ["F16", "F16"], ["F32", "BF16"], ["BF16", "F32"]] as const
+  ) {
+    for (const rank of [1, 8, 64]) {
+      const rows = 4, cols = 96;
+      const req = request(wd, od, rows, cols, rank, rank * 7 + 3);
+      // finite weights only: rebuild W from plain random values
+      const wf = seeded(rows * cols, rank, 6);
+      const wBytes = new Uint8Array(rows * cols * (wd === "F32" ? 4 : 2));
+      const dv = new DataView(wBytes.buffer);
+      for (let i = 0; i < wf.length; i++) {
+        if (wd === "F32") dv.setFloat32(i * 4, wf[i]!, true);
+        else {dv.setUint16(
+            i * 2,
+            new Uint32Array(wf.buffer)[i]! >>> (wd === "BF16" ? 16 : 19),
+            true,
+          );}
+      }
+      req.w = wBytes;
+      const w = decodeF32(wd, wBytes);
+      const out = decodeOut(od, mergeRowsReference(req));
+      const s = Math.fround(req.scale);
+      let checked = 0;
+      for (let i = 0; i < rows; i++) {
+        for (let j = 0; j < cols; j++) {
+          let sum = 0, mag = 0;
+          for (let k = 0; k < rank; k++) {
+            const p = req.b[i * rank + k]! * req.a[k * cols + j]!;
+            sum += p;
+            mag += Math.abs(p);
+          }
+          const wv = w[i * cols + j]!;
+          if (!Number.isFinite(wv)) continue;
+          const exact = wv + s * sum;
+          const slack = (rank + 3) * 2 ** -24 * (Math.abs(wv) + Math.abs(s) * mag);
+          const got = out[i * cols + j]!;
+          assert.ok(
+            Math.abs(got - exact) <= 0.5 * ulp(od, exact) + slack,
+            `${req.name} [${i},${j}]: ${got} vs exact ${exact}`,
+          );
+          checked++;
+        }
+      }
+      assert.ok(checked > rows * cols * 0.9);
+    }
+  }
+});
+
+Deno.test("`mergeRowsReference()` rounds once, to nearest even, and writes canonical NaNs", () => {
+  const base = {
+    name: "t",
+    wDtype: "F32" as const,
+    rows: 1,
+    cols: 4,
+    rank: 1,
+    a: new Float32Array([1, 1, 1, 1]),
+    scale: 1,
+  };
+  // 1 + 2^-8 is a bf16 tie: rounds to even (1); 1 + 3·2^-8 rounds up to 1 + 2^-6
+  const w = new Uint8Array(new Float32Array([1, 1, NaN, -Infinity]).buffer);
+  const out = mergeRowsReference({
+    ...base,
+    outDtype: "BF16",
+    w,
+    b: new Float32Array([2 ** -8]),
+  });
+  const bits = new Uint16Array(out.buffer);
+  assert.equal(bf16ToF32(bits[0]!), 1);
+  assert.equal(bits[2], 0xffff);
+  assert.equal(bits[3], 0xff80);
+  const f16 = new Uint16Array(
+    mergeRowsReference({ ...base, outDtype: "F16", w, b: new Float32Array([3 * 2 ** -11]) }).buffer,
+  );
+  // 1 + 3·2^-11 lies halfway between 1 + 2^-10 and 1 + 2^-9: the tie goes to the even mantissa
+  assert.equal(f16ToF32(f16[0]!), 1 + 2 ** -9);
+  assert.equal(f16[2], 0x7e00);
+  const f32 = new Uint32Array(
+    mergeRowsReference({ ...base, outDtype: "F32", w, b: new Float32Array([1]) }).buffer,
+  );
+  assert.equal(f32[2], 0x7fc00000);
+});
+
+Deno.test("`mergeRowsReference()` scales DoRA rows by magnitude over the merged row norm", () => {
+  const req = request("F32", "F32", 3, 300, 4, 11, { dora: true });
+  const plain = decodeF32("F32", mergeRowsReference({ ...req, magnitude: undefined } as never));
+  const dora = decodeF32("F32", mergeRowsReference(req));
+  for (let i = 0; i < 3; i++) {
+    const row = plain.subarray(i * 300, (i + 1) * 300);
+    if (!row.every(Number.isFinite)) continue;
+    const norm = Math.sqrt(row.reduce((s, v) => s + v * v, 0));
+    for (let j = 0; j < 300; j += 17) {
+      const want = (req.magnitude![i]! / norm) * row[j]!;
+      assert.ok(Math.abs(dora[i * 300 + j]! - want) <= 1e-5 * Math.abs(want) + 1e-30);
+    }
+  }
+  assert.equal(doraSumOfSquares(new Float32Array([3, 4])), 25);
+});
+
+Deno.test("`mergeRowsReference()` validates shapes before computing", () => {
+  const req = request("BF16", "BF16", 2, 8, 2, 1);
+  assert.throws(() => mergeRowsReference({ ...req, a: new Float32Array(15) }), {
+    code: "MERGE_SHAPE",
+  });
+  assert.throws(() => mergeRowsReference({ ...req, outDtype: "I8" as never }), {
+    code: "MERGE_DTYPE",
+  });
+  assert.throws(() => mergeRowsReference({ ...req, scale: NaN }), { code: "MERGE_SCALE" });
+});
