@@ -89,7 +89,7 @@ export async function main(args: string[]): Promise<number> {
   } catch (err) {
     if (err instanceof CkptError) {
       console.error(`ckpt ${name}: [${err.code}] ${err.message}`);
-      return 1;
+      return err.code === "ABORTED" ? 130 : 1;
     }
     if (err instanceof UsageError) {
       console.error(`ckpt ${name}: ${err.message}\n(see ckpt ${name} --help)`);

@@ -1,0 +1,157 @@
+/**
+ * `ckpt run <config.jsonc | preset>`: runs a pipeline config end to end.
+ * @module
+ */
+import { resolve } from "node:path";
+import { CkptError } from "../errors.ts";
+import type { BackendChoice } from "../merge/types.ts";
+import { loadConfig, parseVarArgs, type PipelineConfig } from "../pipelines/config.ts";
+import { loadPreset, PRESETS } from "../pipelines/presets.ts";
+import { createRenderer, formatBytes, type LogStyle } from "../pipelines/progress.ts";
+import { runPipeline, type RunResult } from "../pipelines/run.ts";
+import { parseCommand, stringOption, UsageError } from "./_args.ts";
+
+const HELP = `ckpt run: run a pipeline config (JSONC) end to end
+
+Usage: ckpt run <config.jsonc | preset> [options]
+
+Everything is written into a staging folder beside the output and renamed into place only when
+every stage succeeded; the output gets a ckpt-manifest.json (sizes, sha256, inputs, versions,
+backend, timings). Ctrl-C / SIGTERM abort cleanly and leave no staging folder.
+
+Presets (relative paths resolve against the current folder):
+${Object.entries(PRESETS).map(([n, p]) => `  ${n.padEnd(19)} ${p.summary}`).join("\n")}
+
+Options:
+  --var name=value     set a config variable (repeatable; overrides CKPT_VAR_<name> and "vars")
+  --overwrite          replace an existing output (old one removed only after the new one is in place)
+  --dry-run            print the plan (files, sizes) and write nothing
+  --backend <b>        merge backend: auto (default), webgpu or cpu
+  --log <style>        auto (live line on a terminal, JSON lines otherwise), tty, json or quiet
+  -h, --help           this help
+
+Examples:
+  ckpt run examples/halos_final.jsonc --var run=/runs/llama3-kto
+  ckpt run ppo-final --var run=/runs/ppo --var out=/exports/ppo-final --dry-run
+
+Exit codes: 0 ok, 1 failed, 2 usage error, 130 interrupted`;
+
+/** Loads a config file, or a preset when the argument names one and no such file exists. */
+export async function loadConfigOrPreset(
+  arg: string,
+  vars: Record<string, string>,
+): Promise<PipelineConfig> {
+  if (Object.hasOwn(PRESETS, arg)) {
+    try {
+      await Deno.stat(arg);
+    } catch {
+      return await loadPreset(arg, { vars });
+    }
+  }
+  return await loadConfig(resolve(arg), { vars });
+}
+
+/** Wires SIGINT/SIGTERM to an AbortController for the duration of `fn`. */
+export async function withSignals<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const ac = new AbortController();
+  const handlers: Array<[Deno.Signal, () => void]> = (["SIGINT", "SIGTERM"] as const).map((
+    sig,
+  ) => [sig, () => ac.abort(new Error(`received ${sig}`))]);
+  for (const [sig, h] of handlers) Deno.addSignalListener(sig, h);
+  try {
+    return await fn(ac.signal);
+  } finally {
+    for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);
+  }
+}
+
+/** Parses `--log`. */
+export function logStyle(value: string | undefined): LogStyle {
+  const v = value ?? "auto";
+  if (v === "auto" || v === "json" || v === "tty" || v === "quiet") return v;
+  throw new UsageError(`--log must be auto, tty, json or quiet (got "${v}")`);
+}
+
+/** Parses `--backend`. */
+export function backendChoice(value: string | undefined): BackendChoice | undefined {
+  if (value === undefined) return undefined;
+  if (value === "auto" || value === "webgpu" || value === "cpu") return value;
+  throw new UsageError(`--backend must be auto, webgpu or cpu (got "${value}")`);
+}
+
+/** The stderr writer the renderers use. */
+export function stderrWriter(): (text: string) => void {
+  const enc = new TextEncoder();
+  return (text) => void Deno.stderr.writeSync(enc.encode(text));
+}
+
+/** Prints a dry-run plan as a table on stdout. */
+export function printPlan(result: RunResult): void {
+  console.log(`plan for ${result.output} (nothing written):`);
+  const width = Math.max(4, ...result.files.map((f) => f.path.length));
+  let total = 0;
+  for (const f of result.files) {
+    total += f.bytes;
+    console.log(`  ${f.path.padEnd(width)}  ${formatBytes(f.bytes).padStart(9)}  ${f.stage}`);
+  }
+  console.log(
+    `  ${"total".padEnd(width)}  ${formatBytes(total).padStart(9)}  ${result.files.length} files`,
+  );
+}
+
+/** Runs a pipeline with signals wired, a renderer, and the result printed; returns the exit code. */
+export async function runWithCli(
+  config: PipelineConfig,
+  flags: { overwrite: boolean; dryRun: boolean; backend: BackendChoice | undefined; log: LogStyle },
+): Promise<number> {
+  const render = createRenderer(flags.log, stderrWriter(), Deno.stderr.isTerminal());
+  try {
+    const result = await withSignals((signal) =>
+      runPipeline(config, {
+        overwrite: flags.overwrite,
+        dryRun: flags.dryRun,
+        signal,
+        onEvent: render,
+        ...(flags.backend ? { backend: flags.backend } : {}),
+      })
+    );
+    if (result.dryRun) printPlan(result);
+    else if (flags.log !== "json") {
+      console.log(`${result.output}\nmanifest sha256 ${result.manifestSha256}`);
+    }
+    return 0;
+  } catch (err) {
+    if (err instanceof CkptError && err.code === "ABORTED") {
+      console.error(`ckpt: ${err.message}`);
+      return 130;
+    }
+    if (err instanceof CkptError && flags.log !== "quiet") {
+      // Already rendered as a pipeline-error event; the exit code says the rest.
+      return 1;
+    }
+    throw err;
+  }
+}
+
+/** Entry point of `ckpt run`. */
+export async function run(args: string[]): Promise<number> {
+  const parsed = parseCommand(args, {
+    var: { type: "string", multiple: true },
+    overwrite: { type: "boolean" },
+    "dry-run": { type: "boolean" },
+    backend: { type: "string" },
+    log: { type: "string" },
+  }, HELP);
+  if (!parsed) return 0;
+  if (parsed.positionals.length !== 1) {
+    throw new UsageError(`expected one config file or preset, got ${parsed.positionals.length}`);
+  }
+  const varList = (parsed.values.var ?? []) as string[];
+  const config = await loadConfigOrPreset(parsed.positionals[0]!, parseVarArgs(varList));
+  return await runWithCli(config, {
+    overwrite: parsed.values.overwrite === true,
+    dryRun: parsed.values["dry-run"] === true,
+    backend: backendChoice(stringOption(parsed, "backend")),
+    log: logStyle(stringOption(parsed, "log")),
+  });
+}
