@@ -1,0 +1,151 @@
+/**
+ * Wires `ckpt watch` to the pipeline runner: an {@linkcode ExportRunner} that runs a config with
+ * `runPipeline` and the checkpoint's variables, a verifier that checks an export against its
+ * manifest, and a reader for the config's `"watch"` block.
+ *
+ * @example Exporting with a pipeline of custom stages
+ * ```ts
+ * import { pipelineRunner } from "./runner.ts";
+ * import type { Stage } from "../stage.ts";
+ * import { z } from "zod";
+ * import assert from "node:assert/strict";
+ *
+ * const note: Stage = {
+ *   name: "note",
+ *   summary: "writes the step name",
+ *   options: z.strictObject({ text: z.string() }),
+ *   async run(ctx, options) {
+ *     await Deno.writeTextFile(`${ctx.outDir}/step.txt`, (options as { text: string }).text);
+ *   },
+ * };
+ * const dir = await Deno.makeTempDir();
+ * const runner = pipelineRunner(
+ *   { output: "${run}/exports/${step}", stages: [{ use: "note", text: "${step}" }] },
+ *   { stages: { note }, baseDir: dir, env: {} },
+ * );
+ * const result = await runner({
+ *   checkpoint: { name: "step-64", path: `${dir}/step-64`, step: 64 },
+ *   vars: { step: "step-64", run: dir, checkpoint: `${dir}/step-64`, counter: "64" },
+ *   overwrite: false,
+ *   signal: new AbortController().signal,
+ *   onEvent: () => {},
+ * });
+ * assert.equal(await Deno.readTextFile(`${result.output}/step.txt`), "step-64");
+ * assert.match(result.manifestSha256 ?? "", /^[0-9a-f]{64}$/);
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ * @module
+ */
+import { join } from "node:path";
+import { CkptError } from "../../errors.ts";
+import type { BackendChoice } from "../../merge/types.ts";
+import { parseJsonc, type RawConfig } from "../config.ts";
+import { hashFile, listFiles, MANIFEST_NAME, readManifest } from "../manifest.ts";
+import { runPipeline } from "../run.ts";
+import type { Stage } from "../stage.ts";
+import { parseWatchSettings, type WatchSettings, type WatchSettingsInput } from "./config.ts";
+import type { ExportRunner, ExportVerifier } from "./watch.ts";
+
+/** Options of {@linkcode pipelineRunner}. */
+export interface PipelineRunnerOptions {
+  /** Extra variables (`--var`); the checkpoint's `step`, `run`, `checkpoint`, `counter` win. */
+  vars?: Record<string, string>;
+  /** Merge backend override. */
+  backend?: BackendChoice;
+  /** Stage registry (tests). Default: the built-in stages. */
+  stages?: Record<string, Stage>;
+  /** Environment for `CKPT_VAR_*` (tests pass `{}`). Default: `Deno.env`. */
+  env?: Record<string, string>;
+  /** Folder relative paths resolve against for an object config. */
+  baseDir?: string;
+}
+
+/**
+ * An {@linkcode ExportRunner} running `config` (a config file path or object) with `runPipeline`;
+ * the config is re-read for every checkpoint, so edits apply from the next export.
+ */
+export function pipelineRunner(
+  config: string | RawConfig,
+  options: PipelineRunnerOptions = {},
+): ExportRunner {
+  return async (job) => {
+    const result = await runPipeline(config, {
+      vars: { ...options.vars, ...job.vars },
+      overwrite: job.overwrite,
+      signal: job.signal,
+      onEvent: job.onEvent,
+      ...(options.backend ? { backend: options.backend } : {}),
+      ...(options.stages ? { stages: options.stages } : {}),
+      ...(options.env ? { env: options.env } : {}),
+      ...(options.baseDir ? { baseDir: options.baseDir } : {}),
+    });
+    return { output: result.output, manifestSha256: result.manifestSha256 };
+  };
+}
+
+/**
+ * An {@linkcode ExportVerifier} that checks every file of an export against its
+ * `ckpt-manifest.json` (size and sha256, streamed) and that no unlisted file is present.
+ * `WATCH_VERIFY_FILE` names the first file that differs.
+ */
+export function manifestVerifier(): ExportVerifier {
+  return async (output, signal) => {
+    const manifest = await readManifest(output);
+    const listed = new Set(manifest.files.map((f) => f.path));
+    const extra = (await listFiles(output)).find((p) => p !== MANIFEST_NAME && !listed.has(p));
+    if (extra !== undefined) {
+      throw new CkptError(
+        "WATCH_VERIFY_FILE",
+        `Cannot verify "${join(output, extra)}": the manifest does not list it`,
+        { file: join(output, extra) },
+      );
+    }
+    for (const f of manifest.files) {
+      signal.throwIfAborted();
+      const path = join(output, f.path);
+      let got: { size: number; sha256: string };
+      try {
+        got = await hashFile(path, signal);
+      } catch (cause) {
+        if (signal.aborted) throw cause;
+        throw new CkptError("WATCH_VERIFY_FILE", `Cannot verify "${path}": it cannot be read`, {
+          file: path,
+          cause,
+        });
+      }
+      if (got.size !== f.size || got.sha256 !== f.sha256) {
+        throw new CkptError(
+          "WATCH_VERIFY_FILE",
+          `Cannot verify "${path}": size ${got.size} sha256 ${got.sha256}, manifest says size ${f.size} sha256 ${f.sha256}`,
+          { file: path },
+        );
+      }
+    }
+  };
+}
+
+/**
+ * Reads the `"watch"` block of a JSONC config file (without resolving variables or stages) and
+ * returns the settings with defaults and `overrides` applied. `CONFIG_READ` when the file cannot be
+ * read, `CONFIG_PARSE` for bad JSONC, `WATCH_CONFIG` for a bad block.
+ */
+export async function readWatchSettings(
+  configPath: string,
+  overrides: WatchSettingsInput = {},
+): Promise<WatchSettings> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(configPath);
+  } catch (cause) {
+    throw new CkptError(
+      "CONFIG_READ",
+      `Cannot read config "${configPath}": ${(cause as Error).message}`,
+      { file: configPath, cause },
+    );
+  }
+  const raw = parseJsonc(text, configPath) as { watch?: unknown } | null;
+  return parseWatchSettings(
+    typeof raw === "object" && raw !== null ? raw.watch : undefined,
+    overrides,
+  );
+}
