@@ -214,10 +214,10 @@ function smallFloatToF32(bits: number, ebits: number, mbits: number, nanAll: boo
 }
 
 let f16Table: Uint32Array | undefined;
-let f8e4m3Table: Float32Array | undefined;
-let f8e5m2Table: Float32Array | undefined;
+let f8e4m3Table: Uint32Array | undefined;
+let f8e5m2Table: Uint32Array | undefined;
 
-/** f32 bits of every f16 pattern (256 KiB, built on first use). */
+/** f32 bits of every f16 pattern (256 KiB, built on first use); NaNs come out quiet like torch's. */
 function f16ToF32Table(): Uint32Array {
   if (f16Table) return f16Table;
   const t = new Uint32Array(65536);
@@ -225,7 +225,7 @@ function f16ToF32Table(): Uint32Array {
     const sign = (h & 0x8000) << 16;
     const e = (h >>> 10) & 0x1f;
     const m = h & 0x3ff;
-    if (e === 0x1f) t[h] = sign | 0x7f800000 | (m << 13);
+    if (e === 0x1f) t[h] = sign | 0x7f800000 | (m << 13) | (m === 0 ? 0 : 0x400000); // quiet NaN
     else if (e !== 0) t[h] = sign | ((e + 112) << 23) | (m << 13);
     else if (m === 0) t[h] = sign;
     else t[h] = (sign | f32Bits(m * 2 ** -24)) >>> 0;
@@ -234,12 +234,19 @@ function f16ToF32Table(): Uint32Array {
   return t;
 }
 
-function f8Table(e4m3: boolean): Float32Array {
+/**
+ * f32 bits of every f8 pattern, as torch decodes them: e5m2 through f16 (`b << 8`), so NaN payloads
+ * carry over; e4m3fn NaN (S.1111.111) becomes sign | 0x7FF00000 (c10 `fp8e4m3fn_to_fp32_value`).
+ */
+function f8Table(e4m3: boolean): Uint32Array {
   if (e4m3 && f8e4m3Table) return f8e4m3Table;
   if (!e4m3 && f8e5m2Table) return f8e5m2Table;
-  const t = new Float32Array(256);
+  const t = new Uint32Array(256);
+  const f16 = f16ToF32Table();
   for (let b = 0; b < 256; b++) {
-    t[b] = e4m3 ? smallFloatToF32(b, 4, 3, true) : smallFloatToF32(b, 5, 2, false);
+    if (!e4m3) t[b] = f16[b << 8]!;
+    else if ((b & 0x7f) === 0x7f) t[b] = ((b & 0x80) << 24 | 0x7ff00000) >>> 0;
+    else t[b] = (((b & 0x80) << 24) | f32Bits(Math.abs(smallFloatToF32(b, 4, 3, true)))) >>> 0;
   }
   if (e4m3) f8e4m3Table = t;
   else f8e5m2Table = t;
@@ -324,7 +331,7 @@ export function f32ToF16(x: number): number {
  * ```
  */
 export function f8e4m3ToF32(bits: number): number {
-  return f8Table(true)[bits & 0xff]!;
+  return f32FromBits(f8Table(true)[bits & 0xff]!);
 }
 
 /**
@@ -357,7 +364,7 @@ export function f32ToF8e4m3(x: number): number {
  * ```
  */
 export function f8e5m2ToF32(bits: number): number {
-  return f8Table(false)[bits & 0xff]!;
+  return f32FromBits(f8Table(false)[bits & 0xff]!);
 }
 
 /**
@@ -456,7 +463,8 @@ export function decodeF32(dtype: DType, bytes: Uint8Array, out?: Float32Array): 
     case "F8_E4M3":
     case "F8_E5M2": {
       const t = f8Table(dtype === "F8_E4M3");
-      for (let i = 0; i < n; i++) dst[i] = t[src[i]!]!;
+      const d = new Uint32Array(dst.buffer, dst.byteOffset, n);
+      for (let i = 0; i < n; i++) d[i] = t[src[i]!]!;
       break;
     }
   }

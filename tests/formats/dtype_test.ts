@@ -279,3 +279,54 @@ Deno.test("`decodeF32()` rejects integer dtypes and ragged byte counts", () => {
     (e) => isCkptError(e, "TENSOR_SIZE"),
   );
 });
+
+Deno.test("`encodeF32()` gives torch 2.6's exact bytes for every cast in the fixture", async () => {
+  const { openSafetensors } = await import("../../formats/safetensors.ts");
+  const path = new URL("../fixtures/safetensors/casts.safetensors", import.meta.url).pathname;
+  await using sd = await openSafetensors(path);
+  const input = decodeF32("F32", await sd.require("input").read());
+  for (
+    const [key, dtype] of [
+      ["bf16", "BF16"],
+      ["f16", "F16"],
+      ["f8_e4m3", "F8_E4M3"],
+      ["f8_e5m2", "F8_E5M2"],
+    ] as const
+  ) {
+    const want = await sd.require(key).read();
+    const got = encodeF32(dtype, input);
+    let mismatches = 0;
+    for (let i = 0; i < want.length; i++) if (want[i] !== got[i]) mismatches++;
+    assert.equal(mismatches, 0, `${dtype}: ${mismatches} bytes differ from torch`);
+    // Decoding torch's bytes gives the value torch decodes (the cast rounded once).
+    const back = decodeF32(dtype, want);
+    const again = encodeF32(dtype, back);
+    assert.deepEqual(again, want);
+  }
+});
+
+Deno.test("`decodeF32()` gives torch 2.6's exact f32 bits for every f8 pattern and NaNs", async () => {
+  const { openSafetensors } = await import("../../formats/safetensors.ts");
+  const path = new URL("../fixtures/safetensors/casts.safetensors", import.meta.url).pathname;
+  await using sd = await openSafetensors(path);
+  const all = new Uint8Array(256).map((_, i) => i);
+  const cases = [
+    ["f8_e4m3_decoded", "F8_E4M3", all],
+    ["f8_e5m2_decoded", "F8_E5M2", all],
+    [
+      "bf16_nan_decoded",
+      "BF16",
+      new Uint8Array(new Uint16Array([0x7fc0, 0xffff, 0x7f81, 0xff80]).buffer),
+    ],
+    [
+      "f16_nan_decoded",
+      "F16",
+      new Uint8Array(new Uint16Array([0x7e00, 0xffff, 0x7c01, 0xfc00]).buffer),
+    ],
+  ] as const;
+  for (const [key, dtype, input] of cases) {
+    const want = await sd.require(key).read();
+    const got = decodeF32(dtype, input);
+    assert.deepEqual(new Uint8Array(got.buffer, got.byteOffset, got.byteLength), want, key);
+  }
+});
