@@ -12,11 +12,13 @@
  * @module
  */
 import type { Stage } from "../stage.ts";
+import { mergeLoraStage } from "./merge_lora.ts";
 import { writeMetricsStage } from "./write_metrics.ts";
 import { writeTokenizerStage } from "./write_tokenizer.ts";
 
 /** Every built-in stage by its config name. */
 export const STAGES: Record<string, Stage> = {
+  mergeLora: mergeLoraStage,
   writeTokenizer: writeTokenizerStage,
   writeMetrics: writeMetricsStage,
 };

@@ -1,0 +1,173 @@
+/**
+ * The mergeLora stage: wraps the current state dict with {@linkcode mergeLora} so that adapted
+ * weights compute `W + s·B·A` (on WebGPU or the CPU) when the writer reads them. Saved PEFT
+ * adapters (folder or weights file, several with weights) and PEFT-wrapped state dicts (HALOs' FSDP
+ * gather: `.base_layer.`, `.lora_A.default.`; give `r` and `alpha`) are both accepted.
+ *
+ * Sets `ctx.adapterDir` (tokenizer files are looked up there first) and reports the merge plan and
+ * the backend used.
+ *
+ * @example Options as a config writes them
+ * ```ts
+ * import { mergeLoraStage } from "./merge_lora.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const opts = mergeLoraStage.options.parse({ adapter: [{ path: "a", weight: 0.5 }, "b"], backend: "cpu" });
+ * assert.equal(opts.safe, false);
+ * assert.equal(mergeLoraStage.options.safeParse({ adapter: "a", alhpa: 2 }).success, false);
+ * ```
+ * @module
+ */
+import { z } from "zod";
+import { dirname } from "node:path";
+import { CkptError } from "../../errors.ts";
+import { isWrappedStateDict } from "../../formats/peft.ts";
+import { type AdapterInput, mergeLora, type MergeLoraOptions } from "../../merge/lora.ts";
+import type { Stage, StageContext } from "../stage.ts";
+
+const adapterEntry = z.union([
+  z.string().min(1),
+  z.strictObject({
+    /** Adapter folder or weights file. */
+    path: z.string().min(1),
+    /** Weight of this adapter's delta. Default 1. */
+    weight: z.number().finite().optional(),
+    /** Name for reports. */
+    name: z.string().min(1).optional(),
+  }),
+]);
+
+/** Options of the mergeLora stage. */
+export const mergeLoraOptions = z.strictObject({
+  /** Adapter(s): a path, or a list of paths / `{ path, weight, name }`, merged in order. */
+  adapter: z.union([adapterEntry, z.array(adapterEntry).min(1)]).optional(),
+  /** Merge backend; default: the run's `--backend`, else `"auto"`. */
+  backend: z.enum(["auto", "webgpu", "cpu"]).optional(),
+  /** Refuse non-finite merged values (PEFT's `safe_merge`). Default false. */
+  safe: z.boolean().default(false),
+  /** Report adapter keys that match nothing instead of failing. Default false. */
+  allowUnmatched: z.boolean().default(false),
+  /** Dtype of merged tensors (one rounding); default: each base tensor's dtype. */
+  outDtype: z.enum(["BF16", "F16", "F32", "bf16", "f16", "f32", "bfloat16", "float16", "float32"])
+    .optional(),
+  /** Rank of a PEFT-wrapped state dict's LoRA (HALOs `lora_r`). */
+  r: z.number().int().positive().optional(),
+  /** Alpha of a PEFT-wrapped state dict's LoRA (HALOs `lora_alpha`). */
+  alpha: z.number().positive().optional(),
+  /** rsLoRA scaling for a wrapped state dict. Default false. */
+  useRslora: z.boolean().default(false),
+});
+
+/** Options of the mergeLora stage as a config writes them. */
+export type MergeLoraStageOptions = z.input<typeof mergeLoraOptions>;
+
+const OUT_DTYPES: Record<string, "BF16" | "F16" | "F32"> = {
+  BF16: "BF16",
+  bf16: "BF16",
+  bfloat16: "BF16",
+  F16: "F16",
+  f16: "F16",
+  float16: "F16",
+  F32: "F32",
+  f32: "F32",
+  float32: "F32",
+};
+
+/** The mergeLora stage (config name `mergeLora`). */
+export const mergeLoraStage: Stage<typeof mergeLoraOptions> = {
+  name: "mergeLora",
+  summary: "merge LoRA adapter(s) into the weights (W + s·B·A), lazily, on WebGPU or CPU",
+  options: mergeLoraOptions,
+  async run(ctx: StageContext, options: z.output<typeof mergeLoraOptions>): Promise<void> {
+    const base = ctx.stateDict;
+    if (!base) {
+      throw new CkptError(
+        "STAGE_ORDER",
+        "Cannot merge LoRA: no weights yet (put gatherShards before mergeLora)",
+      );
+    }
+    const entries = options.adapter === undefined
+      ? []
+      : Array.isArray(options.adapter)
+      ? options.adapter
+      : [options.adapter];
+    const adapters: AdapterInput[] = entries.map((e) => {
+      if (typeof e === "string") return ctx.resolve(e);
+      return {
+        path: ctx.resolve(e.path),
+        ...(e.weight === undefined ? {} : { weight: e.weight }),
+        ...(e.name === undefined ? {} : { name: e.name }),
+      };
+    });
+    for (const a of adapters) {
+      ctx.addInput(typeof a === "string" ? a : (a as { path: string }).path, "adapter");
+    }
+    const wrapped = isWrappedStateDict(base);
+    if (wrapped && (options.r === undefined || options.alpha === undefined)) {
+      throw new CkptError(
+        "LORA_WRAPPED_OPTIONS",
+        "Cannot merge a PEFT-wrapped state dict: give `r` and `alpha` (HALOs' lora_r and lora_alpha)",
+      );
+    }
+    if (!wrapped && adapters.length === 0) {
+      throw new CkptError(
+        "LORA_NO_ADAPTER",
+        "Cannot merge LoRA: no `adapter` given and the weights hold no PEFT-wrapped LoRA",
+      );
+    }
+    const mergeOptions: MergeLoraOptions = {
+      backend: options.backend ?? ctx.backend ?? "auto",
+      safe: options.safe,
+      allowUnmatched: options.allowUnmatched,
+      ...(options.outDtype === undefined ? {} : { outDtype: OUT_DTYPES[options.outDtype]! }),
+      ...(wrapped
+        ? { wrapped: { r: options.r!, alpha: options.alpha!, useRslora: options.useRslora } }
+        : {}),
+    };
+    const { stateDict, report } = await mergeLora(base, adapters, mergeOptions);
+    ctx.stateDict = stateDict;
+    const first = adapters[0];
+    if (first !== undefined) {
+      const p = typeof first === "string" ? first : (first as { path: string }).path;
+      let dir = p;
+      try {
+        if ((await Deno.stat(p)).isFile) dir = dirname(p);
+      } catch {
+        dir = dirname(p);
+      }
+      ctx.adapterDir = dir;
+    }
+    ctx.report("mergeLora", {
+      backend: report.backend?.kind ?? "none",
+      ...(report.backend
+        ? { backendDescription: report.backend.description, backendReason: report.backend.reason }
+        : {}),
+      adapters: report.adapters,
+      modules: report.modules.length,
+      scaling: [...new Set(report.modules.flatMap((m) => m.adapters.map((a) => a.scale)))],
+      replaced: report.replaced,
+      biases: report.biases.length,
+      unmatchedKeys: report.unmatchedKeys,
+      added: report.added,
+      targetModulesWithoutTensors: report.targetModulesWithoutTensors.length,
+    });
+    ctx.emit({
+      type: "log",
+      level: "info",
+      stage: "mergeLora",
+      message: `${report.modules.length} modules to merge on ${
+        report.backend?.kind ?? "no backend"
+      }`,
+      data: { backend: report.backend ?? null },
+    });
+    if (report.unmatchedKeys.length > 0) {
+      ctx.emit({
+        type: "log",
+        level: "warn",
+        stage: "mergeLora",
+        message: `${report.unmatchedKeys.length} adapter keys matched no base tensor`,
+        data: { keys: report.unmatchedKeys.slice(0, 20) },
+      });
+    }
+  },
+};
