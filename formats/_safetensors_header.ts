@@ -392,8 +392,8 @@ export interface PlannedFile {
 
 /**
  * Plans a file as the reference writer does: tensors sorted by dtype rank descending then name,
- * contiguous offsets from 0, compact JSON with `__metadata__` first (keys sorted), padded with
- * spaces to a multiple of 8.
+ * contiguous offsets from 0, compact JSON with `__metadata__` first (keys sorted; omitted when
+ * empty or undefined), padded with spaces to a multiple of 8.
  */
 export function planFile(
   entries: readonly { name: string; dtype: DType; shape: readonly number[] }[],
@@ -404,7 +404,7 @@ export function planFile(
   );
   const tensors: PlannedTensor[] = [];
   const parts: string[] = [];
-  if (metadata !== undefined) {
+  if (metadata !== undefined && Object.keys(metadata).length > 0) {
     const keys = Object.keys(metadata).sort(compareUtf8);
     parts.push(
       `"__metadata__":{${

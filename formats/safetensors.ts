@@ -97,9 +97,9 @@ function fileTensor(
     dtype: t.dtype,
     shape: t.shape,
     source: file.path,
-    read(rowStart?: number, rowEnd?: number): Promise<Uint8Array> {
+    async read(rowStart?: number, rowEnd?: number): Promise<Uint8Array> {
       const [s, e] = checkRowRange(t.shape, rowStart, rowEnd, t.name);
-      return file.readAt(base + s * rowBytes, (e - s) * rowBytes);
+      return await file.readAt(base + s * rowBytes, (e - s) * rowBytes);
     },
   };
 }
@@ -144,7 +144,8 @@ export async function openSafetensors(path: string): Promise<StateDict> {
 
 /** Options of {@linkcode writeSafetensors}. */
 export interface WriteSafetensorsOptions {
-  /** `__metadata__` to write (strings only). Default `{"format": "pt"}`. */
+  /** `__metadata__` to write (strings only; `{}` writes no `__metadata__` key, as the reference
+   * does without metadata). Default `{"format": "pt"}`. */
   metadata?: Record<string, string>;
   /** Aborts between blocks; the temporary file is removed. */
   signal?: AbortSignal;
