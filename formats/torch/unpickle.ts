@@ -35,7 +35,7 @@
  * import { isCkptError } from "../../errors.ts";
  * import assert from "node:assert/strict";
  *
- * const evil = new TextEncoder().encode("\x80\x02cos\nsystem\nX\x02\x00\x00\x00lsR.");
+ * const evil = Uint8Array.from("\x80\x02cos\nsystem\nX\x02\x00\x00\x00lsR.", (c) => c.charCodeAt(0));
  * assert.throws(() => unpickle(evil), (e) => isCkptError(e, "PICKLE_GLOBAL") && e.message.includes("os.system"));
  * ```
  * @module
