@@ -31,7 +31,7 @@ import { CkptError } from "../../errors.ts";
 import { RandomAccessFile } from "../_io.ts";
 import { detectTorchFormat, refuseTorchFormat } from "./legacy.ts";
 import { storageClassDType, StorageHandle, unpickle, type UnpickleOptions } from "./unpickle.ts";
-import { describe, PyDict, PyGlobal, PyTuple, type PyValue, type StorageSource } from "./values.ts";
+import { pyTypeName, PyDict, PyGlobal, PyTuple, type PyValue, type StorageSource } from "./values.ts";
 import { type ZipEntry, ZipReader } from "./zip.ts";
 
 /** Options of {@linkcode loadTorch}. */
@@ -178,7 +178,7 @@ export async function loadTorchFrom(
       throw new CkptError(
         "PICKLE_PERSID",
         `Cannot load persistent id: expected ('storage', class, key, location, numel), got a ${
-          describe(pid)
+          pyTypeName(pid)
         }`,
         { file: path },
       );
@@ -247,7 +247,7 @@ export async function loadTorchFrom(
       if (!(value instanceof PyDict)) {
         throw new CkptError(
           "TORCH_NOT_DICT",
-          `Cannot read "${path}" as a dict: its top level is a ${describe(value)}`,
+          `Cannot read "${path}" as a dict: its top level is a ${pyTypeName(value)}`,
           {
             file: path,
           },

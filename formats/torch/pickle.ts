@@ -26,7 +26,7 @@
 import { CkptError } from "../../errors.ts";
 import { DTYPES } from "../dtype.ts";
 import {
-  describe,
+  pyTypeName,
   PyDict,
   PyFloat,
   PyGlobal,
@@ -380,7 +380,7 @@ export function pickleValue(value: PyValue, options: PickleOptions = {}): Uint8A
       }
       return;
     }
-    throw new CkptError("PY_TYPE", `Cannot pickle a ${describe(v)}`);
+    throw new CkptError("PY_TYPE", `Cannot pickle a ${pyTypeName(v)}`);
   };
 
   out.byte(OP.PROTO);

@@ -32,7 +32,7 @@ import { planShards, shardFileName, shardIndexJson } from "../shards.ts";
 import { StateDict } from "../state_dict.ts";
 import { loadTorch, type TorchFile } from "./load.ts";
 import { type SaveTorchOptions, saveTorchStateDict } from "./save.ts";
-import { describe, PyDict, type PyValue, TorchTensor, torchTensor } from "./values.ts";
+import { pyTypeName, PyDict, type PyValue, TorchTensor, torchTensor } from "./values.ts";
 
 /** The tensors of a dict whose values are all tensors, or undefined. */
 function tensorDict(v: PyValue | undefined): [string, TorchTensor][] | undefined {
@@ -58,7 +58,7 @@ function stateDictOf(f: TorchFile): [string, TorchTensor][] {
   throw new CkptError(
     "TORCH_NOT_STATE_DICT",
     `Cannot open "${f.path}" as a state dict: its top level is a ${
-      describe(f.value)
+      pyTypeName(f.value)
     } that is not a dict of tensors`,
     { file: f.path },
   );

@@ -43,7 +43,7 @@
 import { CkptError } from "../../errors.ts";
 import { type DType, dtypeFromTorch, DTYPES } from "../dtype.ts";
 import {
-  describe,
+  pyTypeName,
   PyDict,
   PyFloat,
   PyGlobal,
@@ -448,7 +448,7 @@ class Machine {
     ) return v;
     throw this.#err(
       "PICKLE_MALFORMED",
-      `uses an unhashable ${describe(v as PyValue)} as a dict key`,
+      `uses an unhashable ${pyTypeName(v as PyValue)} as a dict key`,
     );
   }
   #long(b: Uint8Array): number | bigint {
@@ -687,7 +687,7 @@ class Machine {
           if (!(args instanceof PyTuple)) {
             throw this.#err(
               "PICKLE_MALFORMED",
-              `REDUCE arguments are a ${describe(this.#value(args))}, not a tuple`,
+              `REDUCE arguments are a ${pyTypeName(this.#value(args))}, not a tuple`,
             );
           }
           this.#push(this.#call(fn, args.items, "REDUCE"));
@@ -777,7 +777,7 @@ class Machine {
     } else {
       throw this.#err(
         "PICKLE_MALFORMED",
-        `APPEND on a ${describe(this.#value(target))}, not a list`,
+        `APPEND on a ${pyTypeName(this.#value(target))}, not a list`,
       );
     }
   }
@@ -788,7 +788,7 @@ class Machine {
     else if (target instanceof PyRecord) d = target.dictItems ??= new PyDict();
     else {throw this.#err(
         "PICKLE_MALFORMED",
-        `SETITEM on a ${describe(this.#value(target))}, not a dict`,
+        `SETITEM on a ${pyTypeName(this.#value(target))}, not a dict`,
       );}
     for (let i = 0; i < items.length; i += 2) {
       d.set(this.#key(items[i]!), this.#value(items[i + 1]!));
@@ -816,7 +816,7 @@ class Machine {
 
   #newObj(cls: Item, args: PyValue[], kwargs: PyDict | undefined): PyValue {
     if (!(cls instanceof PyGlobal)) {
-      throw this.#err("PICKLE_REDUCE", `NEWOBJ on a ${describe(this.#value(cls))}, not a class`);
+      throw this.#err("PICKLE_REDUCE", `NEWOBJ on a ${pyTypeName(this.#value(cls))}, not a class`);
     }
     if (this.#isRecord(cls.qualname)) {
       const r = new PyRecord(cls.qualname, args);
@@ -852,7 +852,7 @@ class Machine {
     if (target instanceof TorchTensor) return; // torch sets tensor __dict__ state; nothing ckpt uses
     throw this.#err(
       "PICKLE_BUILD",
-      `BUILD on a ${describe(target as PyValue)} is not allowed`,
+      `BUILD on a ${pyTypeName(target as PyValue)} is not allowed`,
     );
   }
 
@@ -860,7 +860,7 @@ class Machine {
     if (!(fn instanceof PyGlobal)) {
       throw this.#err(
         "PICKLE_REDUCE",
-        `${how} calls a ${describe(fn as PyValue)}, which is not callable`,
+        `${how} calls a ${pyTypeName(fn as PyValue)}, which is not callable`,
       );
     }
     const q = fn.qualname;

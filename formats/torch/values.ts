@@ -518,11 +518,11 @@ export function pyNumber(value: PyValue | undefined): number {
   if (typeof value === "bigint") return Number(value);
   if (typeof value === "boolean") return value ? 1 : 0;
   if (value instanceof PyFloat) return value.value;
-  throw new CkptError("PY_TYPE", `Cannot read a number: found ${describe(value)}`);
+  throw new CkptError("PY_TYPE", `Cannot read a number: found ${pyTypeName(value)}`);
 }
 
 /** Short description of a value's Python type, for error messages. */
-export function describe(value: PyValue | undefined): string {
+export function pyTypeName(value: PyValue | undefined): string {
   if (value === undefined) return "nothing";
   if (value === null) return "None";
   if (typeof value === "boolean") return "bool";
