@@ -27,7 +27,7 @@ Options:
   --overwrite          replace an existing output (old one removed only after the new one is in place)
   --dry-run            print the plan (files, sizes) and write nothing
   --backend <b>        merge backend: auto (default), webgpu or cpu
-  --log <style>        auto (live line on a terminal, JSON lines otherwise), tty, json or quiet
+  --log <style>        auto (live line on a terminal, JSON lines otherwise), tty, plain, json, quiet
   -h, --help           this help
 
 Examples:
@@ -68,8 +68,8 @@ export async function withSignals<T>(fn: (signal: AbortSignal) => Promise<T>): P
 /** Parses `--log`. */
 export function logStyle(value: string | undefined): LogStyle {
   const v = value ?? "auto";
-  if (v === "auto" || v === "json" || v === "tty" || v === "quiet") return v;
-  throw new UsageError(`--log must be auto, tty, json or quiet (got "${v}")`);
+  if (v === "auto" || v === "json" || v === "tty" || v === "plain" || v === "quiet") return v;
+  throw new UsageError(`--log must be auto, tty, plain, json or quiet (got "${v}")`);
 }
 
 /** Parses `--backend`. */

@@ -203,15 +203,59 @@ export function createTtyRenderer(
   };
 }
 
+/**
+ * Plain text without terminal escapes: one line per finished stage, warnings and the outcome
+ * (for logs read by people, such as the demo's output in CI).
+ */
+export function createPlainRenderer(write: Sink): Renderer {
+  let count = 0;
+  const totals = new Map<string, { total: number; unit: string }>();
+  return (event) => {
+    switch (event.type) {
+      case "pipeline-start":
+        count = event.stages.length;
+        return;
+      case "progress":
+        totals.set(event.stage, { total: event.total, unit: event.unit });
+        return;
+      case "stage-end": {
+        const t = totals.get(event.stage);
+        totals.delete(event.stage);
+        const size = t && t.total > 0
+          ? `  ${t.unit === "bytes" ? formatBytes(t.total) : `${t.total} ${t.unit}`}`
+          : "";
+        write(`[${event.index + 1}/${count}] ${event.stage}${size}  ${formatDuration(event.ms)}\n`);
+        return;
+      }
+      case "log":
+        if (event.level !== "debug") {
+          write(`${event.level === "warn" ? "warning: " : ""}${event.message}\n`);
+        }
+        return;
+      case "pipeline-end":
+        write(`done in ${formatDuration(event.ms)}: ${event.output}\n`);
+        return;
+      case "pipeline-error":
+        write(
+          `failed${event.stage ? ` in ${event.stage}` : ""}: [${event.code}] ${event.message}\n`,
+        );
+        return;
+      default:
+        return;
+    }
+  };
+}
+
 /** Log styles for {@linkcode createRenderer}. */
-export type LogStyle = "auto" | "json" | "tty" | "quiet";
+export type LogStyle = "auto" | "json" | "tty" | "plain" | "quiet";
 
 /**
- * Picks a renderer: `json` lines, the live `tty` line, nothing (`quiet`), or `auto` (tty when
+ * Picks a renderer: `json` lines, the live `tty` line, `plain` text, nothing (`quiet`), or `auto` (tty when
  * `isTerminal`, JSON lines otherwise).
  */
 export function createRenderer(style: LogStyle, write: Sink, isTerminal: boolean): Renderer {
   if (style === "quiet") return () => {};
+  if (style === "plain") return createPlainRenderer(write);
   if (style === "json" || (style === "auto" && !isTerminal)) {
     return createJsonRenderer((line) => write(line + "\n"));
   }

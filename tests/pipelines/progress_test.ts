@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import {
   createJsonRenderer,
+  createPlainRenderer,
   createRenderer,
   createTtyRenderer,
   formatBytes,
@@ -68,4 +69,15 @@ Deno.test("`createRenderer()` picks JSON lines when not on a terminal", () => {
   out = "";
   createRenderer("quiet", (s) => (out += s), true)({ type: "stage-start", stage: "a", index: 0 });
   assert.equal(out, "");
+});
+
+Deno.test("`createPlainRenderer()` prints one escape-free line per finished stage", () => {
+  let out = "";
+  const render = createPlainRenderer((s) => (out += s));
+  render({ type: "pipeline-start", output: "/o", stages: ["a", "b"] });
+  render({ type: "stage-start", stage: "a", index: 0 });
+  render({ type: "progress", stage: "a", done: 5, total: 10, unit: "files" });
+  render({ type: "stage-end", stage: "a", index: 0, ms: 1500 });
+  render({ type: "pipeline-error", code: "X", message: "Cannot go on: no", stage: "b" });
+  assert.equal(out, "[1/2] a  10 files  1.5s\nfailed in b: [X] Cannot go on: no\n");
 });
