@@ -9,7 +9,11 @@ import { CkptError } from "../errors.ts";
 import type { BackendChoice } from "../merge/types.ts";
 import { parseVarArgs } from "../pipelines/config.ts";
 import type { WatchSettingsInput } from "../pipelines/watch/config.ts";
-import { manifestVerifier, pipelineRunner, readWatchSettings } from "../pipelines/watch/runner.ts";
+import {
+  checkpointVerifier,
+  pipelineRunner,
+  readWatchSettings,
+} from "../pipelines/watch/runner.ts";
 import {
   type TickSummary,
   type WatchEvent,
@@ -51,7 +55,7 @@ Options:
   --quiet-seconds <s>    seconds without size/mtime change before a folder counts as complete
   --keep <n>             keep the n newest exports, delete older exports (never inputs)
   --max-tries <n>        tries before a checkpoint is marked failed
-  --no-verify            do not verify exports against their manifest
+  --no-verify            do not verify exports (ckpt verify: manifest hashes, files load)
   --backend <b>          merge backend: auto, webgpu or cpu
   --log <style>          json (one JSON object per event; default when stdout is not a terminal)
                          or text
@@ -175,7 +179,7 @@ export async function run(args: string[]): Promise<number> {
       vars,
       ...(backend ? { backend: backend as BackendChoice } : {}),
     }),
-    verify: manifestVerifier(),
+    verify: checkpointVerifier(),
     signal: ac.signal,
     onEvent: (e: WatchEvent) => {
       if (e.event === "failed") failed++;

@@ -1,7 +1,6 @@
 /**
  * Wires `ckpt watch` to the pipeline runner: an {@linkcode ExportRunner} that runs a config with
- * `runPipeline` and the checkpoint's variables, a verifier that checks an export against its
- * manifest, and a reader for the config's `"watch"` block.
+ * `runPipeline` and the checkpoint's variables, a verifier (`verifyCheckpoint`, as `ckpt verify`), and a reader for the config's `"watch"` block.
  *
  * @example Exporting with a pipeline of custom stages
  * ```ts
@@ -40,7 +39,7 @@ import { join } from "node:path";
 import { CkptError } from "../../errors.ts";
 import type { BackendChoice } from "../../merge/types.ts";
 import { parseJsonc, type RawConfig } from "../config.ts";
-import { hashFile, listFiles, MANIFEST_NAME, readManifest } from "../manifest.ts";
+import { verifyCheckpoint } from "../verify.ts";
 import { runPipeline } from "../run.ts";
 import type { Stage } from "../stage.ts";
 import { parseWatchSettings, type WatchSettings, type WatchSettingsInput } from "./config.ts";
@@ -84,42 +83,22 @@ export function pipelineRunner(
 }
 
 /**
- * An {@linkcode ExportVerifier} that checks every file of an export against its
- * `ckpt-manifest.json` (size and sha256, streamed) and that no unlisted file is present.
- * `WATCH_VERIFY_FILE` names the first file that differs.
+ * An {@linkcode ExportVerifier} running `verifyCheckpoint` (what `ckpt verify` runs): every file's
+ * size and sha256 against `ckpt-manifest.json`, and every file loads. `WATCH_VERIFY_FILE` names the
+ * first failed check.
  */
-export function manifestVerifier(): ExportVerifier {
+export function checkpointVerifier(): ExportVerifier {
   return async (output, signal) => {
-    const manifest = await readManifest(output);
-    const listed = new Set(manifest.files.map((f) => f.path));
-    const extra = (await listFiles(output)).find((p) => p !== MANIFEST_NAME && !listed.has(p));
-    if (extra !== undefined) {
+    const result = await verifyCheckpoint(output, { signal });
+    signal.throwIfAborted();
+    if (!result.ok) {
+      const bad = result.checks.find((c) => !c.ok);
+      const file = bad?.file === undefined ? output : join(output, bad.file);
       throw new CkptError(
         "WATCH_VERIFY_FILE",
-        `Cannot verify "${join(output, extra)}": the manifest does not list it`,
-        { file: join(output, extra) },
+        `Cannot verify "${file}": ${bad?.kind ?? "check"} failed: ${bad?.message ?? "unknown"}`,
+        { file },
       );
-    }
-    for (const f of manifest.files) {
-      signal.throwIfAborted();
-      const path = join(output, f.path);
-      let got: { size: number; sha256: string };
-      try {
-        got = await hashFile(path, signal);
-      } catch (cause) {
-        if (signal.aborted) throw cause;
-        throw new CkptError("WATCH_VERIFY_FILE", `Cannot verify "${path}": it cannot be read`, {
-          file: path,
-          cause,
-        });
-      }
-      if (got.size !== f.size || got.sha256 !== f.sha256) {
-        throw new CkptError(
-          "WATCH_VERIFY_FILE",
-          `Cannot verify "${path}": size ${got.size} sha256 ${got.sha256}, manifest says size ${f.size} sha256 ${f.sha256}`,
-          { file: path },
-        );
-      }
     }
   };
 }
