@@ -8,17 +8,26 @@
  * import assert from "node:assert/strict";
  *
  * assert.equal(STAGES.writeMetrics?.name, "writeMetrics");
+ * assert.ok(STAGES.gatherShards?.options.safeParse({ from: "model" }).success);
  * ```
  * @module
  */
 import type { Stage } from "../stage.ts";
+import { gatherShardsStage } from "./gather_shards.ts";
 import { mergeLoraStage } from "./merge_lora.ts";
-import { writeMetricsStage } from "./write_metrics.ts";
+import { writeModelStage } from "./write_model.ts";
 import { writeTokenizerStage } from "./write_tokenizer.ts";
+import { writeOptimStage } from "./write_optim.ts";
+import { writeMetricsStage } from "./write_metrics.ts";
+import { writeValueHeadStage } from "./write_value_head.ts";
 
-/** Every built-in stage by its config name. */
+/** Every built-in stage by its config name, in the order a pipeline usually uses them. */
 export const STAGES: Record<string, Stage> = {
+  gatherShards: gatherShardsStage,
   mergeLora: mergeLoraStage,
+  writeModel: writeModelStage,
   writeTokenizer: writeTokenizerStage,
+  writeOptim: writeOptimStage,
   writeMetrics: writeMetricsStage,
+  writeValueHead: writeValueHeadStage,
 };
