@@ -177,6 +177,7 @@ export interface MergeLoraResult {
 
 interface Term {
   adapter: string;
+  layout: LoraLayout;
   weight: number;
   scaling: ModuleScaling;
   aKey: string;
@@ -723,6 +724,7 @@ function planLoraTerm(
   job.layout = layout;
   job.terms.push({
     adapter: adapter.name,
+    layout,
     weight,
     scaling,
     aKey: a.key,
@@ -852,10 +854,10 @@ async function prepareFactors(job: Job, ctx: ReadContext): Promise<Prepared> {
     const ra = await decodeAll(t.a);
     const rb = await decodeAll(t.b);
     decoded.push({
-      a: factorA(layout, ra, rb),
-      b: factorB(layout, ra, rb),
+      a: factorA(t.layout, ra, rb),
+      b: factorB(t.layout, ra, rb),
       factor: t.scaling.scale * t.weight,
-      rank: layout.rank,
+      rank: t.layout.rank,
     });
   }
   let prepared: Prepared;

@@ -1,0 +1,465 @@
+import assert from "node:assert/strict";
+import { isCkptError } from "../../errors.ts";
+import { decodeF32, type DType, encodeF32 } from "../../formats/dtype.ts";
+import { type LoadedAdapter, parseLoraConfig } from "../../formats/peft.ts";
+import { StateDict, tensorFromBytes, type TensorRef } from "../../formats/state_dict.ts";
+import { mergeLora, mergeLoraTensor } from "../../merge/lora.ts";
+import { createMergeBackend } from "../../merge/backend.ts";
+import type { MergeBackend, MergeRowsRequest } from "../../merge/types.ts";
+import { LORA_CASES, referenceBackend, runCase } from "./_lora_fixtures.ts";
+
+function t(dtype: DType, shape: number[], values: ArrayLike<number>): TensorRef {
+  return tensorFromBytes(dtype, shape, encodeF32(dtype, Float32Array.from(values)));
+}
+
+function seq(n: number, seed: number, scale = 1): number[] {
+  const out: number[] = [];
+  let s = seed >>> 0;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    out.push((s / 2 ** 32 - 0.5) * scale);
+  }
+  return out;
+}
+
+async function values(ref: TensorRef): Promise<number[]> {
+  return [...decodeF32(ref.dtype, await ref.read())];
+}
+
+function adapter(
+  tensors: [string, TensorRef][],
+  config: Record<string, unknown> = {},
+  name = "a",
+): LoadedAdapter {
+  return {
+    name,
+    config: parseLoraConfig({ peft_type: "LORA", r: 2, lora_alpha: 4, ...config }),
+    tensors: new StateDict(tensors),
+  };
+}
+
+const P = "base_model.model.";
+
+/** A backend that records requests (and merges with the CPU backend). */
+function recording(): { backend: MergeBackend; reqs: MergeRowsRequest[] } {
+  const cpu = referenceBackend();
+  const reqs: MergeRowsRequest[] = [];
+  return {
+    reqs,
+    backend: {
+      kind: "cpu",
+      description: "recording",
+      mergeRows(req) {
+        reqs.push(req);
+        return cpu.mergeRows(req);
+      },
+      dispose: () => cpu.dispose(),
+    },
+  };
+}
+
+Deno.test("`mergeLora()` matches torch's PEFT merge and the float64 result on every fixture", async (t) => {
+  const { backend } = await createMergeBackend("cpu", { workers: 2 });
+  try {
+    for (const name of LORA_CASES) {
+      await t.step(name, async () => {
+        const r = await runCase(name, backend);
+        assert.deepEqual(r.problems, []);
+        assert.ok(r.elements > 0);
+        // torch's fp32 matmul/conv sums in another order: for 16-bit outputs that is at most one
+        // ulp; for F32 outputs the float64 check below is the bound.
+        if (!r.f32) assert.ok(r.maxUlpTorch <= 1, `${name}: ${r.maxUlpTorch} ulps from torch`);
+        assert.ok(r.maxExactRatio <= 1, `${name}: exact ratio ${r.maxExactRatio}`);
+        assert.ok(r.report.modules.length + r.report.replaced.length > 0);
+        console.log(
+          `${name}: ${r.equal}/${r.elements} equal to torch, max ${r.maxUlpTorch} ulp, exact ratio ${
+            r.maxExactRatio.toFixed(3)
+          }`,
+        );
+      });
+    }
+  } finally {
+    await backend.dispose();
+  }
+});
+
+Deno.test("`mergeLora()` gives the same bytes for any block size", async () => {
+  const a = await runCase("dora", undefined, 64);
+  const b = await runCase("dora", undefined, 1 << 20);
+  assert.deepEqual([...a.bytes.keys()], [...b.bytes.keys()]);
+  for (const [k, v] of a.bytes) assert.deepEqual(v, b.bytes.get(k), k);
+});
+
+Deno.test("`mergeLora()` reports scaling per module with rank/alpha patterns", async () => {
+  const r = await runCase("rslora_patterns");
+  const by = Object.fromEntries(r.report.modules.map((m) => [m.module, m.adapters[0]!]));
+  const q = by["model.layers.0.self_attn.q_proj"]!;
+  assert.deepEqual([q.r, q.alpha, q.rankPattern], [4, 16, "self_attn.q_proj"]);
+  assert.equal(q.scale, 16 / 2);
+  const up = by["model.layers.0.mlp.up_proj"]!;
+  assert.deepEqual([up.r, up.alpha, up.alphaPattern], [2, 3, "layers.0.mlp.up_proj"]);
+  assert.equal(up.scale, 3 / Math.sqrt(2));
+  const k = by["model.layers.0.self_attn.k_proj"]!;
+  assert.deepEqual([k.r, k.alpha, k.rankPattern, k.alphaPattern], [8, 16, undefined, undefined]);
+});
+
+Deno.test("`mergeLora()` keeps base_layer biases of a wrapped state dict and drops adapter keys", async () => {
+  const r = await runCase("wrapped");
+  assert.ok(r.keys.includes("model.layers.0.self_attn.q_proj.bias"));
+  assert.ok(r.keys.every((k) => !k.includes("lora_") && !k.includes("base_layer")));
+  assert.ok(r.keys.every((k) => !k.startsWith("base_model.")));
+  assert.deepEqual(r.report.replaced, ["lm_head.weight"]);
+  assert.deepEqual(r.keys.toSorted(), r.expectedKeys.toSorted());
+});
+
+Deno.test("`mergeLora()` reports layouts, replacements, biases and tokens", async () => {
+  const conv = await runCase("conv1d");
+  assert.deepEqual(conv.report.modules.map((m) => m.layout), ["conv1d", "conv1d", "conv1d"]);
+  const c2 = await runCase("conv2d");
+  assert.deepEqual(c2.report.modules.map((m) => m.layout), ["conv", "conv"]);
+  const emb = await runCase("embedding");
+  assert.deepEqual(emb.report.modules.map((m) => m.layout).toSorted(), ["embedding", "linear"]);
+  const bm = await runCase("bias_modules");
+  assert.deepEqual(bm.report.biases, ["model.layers.0.self_attn.q_proj.bias"]);
+  assert.deepEqual(bm.report.replaced.toSorted(), [
+    "lm_head.weight",
+    "model.layers.0.self_attn.k_proj.bias",
+    "model.layers.0.self_attn.v_proj.bias",
+  ]);
+  const tok = await runCase("tokens");
+  assert.deepEqual(tok.report.trainableTokens, [{ tensor: "model.embed_tokens.weight", rows: 3 }]);
+  const dora = await runCase("dora");
+  assert.deepEqual(
+    dora.report.modules.map((m) => [m.module, m.dora]).toSorted(),
+    [
+      ["model.embed_tokens", "column"],
+      ["model.layers.0.mlp.up_proj", "row"],
+      ["model.layers.0.self_attn.q_proj", "row"],
+    ],
+  );
+  const lin = await runCase("linear_bf16");
+  assert.deepEqual(lin.report.unusedTargetModules, [{ adapter: "adapter", target: "k_proj" }]);
+  assert.deepEqual(lin.report.targetModulesWithoutTensors, [
+    { adapter: "adapter", module: "model.layers.0.self_attn.k_proj" },
+  ]);
+  assert.equal(lin.report.backend?.description, "cpu: scalar reference");
+});
+
+Deno.test("`mergeLora()` reads nothing before a tensor is read, and splits reads into blocks", async () => {
+  let reads = 0;
+  const w = t("BF16", [8, 4], seq(32, 1));
+  const counted: TensorRef = {
+    dtype: w.dtype,
+    shape: w.shape,
+    read(s, e) {
+      reads++;
+      return w.read(s, e);
+    },
+  };
+  const base = new StateDict([["m.weight", counted]]);
+  const { backend, reqs } = recording();
+  const ad = adapter([
+    [`${P}m.lora_A.weight`, t("F32", [2, 4], seq(8, 2))],
+    [`${P}m.lora_B.weight`, t("F32", [8, 2], seq(16, 3))],
+  ]);
+  const { stateDict } = await mergeLora(base, [ad], { backend, blockBytes: 16 });
+  assert.equal(reads, 0);
+  const rows = await stateDict.require("m.weight").read(1, 7);
+  assert.equal(rows.byteLength, 6 * 4 * 2);
+  assert.equal(reqs.length, 3); // 2 rows (16 bytes) per block
+  assert.deepEqual(reqs.map((r) => r.rows), [2, 2, 2]);
+  assert.equal(reqs[0]!.scale, 2);
+  const whole = await stateDict.require("m.weight").read();
+  assert.deepEqual(whole.subarray(8, 56), rows);
+  await stateDict.close();
+  await backend.dispose();
+});
+
+Deno.test("`mergeLora()` folds weights and scales of several adapters into one rounding", async () => {
+  const W = seq(6, 9);
+  const base = new StateDict([["m.weight", t("F32", [2, 3], W)]]);
+  const a1 = adapter(
+    [
+      [`${P}m.lora_A.weight`, t("F32", [1, 3], [1, 2, 3])],
+      [`${P}m.lora_B.weight`, t("F32", [2, 1], [1, -1])],
+    ],
+    { r: 1, lora_alpha: 2 },
+    "one",
+  );
+  const a2 = adapter(
+    [
+      [`${P}m.lora_A.weight`, t("F32", [2, 3], [1, 0, 0, 0, 0, 1])],
+      [`${P}m.lora_B.weight`, t("F32", [2, 2], [1, 2, 3, 4])],
+    ],
+    { r: 2, lora_alpha: 2 },
+    "two",
+  );
+  const { stateDict, report } = await mergeLora(
+    base,
+    [{ ...a1, weight: 0.5 }, { ...a2, weight: 2 }],
+    { backend: referenceBackend() },
+  );
+  const got = await values(stateDict.require("m.weight"));
+  const d1 = [[1, 2, 3], [-1, -2, -3]].map((r) => r.map((v) => v * 2 * 0.5));
+  const d2 = [[1, 0, 2], [3, 0, 4]].map((r) => r.map((v) => v * 1 * 2));
+  const want = W.map((w, i) =>
+    Math.fround(w + d1[Math.floor(i / 3)]![i % 3]! + d2[Math.floor(i / 3)]![i % 3]!)
+  );
+  assert.deepEqual(got, want);
+  assert.deepEqual(report.modules[0]!.adapters.map((a) => [a.name, a.weight, a.scale]), [
+    ["one", 0.5, 2],
+    ["two", 2, 1],
+  ]);
+  await stateDict.close();
+});
+
+Deno.test("`mergeLora()` refuses bad input with coded errors before reading data", async (t2) => {
+  const base = () =>
+    new StateDict([
+      ["m.weight", t("BF16", [4, 3], seq(12, 1))],
+      ["c.weight", t("F32", [4, 2, 3, 3], seq(72, 2))],
+      ["i.weight", tensorFromBytes("I32", [4, 3], new Uint8Array(48))],
+    ]);
+  const A = (shape: number[]) => t("F32", shape, seq(shape.reduce((a, b) => a * b, 1), 5));
+  const cases: [string, string, LoadedAdapter, Record<string, unknown>?][] = [
+    [
+      "shape mismatch A/W",
+      "LORA_SHAPE",
+      adapter([
+        [`${P}m.lora_A.weight`, A([2, 5])],
+        [`${P}m.lora_B.weight`, A([4, 2])],
+      ]),
+    ],
+    [
+      "rank of A ≠ B",
+      "LORA_SHAPE",
+      adapter([
+        [`${P}m.lora_A.weight`, A([2, 3])],
+        [`${P}m.lora_B.weight`, A([4, 3])],
+      ]),
+    ],
+    [
+      "config rank ≠ tensors",
+      "LORA_RANK_MISMATCH",
+      adapter([
+        [`${P}m.lora_A.weight`, A([3, 3])],
+        [`${P}m.lora_B.weight`, A([4, 3])],
+      ]),
+    ],
+    [
+      "adapter key without base",
+      "LORA_NO_BASE",
+      adapter([
+        [`${P}x.lora_A.weight`, A([2, 3])],
+        [`${P}x.lora_B.weight`, A([4, 2])],
+      ]),
+    ],
+    ["only lora_A", "LORA_FACTOR_MISSING", adapter([[`${P}m.lora_A.weight`, A([2, 3])]])],
+    ["only lora_B", "LORA_FACTOR_MISSING", adapter([[`${P}m.lora_B.weight`, A([4, 2])]])],
+    ["full tensor without base", "LORA_UNMATCHED", adapter([[`${P}score.weight`, A([2, 3])]])],
+    [
+      "grouped conv",
+      "LORA_CONV_GROUPS",
+      adapter([
+        [`${P}c.lora_A.weight`, A([2, 4, 3, 3])],
+        [`${P}c.lora_B.weight`, A([4, 2, 1, 1])],
+      ]),
+    ],
+    [
+      "integer weight",
+      "LORA_DTYPE",
+      adapter([
+        [`${P}i.lora_A.weight`, A([2, 3])],
+        [`${P}i.lora_B.weight`, A([4, 2])],
+      ]),
+    ],
+    [
+      "lora_bias without base bias",
+      "LORA_BIAS_MISSING",
+      adapter([
+        [`${P}m.lora_A.weight`, A([2, 3])],
+        [`${P}m.lora_B.weight`, A([4, 2])],
+        [`${P}m.lora_B.bias`, A([4])],
+      ], { lora_bias: true }),
+    ],
+    [
+      "magnitude without use_dora",
+      "LORA_DORA",
+      adapter([
+        [`${P}m.lora_A.weight`, A([2, 3])],
+        [`${P}m.lora_B.weight`, A([4, 2])],
+        [`${P}m.lora_magnitude_vector`, A([4])],
+      ]),
+    ],
+    [
+      "use_dora without magnitude",
+      "LORA_DORA",
+      adapter([
+        [`${P}m.lora_A.weight`, A([2, 3])],
+        [`${P}m.lora_B.weight`, A([4, 2])],
+      ], { use_dora: true }),
+    ],
+    [
+      "magnitude of the wrong size",
+      "LORA_DORA",
+      adapter([
+        [`${P}m.lora_A.weight`, A([2, 3])],
+        [`${P}m.lora_B.weight`, A([4, 2])],
+        [`${P}m.lora_magnitude_vector`, A([3])],
+      ], { use_dora: true }),
+    ],
+    [
+      "tokens without indices",
+      "LORA_TOKENS",
+      adapter([
+        [`${P}m.token_adapter.trainable_tokens_delta`, A([1, 3])],
+      ]),
+    ],
+    [
+      "token index out of range",
+      "LORA_TOKENS",
+      adapter([
+        [`${P}m.token_adapter.trainable_tokens_delta`, A([1, 3])],
+      ], { trainable_token_indices: { m: [4] } }),
+    ],
+    [
+      "non-finite factor with safe",
+      "LORA_NONFINITE",
+      adapter([
+        [`${P}m.lora_A.weight`, t("F32", [2, 3], [1, 2, NaN, 4, 5, 6])],
+        [`${P}m.lora_B.weight`, A([4, 2])],
+      ]),
+      { safe: true },
+    ],
+  ];
+  for (const [label, code, ad, opts] of cases) {
+    await t2.step(label, async () => {
+      let reads = 0;
+      const b = base();
+      const watched = new StateDict();
+      for (const [k, ref] of b) {
+        watched.set(k, {
+          dtype: ref.dtype,
+          shape: ref.shape,
+          read: (s, e) => {
+            reads++;
+            return ref.read(s, e);
+          },
+        });
+      }
+      await assert.rejects(
+        mergeLora(watched, [ad], { backend: referenceBackend(), ...opts }),
+        (e) => {
+          assert.ok(isCkptError(e, code), `${label}: ${e}`);
+          assert.ok(e.tensor, "names the tensor");
+          return true;
+        },
+      );
+      assert.equal(reads, 0, "no base data read");
+    });
+  }
+});
+
+Deno.test("`mergeLora()` with allowUnmatched reports and adds instead of refusing", async () => {
+  const base = new StateDict([["m.weight", t("F32", [2, 2], [1, 2, 3, 4])]]);
+  const ad = adapter([
+    [`${P}x.lora_A.weight`, t("F32", [2, 2], [1, 2, 3, 4])],
+    [`${P}x.lora_B.weight`, t("F32", [2, 2], [1, 2, 3, 4])],
+    [`${P}score.weight`, t("F32", [1, 2], [5, 6])],
+  ]);
+  const { stateDict, report } = await mergeLora(base, [ad], {
+    backend: referenceBackend(),
+    allowUnmatched: true,
+  });
+  assert.deepEqual([...stateDict.keys()], ["m.weight", "score.weight"]);
+  assert.deepEqual(report.unmatchedKeys.toSorted(), [
+    `${P}score.weight`,
+    `${P}x.lora_A.weight`,
+    `${P}x.lora_B.weight`,
+  ]);
+  assert.deepEqual(report.added, ["score.weight"]);
+  assert.equal(report.backend, undefined);
+  await stateDict.close();
+});
+
+Deno.test("`mergeLora()` with safe refuses a non-finite result when the block is read", async () => {
+  const base = new StateDict([["m.weight", t("F16", [2, 2], [60000, 1, 2, 3])]]);
+  const ad = adapter([
+    [`${P}m.lora_A.weight`, t("F32", [1, 2], [1, 0])],
+    [`${P}m.lora_B.weight`, t("F32", [2, 1], [10000, 0])],
+  ], { r: 1, lora_alpha: 1 });
+  const { stateDict } = await mergeLora(base, [ad], { backend: referenceBackend(), safe: true });
+  await assert.rejects(stateDict.require("m.weight").read(), (e) => {
+    assert.ok(isCkptError(e, "LORA_NONFINITE"));
+    assert.equal(e.tensor, "m.weight");
+    assert.deepEqual(e.details, { row: 0, column: 0 });
+    return true;
+  });
+  assert.equal((await stateDict.require("m.weight").read(1, 2)).byteLength, 4);
+  await stateDict.close();
+});
+
+Deno.test("`mergeLora()` casts merged tensors to outDtype and leaves others alone", async () => {
+  const base = new StateDict([
+    ["m.weight", t("F32", [1, 2], [1, 2])],
+    ["n.weight", t("F32", [2], [1, 2])],
+  ]);
+  const ad = adapter([
+    [`${P}m.lora_A.weight`, t("F32", [1, 2], [1, 1])],
+    [`${P}m.lora_B.weight`, t("F32", [1, 1], [1])],
+  ], { r: 1, lora_alpha: 1 });
+  const { stateDict, report } = await mergeLora(base, [ad], {
+    backend: referenceBackend(),
+    outDtype: "BF16",
+  });
+  assert.equal(stateDict.require("m.weight").dtype, "BF16");
+  assert.equal(stateDict.require("n.weight").dtype, "F32");
+  assert.deepEqual(await values(stateDict.require("m.weight")), [2, 3]);
+  assert.equal(report.modules[0]!.dtype, "BF16");
+  await stateDict.close();
+});
+
+Deno.test("`mergeLoraTensor()` merges Linear, Embedding and DoRA pairs", async () => {
+  const W = seq(12, 4);
+  const A = seq(8, 5);
+  const B = seq(6, 6);
+  const lin = await mergeLoraTensor({
+    weight: t("F32", [3, 4], W),
+    loraA: t("F32", [2, 4], A),
+    loraB: t("F32", [3, 2], B),
+    scale: 0.5,
+  }, { backend: "cpu" });
+  assert.equal(lin.layout, "linear");
+  const got = new Float32Array(lin.data.buffer, lin.data.byteOffset, 12);
+  for (let i = 0; i < 3; i++) {
+    for (let j = 0; j < 4; j++) {
+      const d = B[i * 2]! * A[j]! + B[i * 2 + 1]! * A[4 + j]!;
+      assert.ok(Math.abs(got[i * 4 + j]! - (W[i * 4 + j]! + 0.5 * d)) < 1e-6);
+    }
+  }
+  const emb = await mergeLoraTensor({
+    weight: t("F32", [4, 3], W),
+    loraA: t("F32", [2, 4], A),
+    loraB: t("F32", [3, 2], B),
+    scale: 1,
+    embedding: true,
+  }, { backend: referenceBackend() });
+  assert.equal(emb.layout, "embedding");
+  const e = new Float32Array(emb.data.buffer, emb.data.byteOffset, 12);
+  // ΔW[v, d] = Σ_k B[d, k] A[k, v]
+  const d01 = B[1 * 2]! * A[0]! + B[1 * 2 + 1]! * A[4]!;
+  assert.ok(Math.abs(e[1]! - (W[1]! + d01)) < 1e-6);
+  const dora = await mergeLoraTensor({
+    weight: t("F32", [3, 4], W),
+    loraA: t("F32", [2, 4], A),
+    loraB: t("F32", [3, 2], B),
+    scale: 1,
+    magnitude: t("F32", [3], [1, 2, 3]),
+  }, { backend: referenceBackend() });
+  const dv = new Float32Array(dora.data.buffer, dora.data.byteOffset, 12);
+  for (let i = 0; i < 3; i++) {
+    let n = 0;
+    for (let j = 0; j < 4; j++) n += dv[i * 4 + j]! ** 2;
+    assert.ok(Math.abs(Math.sqrt(n) - (i + 1)) < 1e-5);
+  }
+});
