@@ -22,10 +22,10 @@
 import type { PipelineEvent } from "./stage.ts";
 
 /** Receives one rendered chunk (a JSON line without newline, or terminal text). */
-export type Sink = (text: string) => void;
+export type TextSink = (text: string) => void;
 
 /** A function that renders events. */
-export type Renderer = (event: PipelineEvent) => void;
+export type EventRenderer = (event: PipelineEvent) => void;
 
 /** Formats a byte count: `512 B`, `1.5 KB`, `3.20 GB` (powers of 1000, like file managers). */
 export function formatBytes(n: number): string {
@@ -62,10 +62,10 @@ export function eventToJson(event: PipelineEvent, now: Date = new Date()): strin
  * always keeping the final one (`done === total`).
  */
 export function createJsonRenderer(
-  write: Sink,
+  write: TextSink,
   now: () => Date = () => new Date(),
   progressEveryMs = 1000,
-): Renderer {
+): EventRenderer {
   const last = new Map<string, number>();
   return (event) => {
     if (event.type === "progress" && event.done < event.total) {
@@ -122,10 +122,10 @@ export function progressLine(
  * lines. Rate is measured over the last few seconds, the ETA from it.
  */
 export function createTtyRenderer(
-  write: Sink,
+  write: TextSink,
   now: () => number = () => performance.now(),
   refreshMs = 100,
-): Renderer {
+): EventRenderer {
   let count = 0;
   let live: StageState | undefined;
   const clear = "\r\x1b[2K";
@@ -207,7 +207,7 @@ export function createTtyRenderer(
  * Plain text without terminal escapes: one line per finished stage, warnings and the outcome
  * (for logs read by people, such as the demo's output in CI).
  */
-export function createPlainRenderer(write: Sink): Renderer {
+export function createPlainRenderer(write: TextSink): EventRenderer {
   let count = 0;
   const totals = new Map<string, { total: number; unit: string }>();
   return (event) => {
@@ -253,7 +253,7 @@ export type LogStyle = "auto" | "json" | "tty" | "plain" | "quiet";
  * Picks a renderer: `json` lines, the live `tty` line, `plain` text, nothing (`quiet`), or `auto` (tty when
  * `isTerminal`, JSON lines otherwise).
  */
-export function createRenderer(style: LogStyle, write: Sink, isTerminal: boolean): Renderer {
+export function createRenderer(style: LogStyle, write: TextSink, isTerminal: boolean): EventRenderer {
   if (style === "quiet") return () => {};
   if (style === "plain") return createPlainRenderer(write);
   if (style === "json" || (style === "auto" && !isTerminal)) {
