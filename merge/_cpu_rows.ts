@@ -69,7 +69,19 @@ export function runCpuTask(
   const dst = t.dora ? t.yPtr : t.outPtr;
   const s = fr(t.scale);
   if (colsVec > 0) {
-    kernel(t.wPtr, t.aPtr, t.bPtr, dst, t.row0, t.row1, t.cols, colsVec, t.rank, s);
+    // rank 0: the kernel's acc is -0 and s·(-0) with s = 1 adds -0, which leaves every w as it is
+    kernel(
+      t.wPtr,
+      t.aPtr,
+      t.bPtr,
+      dst,
+      t.row0,
+      t.row1,
+      t.cols,
+      colsVec,
+      t.rank,
+      t.rank === 0 ? 1 : s,
+    );
   }
   const buf = mem.buffer as unknown as ArrayBuffer;
   const { cols, rank } = t;
@@ -89,12 +101,12 @@ export function runCpuTask(
           : t.wDtype === "BF16"
           ? bf16ToF32(w.getUint16(e * wsz, true))
           : f16ToF32(w.getUint16(e * wsz, true));
-        let acc = 0;
+        let v = wv;
         if (rank > 0) {
-          acc = fr(b[i * rank]! * a[j]!);
+          let acc = fr(b[i * rank]! * a[j]!);
           for (let k = 1; k < rank; k++) acc = fr(acc + fr(b[i * rank + k]! * a[k * cols + j]!));
+          v = fr(wv + fr(s * acc));
         }
-        const v = fr(wv + fr(s * acc));
         if (y) y[e] = v;
         else tail[j - colsVec] = v;
       }

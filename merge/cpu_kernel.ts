@@ -174,7 +174,7 @@ export function mergeKernelWasm(wDtype: MergeDType, outDtype: MergeDType): Uint8
   add(op.localGet(A_PTR), op.localGet(J), op.i32Const(4), op.i32Mul, op.i32Add, op.localSet(AP));
   // accumulate over the rank
   add(op.localGet(RANK), op.i32Eqz, op.if_);
-  for (const acc of ACC) add(splat(0), op.localSet(acc));
+  for (const acc of ACC) add(splat(0x80000000), op.localSet(acc)); // -0: w + s·(-0) = w for s = 1
   add(op.else_);
   add(op.localGet(BP), op.v128Load32Splat(0), op.localSet(BB));
   ACC.forEach((acc, q) =>

@@ -7,7 +7,7 @@
  * multiply-add; subnormals are kept (never flushed). With `s = f32(scale)`:
  *
  * 1. `acc = B[i,0]·A[0,j]`, then for `k = 1 … r-1`: `acc = acc + B[i,k]·A[k,j]` (in this order,
- *    each product and each sum rounded to f32). With `r = 0`, `acc = 0`.
+ *    each product and each sum rounded to f32). With `r = 0`, `y = W[i,j]` (step 2 skipped).
  * 2. `y = f32(W[i,j]) + s·acc` (the product rounded, then the sum rounded).
  * 3. DoRA (`magnitude` given): `q_t = Σ y_j²` over `j ≡ t (mod 256)` ascending for `t < 256`, then a
  *    pairwise tree `q_t += q_{t+h}` for `h = 128, 64, …, 1`; `norm = sqrt(q_0)`,
@@ -112,11 +112,12 @@ export function mergeRowsReference(req: MergeRowsRequest): Uint8Array {
       req.w.subarray(i * cols * wsize, (i + 1) * cols * wsize),
     );
     for (let j = 0; j < cols; j++) {
-      let acc = 0;
-      if (rank > 0) {
-        acc = fr(b[i * rank]! * a[j]!);
-        for (let k = 1; k < rank; k++) acc = fr(acc + fr(b[i * rank + k]! * a[k * cols + j]!));
+      if (rank === 0) {
+        y[j] = wRow[j]!;
+        continue;
       }
+      let acc = fr(b[i * rank]! * a[j]!);
+      for (let k = 1; k < rank; k++) acc = fr(acc + fr(b[i * rank + k]! * a[k * cols + j]!));
       y[j] = fr(wRow[j]! + fr(s * acc));
     }
     if (magnitude !== undefined) {
