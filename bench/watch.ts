@@ -53,7 +53,7 @@ async function makeCheckpoint(dir: string, counter: number, when: Date): Promise
 }
 
 const noop: ExportRunner = async (job) => {
-  const out = join(job.vars.run!, "..", "exports", job.vars.step!);
+  const out = join(job.vars.run!, "..", "exports", job.vars.name!);
   await Deno.mkdir(out, { recursive: true });
   return { output: out, manifestSha256: undefined };
 };
@@ -88,7 +88,7 @@ try {
   const config = join(root, "export.jsonc");
   await Deno.writeTextFile(
     config,
-    JSON.stringify({ output: "${run}/../exports/${step}", stages: [] }),
+    JSON.stringify({ output: "${run}/../exports/${name}", stages: [] }),
   );
   const cli = new URL("../cli.ts", import.meta.url).pathname;
   for (let i = 0; i < 2; i++) {

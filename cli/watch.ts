@@ -31,8 +31,9 @@ Usage: ckpt watch <runs-folder> --config <pipeline.jsonc> [options]
 Scans <runs-folder> for checkpoint folders (default patterns step-* and FINAL), waits until each is
 completely written (the training side's own signals: weights written last, DCP .metadata, index
 JSON, whole safetensors/zip files; plus a quiet period), and runs the pipeline for it with
-\${step} (folder name), \${run} (its parent folder), \${checkpoint} (its path) and \${counter} (the
-number in its name) set. What was exported is recorded in <runs-folder>/.ckpt-watch/state.json.
+\${step} (the number in the folder's name, or the name when it has none: FINAL), \${name} (the
+folder's name), \${run} (its parent folder), \${checkpoint} (its path) and \${counter} (the number,
+or empty) set. What was exported is recorded in <runs-folder>/.ckpt-watch/state.json.
 Per-checkpoint locks make overlapping watchers and cron ticks safe; a crashed export is retried from
 scratch on the next tick; after --max-tries failures a checkpoint is marked failed and skipped.
 

@@ -5,7 +5,7 @@
  *
  * ```jsonc
  * {
- *   "output": "${run}/exports/${step}",
+ *   "output": "${run}/exports/${name}",
  *   "stages": [{ "use": "gatherShards", "from": "${checkpoint}" }, { "use": "writeModel" }],
  *   "watch": {
  *     "pattern": ["step-*", "FINAL"],   // folder globs, relative to the runs folder

@@ -19,17 +19,17 @@
  * };
  * const dir = await Deno.makeTempDir();
  * const runner = pipelineRunner(
- *   { output: "${run}/exports/${step}", stages: [{ use: "note", text: "${step}" }] },
+ *   { output: "${run}/exports/${name}", stages: [{ use: "note", text: "${step}" }] },
  *   { stages: { note }, baseDir: dir, env: {} },
  * );
  * const result = await runner({
  *   checkpoint: { name: "step-64", path: `${dir}/step-64`, step: 64 },
- *   vars: { step: "step-64", run: dir, checkpoint: `${dir}/step-64`, counter: "64" },
+ *   vars: { step: "64", name: "step-64", run: dir, checkpoint: `${dir}/step-64`, counter: "64" },
  *   overwrite: false,
  *   signal: new AbortController().signal,
  *   onEvent: () => {},
  * });
- * assert.equal(await Deno.readTextFile(`${result.output}/step.txt`), "step-64");
+ * assert.equal(await Deno.readTextFile(`${result.output}/step.txt`), "64");
  * assert.match(result.manifestSha256 ?? "", /^[0-9a-f]{64}$/);
  * await Deno.remove(dir, { recursive: true });
  * ```
@@ -47,7 +47,7 @@ import type { ExportRunner, ExportVerifier } from "./watch.ts";
 
 /** Options of {@linkcode pipelineRunner}. */
 export interface PipelineRunnerOptions {
-  /** Extra variables (`--var`); the checkpoint's `step`, `run`, `checkpoint`, `counter` win. */
+  /** Extra variables (`--var`); the checkpoint's `step`, `name`, `run`, `checkpoint`, `counter` win. */
   vars?: Record<string, string>;
   /** Merge backend override. */
   backend?: BackendChoice;

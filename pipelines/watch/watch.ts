@@ -34,7 +34,7 @@
  *     runsDir: runs,
  *     settings: parseWatchSettings({ complete: ["done.txt"], quietSeconds: 0 }),
  *     runner: (job) => {
- *       exported.push(job.vars.step!);
+ *       exported.push(job.vars.name!);
  *       return Promise.resolve({ output: `${runs}/out-${job.vars.step}`, manifestSha256: "00" });
  *     },
  *   });
@@ -66,7 +66,8 @@ export interface ExportJob {
   /** The checkpoint folder. */
   readonly checkpoint: CheckpointFolder;
   /**
-   * Pipeline variables: `step` (the folder's name, `step-64000`), `run` (its parent folder),
+   * Pipeline variables: `step` (the number in the folder's name, `step-64000` -> `64000`, or the
+   * whole name when it has none: `FINAL`), `name` (the folder's name), `run` (its parent folder),
    * `checkpoint` (its absolute path), `counter` (the number in its name, or `""`).
    */
   readonly vars: Readonly<Record<string, string>>;
@@ -303,8 +304,10 @@ async function exportOne(
 
   emit({ event: "started", checkpoint: cp.name, try: tries, overwrite });
   const t0 = performance.now();
+  const folder = cp.name.split("/").pop()!;
   const vars: Record<string, string> = {
-    step: cp.name.split("/").pop()!,
+    step: cp.step === undefined ? folder : String(cp.step),
+    name: folder,
     run: dirname(cp.path),
     checkpoint: cp.path,
     counter: cp.step === undefined ? "" : String(cp.step),

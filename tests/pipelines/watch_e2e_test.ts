@@ -107,7 +107,7 @@ Deno.test("`ckpt watch` exports every complete checkpoint exactly once across ov
       config,
       `{
         // the watch e2e pipeline: metrics and tokenizer of each checkpoint
-        "output": "\${run}/../exports/\${step}",
+        "output": "\${run}/../exports/\${name}",
         "stages": [
           { "use": "writeMetrics", "from": "\${checkpoint}/metrics.json" },
           { "use": "writeTokenizer", "from": "\${checkpoint}", "validate": false },
@@ -217,7 +217,7 @@ Deno.test("`ckpt watch` exits 0 on SIGTERM, aborting the export cleanly", async 
     await Deno.writeTextFile(
       config,
       JSON.stringify({
-        output: "${run}/../exports/${step}",
+        output: "${run}/../exports/${name}",
         stages: [{ use: "writeTokenizer", from: "${checkpoint}", validate: false }],
       }),
     );

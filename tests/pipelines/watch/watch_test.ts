@@ -24,7 +24,7 @@ function fakeRunner(runs: string, opts: {
   const calls: ExportJob[] = [];
   const runner: ExportRunner = async (job) => {
     calls.push(job);
-    const out = `${runs}/exports/${job.vars.step}`;
+    const out = `${runs}/exports/${job.vars.name}`;
     if (opts.delayMs) {
       await new Promise<void>((resolve, reject) => {
         const t = setTimeout(resolve, opts.delayMs);
@@ -35,7 +35,7 @@ function fakeRunner(runs: string, opts: {
       });
     }
     if (opts.fail?.(job)) {
-      throw new CkptError("FAKE_FAIL", `Cannot export ${job.vars.step}: broken`);
+      throw new CkptError("FAKE_FAIL", `Cannot export ${job.vars.name}: broken`);
     }
     const exists = await Deno.lstat(out).then(() => true, () => false);
     if (exists && !job.overwrite) {
@@ -44,7 +44,7 @@ function fakeRunner(runs: string, opts: {
     await Deno.mkdir(out, { recursive: true });
     await Deno.writeTextFile(`${out}/ckpt-manifest.json`, JSON.stringify(job.vars));
     job.onEvent({ type: "stage-end", stage: "writeModel", index: 0, ms: 5 });
-    return { output: out, manifestSha256: `sha-${job.vars.step}` };
+    return { output: out, manifestSha256: `sha-${job.vars.name}` };
   };
   return { runner, calls };
 }
@@ -81,9 +81,9 @@ Deno.test("`watchOnce()` exports complete checkpoints oldest first, exactly once
     assert.deepEqual(first.exported, ["step-64", "step-640", "FINAL"]);
     assert.deepEqual(first.incomplete, ["step-1280"]);
     assert.deepEqual(calls.map((c) => c.vars), [
-      { step: "step-64", run: runs, checkpoint: `${runs}/step-64`, counter: "64" },
-      { step: "step-640", run: runs, checkpoint: `${runs}/step-640`, counter: "640" },
-      { step: "FINAL", run: runs, checkpoint: `${runs}/FINAL`, counter: "" },
+      { step: "64", name: "step-64", run: runs, checkpoint: `${runs}/step-64`, counter: "64" },
+      { step: "640", name: "step-640", run: runs, checkpoint: `${runs}/step-640`, counter: "640" },
+      { step: "FINAL", name: "FINAL", run: runs, checkpoint: `${runs}/FINAL`, counter: "" },
     ]);
     assert.ok(calls.every((c) => !c.overwrite));
     const second = await watchOnce(o);
@@ -118,7 +118,7 @@ Deno.test("`watchOnce()` exports complete checkpoints oldest first, exactly once
 Deno.test("`watchOnce()` marks a checkpoint failed after maxTries without blocking others", async () => {
   await withTempDir(async (runs) => {
     await makeRun(runs, ["step-1", "step-2"]);
-    const { runner, calls } = fakeRunner(runs, { fail: (j) => j.vars.step === "step-1" });
+    const { runner, calls } = fakeRunner(runs, { fail: (j) => j.vars.name === "step-1" });
     const o = options(runs, runner, { maxTries: 2 });
     const t1 = await watchOnce(o);
     assert.deepEqual([t1.exported, t1.failed], [["step-2"], ["step-1"]]);
@@ -131,7 +131,7 @@ Deno.test("`watchOnce()` marks a checkpoint failed after maxTries without blocki
     assert.equal(rec?.error?.code, "FAKE_FAIL");
     const t3 = await watchOnce(o);
     assert.deepEqual(t3.failed, []);
-    assert.equal(calls.filter((c) => c.vars.step === "step-1").length, 2);
+    assert.equal(calls.filter((c) => c.vars.name === "step-1").length, 2);
     const finals = o.events.filter((e) => e.event === "failed").map((e) =>
       e.event === "failed" && e.final
     );
@@ -185,7 +185,7 @@ Deno.test("two concurrent `watchOnce()` ticks export every checkpoint exactly on
     const tc = await watchOnce(options(runs, runner));
     const all = [...ta.exported, ...tb.exported, ...tc.exported].sort();
     assert.deepEqual(all, [...names].sort());
-    assert.deepEqual(calls.map((c) => c.vars.step).sort(), [...names].sort());
+    assert.deepEqual(calls.map((c) => c.vars.name).sort(), [...names].sort());
     const state = await loadState(runs);
     assert.ok(names.every((n) => state.checkpoints[n]?.status === "done"));
   });
@@ -264,11 +264,11 @@ Deno.test("`watchOnce()` refuses to prune an output that is an input or has no m
     // A runner whose output is the input folder itself (misconfigured), and one without manifest.
     const runner: ExportRunner = (job) =>
       Promise.resolve({
-        output: job.vars.step === "step-1"
+        output: job.vars.name === "step-1"
           ? job.vars.checkpoint!
-          : job.vars.step === "step-2"
-          ? `${runs}/plain-${job.vars.step}`
-          : `${runs}/x-${job.vars.step}`,
+          : job.vars.name === "step-2"
+          ? `${runs}/plain-${job.vars.name}`
+          : `${runs}/x-${job.vars.name}`,
         manifestSha256: undefined,
       });
     await Deno.mkdir(`${runs}/plain-step-2`);
@@ -286,7 +286,7 @@ Deno.test("`watchOnce()` refuses to prune an output that is an input or has no m
 Deno.test("`watchStatus()` summarizes the state file", async () => {
   await withTempDir(async (runs) => {
     await makeRun(runs, ["step-1", "step-2"]);
-    const { runner } = fakeRunner(runs, { fail: (j) => j.vars.step === "step-2" });
+    const { runner } = fakeRunner(runs, { fail: (j) => j.vars.name === "step-2" });
     await watchOnce(options(runs, runner));
     const s = await watchStatus(runs);
     assert.deepEqual(s.counts, { done: 1, error: 1 });
