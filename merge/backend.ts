@@ -27,9 +27,10 @@
 import { CkptError } from "../errors.ts";
 import type { BackendChoice, MergeBackend } from "./types.ts";
 import { type CpuBackendOptions, createCpuBackend } from "./cpu.ts";
+import type { WebGpuBackendOptions } from "../gpu/merge_webgpu.ts";
 
 /** Options of {@linkcode createMergeBackend}. */
-export interface MergeBackendOptions extends CpuBackendOptions {
+export interface MergeBackendOptions extends CpuBackendOptions, Omit<WebGpuBackendOptions, "gpu"> {
   /** `auto` on a fallback adapter: prefer WebGPU anyway (default false: the CPU is faster there). */
   preferFallbackGpu?: boolean;
 }
@@ -43,8 +44,10 @@ export interface CreatedMergeBackend {
 }
 
 /**
- * Creates the merge backend for `choice`. `webgpu` fails with `GPU_UNAVAILABLE` when no adapter or
- * device can be had; `auto` never fails for lack of a GPU.
+ * Creates the merge backend for `choice`. `webgpu` fails with `GPU_UNAVAILABLE`, `GPU_LIMIT` or
+ * `GPU_DEVICE` when no usable adapter or device can be had; `auto` never fails for lack of a GPU:
+ * WebGPU on a hardware adapter, the CPU backend on a fallback adapter (unless
+ * `preferFallbackGpu`) or without an adapter.
  */
 export async function createMergeBackend(
   choice: BackendChoice,
@@ -57,9 +60,43 @@ export async function createMergeBackend(
   if (choice !== "webgpu" && choice !== "auto") {
     throw new CkptError("MERGE_BACKEND", `Cannot create merge backend: unknown choice "${choice}"`);
   }
-  if (choice === "auto") {
-    const backend = await createCpuBackend(options);
-    return { backend, reason: `auto: cpu (${backend.description})` };
+  const { acquireGpu } = await import("../gpu/device.ts");
+  const { createWebGpuBackend } = await import("../gpu/merge_webgpu.ts");
+  if (choice === "webgpu") {
+    const backend = await createWebGpuBackend(options);
+    return { backend, reason: `webgpu requested (${backend.description})` };
   }
-  throw new CkptError("GPU_UNAVAILABLE", "Cannot create the WebGPU backend: not built yet");
+  let gpu;
+  try {
+    gpu = await acquireGpu();
+  } catch (e) {
+    const backend = await createCpuBackend(options);
+    const why = e instanceof CkptError ? e.message : String(e);
+    return { backend, reason: `auto: cpu, no usable WebGPU adapter (${why})` };
+  }
+  if (gpu.info.isFallbackAdapter && !options.preferFallbackGpu) {
+    gpu.device.destroy();
+    const backend = await createCpuBackend(options);
+    return {
+      backend,
+      reason: `auto: cpu (${backend.description}); the WebGPU adapter "${gpu.info.description}" ` +
+        `is a software fallback, where the CPU backend measured faster (transfers cap WebGPU)`,
+    };
+  }
+  const backend = await createWebGpuBackend({ ...options, gpu });
+  const owned = {
+    kind: backend.kind,
+    description: backend.description,
+    mergeRows: backend.mergeRows.bind(backend),
+    async dispose(): Promise<void> {
+      await backend.dispose();
+      gpu.device.destroy();
+    },
+  } satisfies MergeBackend;
+  return {
+    backend: owned,
+    reason: `auto: webgpu on ${
+      gpu.info.isFallbackAdapter ? "fallback" : "hardware"
+    } adapter (${backend.description})`,
+  };
 }
