@@ -31,7 +31,14 @@ import { CkptError } from "../../errors.ts";
 import { RandomAccessFile } from "../_io.ts";
 import { detectTorchFormat, refuseTorchFormat } from "./legacy.ts";
 import { storageClassDType, StorageHandle, unpickle, type UnpickleOptions } from "./unpickle.ts";
-import { pyTypeName, PyDict, PyGlobal, PyTuple, type PyValue, type StorageSource } from "./values.ts";
+import {
+  PyDict,
+  PyGlobal,
+  PyTuple,
+  pyTypeName,
+  type PyValue,
+  type StorageSource,
+} from "./values.ts";
 import { type ZipEntry, ZipReader } from "./zip.ts";
 
 /** Options of {@linkcode loadTorch}. */

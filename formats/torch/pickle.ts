@@ -26,12 +26,12 @@
 import { CkptError } from "../../errors.ts";
 import { DTYPES } from "../dtype.ts";
 import {
-  pyTypeName,
   PyDict,
   PyFloat,
   PyGlobal,
   PyRecord,
   PyTuple,
+  pyTypeName,
   type PyValue,
   type TorchStorage,
   TorchTensor,

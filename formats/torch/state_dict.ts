@@ -32,7 +32,7 @@ import { planShards, shardFileName, shardIndexJson } from "../shards.ts";
 import { StateDict } from "../state_dict.ts";
 import { loadTorch, type TorchFile } from "./load.ts";
 import { type SaveTorchOptions, saveTorchStateDict } from "./save.ts";
-import { pyTypeName, PyDict, type PyValue, TorchTensor, torchTensor } from "./values.ts";
+import { PyDict, pyTypeName, type PyValue, TorchTensor, torchTensor } from "./values.ts";
 
 /** The tensors of a dict whose values are all tensors, or undefined. */
 function tensorDict(v: PyValue | undefined): [string, TorchTensor][] | undefined {

@@ -43,13 +43,13 @@
 import { CkptError } from "../../errors.ts";
 import { type DType, dtypeFromTorch, DTYPES } from "../dtype.ts";
 import {
-  pyTypeName,
   PyDict,
   PyFloat,
   PyGlobal,
   type PyKey,
   PyRecord,
   PyTuple,
+  pyTypeName,
   type PyValue,
   type StorageSource,
   TorchStorage,
@@ -148,6 +148,12 @@ export interface UnpickleOptions {
   maxStack?: number;
   /** Maximum byte length of one `LONG4` int. Default 4096. */
   maxLongBytes?: number;
+  /**
+   * Largest size of the result as a tree, with shared references counted every time they appear
+   * (guards consumers against memo bombs: a list holding the same list twice, 60 levels deep).
+   * Default 10,000,000.
+   */
+  maxExpanded?: number;
 }
 
 type Item = PyValue | StorageHandle;
@@ -325,6 +331,7 @@ class Machine {
   #maxMemo: number;
   #maxStack: number;
   #maxLong: number;
+  #maxExpanded: number;
 
   constructor(bytes: Uint8Array, o: UnpickleOptions) {
     this.#b = bytes;
@@ -343,6 +350,7 @@ class Machine {
     this.#maxMemo = o.maxMemo ?? cap;
     this.#maxStack = o.maxStack ?? cap;
     this.#maxLong = o.maxLongBytes ?? 4096;
+    this.#maxExpanded = o.maxExpanded ?? 10_000_000;
   }
 
   #err(code: string, msg: string, details?: Record<string, unknown>): CkptError {
@@ -1049,18 +1057,21 @@ class Machine {
     }
   }
 
-  /** Iterative depth and cycle check of the result. */
+  /**
+   * Iterative check of the result: no cycles, depth within `maxDepth`, and the size of the value
+   * as a tree (shared references counted each time they appear) within `maxExpanded`.
+   */
   #checkTree(root: PyValue): void {
-    const depth = new Map<object, number>();
+    const done = new Map<object, { d: number; n: number }>();
     const onPath = new Set<object>();
-    type Frame = { node: object; kids: PyValue[]; i: number; d: number };
+    type Frame = { node: object; kids: PyValue[]; i: number; d: number; n: number };
     const kidsOf = (v: object): PyValue[] | undefined => {
       if (Array.isArray(v)) return v;
       if (v instanceof PyTuple) return v.items;
       if (v instanceof PyDict) {
         const out: PyValue[] = [];
         for (const [k, x] of v.map) {
-          if (k instanceof PyTuple) out.push(k);
+          out.push(k as PyValue);
           out.push(x);
         }
         if (v.attrs) out.push(v.attrs);
@@ -1075,36 +1086,49 @@ class Machine {
       }
       return undefined;
     };
+    const storageMisuse = () => this.#err("PICKLE_MALFORMED", "a storage is used outside a tensor");
     const start = (v: PyValue): Frame | undefined => {
       if (v === null || typeof v !== "object") return undefined;
-      if ((v as unknown) instanceof StorageHandle) {
-        throw this.#err("PICKLE_MALFORMED", "a storage is used outside a tensor");
-      }
+      if ((v as unknown) instanceof StorageHandle) throw storageMisuse();
       const kids = kidsOf(v);
-      return kids ? { node: v, kids, i: 0, d: 0 } : undefined;
+      return kids ? { node: v, kids, i: 0, d: 0, n: 1 } : undefined;
     };
     const first = start(root);
     if (!first) return;
     const stack: Frame[] = [first];
     onPath.add(first.node);
+    const grow = (f: Frame, n: number) => {
+      f.n += n;
+      if (f.n > this.#maxExpanded) {
+        throw this.#err(
+          "PICKLE_LIMIT",
+          `the value expands to more than ${this.#maxExpanded} items (shared references counted each time)`,
+        );
+      }
+    };
     while (stack.length > 0) {
       const f = stack[stack.length - 1]!;
       if (f.i < f.kids.length) {
         const k = f.kids[f.i++]!;
-        if (k === null || typeof k !== "object") continue;
-        if ((k as unknown) instanceof StorageHandle) {
-          throw this.#err("PICKLE_MALFORMED", "a storage is used outside a tensor");
+        if (k === null || typeof k !== "object") {
+          grow(f, 1);
+          continue;
         }
+        if ((k as unknown) instanceof StorageHandle) throw storageMisuse();
         if (onPath.has(k)) {
           throw this.#err("PICKLE_MALFORMED", "the value contains itself (a cycle)");
         }
-        const known = depth.get(k);
+        const known = done.get(k);
         if (known !== undefined) {
-          f.d = Math.max(f.d, known + 1);
+          f.d = Math.max(f.d, known.d + 1);
+          grow(f, known.n);
           continue;
         }
         const nf = start(k);
-        if (!nf) continue;
+        if (!nf) {
+          grow(f, 1);
+          continue;
+        }
         if (stack.length >= this.#maxDepth) {
           throw this.#err(
             "PICKLE_LIMIT",
@@ -1116,9 +1140,12 @@ class Machine {
       } else {
         stack.pop();
         onPath.delete(f.node);
-        depth.set(f.node, f.d);
+        done.set(f.node, { d: f.d, n: f.n });
         const parent = stack[stack.length - 1];
-        if (parent) parent.d = Math.max(parent.d, f.d + 1);
+        if (parent) {
+          parent.d = Math.max(parent.d, f.d + 1);
+          grow(parent, f.n);
+        }
       }
     }
   }
