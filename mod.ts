@@ -37,3 +37,4 @@ export * from "./pipelines/manifest.ts";
 export * from "./pipelines/progress.ts";
 export * from "./pipelines/verify.ts";
 export * from "./pipelines/presets.ts";
+export * from "./formats/inspect.ts";
