@@ -89,6 +89,12 @@ export async function run(args: string[]): Promise<number> {
   if (parsed.positionals.length > 0) {
     throw new UsageError(`unexpected argument "${parsed.positionals[0]}"`);
   }
+  const flags = {
+    overwrite: parsed.values.overwrite === true,
+    dryRun: parsed.values["dry-run"] === true,
+    backend: backendChoice(stringOption(parsed, "backend")),
+    log: logStyle(stringOption(parsed, "log")),
+  };
   const raw = await mergeConfig({
     base: stringOption(parsed, "base", true),
     adapter: stringOption(parsed, "adapter", true),
@@ -102,10 +108,5 @@ export async function run(args: string[]): Promise<number> {
     source: "ckpt merge",
     env: {},
   });
-  return await runWithCli(config, {
-    overwrite: parsed.values.overwrite === true,
-    dryRun: parsed.values["dry-run"] === true,
-    backend: backendChoice(stringOption(parsed, "backend")),
-    log: logStyle(stringOption(parsed, "log")),
-  });
+  return await runWithCli(config, flags);
 }

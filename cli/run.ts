@@ -147,11 +147,12 @@ export async function run(args: string[]): Promise<number> {
     throw new UsageError(`expected one config file or preset, got ${parsed.positionals.length}`);
   }
   const varList = (parsed.values.var ?? []) as string[];
-  const config = await loadConfigOrPreset(parsed.positionals[0]!, parseVarArgs(varList));
-  return await runWithCli(config, {
+  const flags = {
     overwrite: parsed.values.overwrite === true,
     dryRun: parsed.values["dry-run"] === true,
     backend: backendChoice(stringOption(parsed, "backend")),
     log: logStyle(stringOption(parsed, "log")),
-  });
+  };
+  const config = await loadConfigOrPreset(parsed.positionals[0]!, parseVarArgs(varList));
+  return await runWithCli(config, flags);
 }

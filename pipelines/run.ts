@@ -211,6 +211,19 @@ function mergeReport(into: Record<string, unknown>, data: Record<string, unknown
   }
 }
 
+/**
+ * Resolves with `work`, or rejects as soon as `signal` aborts, so a stage blocked in I/O that does
+ * not watch the signal cannot hold an aborted run (its late writes land in a removed folder).
+ */
+function untilAborted<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    work.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+  });
+}
+
 function abortError(signal: AbortSignal): CkptError {
   const reason = signal.reason instanceof Error ? signal.reason.message : String(signal.reason);
   return new CkptError("ABORTED", `Cannot finish the pipeline: aborted (${reason})`, {
@@ -319,7 +332,7 @@ export async function runPipeline(
       emit({ type: "stage-start", stage: step.use, index: step.index });
       const ts = performance.now();
       try {
-        await step.stage.run(ctx, step.options);
+        await untilAborted(step.stage.run(ctx, step.options), signal);
       } catch (err) {
         if (signal.aborted && !(err instanceof CkptError && err.code !== "ABORTED")) {
           throw abortError(signal);

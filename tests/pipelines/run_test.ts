@@ -178,3 +178,25 @@ Deno.test("`runPipeline()` removes staging folders left by dead processes", asyn
     assert.deepEqual(await entries(dir), ["out"]);
   });
 });
+
+Deno.test("`runPipeline()` abandons a stage that ignores the abort signal", async () => {
+  await withTempDir(async (dir) => {
+    const ac = new AbortController();
+    let release!: () => void;
+    const stuck = {
+      ...FAKE_STAGES.fakeMerge!,
+      name: "stuck",
+      run: () => new Promise<void>((r) => (release = r)),
+    };
+    const run = runPipeline({ output: "out", stages: [{ use: "stuck" }] }, {
+      ...base,
+      stages: { stuck },
+      baseDir: dir,
+      signal: ac.signal,
+    });
+    setTimeout(() => ac.abort(new Error("SIGTERM")), 20);
+    await assert.rejects(() => run, (e: unknown) => isCkptError(e, "ABORTED"));
+    assert.deepEqual(await entries(dir), []);
+    release();
+  });
+});

@@ -1,0 +1,148 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { decodeF32, encodeF32 } from "../../formats/dtype.ts";
+import { openSafetensors, writeSafetensors } from "../../formats/safetensors.ts";
+import { StateDict, tensorFromBytes } from "../../formats/state_dict.ts";
+import { buildManifest, writeManifest } from "../../pipelines/manifest.ts";
+import { sampleRows, verifyCheckpoint } from "../../pipelines/verify.ts";
+import { makeDemoRun } from "../../examples/_demo_run.ts";
+import { withTempDir } from "../_helpers/tmp.ts";
+
+async function sealed(dir: string): Promise<void> {
+  await writeManifest(dir, await buildManifest(dir, { output: dir }));
+}
+
+Deno.test("`sampleRows()` spreads rows and includes the first and last", () => {
+  assert.deepEqual(sampleRows(3, 4), [0, 1, 2]);
+  assert.deepEqual(sampleRows(100, 4), [0, 33, 66, 99]);
+});
+
+Deno.test("`verifyCheckpoint()` passes a sealed folder and fails on a flipped byte", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.writeTextFile(join(dir, "config.json"), '{"a": 1}');
+    const sd = new StateDict([["w", tensorFromBytes("F32", [2], new Uint8Array(8))]]);
+    await writeSafetensors(join(dir, "model.safetensors"), sd);
+    await sealed(dir);
+    const good = await verifyCheckpoint(dir);
+    assert.equal(good.ok, true, JSON.stringify(good.checks));
+    assert.equal(good.filesHashed, 2);
+    assert.equal(good.filesLoaded, 2);
+
+    const bytes = await Deno.readFile(join(dir, "model.safetensors"));
+    bytes[bytes.length - 1]! ^= 0x01;
+    await Deno.writeFile(join(dir, "model.safetensors"), bytes);
+    const bad = await verifyCheckpoint(dir);
+    assert.equal(bad.ok, false);
+    assert.deepEqual(
+      bad.checks.filter((c) => !c.ok).map((c) => [c.kind, c.file]),
+      [["hash", "model.safetensors"]],
+    );
+  });
+});
+
+Deno.test("`verifyCheckpoint()` reports missing, extra and unloadable files", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.writeTextFile(join(dir, "a.json"), "{not json");
+    await Deno.writeTextFile(join(dir, "b.txt"), "b");
+    await sealed(dir);
+    await Deno.remove(join(dir, "b.txt"));
+    await Deno.writeTextFile(join(dir, "c.txt"), "c");
+    const r = await verifyCheckpoint(dir);
+    assert.equal(r.ok, false);
+    const failed = r.checks.filter((c) => !c.ok).map((c) => `${c.kind}:${c.file}:${c.message}`);
+    assert.ok(failed.some((f) => f.startsWith("hash:b.txt:missing")), failed.join("\n"));
+    assert.ok(failed.some((f) => f.startsWith("hash:c.txt:not in the manifest")));
+    assert.ok(failed.some((f) => f.startsWith("load:a.json:")));
+  });
+});
+
+Deno.test("`verifyCheckpoint()` fails a folder without a manifest", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.writeTextFile(join(dir, "a.json"), "{}");
+    const r = await verifyCheckpoint(dir);
+    assert.equal(r.ok, false);
+    assert.equal(r.checks[0]!.kind, "manifest");
+  });
+});
+
+/** Writes base + adapter merged in float64 (an independent reference), rounded to BF16. */
+async function writeReferenceMerge(
+  base: string,
+  adapter: string,
+  scale: number,
+  out: string,
+  perturb?: string,
+): Promise<void> {
+  const w = await openSafetensors(join(base, "model.safetensors"));
+  const ad = await openSafetensors(join(adapter, "adapter_model.safetensors"));
+  const merged = new StateDict();
+  for (const [name, ref] of w) {
+    const module = name.replace(/\.weight$/, "");
+    const a = ad.get(`base_model.model.${module}.lora_A.weight`);
+    const b = ad.get(`base_model.model.${module}.lora_B.weight`);
+    if (!a || !b) {
+      merged.set(name, tensorFromBytes(ref.dtype, ref.shape, (await ref.read()).slice()));
+      continue;
+    }
+    const [rows, cols] = [ref.shape[0]!, ref.shape[1]!];
+    const r = a.shape[0]!;
+    const W = decodeF32(ref.dtype, await ref.read());
+    const A = decodeF32("F32", await a.read());
+    const B = decodeF32("F32", await b.read());
+    const outF = new Float32Array(rows * cols);
+    for (let i = 0; i < rows; i++) {
+      for (let j = 0; j < cols; j++) {
+        let d = 0;
+        for (let k = 0; k < r; k++) d += B[i * r + k]! * A[k * cols + j]!;
+        outF[i * cols + j] = W[i * cols + j]! + scale * d;
+      }
+    }
+    if (name === perturb) outF[cols + 1] = outF[cols + 1]! + 0.5;
+    merged.set(name, tensorFromBytes("BF16", ref.shape, encodeF32("BF16", outF)));
+  }
+  await Deno.mkdir(out, { recursive: true });
+  await writeSafetensors(join(out, "model.safetensors"), merged);
+  await Deno.copyFile(join(base, "config.json"), join(out, "config.json"));
+  await w.close();
+  await ad.close();
+  await sealed(out);
+}
+
+Deno.test("`verifyCheckpoint()` recomputes sampled merged rows from base and adapter", async () => {
+  await withTempDir(async (dir) => {
+    const run = await makeDemoRun(join(dir, "run"), { size: "tiny" });
+    const scale = run.alpha / run.shape.rank;
+    await writeReferenceMerge(run.base, run.adapter, scale, join(dir, "good"));
+    const good = await verifyCheckpoint(join(dir, "good"), {
+      base: run.base,
+      adapter: run.adapter,
+      samples: 3,
+    });
+    assert.equal(good.ok, true, JSON.stringify(good.checks.filter((c) => !c.ok)));
+    assert.equal(good.checks.filter((c) => c.kind === "merge").length, 7 * run.shape.layers);
+    assert.ok(good.rowsChecked >= 7 * run.shape.layers * 3);
+
+    // The unmerged base fails (the adapter is not in it)...
+    await Deno.mkdir(join(dir, "unmerged"));
+    await Deno.copyFile(
+      join(run.base, "model.safetensors"),
+      join(dir, "unmerged", "model.safetensors"),
+    );
+    await Deno.copyFile(join(run.base, "config.json"), join(dir, "unmerged", "config.json"));
+    await sealed(join(dir, "unmerged"));
+    const unmerged = await verifyCheckpoint(join(dir, "unmerged"), {
+      base: run.base,
+      adapter: run.adapter,
+    });
+    assert.equal(unmerged.ok, false);
+    // ...and so does one wrong element in a sampled row, even with consistent hashes.
+    const target = "model.layers.1.mlp.down_proj.weight";
+    await writeReferenceMerge(run.base, run.adapter, scale, join(dir, "bad"), target);
+    const bad = await verifyCheckpoint(join(dir, "bad"), {
+      base: run.base,
+      adapter: run.adapter,
+      samples: 32,
+    });
+    assert.deepEqual(bad.checks.filter((c) => !c.ok).map((c) => c.tensor), [target]);
+  });
+});
