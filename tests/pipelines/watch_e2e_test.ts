@@ -65,16 +65,17 @@ function spawnWatch(
   return w;
 }
 
-/** A HALOs-style checkpoint's files, with a tokenizer big enough that an export takes a while. */
-function checkpointFiles(counter: number, tokenizerBytes: number): Record<string, Uint8Array> {
+/** A HALOs-style checkpoint's files, with weights big enough that an export takes a while. */
+function checkpointFiles(counter: number, weightBytes: number): Record<string, Uint8Array> {
   const enc = new TextEncoder();
   return {
-    "tokenizer.json": enc.encode(JSON.stringify({ pad: "x".repeat(tokenizerBytes) })),
+    "tokenizer.json": enc.encode(JSON.stringify({ version: "1.0", model: {} })),
     "tokenizer_config.json": enc.encode("{}"),
     "metrics.json": enc.encode(JSON.stringify({ counter, loss: 1 / (counter + 1) })),
     "optimizer.pt": torchZipBytes(),
     "scheduler.pt": torchZipBytes(),
-    "model.safetensors": safetensorsBytes(16),
+    "config.json": enc.encode(JSON.stringify({ model_type: "llama", torch_dtype: "float32" })),
+    "model.safetensors": safetensorsBytes(Math.ceil(weightBytes / 4)),
   };
 }
 
@@ -106,9 +107,11 @@ Deno.test("`ckpt watch` exports every complete checkpoint exactly once across ov
     await Deno.writeTextFile(
       config,
       `{
-        // the watch e2e pipeline: metrics and tokenizer of each checkpoint
+        // the watch e2e pipeline: weights to bf16 safetensors, metrics, tokenizer
         "output": "\${run}/../exports/\${name}",
         "stages": [
+          { "use": "gatherShards", "from": "\${checkpoint}" },
+          { "use": "writeModel", "dtype": "bfloat16" },
           { "use": "writeMetrics", "from": "\${checkpoint}/metrics.json" },
           { "use": "writeTokenizer", "from": "\${checkpoint}", "validate": false },
         ],
@@ -218,7 +221,7 @@ Deno.test("`ckpt watch` exits 0 on SIGTERM, aborting the export cleanly", async 
       config,
       JSON.stringify({
         output: "${run}/../exports/${name}",
-        stages: [{ use: "writeTokenizer", from: "${checkpoint}", validate: false }],
+        stages: [{ use: "gatherShards", from: "${checkpoint}" }, { use: "writeModel" }],
       }),
     );
     await writeCheckpoint(join(runs, "step-1"), checkpointFiles(1, 48_000_000));
