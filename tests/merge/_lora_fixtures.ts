@@ -73,6 +73,8 @@ export interface CaseResult {
   expectedKeys: string[];
   /** Our output bytes per key (for backend comparisons). */
   bytes: Map<string, Uint8Array>;
+  /** Our output dtype per key. */
+  dtypes: Map<string, DType>;
   /** Mismatches of dtype/shape, as messages. */
   problems: string[];
 }
@@ -90,6 +92,28 @@ function ordered(dtype: DType, bytes: Uint8Array): Float64Array {
     out[i] = bits & sign ? -mag : mag;
   }
   return out;
+}
+
+/** Elements, bit-equal elements and the largest ulp distance between two float buffers. */
+export function compareUlps(
+  dtype: DType,
+  a: Uint8Array,
+  b: Uint8Array,
+): { elements: number; equal: number; maxUlp: number } {
+  if (!(dtype === "F32" || dtype === "BF16" || dtype === "F16")) {
+    const same = a.length === b.length && a.every((v, i) => v === b[i]);
+    return { elements: 1, equal: same ? 1 : 0, maxUlp: same ? 0 : Infinity };
+  }
+  const oa = ordered(dtype, a);
+  const ob = ordered(dtype, b);
+  let equal = 0;
+  let maxUlp = 0;
+  for (let i = 0; i < oa.length; i++) {
+    const d = Math.abs(oa[i]! - ob[i]!);
+    if (d === 0) equal++;
+    else maxUlp = Math.max(maxUlp, d);
+  }
+  return { elements: oa.length, equal, maxUlp };
 }
 
 /** ulp of `x` in `dtype` (f32/f16/bf16), subnormals included. */
@@ -149,6 +173,7 @@ export async function runCase(
     keys: [...stateDict.keys()],
     expectedKeys: [...expected.keys()],
     bytes: new Map(),
+    dtypes: new Map(),
     problems: [],
   };
   try {
@@ -167,6 +192,7 @@ export async function runCase(
       }
       const gb = await got.read();
       result.bytes.set(key, gb);
+      result.dtypes.set(key, got.dtype);
       const wb = await want.read();
       if (!(want.dtype === "F32" || want.dtype === "BF16" || want.dtype === "F16")) {
         if (gb.join() !== wb.join()) result.problems.push(`${key}: bytes differ`);

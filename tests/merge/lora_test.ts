@@ -6,7 +6,7 @@ import { StateDict, tensorFromBytes, type TensorRef } from "../../formats/state_
 import { mergeLora, mergeLoraTensor } from "../../merge/lora.ts";
 import { createMergeBackend } from "../../merge/backend.ts";
 import type { MergeBackend, MergeRowsRequest } from "../../merge/types.ts";
-import { LORA_CASES, referenceBackend, runCase } from "./_lora_fixtures.ts";
+import { compareUlps, LORA_CASES, referenceBackend, runCase } from "./_lora_fixtures.ts";
 
 function t(dtype: DType, shape: number[], values: ArrayLike<number>): TensorRef {
   return tensorFromBytes(dtype, shape, encodeF32(dtype, Float32Array.from(values)));
@@ -462,4 +462,33 @@ Deno.test("`mergeLoraTensor()` merges Linear, Embedding and DoRA pairs", async (
     for (let j = 0; j < 4; j++) n += dv[i * 4 + j]! ** 2;
     assert.ok(Math.abs(Math.sqrt(n) - (i + 1)) < 1e-5);
   }
+});
+
+Deno.test("`mergeLora()` on WebGPU equals the CPU backend bit for bit on every fixture", async () => {
+  // Fails (does not skip) where no WebGPU adapter exists: CI must have one (llvmpipe here).
+  const { backend: gpu } = await createMergeBackend("webgpu");
+  const { backend: cpu } = await createMergeBackend("cpu", { workers: 2 });
+  let elements = 0;
+  let equal = 0;
+  let maxUlp = 0;
+  try {
+    for (const name of LORA_CASES) {
+      const g = await runCase(name, gpu);
+      const c = await runCase(name, cpu);
+      assert.deepEqual(g.problems, []);
+      assert.ok(g.maxExactRatio <= 1, `${name}: exact ratio ${g.maxExactRatio}`);
+      assert.deepEqual([...g.bytes.keys()], [...c.bytes.keys()]);
+      for (const [k, cb] of c.bytes) {
+        const d = compareUlps(c.dtypes.get(k)!, cb, g.bytes.get(k)!);
+        elements += d.elements;
+        equal += d.equal;
+        maxUlp = Math.max(maxUlp, d.maxUlp);
+      }
+    }
+  } finally {
+    await gpu.dispose();
+    await cpu.dispose();
+  }
+  console.log(`webgpu vs cpu: ${equal}/${elements} elements equal, max ${maxUlp} ulp`);
+  assert.equal(equal, elements);
 });
