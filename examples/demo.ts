@@ -9,7 +9,7 @@
  * small); `--backend cpu|webgpu|auto`.
  * @module
  */
-import { join, relative } from "node:path";
+import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { loadPreset } from "../pipelines/presets.ts";
 import { createRenderer, formatBytes } from "../pipelines/progress.ts";
@@ -61,11 +61,11 @@ if (import.meta.main) {
     const run = await makeDemoRun(runDir, { size });
     await printTree(runDir, "     ");
 
-    console.log(`\n2. ckpt run ppo-final --var run=${relative(Deno.cwd(), runDir)}`);
+    console.log(`\n2. ckpt run ppo-final --var run=${runDir}`);
     const config = await loadPreset("ppo-final", { vars: { run: runDir } });
     const result = await runPipeline(config, {
       onEvent: createRenderer(
-        "auto",
+        Deno.stdout.isTerminal() ? "tty" : "plain",
         (t) => void Deno.stdout.writeSync(new TextEncoder().encode(t)),
         Deno.stdout.isTerminal(),
       ),
@@ -79,7 +79,7 @@ if (import.meta.main) {
       `   merge backend: ${result.manifest.backend}; manifest sha256 ${result.manifestSha256}`,
     );
 
-    console.log(`\n4. ckpt verify ${relative(Deno.cwd(), result.output)} --base ... --adapter ...`);
+    console.log(`\n4. ckpt verify ${result.output} --base ... --adapter ...`);
     const verified = await verifyCheckpoint(result.output, {
       base: run.base,
       adapter: run.adapter,
