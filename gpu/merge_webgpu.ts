@@ -106,7 +106,7 @@ class WebGpuBackend implements WebGpuMergeBackend {
   #owns: boolean;
   #device: GPUDevice;
   #opts: WebGpuBackendOptions;
-  #pipelines = new Map<string, GPUComputePipeline>();
+  #pipelines = new Map<string, Promise<GPUComputePipeline>>();
   #pool = new Map<string, GPUBuffer[]>();
   #pooledBytes = 0;
   #bufKey = new WeakMap<GPUBuffer, string>();
@@ -211,13 +211,20 @@ class WebGpuBackend implements WebGpuMergeBackend {
     }
   }
 
-  async #pipeline(spec: MergeKernelSpec): Promise<GPUComputePipeline> {
+  #pipeline(spec: MergeKernelSpec): Promise<GPUComputePipeline> {
     const key = pipelineKey(spec);
     const hit = this.#pipelines.get(key);
     if (hit) {
       this.#stats.pipelineCacheHits++;
       return hit;
     }
+    const made = this.#compile(key, spec);
+    this.#pipelines.set(key, made);
+    made.catch(() => this.#pipelines.delete(key));
+    return made;
+  }
+
+  async #compile(key: string, spec: MergeKernelSpec): Promise<GPUComputePipeline> {
     this.#device.pushErrorScope("validation");
     const module = this.#device.createShaderModule({ label: key, code: mergeShaderSource(spec) });
     const pipeline = this.#device.createComputePipeline({
@@ -229,7 +236,6 @@ class WebGpuBackend implements WebGpuMergeBackend {
     if (err) {
       throw new CkptError("GPU_PIPELINE", `Cannot compile merge kernel ${key}: ${err.message}`);
     }
-    this.#pipelines.set(key, pipeline);
     this.#stats.pipelinesCompiled++;
     return pipeline;
   }
