@@ -79,9 +79,11 @@ export interface MergeBlockPlan {
   workgroups: number;
   /** The folded grid `[x, y]` (`x·y ≥ workgroups`; the kernel skips the excess). */
   dispatch: [number, number];
-  /** Bytes of the W, output and B bindings (W and output padded to whole 4-element groups). */
+  /** Bytes of the W binding (padded to whole 4-element groups). */
   wBytes: number;
+  /** Bytes of the output binding (padded like W). */
   outBytes: number;
+  /** Bytes of the B binding. */
   bBytes: number;
 }
 
@@ -97,16 +99,22 @@ export interface MergePlan {
 
 /** Shape of a merge request, as the planner sees it. */
 export interface MergeShape {
+  /** Rows of the request. */
   rows: number;
+  /** Columns. */
   cols: number;
+  /** Rank. */
   rank: number;
+  /** Dtype of W. */
   wDtype: MergeDType;
+  /** Dtype of the output. */
   outDtype: MergeDType;
+  /** True with a DoRA magnitude. */
   dora: boolean;
 }
 
 /** Options of {@linkcode planMerge}. */
-export interface PlanOptions {
+export interface MergePlanOptions {
   /** Rows per invocation of the aligned kernel (default 4). */
   rowsPerInvocation?: number;
   /** Invocations per workgroup of the aligned/flat kernels (default 64). */
@@ -142,7 +150,7 @@ export function foldDispatch(groups: number, maxPerDim: number): [number, number
 export function planMerge(
   shape: MergeShape,
   limits: MergeLimits,
-  options: PlanOptions = {},
+  options: MergePlanOptions = {},
 ): MergePlan {
   const { rows, cols, rank, wDtype, outDtype, dora } = shape;
   const variant: MergeKernelVariant = dora ? "dora" : cols % 4 === 0 ? "aligned" : "flat";

@@ -28,14 +28,14 @@ import {
   type MergeBlockPlan,
   type MergeKernelSpec,
   type MergePlan,
+  type MergePlanOptions,
   mergeShaderSource,
   pipelineKey,
   planMerge,
-  type PlanOptions,
 } from "./merge_shader.ts";
 
 /** Options of {@linkcode createWebGpuBackend}. */
-export interface WebGpuBackendOptions extends PlanOptions {
+export interface WebGpuBackendOptions extends MergePlanOptions {
   /** Use this device instead of acquiring one (it is then not destroyed by `dispose`). */
   gpu?: AcquiredGpu;
   /** Free pooled bytes kept for reuse before buffers are destroyed (default 1 GiB). */
@@ -56,8 +56,9 @@ export interface WebGpuStats {
   pipelinesCompiled: number;
   /** Pipeline cache hits. */
   pipelineCacheHits: number;
-  /** Times A was uploaded / reused from the cache. */
+  /** Times A was uploaded. */
   aUploads: number;
+  /** Times A was reused from the cache. */
   aReuses: number;
 }
 
