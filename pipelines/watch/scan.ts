@@ -16,13 +16,11 @@
  * @module
  */
 import { join, resolve } from "node:path";
+import { MANIFEST_NAME } from "../manifest.ts";
 import { globToRegExp } from "./config.ts";
 
 /** Folder name of the watcher's own files (state, locks) inside the runs folder. */
 export const WATCH_DIR = ".ckpt-watch";
-
-/** A finished export holds this file; such folders are never taken for inputs. */
-export const MANIFEST_FILE = "ckpt-manifest.json";
 
 /** One checkpoint folder found by {@linkcode scanCheckpoints}. */
 export interface CheckpointFolder {
@@ -62,7 +60,7 @@ export function compareCheckpoints(a: CheckpointFolder, b: CheckpointFolder): nu
 /**
  * Lists the folders under `runsDir` that match any of `patterns` (globs relative to `runsDir`, one
  * segment per level), oldest first. Hidden entries (the watcher's files, staging folders), folders
- * holding a {@linkcode MANIFEST_FILE} (finished exports) and `options.exclude` are skipped.
+ * holding a {@linkcode MANIFEST_NAME} (finished exports) and `options.exclude` are skipped.
  */
 export async function scanCheckpoints(
   runsDir: string,
@@ -109,7 +107,7 @@ async function walk(
       continue;
     }
     if (found.has(name) || exclude?.has(path)) continue;
-    if (await exists(join(path, MANIFEST_FILE))) continue;
+    if (await exists(join(path, MANIFEST_NAME))) continue;
     found.set(name, { name, path, step: stepOf(entry.name) });
   }
 }

@@ -48,13 +48,13 @@
 import { dirname, isAbsolute, join, relative, resolve } from "node:path";
 import { CkptError } from "../../errors.ts";
 import type { PipelineEvent } from "../stage.ts";
+import { MANIFEST_NAME } from "../manifest.ts";
 import { checkComplete } from "./complete.ts";
 import type { WatchSettings } from "./config.ts";
 import { FileLock, isLocked } from "./lock.ts";
 import {
   type CheckpointFolder,
   compareCheckpoints,
-  MANIFEST_FILE,
   scanCheckpoints,
   stepOf,
   WATCH_DIR,
@@ -406,7 +406,7 @@ function errorText(err: unknown): { code: string; message: string } {
 /**
  * Retention: keeps the `keep` newest done exports; deletes the outputs of older ones, but only
  * those older than `current` (a newer export was just verified), only folders that hold a
- * {@linkcode MANIFEST_FILE}, and never a folder that is or contains an input or the runs folder.
+ * {@linkcode MANIFEST_NAME}, and never a folder that is or contains an input or the runs folder.
  */
 async function prune(
   current: CheckpointFolder,
@@ -457,12 +457,12 @@ async function removeExport(output: string, runsDir: string, inputs: string[]): 
     });
   }
   try {
-    await Deno.lstat(join(out, MANIFEST_FILE));
+    await Deno.lstat(join(out, MANIFEST_NAME));
   } catch (err) {
     if (err instanceof Deno.errors.NotFound) {
       // Already gone (deleted by hand) is fine; a folder without a manifest is not ours to delete.
       if (await Deno.lstat(out).then(() => true, () => false)) {
-        throw new CkptError("WATCH_PRUNE", `Cannot delete "${out}": it holds no ${MANIFEST_FILE}`, {
+        throw new CkptError("WATCH_PRUNE", `Cannot delete "${out}": it holds no ${MANIFEST_NAME}`, {
           file: out,
         });
       }
