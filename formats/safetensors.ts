@@ -93,7 +93,7 @@ function fileTensor(
 ): TensorRef {
   const rowBytes = rowNumel(t.shape) * DTYPES[t.dtype].size;
   const base = header.dataStart + t.dataOffsets[0];
-  return {
+  const ref: TensorRef = {
     dtype: t.dtype,
     shape: t.shape,
     source: file.path,
@@ -102,6 +102,8 @@ function fileTensor(
       return await file.readAt(base + s * rowBytes, (e - s) * rowBytes);
     },
   };
+  READ_INTO.set(ref, (s, e, into) => file.readAt(base + s * rowBytes, (e - s) * rowBytes, into));
+  return ref;
 }
 
 /**
@@ -192,8 +194,8 @@ function planFor(
   return plan;
 }
 
-/** One block of rows to copy. */
-interface Block {
+/** One row range of one tensor, placed in a segment. */
+interface Part {
   name: string;
   ref: TensorRef;
   rowStart: number;
@@ -201,19 +203,79 @@ interface Block {
   bytes: number;
 }
 
-function* blocksOf(sd: StateDict, plan: PlannedFile): Generator<Block> {
+/** A contiguous run of output bytes (whole rows of one or more tensors), written in one go. */
+interface Segment {
+  parts: Part[];
+  bytes: number;
+}
+
+/**
+ * Splits the planned data into segments of at most `block` bytes: small tensors are packed
+ * together, big ones split on row boundaries (a single row larger than `block` is a segment alone).
+ */
+function* segmentsOf(sd: StateDict, plan: PlannedFile, block: number): Generator<Segment> {
+  let seg: Segment = { parts: [], bytes: 0 };
   for (const t of plan.tensors) {
-    const ref = sd.require(t.name);
     const total = t.dataOffsets[1] - t.dataOffsets[0];
-    const rows = t.shape.length === 0 ? 1 : t.shape[0]!;
     if (total === 0) continue;
+    const ref = sd.require(t.name);
+    const rows = t.shape.length === 0 ? 1 : t.shape[0]!;
     const rowBytes = total / rows;
-    const perBlock = Math.max(1, Math.floor(STREAM_BLOCK_BYTES / rowBytes));
-    for (let s = 0; s < rows; s += perBlock) {
-      const e = Math.min(rows, s + perBlock);
-      yield { name: t.name, ref, rowStart: s, rowEnd: e, bytes: (e - s) * rowBytes };
+    let row = 0;
+    while (row < rows) {
+      let fit = Math.floor((block - seg.bytes) / rowBytes);
+      if (fit === 0 && seg.parts.length > 0) {
+        yield seg;
+        seg = { parts: [], bytes: 0 };
+        continue;
+      }
+      fit = Math.max(1, Math.min(fit, rows - row));
+      const bytes = fit * rowBytes;
+      seg.parts.push({ name: t.name, ref, rowStart: row, rowEnd: row + fit, bytes });
+      seg.bytes += bytes;
+      row += fit;
     }
   }
+  if (seg.parts.length > 0) yield seg;
+}
+
+/** Positional reads straight into a caller's buffer, for refs of files this module opened. */
+const READ_INTO = new WeakMap<
+  TensorRef,
+  (rowStart: number, rowEnd: number, into: Uint8Array) => Promise<Uint8Array>
+>();
+
+/** Fills `buffer` with a segment's bytes (checking each part's byte count) and returns the view. */
+async function fillSegment(seg: Segment, buffer: Uint8Array, path: string): Promise<Uint8Array> {
+  const target = seg.bytes <= buffer.length
+    ? buffer.subarray(0, seg.bytes)
+    : new Uint8Array(seg.bytes);
+  let at = 0;
+  for (const p of seg.parts) {
+    const fast = READ_INTO.get(p.ref);
+    let bytes: unknown;
+    if (fast) {
+      bytes = await fast(p.rowStart, p.rowEnd, target.subarray(at, at + p.bytes));
+    } else {
+      bytes = await p.ref.read(p.rowStart, p.rowEnd);
+    }
+    if (!(bytes instanceof Uint8Array) || bytes.byteLength !== p.bytes) {
+      throw new CkptError(
+        "SAFETENSORS_WRITE_SIZE",
+        `Cannot write tensor "${p.name}" to "${path}": rows [${p.rowStart}, ${p.rowEnd}) gave ${
+          bytes instanceof Uint8Array ? bytes.byteLength : "no"
+        } bytes, expected ${p.bytes}`,
+        { file: path, tensor: p.name },
+      );
+    }
+    if (!fast) {
+      // A single part filling the whole segment is written from the ref's own bytes.
+      if (seg.parts.length === 1) return bytes;
+      target.set(bytes, at);
+    }
+    at += p.bytes;
+  }
+  return target;
 }
 
 async function writeAll(file: Deno.FsFile, bytes: Uint8Array): Promise<void> {
@@ -225,7 +287,10 @@ function randomSuffix(): string {
   return crypto.getRandomValues(new Uint32Array(2)).reduce((s, x) => s + x.toString(36), "");
 }
 
-/** Streams a planned file's data from `sd` into `path` (temp file + rename). */
+/**
+ * Streams a planned file's data from `sd` into `path` (temp file + rename). Two block buffers
+ * alternate: the next segment is read into one while the other is being written.
+ */
 async function writePlanned(
   path: string,
   sd: StateDict,
@@ -245,52 +310,30 @@ async function writePlanned(
     });
   }
   let closed = false;
+  let pending: Promise<Uint8Array> | undefined;
   try {
-    // Small blocks are gathered into one buffer; big ones are written as they come. The next
-    // block is read while the current one is written.
-    const buffer = new Uint8Array(STREAM_BLOCK_BYTES);
-    let filled = 0;
-    const flush = async () => {
-      if (filled > 0) await writeAll(file, buffer.subarray(0, filled));
-      filled = 0;
-    };
-    buffer.set(plan.headerBytes.subarray(0, Math.min(plan.headerBytes.length, buffer.length)));
-    if (plan.headerBytes.length > buffer.length) await writeAll(file, plan.headerBytes);
-    else filled = plan.headerBytes.length;
+    await writeAll(file, plan.headerBytes);
     progress?.(plan.headerBytes.length);
-
-    const it = blocksOf(sd, plan);
-    const start = (b: Block | undefined) => {
-      if (!b) return undefined;
-      const p = b.ref.read(b.rowStart, b.rowEnd).then((bytes) => ({ b, bytes }));
-      p.catch(() => {}); // awaited below; avoid an unhandled rejection if we stop early
+    const block = Math.min(STREAM_BLOCK_BYTES, Math.max(plan.dataBytes, 1));
+    const buffers = [new Uint8Array(block), new Uint8Array(0)];
+    const segments = segmentsOf(sd, plan, block);
+    const start = (i: number): Promise<Uint8Array> | undefined => {
+      const next = segments.next();
+      if (next.done) return undefined;
+      if (i === 1 && buffers[1]!.length === 0) buffers[1] = new Uint8Array(block);
+      const p = fillSegment(next.value, buffers[i % 2]!, path);
+      p.catch(() => {}); // awaited below; no unhandled rejection when we stop early
       return p;
     };
-    let next = start(it.next().value ?? undefined);
-    while (next) {
-      const { b, bytes } = await next;
+    let i = 0;
+    pending = start(i);
+    while (pending) {
+      const bytes = await pending;
       signal?.throwIfAborted();
-      next = start(it.next().value ?? undefined);
-      if (!(bytes instanceof Uint8Array) || bytes.byteLength !== b.bytes) {
-        throw new CkptError(
-          "SAFETENSORS_WRITE_SIZE",
-          `Cannot write tensor "${b.name}" to "${path}": rows [${b.rowStart}, ${b.rowEnd}) gave ${
-            bytes instanceof Uint8Array ? bytes.byteLength : "no"
-          } bytes, expected ${b.bytes}`,
-          { file: path, tensor: b.name },
-        );
-      }
-      if (bytes.byteLength >= buffer.length / 4) {
-        await flush();
-        await writeAll(file, bytes);
-      } else {
-        if (filled + bytes.byteLength > buffer.length) await flush();
-        buffer.set(bytes, filled);
-        filled += bytes.byteLength;
-      }
+      pending = start(++i);
+      await writeAll(file, bytes);
       progress?.(bytes.byteLength);
     }
-    await flush();
     file.close();
     closed = true;
     const { size } = await Deno.stat(tmp);
@@ -303,6 +346,7 @@ async function writePlanned(
     }
     await Deno.rename(tmp, path);
   } catch (err) {
+    await pending?.catch(() => {});
     if (!closed) {
       try {
         file.close();
