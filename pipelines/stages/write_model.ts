@@ -12,7 +12,7 @@
  *   even); integer tensors are kept;
  * - tied embeddings as transformers: with `tie_word_embeddings` and an `lm_head.weight` equal to
  *   the input embedding, safetensors output omits `lm_head.weight` (a `.bin` keeps both, sharing one
- *   storage); when they differ (a LoRA merged into one of them) both are written and
+ *   storage, and a tied model without `lm_head.weight` gets one, as `model.state_dict()` has it); when they differ (a LoRA merged into one of them) both are written and
  *   `tie_word_embeddings` becomes false;
  * - `config.json` from the model's, key order and number types kept, with `torch_dtype`/`dtype`
  *   set to the output dtype, `tie_word_embeddings` and `vocab_size` made consistent with the
@@ -264,6 +264,12 @@ export async function planModel(
       tieHolder!.set("tie_word_embeddings", false);
       tied = "untied";
     } else tied = "kept-both";
+  } else if (input && !output && tieFlag === true && options.format === "bin") {
+    // model.state_dict() (what save_pretrained(safe_serialization=False) pickles) holds both keys
+    const shared = torchTensor(out.require(input));
+    out.set(input, shared);
+    out.set("lm_head.weight", shared);
+    tied = "kept-both";
   } else if (input && !output && tieFlag === false) {
     throw new CkptError(
       "TIED_WEIGHTS",
