@@ -37,7 +37,7 @@ import { CkptError } from "../../errors.ts";
 export const SIGNALS = "signals";
 
 /** Schema of the `"watch"` block (unknown keys are errors). */
-export const WatchSettingsSchema: z.ZodType<WatchSettingsInput> = z.strictObject({
+const WatchSettingsSchema: z.ZodType<WatchSettingsInput> = z.strictObject({
   pattern: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).optional(),
   complete: z.array(z.string().min(1)).optional(),
   quietSeconds: z.number().min(0).optional(),
