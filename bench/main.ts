@@ -6,6 +6,7 @@
 const BENCHES: Record<string, string[]> = {
   io: ["./io.ts", "./io_torch.ts"],
   merge: ["./merge.ts"],
+  merge_lora: ["./merge_lora.ts"],
   e2e: ["./e2e.ts"],
   gather: ["./gather.ts"],
   watch: ["./watch.ts"],
