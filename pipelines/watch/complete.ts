@@ -13,7 +13,7 @@
  * - **adapter**: `adapter_model.*` needs `adapter_config.json` (PEFT writes it after the weights).
  * - **structure**: every `.safetensors` file's header must cover the file exactly; every torch zip
  *   (`.bin`, `.pt`, `.pth`) must end with its end-of-central-directory record.
- * - **no temp files** (`*.tmp`, `*.part`, `*.partial`, `*.incomplete`).
+ * - **no temp files** (`*.tmp`, `*.part`, `*.partial`, `*.incomplete`, rsync's `.name.XXXXXX`).
  *
  * Other rules are file globs (relative to the folder, `/` for subfolders) that must match. The quiet
  * period applies to every rule set: the newest mtime of any file or folder inside must be at least
@@ -80,7 +80,8 @@ interface FileInfo {
   size: number;
 }
 
-const TEMP_FILE = /\.(tmp|part|partial|incomplete)$/i;
+/** Temp files of writers still at work: `*.tmp`, `*.part`, `*.partial`, `*.incomplete`, rsync's `.name.XXXXXX`. */
+const TEMP_FILE = /(\.(tmp|part|partial|incomplete)$)|(^|\/)\.[^/]+\.[A-Za-z0-9]{6}$/i;
 const NUMBERED_SHARD = /^(.+)-\d{5}-of-\d{5}\.(safetensors|bin)$/;
 const WEIGHTS =
   /^(model.*\.safetensors|pytorch_model.*\.bin|adapter_model\.(safetensors|bin)|.*\.index\.json|consolidated.*\.(safetensors|pth|pt))$/;

@@ -39,6 +39,7 @@ Deno.test("`checkComplete()` rejects each kind of unfinished save", async (t) =>
       "pytorch_model.bin": torchZipBytes().subarray(0, 40),
     }, "truncated"],
     ["a temp file", { ...full, "model.safetensors.tmp": "x" }, "temp-file"],
+    ["an rsync temp file", { ...full, ".model.safetensors.Ab12Cd": "x" }, "temp-file"],
     ["DCP shards without .metadata", {
       "metrics.json": "{}",
       "pytorch_model_fsdp_0/__0_0.distcp": "x",
