@@ -7,7 +7,7 @@ import { CkptError } from "../errors.ts";
 import { type DType, DTYPES, isDType } from "./dtype.ts";
 
 /** Largest header the reference accepts (`MAX_HEADER_SIZE` in safetensors' tensor.rs). */
-export const MAX_HEADER_SIZE = 100_000_000;
+export const MAX_HEADER_SIZE: number = 100_000_000;
 
 /** Largest offset or dimension the safetensors JSON schema allows (2^48 - 1). */
 const MAX_SIZE_T = 2 ** 48 - 1;

@@ -44,7 +44,7 @@ export interface DTypeInfo {
   readonly float: boolean;
 }
 
-/** Every dtype ckpt reads and writes, in safetensors' alignment order. */
+/** Every dtype ckpt reads and writes, by element size (the safetensors writer has its own order). */
 export const DTYPES: Readonly<Record<DType, DTypeInfo>> = {
   BOOL: { name: "BOOL", size: 1, torch: "torch.bool", storage: "BoolStorage", float: false },
   U8: { name: "U8", size: 1, torch: "torch.uint8", storage: "ByteStorage", float: false },
@@ -497,7 +497,7 @@ export function encodeF32(dtype: DType, src: Float32Array, out?: Uint8Array): Ui
   }
   const target = out ? out.subarray(0, n * size) : new Uint8Array(n * size);
   const dst = target.byteOffset % size === 0 ? target : new Uint8Array(n * size);
-  const u = new Uint32Array(src.buffer, src.byteOffset, n);
+  const u = new Int32Array(src.buffer, src.byteOffset, n); // int32 keeps the bit math in small ints
   switch (dtype as FloatDType) {
     case "F32":
       dst.set(new Uint8Array(src.buffer, src.byteOffset, n * 4));
@@ -517,14 +517,33 @@ export function encodeF32(dtype: DType, src: Float32Array, out?: Uint8Array): Ui
     }
     case "F16": {
       const d = new Uint16Array(dst.buffer, dst.byteOffset, n);
-      for (let i = 0; i < n; i++) d[i] = f16FromBits(u[i]!);
+      for (let i = 0; i < n; i++) {
+        const x = u[i]!;
+        const a = x & 0x7fffffff;
+        // Normal results inline (the hot case); the rest through the scalar encoder.
+        d[i] = a >= 0x38800000 && a < 0x47800000
+          ? ((x >>> 16) & 0x8000) | ((a - 0x38000000 + 0xfff + ((a >>> 13) & 1)) >>> 13)
+          : f16FromBits(x >>> 0);
+      }
       break;
     }
     case "F8_E4M3":
-      for (let i = 0; i < n; i++) dst[i] = f8e4m3FromBits(u[i]!);
+      for (let i = 0; i < n; i++) {
+        const x = u[i]!;
+        const a = x & 0x7fffffff;
+        dst[i] = a >= 0x3c800000 && a < 0x43f00000
+          ? ((x >>> 24) & 0x80) | ((a - 0x3c000000 + 0x7ffff + ((a >>> 20) & 1)) >>> 20)
+          : f8e4m3FromBits(x >>> 0);
+      }
       break;
     case "F8_E5M2":
-      for (let i = 0; i < n; i++) dst[i] = f8e5m2FromBits(u[i]!);
+      for (let i = 0; i < n; i++) {
+        const x = u[i]!;
+        const a = x & 0x7fffffff;
+        dst[i] = a >= 0x38800000 && a < 0x47800000
+          ? ((x >>> 24) & 0x80) | ((a - 0x38000000 + 0xfffff + ((a >>> 21) & 1)) >>> 21)
+          : f8e5m2FromBits(x >>> 0);
+      }
       break;
   }
   if (dst !== target) target.set(dst);
