@@ -12,6 +12,7 @@ import { mergeLora } from "../../merge/lora.ts";
 import { REPO_ROOT, runPythonJson } from "../_helpers/peer.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
 import { LORA_FIXTURES } from "../merge/_lora_fixtures.ts";
+import { COMPARE } from "./_merge_peer.ts";
 
 const MAKE = String.raw`
 import json, math, os, re, sys, torch
@@ -67,26 +68,6 @@ save_file(ad, out + "/adapter/adapter_model.safetensors")
 json.dump(cfg, open(out + "/adapter/adapter_config.json", "w"))
 save_file(exp, out + "/expected.safetensors")
 print(json.dumps({"tensors": len(exp)}))
-`;
-
-const COMPARE = String.raw`
-import json, sys, torch
-from safetensors.torch import load_file
-ours = load_file(sys.argv[1]); exp = load_file(sys.argv[2])
-def ordered(t):
-  i = t.view(torch.int16).to(torch.int64) if t.dtype in (torch.bfloat16, torch.float16) else t.view(torch.int32).to(torch.int64)
-  sign = 1 << (15 if t.dtype in (torch.bfloat16, torch.float16) else 31)
-  neg = i < 0
-  mag = torch.where(neg, i + sign, i)
-  return torch.where(neg, -mag, mag)
-res = {"keys_equal": sorted(ours) == sorted(exp), "elements": 0, "equal": 0, "max_ulp": 0, "dtypes_equal": True}
-for k, v in exp.items():
-  o = ours[k]
-  if o.dtype != v.dtype or o.shape != v.shape:
-    res["dtypes_equal"] = False; continue
-  d = (ordered(o) - ordered(v)).abs()
-  res["elements"] += d.numel(); res["equal"] += int((d == 0).sum()); res["max_ulp"] = max(res["max_ulp"], int(d.max()))
-print(json.dumps(res))
 `;
 
 Deno.test("torch loads the merged model ckpt writes and it equals torch's PEFT merge", async () => {
