@@ -1,0 +1,97 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { UsageError } from "../../../cli/_args.ts";
+import { run } from "../../../cli/watch.ts";
+import { withTempDir } from "../../_helpers/tmp.ts";
+import { age, halosCheckpoint, writeTree } from "./_files.ts";
+
+const CLI = new URL("../../../cli.ts", import.meta.url).pathname;
+
+async function ckpt(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", CLI, ...args],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+Deno.test("`ckpt watch` rejects wrong usage with UsageError (exit 2)", async (t) => {
+  const cases: Array<[string, string[]]> = [
+    ["no runs folder", ["--config", "x.jsonc"]],
+    ["two runs folders", ["a", "b", "--config", "x.jsonc"]],
+    ["missing --config", ["runs"]],
+    ["bad --keep", ["runs", "--config", "x", "--keep", "0"]],
+    ["bad --quiet-seconds", ["runs", "--config", "x", "--quiet-seconds", "soon"]],
+    ["bad --log", ["runs", "--status", "--log", "xml"]],
+    ["unknown option", ["runs", "--config", "x", "--frobnicate"]],
+  ];
+  for (const [name, args] of cases) {
+    await t.step(name, async () => {
+      await assert.rejects(run(args), UsageError);
+    });
+  }
+});
+
+Deno.test("`ckpt watch` exports once, reports --status, and refuses a bad --schedule", async () => {
+  await withTempDir(async (root) => {
+    const runs = join(root, "runs");
+    await writeTree(join(runs, "step-64"), halosCheckpoint(64));
+    await age(runs, 120);
+    const config = join(root, "c.jsonc");
+    await Deno.writeTextFile(
+      config,
+      `{
+        "output": "\${run}/../exports/\${name}",
+        "stages": [{ "use": "writeMetrics", "from": "\${checkpoint}/metrics.json" }],
+        "watch": { "pattern": "step-*" }
+      }`,
+    );
+    const tick = await ckpt("watch", runs, "--config", config, "--log", "json");
+    assert.equal(tick.code, 0, tick.stderr);
+    const events = tick.stdout.trim().split("\n").map((l) => JSON.parse(l));
+    assert.deepEqual(events.map((e) => e.event), [
+      "tick-start",
+      "found",
+      "started",
+      "stage",
+      "done",
+      "tick-end",
+    ]);
+    assert.equal(events[4].output, join(root, "exports", "step-64"));
+    const status = await ckpt("watch", runs, "--status", "--log", "json");
+    assert.equal(status.code, 0);
+    const summary = JSON.parse(status.stdout);
+    assert.deepEqual(summary.counts, { done: 1 });
+    assert.equal(summary.checkpoints[0].manifestSha256, events[4].manifestSha256);
+    const text = await ckpt("watch", runs, "--status", "--log", "text");
+    assert.match(text.stdout, /step-64\s+done\s+tries=1/);
+    const bad = await ckpt("watch", runs, "--config", config, "--schedule", "every minute");
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /Cannot schedule/);
+  });
+});
+
+Deno.test("`ckpt watch` exits 1 when an export fails", async () => {
+  await withTempDir(async (root) => {
+    const runs = join(root, "runs");
+    await writeTree(join(runs, "step-64"), halosCheckpoint(64));
+    await age(runs, 120);
+    const config = join(root, "c.jsonc");
+    await Deno.writeTextFile(
+      config,
+      JSON.stringify({
+        output: "${run}/../exports/${name}",
+        stages: [{ use: "writeMetrics", from: "${checkpoint}/missing.json" }],
+      }),
+    );
+    const tick = await ckpt("watch", runs, "--config", config, "--log", "json", "--max-tries", "1");
+    assert.equal(tick.code, 1);
+    const failed = tick.stdout.trim().split("\n").map((l) => JSON.parse(l)).find((e) =>
+      e.event === "failed"
+    );
+    assert.equal(failed.final, true);
+    assert.equal(typeof failed.code, "string");
+  });
+});
