@@ -312,8 +312,8 @@ export async function gatherShards(
   };
 }
 
-/** Options of the gatherShards stage. */
-export const gatherShardsOptions = z.strictObject({
+/** The gatherShards options schema (unknown keys rejected). */
+const gatherShardsOptions = z.strictObject({
   /** Weights file or folder (relative to the config). */
   from: z.string().min(1),
   /** Input kind; default: detected (`hf-shards`, `torch-shards`, `safetensors`, `torch`, or a registered kind). */
@@ -326,11 +326,22 @@ export const gatherShardsOptions = z.strictObject({
   config: z.string().min(1).optional(),
 });
 
-/** Options of the gatherShards stage as a config writes them. */
-export type GatherShardsOptions = z.input<typeof gatherShardsOptions>;
+/** Options of the gatherShards stage, as a config writes them. */
+export interface GatherShardsOptions {
+  /** Weights file or folder (relative to the config). */
+  from: string;
+  /** Input kind; default: detected (`hf-shards`, `torch-shards`, `safetensors`, `torch`, `dcp`, or a registered kind). */
+  kind?: string | undefined;
+  /** Leading prefixes to strip, or `false` for none (default `module.`, `_orig_mod.`). */
+  stripPrefixes?: string[] | false | undefined;
+  /** Segments to strip anywhere, or `false` for none (default `_fsdp_wrapped_module`, `_checkpoint_wrapped_module`, `_orig_mod`). */
+  stripSegments?: string[] | false | undefined;
+  /** config.json to use instead of the one beside the weights. */
+  config?: string | undefined;
+}
 
 /** The gatherShards stage: sets `ctx.stateDict`, `ctx.modelConfig` and `ctx.modelDir`. */
-export const gatherShardsStage: Stage<typeof gatherShardsOptions> = {
+export const gatherShardsStage: Stage = {
   name: "gatherShards",
   summary:
     "open weights (safetensors, HF shards, torch .bin/.pt, shard folders, DCP) as a lazy state dict",

@@ -37,8 +37,8 @@ const adapterEntry = z.union([
   }),
 ]);
 
-/** Options of the mergeLora stage. */
-export const mergeLoraOptions = z.strictObject({
+/** The mergeLora options schema (unknown keys rejected). */
+const mergeLoraOptions = z.strictObject({
   /** Adapter(s): a path, or a list of paths / `{ path, weight, name }`, merged in order. */
   adapter: z.union([adapterEntry, z.array(adapterEntry).min(1)]).optional(),
   /** Merge backend; default: the run's `--backend`, else `"auto"`. */
@@ -58,8 +58,28 @@ export const mergeLoraOptions = z.strictObject({
   useRslora: z.boolean().default(false),
 });
 
-/** Options of the mergeLora stage as a config writes them. */
-export type MergeLoraStageOptions = z.input<typeof mergeLoraOptions>;
+/** One adapter of the mergeLora stage: a path, or a path with a weight and a name. */
+export type MergeLoraAdapterEntry = string | { path: string; weight?: number; name?: string };
+
+/** Options of the mergeLora stage, as a config writes them. */
+export interface MergeLoraStageOptions {
+  /** Adapter(s): a path, or a list of paths / `{ path, weight, name }`, merged in order. */
+  adapter?: MergeLoraAdapterEntry | MergeLoraAdapterEntry[] | undefined;
+  /** Merge backend; default: the run's `--backend`, else `"auto"`. */
+  backend?: "auto" | "webgpu" | "cpu" | undefined;
+  /** Refuse non-finite merged values (PEFT's `safe_merge`). Default false. */
+  safe?: boolean | undefined;
+  /** Report adapter keys that match nothing instead of failing. Default false. */
+  allowUnmatched?: boolean | undefined;
+  /** Dtype of merged tensors (`bf16`, `f16`, `f32`, ...; one rounding); default: each base tensor's dtype. */
+  outDtype?: string | undefined;
+  /** Rank of a PEFT-wrapped state dict's LoRA (HALOs `lora_r`). */
+  r?: number | undefined;
+  /** Alpha of a PEFT-wrapped state dict's LoRA (HALOs `lora_alpha`). */
+  alpha?: number | undefined;
+  /** rsLoRA scaling for a wrapped state dict. Default false. */
+  useRslora?: boolean | undefined;
+}
 
 const OUT_DTYPES: Record<string, "BF16" | "F16" | "F32"> = {
   BF16: "BF16",
@@ -74,7 +94,7 @@ const OUT_DTYPES: Record<string, "BF16" | "F16" | "F32"> = {
 };
 
 /** The mergeLora stage (config name `mergeLora`). */
-export const mergeLoraStage: Stage<typeof mergeLoraOptions> = {
+export const mergeLoraStage: Stage = {
   name: "mergeLora",
   summary: "merge LoRA adapter(s) into the weights (W + s·B·A), lazily, on WebGPU or CPU",
   options: mergeLoraOptions,

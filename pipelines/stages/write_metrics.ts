@@ -33,8 +33,8 @@ const intLike = z.union([
   z.string().regex(/^\d+$/, "a non-negative integer").transform(Number),
 ]);
 
-/** Options of the writeMetrics stage. */
-export const writeMetricsOptions = z.strictObject({
+/** The writeMetrics options schema (unknown keys rejected). */
+const writeMetricsOptions = z.strictObject({
   /** JSON or JSONL file with the eval results (relative to the config). */
   from: z.string().min(1).optional(),
   /** Dot path of the object to take inside each JSON value (e.g. `"results"`); default the whole value. */
@@ -51,8 +51,23 @@ export const writeMetricsOptions = z.strictObject({
   file: z.string().min(1).default("metrics.json"),
 });
 
-/** Options of the writeMetrics stage as a config writes them. */
-export type WriteMetricsOptions = z.input<typeof writeMetricsOptions>;
+/** Options of the writeMetrics stage, as a config writes them. */
+export interface WriteMetricsOptions {
+  /** JSON or JSONL file with the eval results (relative to the config). */
+  from?: string | undefined;
+  /** Dot path of the object to take inside each JSON value (e.g. `"results"`); default the whole value. */
+  field?: string | undefined;
+  /** JSONL: take the line whose `stepKey` equals this value (default: the last line). */
+  step?: number | string | undefined;
+  /** Key naming the step in JSONL lines. Default `"counter"`. */
+  stepKey?: string | undefined;
+  /** Extra metric values (merged over the input's). */
+  metrics?: Record<string, unknown> | undefined;
+  /** The example counter; overrides the input's. */
+  counter?: number | string | undefined;
+  /** Output file name. Default `metrics.json`. */
+  file?: string | undefined;
+}
 
 /** What {@linkcode buildMetrics} produced. */
 export interface MetricsResult {
@@ -195,7 +210,7 @@ export async function writeMetricsFile(
 }
 
 /** The writeMetrics stage (config name `writeMetrics`). */
-export const writeMetricsStage: Stage<typeof writeMetricsOptions> = {
+export const writeMetricsStage: Stage = {
   name: "writeMetrics",
   summary: "write metrics.json (eval results + counter) as HALOs does, from JSON/JSONL or config",
   options: writeMetricsOptions,

@@ -131,8 +131,8 @@ function configHolder(config: Map<string, PyJson>, key: string): Map<string, PyJ
   return config;
 }
 
-/** Options of the writeModel stage. */
-export const writeModelOptions = z.strictObject({
+/** The writeModel options schema (unknown keys rejected). */
+const writeModelOptions = z.strictObject({
   /** `"model"` (merged weights, default) or `"adapter"` (adapter only). */
   what: z.enum(["model", "adapter"]).default("model"),
   /** `"safetensors"` (default) or `"bin"` (pytorch_model.bin). */
@@ -155,8 +155,29 @@ export const writeModelOptions = z.strictObject({
   baseModel: z.string().optional(),
 });
 
-/** Options of the writeModel stage as a config writes them. */
-export type WriteModelOptions = z.input<typeof writeModelOptions>;
+/** Options of the writeModel stage, as a config writes them. */
+export interface WriteModelOptions {
+  /** `"model"` (merged weights, default) or `"adapter"` (the adapter alone). */
+  what?: "model" | "adapter" | undefined;
+  /** `"safetensors"` (default) or `"bin"` (pytorch_model.bin). */
+  format?: "safetensors" | "bin" | undefined;
+  /** Largest shard (`"5GB"`, `"500MB"`, or bytes). Default `"5GB"` as transformers 4.x. */
+  maxShardSize?: string | number | undefined;
+  /** Output dtype of floating-point tensors (`bfloat16`, `float16`, `float32`, ...). Default: kept. */
+  dtype?: string | undefined;
+  /** Tied embeddings: `"auto"` (transformers' rule, default), `"keep-both"`, `"drop"` (must be equal). */
+  tied?: "auto" | "keep-both" | "drop" | undefined;
+  /** Write `config.json` when the model has one. Default true. */
+  config?: boolean | undefined;
+  /** Adapter mode: adapter folder or weights file (default: the run's adapter folder). */
+  adapter?: string | undefined;
+  /** Adapter mode from PEFT-wrapped weights: LoRA rank. */
+  r?: number | undefined;
+  /** Adapter mode from PEFT-wrapped weights: LoRA alpha. */
+  alpha?: number | undefined;
+  /** Adapter mode, generated config: `base_model_name_or_path`. */
+  baseModel?: string | undefined;
+}
 
 const ADAPTER_FILE = /^adapter_(config\.json|model\.(safetensors|bin))$/;
 
@@ -419,7 +440,7 @@ async function runAdapter(
 }
 
 /** The writeModel stage (config name `writeModel`). */
-export const writeModelStage: Stage<typeof writeModelOptions> = {
+export const writeModelStage: Stage = {
   name: "writeModel",
   summary:
     "write the weights as an HF folder (safetensors or .bin, shards, dtype, tied, config.json) or the adapter",

@@ -86,7 +86,7 @@ function isJsonPath(path: string): boolean {
 }
 
 /** Converts a JSON description value to a Python value (see the module doc for the markers). */
-export function pyFromJson(
+function pyFromJson(
   v: PyJson,
   tensors: StateDict | undefined,
   file: string,
@@ -385,8 +385,8 @@ export function toIntKeys(sd: PyDict): PyDict {
   return out;
 }
 
-/** Options of the writeOptim stage. */
-export const writeOptimOptions = z.strictObject({
+/** The writeOptim options schema (unknown keys rejected). */
+const writeOptimOptions = z.strictObject({
   /** Optimizer input: torch `.pt`/`.bin` or JSON description (relative to the config). */
   optimizer: z.string().min(1).optional(),
   /** safetensors file with the JSON description's tensors (default: from the JSON or beside it). */
@@ -405,8 +405,25 @@ export const writeOptimOptions = z.strictObject({
   check: z.boolean().default(true),
 });
 
-/** Options of the writeOptim stage as a config writes them. */
-export type WriteOptimOptions = z.input<typeof writeOptimOptions>;
+/** Options of the writeOptim stage, as a config writes them. */
+export interface WriteOptimOptions {
+  /** Optimizer input: torch `.pt`/`.bin` or JSON description (relative to the config). */
+  optimizer?: string | undefined;
+  /** safetensors file with the JSON description's tensors (default: named in the JSON, or beside it). */
+  optimizerTensors?: string | undefined;
+  /** Optimizer class name written as `'class'` (default: the input's, else `"AdamW"`). */
+  optimizerClass?: string | undefined;
+  /** Scheduler input: torch `.pt` or JSON (relative to the config). */
+  scheduler?: string | undefined;
+  /** safetensors file with the scheduler JSON's tensors, if any. */
+  schedulerTensors?: string | undefined;
+  /** Keep the state's keys (`"keep"`, default) or renumber name keys to ints (`"int"`). */
+  keys?: "keep" | "int" | undefined;
+  /** Parameter order of an int-keyed state for the model check: `"model"` or a list of names. */
+  params?: "model" | string[] | undefined;
+  /** Check the state against the model's parameters when a state dict is present. Default true. */
+  check?: boolean | undefined;
+}
 
 /** The prepared optimizer payload (validated, not written). */
 export interface PreparedOptimizer {
@@ -477,7 +494,7 @@ function tensorBytes(v: PyValue): number {
 }
 
 /** The writeOptim stage (config name `writeOptim`). */
-export const writeOptimStage: Stage<typeof writeOptimOptions> = {
+export const writeOptimStage: Stage = {
   name: "writeOptim",
   summary: "write optimizer.pt ({'state_dict', 'class'}) and scheduler.pt as HALOs does",
   options: writeOptimOptions,

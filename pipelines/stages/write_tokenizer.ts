@@ -82,8 +82,8 @@ const MARKERS = [
 /** Sub-folder of extra chat templates (copied whole when present). */
 const TEMPLATE_DIR = "additional_chat_templates";
 
-/** Options of the writeTokenizer stage. */
-export const writeTokenizerOptions = z.strictObject({
+/** The writeTokenizer options schema (unknown keys rejected). */
+const writeTokenizerOptions = z.strictObject({
   /** Tokenizer folder; default: the adapter folder, then the model folder. */
   from: z.string().min(1).optional(),
   /** Set this pad token (its content, e.g. `"<|endoftext|>"`). */
@@ -104,8 +104,27 @@ export const writeTokenizerOptions = z.strictObject({
   validate: z.boolean().default(true),
 });
 
-/** Options of the writeTokenizer stage as a config writes them. */
-export type WriteTokenizerOptions = z.input<typeof writeTokenizerOptions>;
+/** Options of the writeTokenizer stage, as a config writes them. */
+export interface WriteTokenizerOptions {
+  /** Tokenizer folder; default: the adapter folder, then the model folder. */
+  from?: string | undefined;
+  /** Set this pad token (its content, e.g. `"<|endoftext|>"`). */
+  padToken?: string | undefined;
+  /** Use the eos token as pad token when the tokenizer has none (HALOs' rule). Default false. */
+  padWithEos?: boolean | undefined;
+  /** Chat template text to set when none exists. */
+  chatTemplate?: string | undefined;
+  /** File holding the chat template to set (relative to the config). */
+  chatTemplateFile?: string | undefined;
+  /** Replace an existing chat template too. Default false. */
+  replaceChatTemplate?: boolean | undefined;
+  /** Special tokens to add (content strings), with the next free ids. */
+  addSpecialTokens?: string[] | undefined;
+  /** Further file names to copy when present. */
+  extraFiles?: string[] | undefined;
+  /** Load the tokenizer and render the template before writing. Default true. */
+  validate?: boolean | undefined;
+}
 
 /** Arguments of {@linkcode prepareTokenizer}: resolved paths plus the stage options. */
 export interface PrepareTokenizerArgs
@@ -590,7 +609,7 @@ export async function writeTokenizerPlan(outDir: string, plan: TokenizerPlan): P
 }
 
 /** The writeTokenizer stage (config name `writeTokenizer`). */
-export const writeTokenizerStage: Stage<typeof writeTokenizerOptions> = {
+export const writeTokenizerStage: Stage = {
   name: "writeTokenizer",
   summary:
     "copy and validate the tokenizer (adapter folder first, then base); pad, template, tokens",

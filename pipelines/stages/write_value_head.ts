@@ -66,8 +66,8 @@ export function selectValueHead(sd: StateDict, prefix: string, hiddenSize?: numb
   return out;
 }
 
-/** Options of the writeValueHead stage. */
-export const writeValueHeadOptions = z.strictObject({
+/** The writeValueHead options schema (unknown keys rejected). */
+const writeValueHeadOptions = z.strictObject({
   /** Value head weights: safetensors or torch file (relative to the config). */
   from: z.string().min(1),
   /** Only tensors starting with this prefix, which is removed (e.g. `"v_head."`). Default none. */
@@ -78,11 +78,20 @@ export const writeValueHeadOptions = z.strictObject({
   check: z.boolean().default(true),
 });
 
-/** Options of the writeValueHead stage as a config writes them. */
-export type WriteValueHeadOptions = z.input<typeof writeValueHeadOptions>;
+/** Options of the writeValueHead stage, as a config writes them. */
+export interface WriteValueHeadOptions {
+  /** Value head weights: safetensors or torch file (relative to the config). */
+  from: string;
+  /** Only tensors starting with this prefix, which is removed (e.g. `"v_head."`). Default none. */
+  prefix?: string | undefined;
+  /** Also write `v_head.safetensors`. Default false. */
+  safetensors?: boolean | undefined;
+  /** Check 2-d weights against the model config's `hidden_size`. Default true. */
+  check?: boolean | undefined;
+}
 
 /** The writeValueHead stage (config name `writeValueHead`). */
-export const writeValueHeadStage: Stage<typeof writeValueHeadOptions> = {
+export const writeValueHeadStage: Stage = {
   name: "writeValueHead",
   summary: "write v_head.pt (the PPO value head's state dict) and optionally v_head.safetensors",
   options: writeValueHeadOptions,
