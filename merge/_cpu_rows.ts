@@ -6,12 +6,12 @@
  */
 import { bf16ToF32, f16ToF32 } from "../formats/dtype.ts";
 import { doraSumOfSquares, encodeMergedRow } from "./reference.ts";
-import { KERNEL_TILE_COLS, mergeKernelWasm } from "./cpu_kernel.ts";
+import { KERNEL_MAX_UNROLL, KERNEL_TILE_COLS, mergeKernelWasm } from "./cpu_kernel.ts";
 import type { MergeDType } from "./types.ts";
 
 /** One slice of a block for one thread: pointers into the shared memory and the row range. */
 export interface CpuTask {
-  /** Kernel cache key `${wDtype}>${kernelOut}`. */
+  /** Kernel cache key, from {@linkcode kernelKey}. */
   key: string;
   wDtype: MergeDType;
   outDtype: MergeDType;
@@ -33,6 +33,43 @@ export interface CpuTask {
 const SIZE: Record<MergeDType, number> = { BF16: 2, F16: 2, F32: 4 };
 type Kernel = (...args: number[]) => void;
 
+/** Rows per kernel call: keeps a call's B rows and W/output lines in L1 beside the A tile, and
+ * lets V8 tier the kernel up to optimized code after the first few calls. */
+export const ROWS_PER_CALL = 32;
+
+/** What a kernel is specialised for: dtypes, and rank and columns when unrolled. */
+export interface KernelKind {
+  /** W dtype. */
+  wDtype: MergeDType;
+  /** Dtype the kernel writes (F32 for DoRA's unscaled rows). */
+  kernelOut: MergeDType;
+  /** Unrolled for this rank and column count, or generic. */
+  unroll: { rank: number; cols: number } | undefined;
+}
+
+/** The kernel kind for a request: unrolled up to {@linkcode KERNEL_MAX_UNROLL}. */
+export function kernelKind(
+  wDtype: MergeDType,
+  kernelOut: MergeDType,
+  rank: number,
+  cols: number,
+): KernelKind {
+  const unroll = rank > 0 && rank <= KERNEL_MAX_UNROLL && cols >= KERNEL_TILE_COLS
+    ? { rank, cols }
+    : undefined;
+  return { wDtype, kernelOut, unroll };
+}
+
+/** Cache key of a kernel kind. */
+export function kernelKey(k: KernelKind): string {
+  return `${k.wDtype}>${k.kernelOut}${k.unroll ? `:r${k.unroll.rank}:c${k.unroll.cols}` : ""}`;
+}
+
+/** Compiles a kernel kind. */
+export function compileKernel(k: KernelKind): WebAssembly.Module {
+  return new WebAssembly.Module(mergeKernelWasm(k.wDtype, k.kernelOut, k.unroll));
+}
+
 /** A per-thread cache of instantiated kernels over one shared memory. */
 export class KernelCache {
   #mem: WebAssembly.Memory;
@@ -40,12 +77,13 @@ export class KernelCache {
   constructor(mem: WebAssembly.Memory) {
     this.#mem = mem;
   }
-  /** The kernel for `key`, compiled from `module` or generated when absent. */
-  get(wDtype: MergeDType, kernelOut: MergeDType, module?: WebAssembly.Module): Kernel {
-    const key = `${wDtype}>${kernelOut}`;
+  /** The kernel of `kind`, instantiated from `module` or compiled when absent. */
+  get(kind: KernelKind, module?: WebAssembly.Module): Kernel {
+    const key = kernelKey(kind);
     let k = this.#kernels.get(key);
     if (!k) {
-      const mod = module ?? new WebAssembly.Module(mergeKernelWasm(wDtype, kernelOut));
+      if (this.#kernels.size > 64) this.#kernels.clear();
+      const mod = module ?? compileKernel(kind);
       const inst = new WebAssembly.Instance(mod, { env: { mem: this.#mem } });
       k = inst.exports.run as Kernel;
       this.#kernels.set(key, k);
@@ -64,7 +102,7 @@ export function runCpuTask(
   module?: WebAssembly.Module,
 ): void {
   const kernelOut: MergeDType = t.dora ? "F32" : t.outDtype;
-  const kernel = cache.get(t.wDtype, kernelOut, module);
+  const kernel = cache.get(kernelKind(t.wDtype, kernelOut, t.rank, t.cols), module);
   const colsVec = t.cols - (t.cols % KERNEL_TILE_COLS);
   const dst = t.dora ? t.yPtr : t.outPtr;
   const s = fr(t.scale);

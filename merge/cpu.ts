@@ -25,9 +25,16 @@
  * @module
  */
 import { CkptError } from "../errors.ts";
-import { type CpuTask, KernelCache, runCpuTask } from "./_cpu_rows.ts";
-import { KERNEL_MAX_PAGES, mergeKernelWasm } from "./cpu_kernel.ts";
-import type { MergeBackend, MergeDType, MergeRowsRequest } from "./types.ts";
+import {
+  compileKernel,
+  type CpuTask,
+  KernelCache,
+  kernelKey,
+  kernelKind,
+  runCpuTask,
+} from "./_cpu_rows.ts";
+import { KERNEL_MAX_PAGES } from "./cpu_kernel.ts";
+import type { MergeBackend, MergeRowsRequest } from "./types.ts";
 import { MERGE_DTYPE_SIZE, validateMergeRequest } from "./validate.ts";
 
 /** Options of {@linkcode createCpuBackend}. */
@@ -48,7 +55,14 @@ interface Pending {
   reject: (e: Error) => void;
 }
 
-class CpuBackend implements MergeBackend {
+/** The CPU backend, with a benchmark helper. */
+export interface CpuMergeBackend extends MergeBackend {
+  /** Benchmark helper: copies `req` in once, merges it `reps` times and returns the seconds per
+   * merge without the copies (the kernel alone, all workers). */
+  timeKernel(req: MergeRowsRequest, reps: number): Promise<number>;
+}
+
+class CpuBackend implements CpuMergeBackend {
   readonly kind = "cpu" as const;
   readonly description: string;
   #mem: WebAssembly.Memory;
@@ -110,17 +124,31 @@ class CpuBackend implements MergeBackend {
     return run;
   }
 
-  #module(wDtype: MergeDType, out: MergeDType): WebAssembly.Module {
-    const key = `${wDtype}>${out}`;
+  #module(key: string, kind: ReturnType<typeof kernelKind>): WebAssembly.Module {
     let m = this.#modules.get(key);
     if (!m) {
-      m = new WebAssembly.Module(mergeKernelWasm(wDtype, out));
+      if (this.#modules.size > 64) this.#modules.clear();
+      m = compileKernel(kind);
       this.#modules.set(key, m);
     }
     return m;
   }
 
-  async #merge(req: MergeRowsRequest): Promise<Uint8Array> {
+  /** See {@linkcode CpuMergeBackend.timeKernel}. */
+  async timeKernel(req: MergeRowsRequest, reps: number): Promise<number> {
+    validateMergeRequest(req);
+    let seconds = 0;
+    const run = this.#queue.then(async () => {
+      seconds = (await this.#merge(req, reps)).seconds;
+    });
+    this.#queue = run.catch(() => {});
+    await run;
+    return seconds;
+  }
+
+  async #merge(req: MergeRowsRequest): Promise<Uint8Array>;
+  async #merge(req: MergeRowsRequest, reps: number): Promise<{ seconds: number }>;
+  async #merge(req: MergeRowsRequest, reps = 0): Promise<Uint8Array | { seconds: number }> {
     const { rows, cols, rank } = req;
     const dora = req.magnitude !== undefined;
     const aPtr = 0;
@@ -150,7 +178,7 @@ class CpuBackend implements MergeBackend {
       u8.set(new Uint8Array(m.buffer, m.byteOffset, m.byteLength), magPtr);
     }
     const base: Omit<CpuTask, "row0" | "row1"> = {
-      key: `${req.wDtype}>${dora ? "F32" : req.outDtype}`,
+      key: kernelKey(kernelKind(req.wDtype, dora ? "F32" : req.outDtype, rank, cols)),
       wDtype: req.wDtype,
       outDtype: req.outDtype,
       wPtr,
@@ -166,11 +194,31 @@ class CpuBackend implements MergeBackend {
     };
     const work = rows * cols * Math.max(rank, 1);
     const n = Math.min(this.#workers.length, rows);
+    const t0 = performance.now();
+    for (let rep = 0; rep < Math.max(reps, 1); rep++) await this.#run(req, base, n, work);
+    if (reps > 0) return { seconds: (performance.now() - t0) / 1000 / reps };
+    return new Uint8Array(this.#mem.buffer as unknown as ArrayBuffer).slice(
+      outPtr,
+      outPtr + outBytes,
+    );
+  }
+
+  async #run(
+    req: MergeRowsRequest,
+    base: Omit<CpuTask, "row0" | "row1">,
+    n: number,
+    work: number,
+  ): Promise<void> {
+    const { rows } = req;
+    const dora = base.dora;
     if (n <= 1 || work < this.#inlineBelow) {
       runCpuTask(this.#mem, this.#cache, { ...base, row0: 0, row1: rows });
     } else {
       const kernelOut = dora ? "F32" : req.outDtype;
-      const module = this.#module(req.wDtype, kernelOut);
+      const module = this.#module(
+        base.key,
+        kernelKind(req.wDtype, kernelOut, base.rank, base.cols),
+      );
       const jobs: Promise<void>[] = [];
       for (let t = 0; t < n; t++) {
         const row0 = Math.floor((rows * t) / n), row1 = Math.floor((rows * (t + 1)) / n);
@@ -192,10 +240,6 @@ class CpuBackend implements MergeBackend {
       }
       await Promise.all(jobs);
     }
-    return new Uint8Array(this.#mem.buffer as unknown as ArrayBuffer).slice(
-      outPtr,
-      outPtr + outBytes,
-    );
   }
 
   dispose(): Promise<void> {
@@ -211,7 +255,7 @@ class CpuBackend implements MergeBackend {
 }
 
 /** Creates the CPU backend (workers start at once; dispose it to stop them). */
-export function createCpuBackend(options: CpuBackendOptions = {}): Promise<MergeBackend> {
+export function createCpuBackend(options: CpuBackendOptions = {}): Promise<CpuMergeBackend> {
   const workers = Math.max(
     0,
     Math.min(16, Math.floor(options.workers ?? navigator.hardwareConcurrency ?? 1)),

@@ -33,6 +33,7 @@ const RANK = 8, SCALE = 9;
 const I = 10, J = 11, K = 12, AP = 13, BP = 14, WP = 15, OP = 16, ASTRIDE = 17, KB = 18;
 const ACC = [19, 20, 21, 22] as const;
 const BB = 23, SV = 24, T_E = 25, T_S = 26, T_M = 27, T_Y = 28, T_B = 29, T_R = 30;
+const AK = 31; // element offset of the row, then the k-walking A pointer
 
 const splat = (u32: number) => op.v128Const([u32, u32, u32, u32]);
 const SIZE: Record<MergeDType, number> = { BF16: 2, F16: 2, F32: 4 };
@@ -149,8 +150,19 @@ function decode(dtype: MergeDType, q: number): number[][] {
   return [...load, ...f16Decode()];
 }
 
-/** The kernel's wasm bytes for W in `wDtype` and output in `outDtype`. */
-export function mergeKernelWasm(wDtype: MergeDType, outDtype: MergeDType): Uint8Array<ArrayBuffer> {
+/** Largest rank the kernel is unrolled for (larger ranks run a k loop). */
+export const KERNEL_MAX_UNROLL = 128;
+
+/**
+ * The kernel's wasm bytes for W in `wDtype` and output in `outDtype`. With `unroll`, the kernel is
+ * specialised for that rank and column count (every factor address an immediate, no k loop) and
+ * must only be called with them; without it, any rank and column count work.
+ */
+export function mergeKernelWasm(
+  wDtype: MergeDType,
+  outDtype: MergeDType,
+  unroll?: { rank: number; cols: number },
+): Uint8Array<ArrayBuffer> {
   const ws = SIZE[wDtype], os = SIZE[outDtype];
   const body: number[][] = [];
   const add = (...ins: (number[] | readonly number[])[]) => {
@@ -158,20 +170,21 @@ export function mergeKernelWasm(wDtype: MergeDType, outDtype: MergeDType): Uint8
   };
   add(op.localGet(SCALE), op.f32x4Splat, op.localSet(SV));
   add(op.localGet(COLS), op.i32Const(4), op.i32Mul, op.localSet(ASTRIDE));
-  add(op.localGet(ROW0), op.localSet(I));
-  add(op.block, op.loop); // rows
-  add(op.localGet(I), op.localGet(ROW1), op.i32GeU, op.brIf(1));
-  // row pointers
-  add(op.localGet(B_PTR), op.localGet(I), op.localGet(RANK), op.i32Mul, op.i32Const(4), op.i32Mul);
-  add(op.i32Add, op.localSet(BP));
-  add(op.localGet(W_PTR), op.localGet(I), op.localGet(COLS), op.i32Mul, op.i32Const(ws), op.i32Mul);
-  add(op.i32Add, op.localSet(WP));
-  add(op.localGet(O_PTR), op.localGet(I), op.localGet(COLS), op.i32Mul, op.i32Const(os), op.i32Mul);
-  add(op.i32Add, op.localSet(OP));
+  // column tiles outside, rows inside: the A tile (rank × 16 f32) stays in L1 across the rows of
+  // the call (callers pass a few dozen rows at a time, so their B rows and W/output lines do too)
   add(op.i32Const(0), op.localSet(J));
   add(op.block, op.loop); // column tiles
   add(op.localGet(J), op.localGet(COLS_VEC), op.i32GeU, op.brIf(1));
   add(op.localGet(A_PTR), op.localGet(J), op.i32Const(4), op.i32Mul, op.i32Add, op.localSet(AP));
+  add(op.localGet(ROW0), op.localSet(I));
+  add(op.block, op.loop); // rows
+  add(op.localGet(I), op.localGet(ROW1), op.i32GeU, op.brIf(1));
+  add(op.localGet(B_PTR), op.localGet(I), op.localGet(RANK), op.i32Mul, op.i32Const(4), op.i32Mul);
+  add(op.i32Add, op.localSet(BP));
+  add(op.localGet(I), op.localGet(COLS), op.i32Mul, op.localGet(J), op.i32Add, op.localSet(AK));
+  add(op.localGet(W_PTR), op.localGet(AK), op.i32Const(ws), op.i32Mul, op.i32Add, op.localSet(WP));
+  add(op.localGet(O_PTR), op.localGet(AK), op.i32Const(os), op.i32Mul, op.i32Add, op.localSet(OP));
+  add(op.localGet(AP), op.localSet(AK));
   // accumulate over the rank
   add(op.localGet(RANK), op.i32Eqz, op.if_);
   for (const acc of ACC) add(splat(0x80000000), op.localSet(acc)); // -0: w + s·(-0) = w for s = 1
@@ -180,25 +193,50 @@ export function mergeKernelWasm(wDtype: MergeDType, outDtype: MergeDType): Uint8
   ACC.forEach((acc, q) =>
     add(op.localGet(BB), op.localGet(AP), op.v128Load(16 * q), op.f32x4Mul, op.localSet(acc))
   );
-  add(op.i32Const(1), op.localSet(K), op.localGet(BP), op.i32Const(4), op.i32Add, op.localSet(KB));
-  add(op.block, op.loop); // k
-  add(op.localGet(K), op.localGet(RANK), op.i32GeU, op.brIf(1));
-  add(op.localGet(AP), op.localGet(ASTRIDE), op.i32Add, op.localSet(AP));
-  add(op.localGet(KB), op.v128Load32Splat(0), op.localSet(BB));
-  ACC.forEach((acc, q) =>
+  if (unroll) {
+    // rank and cols are constants: every A and B address is an immediate offset
+    for (let k = 1; k < unroll.rank; k++) {
+      add(op.localGet(BP), op.v128Load32Splat(4 * k), op.localSet(BB));
+      ACC.forEach((acc, q) =>
+        add(
+          op.localGet(acc),
+          op.localGet(BB),
+          op.localGet(AP),
+          op.v128Load(4 * (k * unroll.cols + 4 * q)),
+          op.f32x4Mul,
+          op.f32x4Add,
+          op.localSet(acc),
+        )
+      );
+    }
+  } else {
     add(
-      op.localGet(acc),
-      op.localGet(BB),
-      op.localGet(AP),
-      op.v128Load(16 * q),
-      op.f32x4Mul,
-      op.f32x4Add,
-      op.localSet(acc),
-    )
-  );
-  add(op.localGet(K), op.i32Const(1), op.i32Add, op.localSet(K));
-  add(op.localGet(KB), op.i32Const(4), op.i32Add, op.localSet(KB));
-  add(op.br(0), op.end, op.end); // k loop
+      op.i32Const(1),
+      op.localSet(K),
+      op.localGet(BP),
+      op.i32Const(4),
+      op.i32Add,
+      op.localSet(KB),
+    );
+    add(op.block, op.loop); // k
+    add(op.localGet(K), op.localGet(RANK), op.i32GeU, op.brIf(1));
+    add(op.localGet(AK), op.localGet(ASTRIDE), op.i32Add, op.localSet(AK));
+    add(op.localGet(KB), op.v128Load32Splat(0), op.localSet(BB));
+    ACC.forEach((acc, q) =>
+      add(
+        op.localGet(acc),
+        op.localGet(BB),
+        op.localGet(AK),
+        op.v128Load(16 * q),
+        op.f32x4Mul,
+        op.f32x4Add,
+        op.localSet(acc),
+      )
+    );
+    add(op.localGet(K), op.i32Const(1), op.i32Add, op.localSet(K));
+    add(op.localGet(KB), op.i32Const(4), op.i32Add, op.localSet(KB));
+    add(op.br(0), op.end, op.end); // k loop
+  }
   add(op.end); // if
   // y = w + s·acc, encode, store
   ACC.forEach((acc, q) => {
@@ -217,17 +255,16 @@ export function mergeKernelWasm(wDtype: MergeDType, outDtype: MergeDType): Uint8
       add(op.i16x8NarrowI32x4U, op.v128Store(16 * h));
     }
   }
-  add(op.localGet(WP), op.i32Const(16 * ws), op.i32Add, op.localSet(WP));
-  add(op.localGet(OP), op.i32Const(16 * os), op.i32Add, op.localSet(OP));
-  add(op.localGet(J), op.i32Const(16), op.i32Add, op.localSet(J));
-  add(op.br(0), op.end, op.end); // column loop
   add(op.localGet(I), op.i32Const(1), op.i32Add, op.localSet(I));
   add(op.br(0), op.end, op.end); // row loop
+  add(op.localGet(J), op.i32Const(16), op.i32Add, op.localSet(J));
+  add(op.br(0), op.end, op.end); // column loop
   return wasmModule({
     params: [I32, I32, I32, I32, I32, I32, I32, I32, I32, F32],
     locals: [
       ...Array<number>(9).fill(I32), // I … KB
       ...Array<number>(12).fill(V128), // ACC×4, BB, SV, temporaries
+      I32, // AK
     ],
     body,
     sharedMemoryMaxPages: KERNEL_MAX_PAGES,

@@ -102,5 +102,8 @@ export function corpus(): MergeRowsRequest[] {
   out.push(request("BF16", "BF16", 4, 64, 4, seed++, { factorScale: 1e-20 }));
   out.push(request("F16", "F16", 4, 64, 4, seed++, { factorScale: 1e-3, scale: 1e-3 }));
   out.push(request("BF16", "BF16", 6, 300, 16, seed++, { dora: true }));
+  // rank above the CPU kernel's unroll limit (the generic k loop)
+  out.push(request("BF16", "F16", 3, 40, 130, seed++));
+  out.push(request("F16", "BF16", 2, 35, 129, seed++, { dora: true }));
   return out;
 }
