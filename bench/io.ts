@@ -2,7 +2,9 @@
  * `deno task bench io`: reading and writing a 1 GB safetensors file (openSafetensors +
  * writeSafetensors) against a plain Deno read-then-write copy of the same bytes with a 16 MiB
  * buffer, side by side in one run. Each measurement runs in its own child process so that its
- * peak memory (VmHWM) is its own. Prints a Markdown table.
+ * peak memory (VmHWM) is its own, and `sync` runs before each so that one run's writeback does not
+ * land in the next. Times exclude fsync (both sides leave data in the page cache). Prints a
+ * Markdown table.
  *
  * Options: `--size=1GB` (any parseSize spelling), `--rounds=3`, `--dir=/tmp`.
  * Target: ckpt at least 0.8x the copy's throughput, peak RSS under 256 MiB.
@@ -102,7 +104,13 @@ interface Run {
   sampled: number;
 }
 
+/** Flushes dirty pages so that one run's writeback does not land in the next run's time. */
+async function syncDisks(): Promise<void> {
+  await new Deno.Command("sync").output().catch(() => {});
+}
+
 async function spawn(mode: string, src: string, dst: string): Promise<Run> {
+  await syncDisks();
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", new URL(import.meta.url).pathname, "--child", mode, src, dst],
     stdout: "piped",

@@ -57,6 +57,52 @@ Deno.test("`readSafetensorsHeader()` rejects every file of the hostile corpus wi
   }
 });
 
+/** A safetensors file from a raw header text and data bytes. */
+function rawFile(header: string, data: Uint8Array): Uint8Array {
+  const h = new TextEncoder().encode(header);
+  const out = new Uint8Array(8 + h.length + data.length);
+  new DataView(out.buffer).setBigUint64(0, BigInt(h.length), true);
+  out.set(h, 8);
+  out.set(data, 8 + h.length);
+  return out;
+}
+
+Deno.test("`readSafetensorsHeader()` accepts what the reference accepts, rejects escaped duplicates", async () => {
+  await withTempDir(async (dir) => {
+    const ok = [
+      // whitespace around the object, no padding to 8, extra fields, null metadata, keys out of order
+      ' \n{"b":{"dtype":"U8","shape":[2],"data_offsets":[2,4],"extra":1},' +
+      '"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"__metadata__":null}\t',
+      '{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"z":{"dtype":"F32","shape":[0],"data_offsets":[2,2]},' +
+      '"s":{"dtype":"U8","shape":[2,1],"data_offsets":[2,4]},"q\\"{,}":{"dtype":"U8","shape":[0],"data_offsets":[4,4]}}',
+    ];
+    for (const [i, header] of ok.entries()) {
+      const path = join(dir, `ok${i}.safetensors`);
+      await Deno.writeFile(path, rawFile(header, new Uint8Array([1, 2, 3, 4])));
+      const h = await readSafetensorsHeader(path);
+      assert.equal(h.metadata, undefined);
+      assert.deepEqual(
+        h.tensors.slice(0, 2).map((t) => t.name).sort(),
+        i === 0 ? ["a", "b"] : ["a", "z"],
+      );
+      await using sd = await openSafetensors(path);
+      assert.deepEqual([...(await sd.require("a").read())], [1, 2]);
+    }
+    const dup = join(dir, "dup.safetensors");
+    await Deno.writeFile(
+      dup,
+      rawFile(
+        '{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"\\u0061":{"dtype":"U8","shape":[2],"data_offsets":[2,4]}}',
+        new Uint8Array(4),
+      ),
+    );
+    await assert.rejects(
+      () => readSafetensorsHeader(dup),
+      (e) => isCkptError(e, "SAFETENSORS_DUPLICATE"),
+    );
+  });
+});
+
 Deno.test("`readSafetensorsHeader()` explains an LFS pointer and a missing file", async () => {
   const err = await readSafetensorsHeader(join(FIXTURES, "hostile", "lfs_pointer.safetensors"))
     .catch((e) => e);
