@@ -53,6 +53,7 @@ import { decodeF32, type DType, DTYPES, encodeF32, isFloatDType } from "../forma
 import {
   type AdapterKey,
   classifyAdapterKey,
+  isWrappedStateDict,
   loadAdapter,
   type LoadedAdapter,
   matchesTargetModule,
@@ -98,6 +99,10 @@ export interface MergeLoraOptions {
   blockBytes?: number;
   /** Backend calls in flight per read (overlap of upload, compute, read-back). Default 3. */
   concurrency?: number;
+  /** The model ties `lm_head.weight` to the input embedding (`tie_word_embeddings`): trainable-token
+   * rows of `embed_tokens` are applied to an `lm_head.weight` of the same shape too, as PEFT's tied
+   * token adapter does. Default false. */
+  tieWordEmbeddings?: boolean;
   /** Options passed to `createMergeBackend` when `backend` is a choice. */
   backendOptions?: Record<string, unknown>;
 }
@@ -267,7 +272,7 @@ async function scanFinite(key: string, ref: TensorRef): Promise<void> {
  * fails here with a coded error, before any data is written:
  * `LORA_SHAPE`, `LORA_RANK_MISMATCH`, `LORA_FACTOR_MISSING`, `LORA_NO_BASE`, `LORA_UNMATCHED`,
  * `LORA_CONV_GROUPS`, `LORA_DTYPE`, `LORA_BIAS_MISSING`, `LORA_DORA`, `LORA_CONFLICT`,
- * `LORA_TOKENS`, `LORA_NONFINITE` (with `safe`), `PEFT_CONFIG`, `PEFT_UNSUPPORTED`,
+ * `LORA_TOKENS`, `LORA_WRAPPED`, `LORA_WEIGHT`, `LORA_NONFINITE` (with `safe`), `PEFT_CONFIG`, `PEFT_UNSUPPORTED`,
  * `PEFT_ADAPTER_MISSING`. With `safe`, a non-finite merged value raises `LORA_NONFINITE` from the
  * tensor's `read()`.
  */
@@ -293,6 +298,17 @@ export async function mergeLora(
     };
     const loaded: { adapter: LoadedAdapter; weight: number }[] = [];
     let baseDict = base;
+    if (!options.wrapped && isWrappedStateDict(base)) {
+      throw new CkptError(
+        "LORA_WRAPPED",
+        "Cannot merge into a PEFT-wrapped state dict (it has .base_layer. / .lora_A.<name>. keys) without `wrapped: { r, alpha }`",
+        {
+          tensor: [...base.keys()].find((k) =>
+            k.includes(".base_layer.") || k.includes(".lora_")
+          ) ?? "",
+        },
+      );
+    }
     if (options.wrapped) {
       const split = splitWrappedStateDict(base, options.wrapped);
       baseDict = split.base;
@@ -525,7 +541,15 @@ function planMerge(
     const loraModules: string[] = [];
     for (const [module, p] of parts) {
       if (p.tokens) {
-        planTokens(module, p, adapter, jobFor, unmatched, report);
+        planTokens(
+          module,
+          p,
+          adapter,
+          jobFor,
+          unmatched,
+          report,
+          options.tieWordEmbeddings ?? false,
+        );
       }
       if (!p.a && !p.b) {
         for (const e of [p.bias, p.mag]) {
@@ -580,6 +604,7 @@ function planTokens(
   jobFor: (name: string) => Job | undefined,
   unmatched: (key: string, what: string, code: string) => void,
   report: MergeReport,
+  tied: boolean,
 ): void {
   const tokens = p.tokens!;
   const target = `${module}.weight`;
@@ -640,6 +665,15 @@ function planTokens(
   job.tokens = { key: tokens.key, indices: [...indices], values: tokens.ref };
   job.modified = true;
   report.trainableTokens.push({ tensor: target, rows: indices.length });
+  // A tied lm_head shares the rows (PEFT's tied token adapter saves nothing for it).
+  if (tied && module.endsWith("embed_tokens") && target !== "lm_head.weight") {
+    const head = jobFor("lm_head.weight");
+    if (head && head.source.shape.join() === w.join() && !head.tokens) {
+      head.tokens = { key: tokens.key, indices: [...indices], values: tokens.ref };
+      head.modified = true;
+      report.trainableTokens.push({ tensor: "lm_head.weight", rows: indices.length });
+    }
+  }
 }
 
 function planLoraTerm(

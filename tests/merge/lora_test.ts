@@ -492,3 +492,99 @@ Deno.test("`mergeLora()` on WebGPU equals the CPU backend bit for bit on every f
   console.log(`webgpu vs cpu: ${equal}/${elements} elements equal, max ${maxUlp} ulp`);
   assert.equal(equal, elements);
 });
+
+Deno.test("`mergeLora()` applies a saved full tensor before the LoRA delta (resized embedding)", async () => {
+  const base = new StateDict([["e.weight", t("F32", [2, 2], [1, 1, 1, 1])]]);
+  const ad = adapter([
+    [`${P}e.base_layer.weight`, t("F32", [3, 2], [1, 2, 3, 4, 5, 6])],
+    [`${P}e.lora_embedding_A`, t("F32", [1, 3], [1, 0, 2])],
+    [`${P}e.lora_embedding_B`, t("F32", [2, 1], [10, 100])],
+  ], { r: 1, lora_alpha: 1 });
+  const { stateDict, report } = await mergeLora(base, [ad], { backend: referenceBackend() });
+  assert.deepEqual(stateDict.require("e.weight").shape, [3, 2]);
+  // ΔW[v, d] = B[d]·A[v]
+  assert.deepEqual(await values(stateDict.require("e.weight")), [11, 102, 3, 4, 25, 206]);
+  assert.deepEqual(report.replaced, ["e.weight"]);
+  await stateDict.close();
+});
+
+Deno.test("`mergeLora()` applies trainable tokens to a tied lm_head with tieWordEmbeddings", async () => {
+  const base = () =>
+    new StateDict([
+      ["model.embed_tokens.weight", t("BF16", [3, 2], [0, 0, 0, 0, 0, 0])],
+      ["lm_head.weight", t("BF16", [3, 2], [0, 0, 0, 0, 0, 0])],
+    ]);
+  const ad = () =>
+    adapter([[
+      `${P}model.embed_tokens.token_adapter.trainable_tokens_delta`,
+      t("F32", [1, 2], [5, 6]),
+    ]], {
+      trainable_token_indices: [2],
+    });
+  const tied = await mergeLora(base(), [ad()], { tieWordEmbeddings: true });
+  assert.deepEqual(await values(tied.stateDict.require("lm_head.weight")), [0, 0, 0, 0, 5, 6]);
+  assert.deepEqual(await values(tied.stateDict.require("model.embed_tokens.weight")), [
+    0,
+    0,
+    0,
+    0,
+    5,
+    6,
+  ]);
+  assert.equal(tied.report.backend, undefined);
+  const untied = await mergeLora(base(), [ad()]);
+  assert.deepEqual(await values(untied.stateDict.require("lm_head.weight")), [0, 0, 0, 0, 0, 0]);
+});
+
+Deno.test("`mergeLora()` refuses conflicting adapters and unexplained wrapped state dicts", async (t2) => {
+  const W = () => new StateDict([["m.weight", t("F32", [2, 2], [1, 2, 3, 4])]]);
+  const pair = (name: string, extra: [string, TensorRef][] = [], cfg = {}) =>
+    adapter(
+      [
+        [`${P}m.lora_A.weight`, t("F32", [2, 2], [1, 2, 3, 4])],
+        [`${P}m.lora_B.weight`, t("F32", [2, 2], [1, 2, 3, 4])],
+        ...extra,
+      ],
+      cfg,
+      name,
+    );
+  const mag: [string, TensorRef] = [`${P}m.lora_magnitude_vector`, t("F32", [2], [1, 1])];
+  await t2.step("two DoRA adapters on one module", async () => {
+    await assert.rejects(
+      mergeLora(W(), [pair("a", [mag], { use_dora: true }), pair("b", [mag], { use_dora: true })]),
+      (e) => isCkptError(e, "LORA_DORA"),
+    );
+  });
+  await t2.step("a LoRA adapter after a DoRA one", async () => {
+    await assert.rejects(
+      mergeLora(W(), [pair("a", [mag], { use_dora: true }), pair("b")]),
+      (e) => isCkptError(e, "LORA_DORA"),
+    );
+  });
+  await t2.step("two adapters replacing one tensor", async () => {
+    const r = (n: string) => adapter([[`${P}m.weight`, t("F32", [2, 2], [0, 0, 0, 0])]], {}, n);
+    await assert.rejects(mergeLora(W(), [r("a"), r("b")]), (e) => isCkptError(e, "LORA_CONFLICT"));
+  });
+  await t2.step("a wrapped state dict without wrapped options", async () => {
+    const sd = new StateDict([
+      [`${P}m.base_layer.weight`, t("F32", [2, 2], [1, 2, 3, 4])],
+      [`${P}m.lora_A.default.weight`, t("F32", [2, 2], [1, 2, 3, 4])],
+      [`${P}m.lora_B.default.weight`, t("F32", [2, 2], [1, 2, 3, 4])],
+    ]);
+    await assert.rejects(mergeLora(sd, []), (e) => isCkptError(e, "LORA_WRAPPED"));
+    sd.set(`${P}m.lora_A.other.weight`, t("F32", [2, 2], [1, 2, 3, 4]));
+    await assert.rejects(
+      mergeLora(sd, [], { wrapped: { r: 2, alpha: 2 } }),
+      (e) => isCkptError(e, "LORA_UNMATCHED"),
+    );
+    const ok = await mergeLora(sd, [], {
+      wrapped: { r: 2, alpha: 2 },
+      allowUnmatched: true,
+      backend: referenceBackend(),
+    });
+    assert.deepEqual([...ok.stateDict.keys()], ["m.weight"]);
+    assert.deepEqual(ok.report.otherAdapterKeys, [`${P}m.lora_A.other.weight`]);
+    // W + 1·B@A with B = A = [[1, 2], [3, 4]]: B@A = [[7, 10], [15, 22]]
+    assert.deepEqual(await values(ok.stateDict.require("m.weight")), [8, 12, 18, 26]);
+  });
+});
