@@ -95,3 +95,48 @@ Deno.test("`ckpt watch` exits 1 when an export fails", async () => {
     assert.equal(typeof failed.code, "string");
   });
 });
+
+Deno.test("`ckpt watch --schedule` ticks at once and exits 0 on SIGTERM", async () => {
+  await withTempDir(async (root) => {
+    const runs = join(root, "runs");
+    await writeTree(join(runs, "step-64"), halosCheckpoint(64));
+    await age(runs, 120);
+    const config = join(root, "c.jsonc");
+    await Deno.writeTextFile(
+      config,
+      JSON.stringify({
+        output: "${run}/../exports/${name}",
+        stages: [{ use: "writeMetrics", from: "${checkpoint}/metrics.json" }],
+      }),
+    );
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", CLI, "watch", runs, "--config", config, "--schedule", "0 0 1 1 *"],
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    let text = "";
+    const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    while (!text.includes('"tick-end"')) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += value;
+    }
+    // The process stays up (Deno.cron keeps it alive) until SIGTERM.
+    const early = await Promise.race([
+      child.status.then(() => "exited"),
+      new Promise((r) => setTimeout(() => r("alive"), 300)),
+    ]);
+    assert.equal(early, "alive");
+    child.kill("SIGTERM");
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += value;
+    }
+    const status = await child.status;
+    await child.stderr.cancel();
+    assert.equal(status.code, 0);
+    const events = text.trim().split("\n").map((l) => JSON.parse(l).event);
+    assert.deepEqual(events.filter((e) => e === "done" || e === "tick-end"), ["done", "tick-end"]);
+  });
+});
