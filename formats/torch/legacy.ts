@@ -40,7 +40,7 @@ const LEGACY_MAGIC = [
 export function detectTorchFormat(head: Uint8Array): TorchFileKind {
   const starts = (sig: readonly number[], at = 0) =>
     head.length >= at + sig.length && sig.every((b, i) => head[at + i] === b);
-  if (starts([0x50, 0x4b, 0x03, 0x04])) return "zip";
+  if (starts([0x50, 0x4b, 0x03, 0x04]) || starts([0x50, 0x4b, 0x05, 0x06])) return "zip";
   if (starts([...new TextEncoder().encode("PYTORCH1")])) return "torchscript-preview";
   if (starts(LEGACY_MAGIC)) return "legacy";
   if (starts([...new TextEncoder().encode("ustar")], 257)) return "tar";

@@ -45,6 +45,10 @@ export interface ZipEntry {
   readonly crc32: number;
   /** General-purpose flags. */
   readonly flags: number;
+  /** Compression method (0 = stored; anything else is refused on read with `ZIP_COMPRESSED`). */
+  readonly method: number;
+  /** Bytes the entry occupies in the archive (equals `size` for stored entries). */
+  readonly storedSize: number;
 }
 
 /** Options of {@linkcode ZipReader.open}. */
@@ -95,6 +99,13 @@ export class ZipReader {
 
   /** Reads bytes `[start, end)` of an entry's data (default: all of it). */
   read(entry: ZipEntry, start = 0, end: number = entry.size): Promise<Uint8Array> {
+    if (entry.method !== 0) {
+      throw new CkptError(
+        "ZIP_COMPRESSED",
+        `Cannot read zip entry "${entry.name}": it is compressed (method ${entry.method}); torch stores records uncompressed`,
+        { file: this.file.path },
+      );
+    }
     if (start < 0 || end > entry.size || end < start) {
       throw new CkptError(
         "ZIP_BAD_OFFSET",
@@ -240,13 +251,7 @@ export class ZipReader {
       if (names.has(name)) throw fail("ZIP_DUPLICATE", `entry "${name}" appears twice`);
       names.add(name);
       if (flags & 1) throw fail("ZIP_MALFORMED", `entry "${name}" is encrypted`);
-      if (method !== 0) {
-        throw fail(
-          "ZIP_COMPRESSED",
-          `entry "${name}" is compressed (method ${method}); torch stores records uncompressed`,
-        );
-      }
-      if (csize !== usize) {
+      if (method === 0 && csize !== usize) {
         throw fail("ZIP_MALFORMED", `stored entry "${name}" has csize ${csize} != size ${usize}`);
       }
       if (!(lofs + 30 <= cdOffset)) {
@@ -255,7 +260,16 @@ export class ZipReader {
           `entry "${name}" has its local header at ${lofs}, outside the data area`,
         );
       }
-      entries.push({ name, headerOffset: lofs, dataOffset: -1, size: usize, crc32, flags });
+      entries.push({
+        name,
+        headerOffset: lofs,
+        dataOffset: -1,
+        size: usize,
+        storedSize: csize,
+        method,
+        crc32,
+        flags,
+      });
     }
     // Local headers give the data offsets.
     const resolved: ZipEntry[] = [];
@@ -285,7 +299,7 @@ export class ZipReader {
     for (let i = 1; i < sorted.length; i++) {
       const prev = sorted[i - 1]!;
       const cur = sorted[i]!;
-      if (prev.dataOffset + prev.size > cur.headerOffset) {
+      if (prev.dataOffset + prev.storedSize > cur.headerOffset) {
         throw fail(
           "ZIP_OVERLAP",
           `entries "${prev.name}" and "${cur.name}" overlap`,
