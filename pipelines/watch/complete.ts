@@ -49,7 +49,7 @@ export interface Completeness {
   /** True when every rule holds and the folder is quiet. */
   readonly complete: boolean;
   /**
-   * `"complete"`, or the first failing rule: `"empty"`, `"temp-file"`, `"no-weights"`,
+   * `"complete"`, or the first failing rule: `"vanished"`, `"empty"`, `"temp-file"`, `"no-weights"`,
    * `"dcp-no-metadata"`, `"index-missing-shard"`, `"index-unreadable"`, `"shards-without-index"`,
    * `"adapter-no-config"`, `"truncated"`, `"missing-file"`, `"not-quiet"`.
    */
@@ -115,7 +115,16 @@ export async function checkComplete(
       }
     }
   };
-  await walk(folder, "");
+  let vanished = false;
+  try {
+    await walk(folder, "");
+  } catch (err) {
+    // Removed or replaced while we looked (a trainer rotating its checkpoints): not complete.
+    if (!(err instanceof Deno.errors.NotFound || err instanceof Deno.errors.NotADirectory)) {
+      throw err;
+    }
+    vanished = true;
+  }
   const result = (reason: string, detail?: string): Completeness => ({
     complete: reason === "complete",
     reason,
@@ -125,6 +134,7 @@ export async function checkComplete(
     newestMtimeMs: newest,
   });
 
+  if (vanished) return result("vanished");
   if (files.length === 0) return result("empty");
   if (now - newest < quietMs) return result("not-quiet");
   for (const rule of rules) {

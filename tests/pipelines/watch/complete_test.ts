@@ -118,3 +118,10 @@ Deno.test("`checkComplete()` applies file-glob rules", async () => {
   const onlyGlob = await check(files, ["DONE"]);
   assert.deepEqual([onlyGlob.reason, onlyGlob.detail], ["missing-file", "DONE"]);
 });
+
+Deno.test("`checkComplete()` reports a folder removed meanwhile as vanished", async () => {
+  await withTempDir(async (dir) => {
+    const c = await checkComplete(`${dir}/gone`, { quietSeconds: 0 });
+    assert.deepEqual([c.complete, c.reason], [false, "vanished"]);
+  });
+});
