@@ -512,6 +512,12 @@ export interface WriteSafetensorsShardedOptions extends PlanSafetensorsShardsOpt
   signal?: AbortSignal;
   /** Called after each block with bytes written so far over all files and the total. */
   onProgress?: (bytesDone: number, bytesTotal: number) => void;
+  /**
+   * After a successful write, delete files of an earlier save that this one did not produce, as
+   * `save_pretrained` does: `<prefix>-NNNNN-of-NNNNN.safetensors` names not in the new set, and a
+   * stale `<prefix>.safetensors.index.json` when the new save is a single file. Default `true`.
+   */
+  removeStale?: boolean;
 }
 
 /** Result of {@linkcode writeSafetensorsSharded}. */
@@ -527,7 +533,8 @@ export interface WriteSafetensorsShardedResult {
  * fits in `maxShardSize`, else `model-0000i-of-0000N.safetensors` shards plus
  * `model.safetensors.index.json` (`{"metadata": {"total_size": ...}, "weight_map": {...}}`, sorted
  * keys, two-space indent, final newline). Each file appears under its name only when complete; the
- * index is written last. The folder must exist.
+ * index is written last; then files of an earlier save this one replaces are removed (see
+ * {@linkcode WriteSafetensorsShardedOptions.removeStale}). The folder must exist.
  *
  * @example
  * ```ts
@@ -553,6 +560,7 @@ export async function writeSafetensorsSharded(
   options: WriteSafetensorsShardedOptions,
 ): Promise<WriteSafetensorsShardedResult> {
   const plan = planSafetensorsShards(sd, options.maxShardSize, options);
+  const prefix = options.prefix ?? "model";
   const metadata = options.metadata ?? { ...DEFAULT_SAFETENSORS_METADATA };
   const total = plan.files.reduce((n, f) => n + f.fileBytes, 0);
   let done = 0;
@@ -586,6 +594,17 @@ export async function writeSafetensorsSharded(
     }
     written.push(path);
     result.index = plan.index;
+  }
+  if (options.removeStale ?? true) {
+    const keep = new Set(plan.files.map((f) => f.file));
+    const escaped = prefix.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+    const shardName = new RegExp(`^${escaped}-\\d{5}-of-\\d{5}\\.safetensors$`);
+    const stale: string[] = [];
+    for await (const e of Deno.readDir(dir)) {
+      if (!e.isFile || keep.has(e.name)) continue;
+      if (shardName.test(e.name) || (!plan.index && e.name === plan.indexFile)) stale.push(e.name);
+    }
+    for (const name of stale) await Deno.remove(join(dir, name));
   }
   return result;
 }

@@ -443,3 +443,34 @@ Deno.test("`writeSafetensorsSharded()` splits as save_pretrained and reads back"
     assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name), ["model.safetensors"]);
   });
 });
+
+Deno.test("`writeSafetensorsSharded()` removes shards of an earlier save, as save_pretrained does", async () => {
+  await withTempDir(async (dir) => {
+    const u8 = (n: number) => tensorFromBytes("U8", [n], new Uint8Array(n));
+    const four = new StateDict([["a", u8(8)], ["b", u8(8)], ["c", u8(8)], ["d", u8(8)]]);
+    await writeSafetensorsSharded(dir, four, { maxShardSize: 8 });
+    await Deno.writeTextFile(join(dir, "config.json"), "{}");
+    await Deno.writeTextFile(join(dir, "other-00001-of-00002.safetensors"), "not ours");
+    const two = new StateDict([["a", u8(8)], ["b", u8(8)]]);
+    await writeSafetensorsSharded(dir, two, { maxShardSize: 8 });
+    const names = () => [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+    assert.deepEqual(names(), [
+      "config.json",
+      "model-00001-of-00002.safetensors",
+      "model-00002-of-00002.safetensors",
+      "model.safetensors.index.json",
+      "other-00001-of-00002.safetensors",
+    ]);
+    await using back = await openHfShards(dir);
+    assert.deepEqual([...back.keys()], ["a", "b"]);
+    await writeSafetensorsSharded(dir, two, { maxShardSize: 100 });
+    assert.deepEqual(names(), [
+      "config.json",
+      "model.safetensors",
+      "other-00001-of-00002.safetensors",
+    ]);
+    await writeSafetensorsSharded(dir, four, { maxShardSize: 8, removeStale: false });
+    await writeSafetensorsSharded(dir, two, { maxShardSize: 8, removeStale: false });
+    assert.ok(names().includes("model-00004-of-00004.safetensors"));
+  });
+});
