@@ -266,3 +266,17 @@ export async function loadTorchFrom(
     [Symbol.asyncDispose]: () => Promise.resolve(),
   };
 }
+
+/**
+ * The value of the torch.save archive at `[offset, offset + length)` of an open file (a DCP
+ * `.distcp` item): {@linkcode loadTorchFrom} for callers that only want the value. Tensors read
+ * from `file` until the caller closes it.
+ */
+export async function loadTorchSlice(
+  file: RandomAccessFile,
+  offset: number,
+  length: number,
+  options: LoadTorchOptions = {},
+): Promise<PyValue> {
+  return (await loadTorchFrom(file, { ...options, base: offset, length })).value;
+}
