@@ -63,7 +63,7 @@ export const UNSUPPORTED_VARIANT_KEYS: readonly string[] = [
 const intArray = z.array(z.number().int().nonnegative());
 
 /** zod schema of the fields of `adapter_config.json` a merge uses (other keys are kept and ignored). */
-export const LoraConfigSchema = z.looseObject({
+const LoraConfigSchema = z.looseObject({
   peft_type: z.string(),
   r: z.number().int().positive().default(8),
   lora_alpha: z.number().finite().default(8),
