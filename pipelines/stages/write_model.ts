@@ -57,7 +57,7 @@ import { planShards, shardFileName } from "../../formats/shards.ts";
 import { parseSize } from "../../formats/size.ts";
 import { torchTensor } from "../../formats/torch/values.ts";
 import { writeTorchSharded } from "../../formats/torch/state_dict.ts";
-import { loadAdapter, splitWrappedStateDict } from "../../formats/peft.ts";
+import { classifyAdapterKey, loadAdapter, splitWrappedStateDict } from "../../formats/peft.ts";
 import type { Stage, StageContext } from "../stage.ts";
 import { dumpPyJson, fromPlain, isObject, parsePyJson, type PyJson, toPlain } from "./_pyjson.ts";
 
@@ -342,6 +342,56 @@ export async function planModel(
   };
 }
 
+/**
+ * Checks that an adapter's tensors fit a base model (every LoRA factor's module exists with
+ * matching dims, replacements keep the trailing dims): `ADAPTER_MISMATCH` names the first misfit.
+ * Reads no tensor data.
+ */
+export function checkAdapterFits(adapter: StateDict, base: StateDict): number {
+  let checked = 0;
+  for (const [key, ref] of adapter) {
+    const c = classifyAdapterKey(key);
+    const w = base.get(c.target);
+    const fail = (why: string): never => {
+      throw new CkptError(
+        "ADAPTER_MISMATCH",
+        `Cannot use adapter tensor "${key}" [${ref.shape.join(", ")}] with this base model: ${why}`,
+        { tensor: key, details: { target: c.target, base: w ? [...w.shape] : null } },
+      );
+    };
+    if (c.kind === "replacement") {
+      if (
+        w &&
+        (w.shape.length !== ref.shape.length || w.shape.some((d, i) => i > 0 && d !== ref.shape[i]))
+      ) {
+        fail(`it replaces "${c.target}" [${w.shape.join(", ")}]`);
+      }
+      continue;
+    }
+    if (c.kind === "trainable_tokens") {
+      if (!w || w.shape[1] !== ref.shape[1]) {
+        fail(`"${c.target}" is missing or not ${ref.shape[1]} wide`);
+      }
+      continue;
+    }
+    if (!w) fail(`the base has no "${c.target}"`);
+    const [o, i] = [w!.shape[0], w!.shape[1]];
+    const s = ref.shape;
+    const fits = c.kind === "lora_A"
+      ? s[1] === i || s[1] === o
+      : c.kind === "lora_B" || c.kind === "lora_B_bias"
+      ? s[0] === o || s[0] === i
+      : c.kind === "lora_embedding_A"
+      ? s[1] === o
+      : c.kind === "lora_embedding_B"
+      ? s[0] === i
+      : s.reduce((a, b) => a * b, 1) === o || s.reduce((a, b) => a * b, 1) === i;
+    if (!fits) fail(`"${c.target}" is [${w!.shape.join(", ")}]`);
+    checked++;
+  }
+  return checked;
+}
+
 function peftSavedKey(key: string): string {
   let k = key.replace(/\.(lora_A|lora_B)\.[^.]+\.(weight|bias)$/, ".$1.$2");
   k = k.replace(/\.(lora_embedding_A|lora_embedding_B)\.[^.]+$/, ".$1");
@@ -359,6 +409,7 @@ async function runAdapter(
   let tensors: StateDict;
   let configBytes: Uint8Array;
   let release: (() => Promise<void>) | undefined;
+  let fitCheck: StateDict | undefined;
   const adapterPath = options.adapter !== undefined ? ctx.resolve(options.adapter) : undefined;
   if (adapterPath !== undefined || (ctx.adapterDir !== undefined && options.r === undefined)) {
     const path = adapterPath ?? ctx.adapterDir!;
@@ -370,6 +421,8 @@ async function runAdapter(
     const info = await Deno.stat(path);
     const dir = info.isFile ? join(path, "..") : path;
     configBytes = await Deno.readFile(join(dir, "adapter_config.json"));
+    fitCheck = adapter.tensors;
+    ctx.adapterDir = dir;
   } else {
     const sd = ctx.stateDict;
     if (!sd || options.r === undefined || options.alpha === undefined) {
@@ -415,6 +468,7 @@ async function runAdapter(
     configBytes = new TextEncoder().encode(dumpPyJson(cfg, { indent: 2, sortKeys: true }));
   }
   try {
+    if (fitCheck && ctx.stateDict) checkAdapterFits(fitCheck, ctx.stateDict);
     const plan = planSafetensorsShards(tensors, Number.MAX_SAFE_INTEGER);
     const bytes = plan.files[0]?.fileBytes ?? 0;
     const files = [

@@ -191,3 +191,32 @@ Deno.test("`writeModel` what=adapter writes the adapter alone, from a folder or 
     assert.deepEqual(cfg.target_modules, ["mlp"]);
   });
 });
+
+Deno.test("`writeModel` what=adapter refuses an adapter for another architecture", async () => {
+  await withTempDir(async (dir) => {
+    const adapter = join(dir, "adapter");
+    await Deno.mkdir(adapter);
+    await Deno.writeTextFile(
+      join(adapter, "adapter_config.json"),
+      JSON.stringify({ peft_type: "LORA", r: 1, lora_alpha: 2, target_modules: ["mlp"] }),
+    );
+    await writeSafetensors(
+      join(adapter, "adapter_model.safetensors"),
+      new StateDict([
+        ["base_model.model.model.layers.0.mlp.lora_A.weight", f32([1, 5], 0)],
+        ["base_model.model.model.layers.0.mlp.lora_B.weight", f32([2, 1], 0)],
+      ]),
+    );
+    const out = join(dir, "out");
+    await Deno.mkdir(out);
+    const ctx = fakeContext(out, { baseDir: dir, stateDict: tiedModel(false) });
+    await assert.rejects(
+      writeModelStage.run(
+        ctx,
+        writeModelStage.options.parse({ what: "adapter", adapter: "adapter" }),
+      ),
+      (e) => isCkptError(e, "ADAPTER_MISMATCH"),
+    );
+    assert.deepEqual(await listFiles(out), []);
+  });
+});
