@@ -44,12 +44,14 @@ export const LORA_CASES: readonly string[] = [
   "dora_conv1d",
   "multi",
   "conv2d",
+  "out_dtype",
   "wrapped",
 ];
 
 interface CaseJson {
   adapters: { path: string; weight?: number }[];
   wrapped?: { r: number; alpha: number };
+  outDtype?: "BF16" | "F16" | "F32" | null;
   scales?: Record<string, number>;
 }
 
@@ -152,6 +154,7 @@ export async function runCase(
     blockBytes,
     safe: true,
     ...(json.wrapped ? { wrapped: json.wrapped } : {}),
+    ...(json.outDtype ? { outDtype: json.outDtype } : {}),
   };
   const { stateDict, report } = await mergeLora(base, adapters, options);
   await using expected = await openSafetensors(join(dir, "expected.safetensors"));
