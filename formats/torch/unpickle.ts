@@ -452,7 +452,8 @@ class Machine {
   #key(v: Item): PyKey {
     if (
       v === null || typeof v === "string" || typeof v === "number" || typeof v === "bigint" ||
-      typeof v === "boolean" || v instanceof PyFloat || v instanceof PyTuple
+      typeof v === "boolean" || v instanceof PyFloat || v instanceof PyTuple ||
+      v instanceof PyRecord || v instanceof PyGlobal
     ) return v;
     throw this.#err(
       "PICKLE_MALFORMED",

@@ -38,8 +38,20 @@ import { CkptError } from "../../errors.ts";
 import { type DType, DTYPES } from "../dtype.ts";
 import { checkRowRange, numel, rowCount, rowNumel, type TensorRef } from "../state_dict.ts";
 
-/** Keys a {@linkcode PyDict} allows (Python's hashable scalars, plus tuples compared by identity). */
-export type PyKey = string | number | bigint | boolean | null | PyFloat | PyTuple;
+/**
+ * Keys a {@linkcode PyDict} allows: Python's hashable scalars, plus tuples, records (DCP
+ * `MetadataIndex` keys) and globals, which compare by identity.
+ */
+export type PyKey =
+  | string
+  | number
+  | bigint
+  | boolean
+  | null
+  | PyFloat
+  | PyTuple
+  | PyRecord
+  | PyGlobal;
 
 /** Any value the pickle reader produces or the writer accepts. */
 export type PyValue =
@@ -545,7 +557,9 @@ function keyString(key: PyKey): string {
   if (typeof key === "string") return key;
   if (typeof key === "number" || typeof key === "bigint") return String(key);
   if (key instanceof PyFloat) return `${key.value}.0`;
-  if (key instanceof PyTuple) return JSON.stringify(toJSONish(key));
+  if (key instanceof PyTuple || key instanceof PyRecord || key instanceof PyGlobal) {
+    return JSON.stringify(toJSONish(key));
+  }
   return JSON.stringify(key);
 }
 

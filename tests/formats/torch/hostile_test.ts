@@ -9,7 +9,12 @@ import { isCkptError } from "../../../errors.ts";
 import { RandomAccessFile } from "../../../formats/_io.ts";
 import { loadTorch } from "../../../formats/torch/load.ts";
 import { StorageHandle, unpickle } from "../../../formats/torch/unpickle.ts";
-import { bytesSource, type PyGlobal, type PyTuple, type PyValue } from "../../../formats/torch/values.ts";
+import {
+  bytesSource,
+  type PyGlobal,
+  type PyTuple,
+  type PyValue,
+} from "../../../formats/torch/values.ts";
 import { ZipReader } from "../../../formats/torch/zip.ts";
 import { REPO_ROOT } from "../../_helpers/peer.ts";
 import { withTempDir } from "../../_helpers/tmp.ts";

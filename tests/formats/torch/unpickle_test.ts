@@ -1,0 +1,238 @@
+/** The restricted pickle machine and the protocol-2 writer: opcodes, types, records mode, limits. */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { isCkptError } from "../../../errors.ts";
+import { RandomAccessFile } from "../../../formats/_io.ts";
+import { loadTorchSlice } from "../../../formats/torch/load.ts";
+import { encodeLong, pickleValue } from "../../../formats/torch/pickle.ts";
+import { isAllowedGlobal, unpickle } from "../../../formats/torch/unpickle.ts";
+import {
+  PyDict,
+  pyDict,
+  PyFloat,
+  pyFloat,
+  type PyGlobal,
+  type PyKey,
+  type PyRecord,
+  type PyTuple,
+  pyTuple,
+  type PyValue,
+  toJSONish,
+  torchSize,
+  TorchTensor,
+} from "../../../formats/torch/values.ts";
+import { REPO_ROOT } from "../../_helpers/peer.ts";
+
+const bytes = (s: string) => Uint8Array.from(s, (c) => c.charCodeAt(0));
+
+Deno.test("encodeLong() matches Python's pickle.encode_long", () => {
+  const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+  const cases: [bigint, string][] = [
+    [-1n, "ff"],
+    [128n, "8000"],
+    [-128n, "80"],
+    [-129n, "7fff"],
+    [2n ** 31n, "0000008000"],
+    [-(2n ** 31n) - 1n, "ffffff7fff"],
+    [2n ** 64n, "000000000000000001"],
+    [-(2n ** 70n), "0000000000000000c0"],
+  ];
+  for (const [x, want] of cases) assert.equal(hex(encodeLong(x)), want, String(x));
+});
+
+Deno.test("pickleValue() then unpickle() round-trips random value trees with their Python types", () => {
+  let s = 7;
+  const rnd = () => (s = (s * 1103515245 + 12345) >>> 0) / 2 ** 32;
+  const leaf = (): PyValue => {
+    const k = Math.floor(rnd() * 9);
+    switch (k) {
+      case 0:
+        return null;
+      case 1:
+        return rnd() < 0.5;
+      case 2:
+        return Math.floor((rnd() - 0.5) * 2 ** 40);
+      case 3:
+        return BigInt(Math.floor(rnd() * 1e9)) * 2n ** 60n * (rnd() < 0.5 ? -1n : 1n);
+      case 4:
+        return rnd() * 100 + 0.5;
+      case 5:
+        return pyFloat(Math.floor(rnd() * 10));
+      case 6:
+        return "s" + Math.floor(rnd() * 1000) + (rnd() < 0.2 ? "ü☃" : "");
+      case 7:
+        return new Uint8Array([Math.floor(rnd() * 256), 0, 255]);
+      default:
+        return torchSize([Math.floor(rnd() * 5), 3]);
+    }
+  };
+  const tree = (depth: number): PyValue => {
+    if (depth > 3 || rnd() < 0.3) return leaf();
+    const n = Math.floor(rnd() * 5);
+    const k = Math.floor(rnd() * 4);
+    const kids = Array.from({ length: n }, () => tree(depth + 1));
+    if (k === 0) return kids;
+    if (k === 1) return pyTuple(kids);
+    return pyDict(
+      kids.map((v, i): [PyKey, PyValue] => [rnd() < 0.5 ? i : `k${i}`, v]),
+      k === 2 ? "dict" : "OrderedDict",
+    );
+  };
+  for (let i = 0; i < 200; i++) {
+    const v = tree(0);
+    const back = unpickle(pickleValue(v));
+    assert.deepEqual(toJSONish(back, { exactKeys: true }), toJSONish(v, { exactKeys: true }));
+  }
+});
+
+Deno.test("unpickle() reads protocol 4/5 opcodes: FRAME, MEMOIZE, STACK_GLOBAL, SHORT_BINUNICODE, bytes", () => {
+  // pickle.dumps({'a': b'xy', 'b': (1.5,), 'c': OrderedDict()}, protocol=5) from CPython 3.11
+  const p5 = bytes(
+    "\x80\x05\x95:\x00\x00\x00\x00\x00\x00\x00}\x94(\x8c\x01a\x94C\x02xy\x94\x8c\x01b\x94G?\xf8\x00\x00\x00\x00\x00\x00\x85\x94\x8c\x01c\x94\x8c\x0bcollections\x94\x8c\x0bOrderedDict\x94\x93\x94)R\x94u.",
+  );
+  const v = unpickle(p5) as PyDict;
+  assert.deepEqual([...(v.get("a") as Uint8Array)], [0x78, 0x79]);
+  assert.deepEqual((v.get("b") as PyTuple).items, [1.5]);
+  assert.equal((v.get("c") as PyDict).kind, "OrderedDict");
+});
+
+Deno.test("unpickle() refuses globals outside the weights-only allowlist, naming them", () => {
+  for (
+    const g of [
+      "os\nsystem",
+      "builtins\neval",
+      "__builtin__\ngetattr",
+      "functools\npartial",
+      "numpy\nndarray",
+    ]
+  ) {
+    assert.throws(
+      () => unpickle(bytes(`\x80\x02c${g}\n.`)),
+      (e) =>
+        isCkptError(e, "PICKLE_GLOBAL") &&
+        e.message.includes(g.replace("\n", ".").replace("__builtin__", "builtins")),
+    );
+  }
+  assert.ok(isAllowedGlobal("torch._utils._rebuild_tensor_v2"));
+  assert.ok(isAllowedGlobal("torch.bfloat16"));
+  assert.ok(!isAllowedGlobal("torch.load"));
+});
+
+Deno.test("unpickle() builds torch.Size, dtypes, layouts, devices, sets and bytes from allowed globals", () => {
+  const v = unpickle(
+    bytes(
+      "\x80\x02(ctorch\nSize\n(K\x02K\x03t\x85Rctorch\nbfloat16\nctorch.serialization\n_get_layout\nX\x0d\x00\x00\x00torch.strided\x85Rctorch\ndevice\nX\x06\x00\x00\x00cuda:1\x85Rc__builtin__\nset\n]K\x01a\x85Rc_codecs\nencode\nX\x02\x00\x00\x00\xc3\xbfX\x06\x00\x00\x00latin1\x86Rl.",
+    ),
+  ) as PyValue[];
+  assert.equal((v[0] as PyTuple).kind, "torch.Size");
+  assert.deepEqual((v[0] as PyTuple).items, [2, 3]);
+  assert.equal((v[1] as PyGlobal).qualname, "torch.bfloat16");
+  assert.equal((v[2] as PyGlobal).qualname, "torch.strided");
+  assert.deepEqual([(v[3] as PyRecord).className, (v[3] as PyRecord).args], ["torch.device", [
+    "cuda:1",
+  ]]);
+  assert.deepEqual((v[4] as PyRecord).args, [[1]]);
+  assert.deepEqual([...(v[5] as Uint8Array)], [0xff]);
+});
+
+Deno.test("unpickle() keeps whole floats as PyFloat and big ints as bigint", () => {
+  const v = unpickle(pickleValue([pyFloat(2), 2, 0.25, 2n ** 80n, -(2 ** 40)])) as PyValue[];
+  assert.ok(v[0] instanceof PyFloat);
+  assert.equal(v[1], 2);
+  assert.equal(v[2], 0.25);
+  assert.equal(v[3], 2n ** 80n);
+  assert.equal(v[4], -(2 ** 40));
+});
+
+Deno.test("unpickle() in records mode turns real DCP metadata into inert records", async () => {
+  const dir = join(REPO_ROOT, "tests", "fixtures", "dcp", "f32_w2", "model");
+  const meta = await Deno.readFile(join(dir, ".metadata"));
+  assert.throws(
+    () => unpickle(meta),
+    (e) =>
+      isCkptError(e, "PICKLE_GLOBAL") &&
+      e.message.includes("torch.distributed.checkpoint.metadata.Metadata"),
+  );
+  const M = "torch.distributed.checkpoint.metadata.";
+  const records = [
+    `${M}Metadata`,
+    `${M}TensorStorageMetadata`,
+    `${M}TensorProperties`,
+    `${M}ChunkStorageMetadata`,
+    `${M}MetadataIndex`,
+    `${M}BytesStorageMetadata`,
+    `${M}StorageMeta`,
+    `${M}_MEM_FORMAT_ENCODING`,
+    "torch.distributed.checkpoint.filesystem._StorageInfo",
+    "pathlib._local.PosixPath",
+    "pathlib.PosixPath",
+  ];
+  const md = unpickle(meta, { records }) as PyRecord;
+  assert.equal(md.className, `${M}Metadata`);
+  const sdm = md.field("state_dict_metadata") as PyDict;
+  const [, first] = [...sdm][0]!;
+  const tsm = first as PyRecord;
+  assert.equal(tsm.className, `${M}TensorStorageMetadata`);
+  assert.equal((tsm.field("size") as PyTuple).kind, "torch.Size");
+  const props = tsm.field("properties") as PyRecord;
+  const state = props.state as PyTuple; // (dtype, layout, requires_grad, memory_format, pin_memory)
+  assert.equal(state.items.length, 5);
+  assert.equal((state.items[0] as PyGlobal).qualname, "torch.float32");
+  assert.equal((state.items[1] as PyGlobal).qualname, "torch.strided");
+  assert.deepEqual((state.items[3] as PyRecord).args, [0]);
+  // storage_data: MetadataIndex -> _StorageInfo; each item is a torch.save archive slice
+  const storage = md.field("storage_data") as PyDict;
+  const [idx, info] = [...storage][0]!;
+  assert.equal((idx as unknown as PyRecord).className, `${M}MetadataIndex`);
+  const si = info as PyRecord;
+  const file = await RandomAccessFile.open(join(dir, si.field("relative_path") as string));
+  try {
+    const t = await loadTorchSlice(
+      file,
+      si.field("offset") as number,
+      si.field("length") as number,
+    );
+    assert.ok(t instanceof TorchTensor);
+    assert.equal((await t.read()).length, t.shape.reduce((a, b) => a * b, 1) * 4);
+  } finally {
+    await file.close();
+  }
+});
+
+Deno.test("unpickle() enforces depth, memo, int-size and tree-size limits", () => {
+  const deep = bytes("\x80\x02" + "]".repeat(50) + "a".repeat(49) + ".");
+  assert.throws(() => unpickle(deep, { maxDepth: 10 }), (e) => isCkptError(e, "PICKLE_LIMIT"));
+  assert.ok(Array.isArray(unpickle(deep)));
+  assert.throws(
+    () => unpickle(bytes("\x80\x02Nq\x00q\x01q\x02."), { maxMemo: 2 }),
+    (e) => isCkptError(e, "PICKLE_LIMIT"),
+  );
+  assert.throws(
+    () =>
+      unpickle(bytes("\x80\x02\x8b\x10\x00\x00\x00" + "\x01".repeat(16) + "."), {
+        maxLongBytes: 8,
+      }),
+    (e) => isCkptError(e, "PICKLE_LIMIT"),
+  );
+  // [[x, x], [x, x]] ... shares references: fine at small depth, refused when it expands too far
+  let p = "\x80\x02]K\x00aq\x00";
+  for (let i = 1; i < 20; i++) {
+    p += `(h${String.fromCharCode(i - 1)}h${String.fromCharCode(i - 1)}lq${
+      String.fromCharCode(i)
+    }0`;
+  }
+  p += "h\x13.";
+  assert.throws(
+    () => unpickle(bytes(p), { maxExpanded: 1000 }),
+    (e) => isCkptError(e, "PICKLE_LIMIT"),
+  );
+  assert.ok(Array.isArray(unpickle(bytes(p))));
+});
+
+Deno.test("pickleValue() writes the same tensor object once and memoizes it", () => {
+  const d = new PyDict();
+  d.set("x", [1]);
+  d.set("y", d.get("x")!);
+  const back = unpickle(pickleValue(d)) as PyDict;
+  assert.equal(back.get("x"), back.get("y"));
+});
