@@ -176,6 +176,19 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
+/** The parts of tokenizer.json the stage reads. */
+interface AddedTokenJson {
+  id: number;
+  content: string;
+  special?: boolean;
+  [k: string]: unknown;
+}
+interface TokenizerJson {
+  added_tokens?: AddedTokenJson[];
+  model?: { vocab?: Record<string, number> | [string, number][] };
+  [k: string]: unknown;
+}
+
 async function readJson(path: string): Promise<PyJson> {
   return parsePyJson(await Deno.readTextFile(path), path);
 }
@@ -256,17 +269,31 @@ export async function prepareTokenizer(args: PrepareTokenizerArgs): Promise<Toke
   const tokPath = present.get("tokenizer.json");
   const cfgPath = present.get("tokenizer_config.json");
   const mapPath = present.get("special_tokens_map.json");
+  // tokenizer.json is big (11 MB for Qwen3): read it with JSON.parse for lookups and validation,
+  // and as an order-keeping tree only when it must be rewritten.
   let tokJson: Map<string, PyJson> | undefined;
+  let tokPlain: TokenizerJson | undefined;
   let cfg: Map<string, PyJson> = new Map();
   let specialMap: Map<string, PyJson> | undefined;
+  const toAdd = (args.addSpecialTokens ?? []).filter((t, i, all) => all.indexOf(t) === i);
   if (tokPath) {
-    const t = await readJson(tokPath);
-    if (!isObject(t)) {
+    const text = await Deno.readTextFile(tokPath);
+    let t: unknown;
+    try {
+      t = JSON.parse(text);
+    } catch (cause) {
+      throw new CkptError("JSON_PARSE", `Cannot parse "${tokPath}": ${(cause as Error).message}`, {
+        file: tokPath,
+        cause,
+      });
+    }
+    if (t === null || typeof t !== "object" || Array.isArray(t)) {
       throw new CkptError("TOKENIZER_INVALID", `Cannot read "${tokPath}": not a JSON object`, {
         file: tokPath,
       });
     }
-    tokJson = t;
+    tokPlain = t as TokenizerJson;
+    if (toAdd.length > 0) tokJson = parsePyJson(text, tokPath) as Map<string, PyJson>;
   }
   if (cfgPath) {
     const c = await readJson(cfgPath);
@@ -284,28 +311,34 @@ export async function prepareTokenizer(args: PrepareTokenizerArgs): Promise<Toke
 
   // --- added special tokens -------------------------------------------------------------------
   const added = tokJson?.get("added_tokens");
-  const addedList: Map<string, PyJson>[] = Array.isArray(added) ? added.filter(isObject) : [];
-  const model = tokJson?.get("model");
-  const vocab = isObject(model) ? model.get("vocab") : undefined;
+  const addedPlain: AddedTokenJson[] = Array.isArray(tokPlain?.added_tokens)
+    ? tokPlain.added_tokens
+    : [];
+  const vocab = tokPlain?.model?.vocab;
   let vocabJsonSize: number | undefined;
   const idOf = (content: string): number | undefined => {
-    for (const t of addedList) if (t.get("content") === content) return asInt(t.get("id"));
-    if (isObject(vocab)) return asInt(vocab.get(content));
+    for (const t of addedPlain) if (t.content === content) return t.id;
     if (Array.isArray(vocab)) { // Unigram: [[piece, score], ...]
       const at = vocab.findIndex((e) => Array.isArray(e) && e[0] === content);
       return at >= 0 ? at : undefined;
     }
+    if (vocab && typeof vocab === "object" && Object.hasOwn(vocab, content)) {
+      const id = (vocab as Record<string, unknown>)[content];
+      return typeof id === "number" ? id : undefined;
+    }
     return undefined;
   };
   const maxId = (): number | undefined => {
-    if (!tokJson) return vocabJsonSize === undefined ? undefined : vocabJsonSize - 1;
+    if (!tokPlain) return vocabJsonSize === undefined ? undefined : vocabJsonSize - 1;
     let m = -1;
-    if (isObject(vocab)) { for (const v of vocab.values()) m = Math.max(m, asInt(v) ?? -1); }
-    else if (Array.isArray(vocab)) m = vocab.length - 1;
-    for (const t of addedList) m = Math.max(m, asInt(t.get("id")) ?? -1);
+    if (Array.isArray(vocab)) m = vocab.length - 1;
+    else if (vocab && typeof vocab === "object") {
+      for (const v of Object.values(vocab)) if (typeof v === "number" && v > m) m = v;
+    }
+    for (const t of addedPlain) if (typeof t.id === "number" && t.id > m) m = t.id;
     return m;
   };
-  if (!tokJson && present.has("vocab.json")) {
+  if (!tokPlain && present.has("vocab.json")) {
     const v = await readJson(present.get("vocab.json")!);
     if (isObject(v)) {
       let m = -1;
@@ -313,9 +346,8 @@ export async function prepareTokenizer(args: PrepareTokenizerArgs): Promise<Toke
       vocabJsonSize = m + 1;
     }
   }
-  const toAdd = (args.addSpecialTokens ?? []).filter((t, i, all) => all.indexOf(t) === i);
   if (toAdd.length > 0) {
-    if (!tokJson || !Array.isArray(added)) {
+    if (!tokJson || !tokPlain || !Array.isArray(added) || !Array.isArray(tokPlain.added_tokens)) {
       throw new CkptError(
         "TOKENIZER_INVALID",
         `Cannot add special tokens: "${source}" has no tokenizer.json with added_tokens`,
@@ -328,7 +360,9 @@ export async function prepareTokenizer(args: PrepareTokenizerArgs): Promise<Toke
     const extraList: PyJson[] = Array.isArray(extra) ? [...extra] : [];
     for (const content of toAdd) {
       let id = idOf(content);
-      const existing = addedList.find((t) => t.get("content") === content);
+      const existing = added.find((t) => isObject(t) && t.get("content") === content) as
+        | Map<string, PyJson>
+        | undefined;
       if (id === undefined) {
         id = (maxId() ?? -1) + 1;
         const entry = new Map<string, PyJson>([
@@ -341,9 +375,12 @@ export async function prepareTokenizer(args: PrepareTokenizerArgs): Promise<Toke
           ["special", true],
         ]);
         added.push(entry);
-        addedList.push(entry);
-      } else if (existing) existing.set("special", true);
-      else {
+        addedPlain.push(toPlain(entry) as AddedTokenJson);
+      } else if (existing) {
+        existing.set("special", true);
+        const p = addedPlain.find((t) => t.content === content);
+        if (p) p.special = true;
+      } else {
         throw new CkptError(
           "TOKENIZER_INVALID",
           `Cannot add special token "${content}": it is an ordinary vocabulary entry (id ${id})`,
@@ -398,7 +435,7 @@ export async function prepareTokenizer(args: PrepareTokenizerArgs): Promise<Toke
     newPad = eos;
   }
   if (newPad !== undefined) {
-    if (tokJson && idOf(newPad) === undefined) {
+    if (tokPlain && idOf(newPad) === undefined) {
       throw new CkptError(
         "TOKENIZER_INVALID",
         `Cannot set pad token "${newPad}": it is not in the vocabulary (add it with addSpecialTokens)`,
@@ -472,10 +509,10 @@ export async function prepareTokenizer(args: PrepareTokenizerArgs): Promise<Toke
     return m === undefined ? undefined : m + 1;
   })();
   if (args.validate ?? true) {
-    if (tokJson) {
+    if (tokPlain) {
       let tok: Tokenizer;
       try {
-        tok = new Tokenizer(toPlain(tokJson) as object, toPlain(cfg) as object);
+        tok = new Tokenizer(tokPlain, toPlain(cfg) as object);
         tok.encode("Hello, world! 123 ünïcödé");
       } catch (cause) {
         throw new CkptError(
