@@ -36,6 +36,8 @@ export interface CheckpointFolder {
 export interface ScanOptions {
   /** Absolute paths never returned (outputs the watcher recorded). */
   exclude?: ReadonlySet<string>;
+  /** Names already known to be checkpoints (in the state file): returned without further checks. */
+  known?: ReadonlySet<string>;
 }
 
 /** The last run of digits in `name` as a number, or undefined. */
@@ -72,7 +74,7 @@ export async function scanCheckpoints(
   for (const pattern of patterns) {
     const segments = pattern.split("/").filter((s) => s !== "" && s !== ".");
     if (segments.length === 0) continue;
-    await walk(root, "", segments.map(globToRegExp), found, options.exclude);
+    await walk(root, "", segments.map(globToRegExp), found, options);
   }
   return [...found.values()].sort(compareCheckpoints);
 }
@@ -82,7 +84,7 @@ async function walk(
   rel: string,
   segments: RegExp[],
   found: Map<string, CheckpointFolder>,
-  exclude: ReadonlySet<string> | undefined,
+  options: ScanOptions,
 ): Promise<void> {
   const [head, ...rest] = segments;
   if (!head) return;
@@ -103,11 +105,11 @@ async function walk(
     if (!isDir) continue;
     const name = rel === "" ? entry.name : `${rel}/${entry.name}`;
     if (rest.length > 0) {
-      await walk(path, name, rest, found, exclude);
+      await walk(path, name, rest, found, options);
       continue;
     }
-    if (found.has(name) || exclude?.has(path)) continue;
-    if (await exists(join(path, MANIFEST_NAME))) continue;
+    if (found.has(name) || options.exclude?.has(path)) continue;
+    if (!options.known?.has(name) && await exists(join(path, MANIFEST_NAME))) continue;
     found.set(name, { name, path, step: stepOf(entry.name) });
   }
 }

@@ -201,7 +201,10 @@ export async function watchOnce(options: WatchOptions): Promise<TickSummary> {
   const outputs = new Set(
     Object.values(state.checkpoints).flatMap((r) => r.output ? [resolve(r.output)] : []),
   );
-  const candidates = await scanCheckpoints(runsDir, settings.pattern, { exclude: outputs });
+  const candidates = await scanCheckpoints(runsDir, settings.pattern, {
+    exclude: outputs,
+    known: new Set(Object.keys(state.checkpoints)),
+  });
 
   for (const cp of candidates) {
     if (signal.aborted) {

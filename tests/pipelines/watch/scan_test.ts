@@ -22,6 +22,8 @@ Deno.test("`scanCheckpoints()` skips finished exports and excluded outputs", asy
     await Deno.writeTextFile(`${runs}/step-2-hf/ckpt-manifest.json`, "{}");
     const found = await scanCheckpoints(runs, ["step-*"], { exclude: new Set([`${runs}/step-3`]) });
     assert.deepEqual(found.map((c) => c.name), ["step-1", "step-2"]);
+    const known = await scanCheckpoints(runs, ["step-*"], { known: new Set(["step-2-hf"]) });
+    assert.deepEqual(known.map((c) => c.name), ["step-1", "step-2", "step-2-hf", "step-3"]);
   });
 });
 
