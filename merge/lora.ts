@@ -99,6 +99,10 @@ export interface MergeLoraOptions {
   blockBytes?: number;
   /** Backend calls in flight per read (overlap of upload, compute, read-back). Default 3. */
   concurrency?: number;
+  /** Rename rules `[regex, replacement]` applied in order to the module paths adapter keys name
+   * (after `base_model.model.` is stripped), for adapters saved under other names than the base
+   * checkpoint uses (e.g. transformers' `model.language_model.` vs `model.`). Default none. */
+  renames?: [pattern: string, replacement: string][];
   /** The model ties `lm_head.weight` to the input embedding (`tie_word_embeddings`): trainable-token
    * rows of `embed_tokens` are applied to an `lm_head.weight` of the same shape too, as PEFT's tied
    * token adapter does. Default false. */
@@ -272,7 +276,7 @@ async function scanFinite(key: string, ref: TensorRef): Promise<void> {
  * fails here with a coded error, before any data is written:
  * `LORA_SHAPE`, `LORA_RANK_MISMATCH`, `LORA_FACTOR_MISSING`, `LORA_NO_BASE`, `LORA_UNMATCHED`,
  * `LORA_CONV_GROUPS`, `LORA_DTYPE`, `LORA_BIAS_MISSING`, `LORA_DORA`, `LORA_CONFLICT`,
- * `LORA_TOKENS`, `LORA_WRAPPED`, `LORA_WEIGHT`, `LORA_NONFINITE` (with `safe`), `PEFT_CONFIG`, `PEFT_UNSUPPORTED`,
+ * `LORA_TOKENS`, `LORA_WRAPPED`, `LORA_WEIGHT`, `LORA_RENAME`, `LORA_NONFINITE` (with `safe`), `PEFT_CONFIG`, `PEFT_UNSUPPORTED`,
  * `PEFT_ADAPTER_MISSING`. With `safe`, a non-finite merged value raises `LORA_NONFINITE` from the
  * tensor's `read()`.
  */
@@ -428,6 +432,23 @@ function planMerge(
   const jobs = new Map<string, Job>();
   const outDtypeFor = (d: DType): DType => options.outDtype ?? d;
   const replacedBy = new Map<string, string>();
+  const renames = (options.renames ?? []).map(([p, r]) => {
+    try {
+      return [new RegExp(p), r] as const;
+    } catch (cause) {
+      throw new CkptError("LORA_RENAME", `Cannot compile rename pattern "${p}": ${cause}`, {
+        cause,
+      });
+    }
+  });
+  const classify = (key: string): AdapterKey => {
+    const c = classifyAdapterKey(key);
+    if (renames.length === 0) return c;
+    let module = c.module;
+    for (const [re, r] of renames) module = module.replace(re, r);
+    if (module === c.module) return c;
+    return { ...c, module, target: module + c.target.slice(c.module.length) };
+  };
 
   const jobFor = (name: string): Job | undefined => {
     let job = jobs.get(name);
@@ -460,7 +481,7 @@ function planMerge(
   // Pass 1: replacements, per adapter in order.
   for (const { adapter } of loaded) {
     for (const [key, ref] of adapter.tensors) {
-      const c = classifyAdapterKey(key);
+      const c = classify(key);
       if (c.kind !== "replacement") continue;
       const prev = replacedBy.get(c.target);
       if (prev !== undefined) {
@@ -498,7 +519,7 @@ function planMerge(
   for (const { adapter, weight } of loaded) {
     const parts = new Map<string, Parts>();
     for (const [key, ref] of adapter.tensors) {
-      const c = classifyAdapterKey(key);
+      const c = classify(key);
       if (c.kind === "replacement") continue;
       let p = parts.get(c.module);
       if (!p) {

@@ -588,3 +588,22 @@ Deno.test("`mergeLora()` refuses conflicting adapters and unexplained wrapped st
     assert.deepEqual(await values(ok.stateDict.require("m.weight")), [8, 12, 18, 26]);
   });
 });
+
+Deno.test("`mergeLora()` applies rename rules to adapter module paths", async () => {
+  const base = new StateDict([["model.layers.0.q.weight", t("F32", [1, 1], [1])]]);
+  const ad = adapter([
+    [`${P}model.language_model.layers.0.q.lora_A.weight`, t("F32", [1, 1], [2])],
+    [`${P}model.language_model.layers.0.q.lora_B.weight`, t("F32", [1, 1], [3])],
+  ], { r: 1, lora_alpha: 1 });
+  await assert.rejects(mergeLora(base, [ad]), (e) => isCkptError(e, "LORA_NO_BASE"));
+  const { stateDict, report } = await mergeLora(base, [ad], {
+    backend: referenceBackend(),
+    renames: [["^model\\.language_model\\.", "model."]],
+  });
+  assert.deepEqual(await values(stateDict.require("model.layers.0.q.weight")), [7]);
+  assert.equal(report.modules[0]!.module, "model.layers.0.q");
+  await assert.rejects(
+    mergeLora(base, [ad], { renames: [["(", ""]] }),
+    (e) => isCkptError(e, "LORA_RENAME"),
+  );
+});
