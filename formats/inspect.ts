@@ -184,6 +184,28 @@ export const INSPECT_BRANCHES: InspectBranch[] = [
       return { ...(await inspectSafetensorsFile(file)), path: p.path };
     },
   },
+  {
+    kind: "torch-shards",
+    detect: (p) =>
+      (p.isDirectory && p.names.includes("pytorch_model.bin.index.json")) ||
+      (!p.isDirectory && p.path.endsWith(".bin.index.json")),
+    inspect: async (p) => {
+      const t = await import("./torch/inspect.ts");
+      return t.inspectTorchShards(p.path, t.torchShardIndex(p.path, p.isDirectory, p.names)!);
+    },
+  },
+  {
+    kind: "torch",
+    detect: (p) =>
+      p.isDirectory
+        ? p.names.includes("pytorch_model.bin")
+        : /\.(pt|pth|bin|ckpt)$/.test(p.path) || (p.head[0] === 0x50 && p.head[1] === 0x4b),
+    inspect: async (p) => {
+      const { inspectTorchFile } = await import("./torch/inspect.ts");
+      const file = p.isDirectory ? join(p.path, "pytorch_model.bin") : p.path;
+      return { ...(await inspectTorchFile(file)), path: p.path };
+    },
+  },
 ];
 
 /**

@@ -1,0 +1,137 @@
+/**
+ * `ckpt inspect` for torch files: a `.pt`/`.bin` (any torch.save value: state dicts, optimizer and
+ * scheduler states) and a `pytorch_model.bin.index.json` shard folder, as the report shape of
+ * {@linkcode ../inspect.ts}. Reads only `data.pkl` and the zip directories, never tensor data.
+ *
+ * @example Inspecting an optimizer file
+ * ```ts
+ * import { inspectTorchFile } from "./inspect.ts";
+ * import { saveTorch } from "./save.ts";
+ * import { pyDict, tensorOfBytes } from "./values.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const path = await Deno.makeTempFile({ suffix: ".pt" });
+ * const step = tensorOfBytes("F32", [], new Uint8Array(4));
+ * await saveTorch(path, pyDict([["state", pyDict([[0, pyDict([["step", step]])]])], ["lr", 0.001]]));
+ * const report = await inspectTorchFile(path);
+ * assert.equal(report.kind, "torch");
+ * assert.deepEqual(report.tensors.map((t) => [t.name, t.dtype, t.shape, t.bytes]), [["state.0.step", "F32", [], 4]]);
+ * assert.deepEqual(report.tree, { state: { "0": { step: "<tensor F32[]>" } }, lr: 0.001 });
+ * await Deno.remove(path);
+ * ```
+ * @module
+ */
+import { basename, join } from "node:path";
+import type { InspectFile, InspectReport, InspectTensor } from "../inspect.ts";
+import { DTYPES } from "../dtype.ts";
+import { numel } from "../state_dict.ts";
+import { loadTorch } from "./load.ts";
+import { openTorchShards } from "./state_dict.ts";
+import { PyDict, type PyValue, tensorsOf, toJSONish, TorchTensor } from "./values.ts";
+
+function tensorEntry(name: string, t: TorchTensor, file?: string): InspectTensor {
+  const extra: Record<string, unknown> = {
+    storage: t.storage.key ?? null,
+    storageOffset: t.storageOffset,
+  };
+  if (!t.isContiguous) extra.stride = [...t.stride];
+  if (t.parameter) extra.parameter = true;
+  if (t.requiresGrad) extra.requiresGrad = true;
+  return {
+    name,
+    dtype: t.dtype,
+    shape: [...t.shape],
+    bytes: numel(t.shape) * DTYPES[t.dtype].size,
+    ...(file === undefined ? {} : { file }),
+    extra,
+  };
+}
+
+function isStateDict(v: PyValue): boolean {
+  if (!(v instanceof PyDict)) return false;
+  for (const [k, x] of v) if (typeof k !== "string" || !(x instanceof TorchTensor)) return false;
+  return true;
+}
+
+/** The value tree as JSON with every tensor shortened to `"<tensor BF16[2, 3]>"`. */
+export function torchTree(value: PyValue): unknown {
+  const json = toJSONish(value);
+  const shorten = (x: unknown): unknown => {
+    if (Array.isArray(x)) return x.map(shorten);
+    if (x !== null && typeof x === "object") {
+      const o = x as Record<string, unknown>;
+      const t = o.__tensor__ as { dtype: string; shape: number[] } | undefined;
+      if (t && Object.keys(o).length === 1) return `<tensor ${t.dtype}[${t.shape.join(", ")}]>`;
+      return Object.fromEntries(Object.entries(o).map(([k, v]) => [k, shorten(v)]));
+    }
+    return x;
+  };
+  return shorten(json);
+}
+
+/** Report of one torch.save file: its tensors (by dotted path) and, unless it is a plain state dict, its value tree. */
+export async function inspectTorchFile(path: string): Promise<InspectReport> {
+  await using f = await loadTorch(path);
+  const tensors: InspectTensor[] = [];
+  const seen = new Set<string>();
+  for (const [name, t] of tensorsOf(f.value)) {
+    if (seen.has(name)) continue;
+    seen.add(name);
+    tensors.push(tensorEntry(name, t));
+  }
+  const report: InspectReport = {
+    kind: "torch",
+    path,
+    tensors,
+    totalBytes: tensors.reduce((n, t) => n + t.bytes, 0),
+    metadata: { archive: f.prefix, records: f.records.length },
+  };
+  if (!isStateDict(f.value)) report.tree = torchTree(f.value);
+  return report;
+}
+
+/** Report of a `pytorch_model.bin.index.json` shard folder (or the index file itself). */
+export async function inspectTorchShards(path: string, indexPath: string): Promise<InspectReport> {
+  await using sd = await openTorchShards(indexPath);
+  const tensors: InspectTensor[] = [];
+  const counts = new Map<string, { path: string; tensors: number }>();
+  for (const [name, ref] of sd) {
+    const file = basename(ref.source ?? "");
+    const c = counts.get(file) ?? { path: ref.source ?? "", tensors: 0 };
+    c.tensors++;
+    counts.set(file, c);
+    tensors.push(tensorEntry(name, ref as TorchTensor, file));
+  }
+  const files: InspectFile[] = [];
+  for (const [file, c] of counts) {
+    files.push({ file, bytes: (await Deno.stat(c.path)).size, tensors: c.tensors });
+  }
+  let index: unknown;
+  try {
+    index = JSON.parse(await Deno.readTextFile(indexPath)).metadata;
+  } catch {
+    index = undefined;
+  }
+  return {
+    kind: "torch-shards",
+    path,
+    tensors,
+    totalBytes: tensors.reduce((n, t) => n + t.bytes, 0),
+    ...(index === undefined ? {} : { metadata: { index } }),
+    files,
+  };
+}
+
+/** The index path of a torch shard folder probe, or undefined. */
+export function torchShardIndex(
+  path: string,
+  isDirectory: boolean,
+  names: readonly string[],
+): string | undefined {
+  if (isDirectory) {
+    return names.includes("pytorch_model.bin.index.json")
+      ? join(path, "pytorch_model.bin.index.json")
+      : undefined;
+  }
+  return path.endsWith(".bin.index.json") ? path : undefined;
+}
