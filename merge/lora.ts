@@ -349,6 +349,14 @@ export async function mergeLora(
       for (let i = 2; names.has(name); i++) name = `${l.adapter.name}#${i}`;
       names.add(name);
       l.adapter = { ...l.adapter, name };
+      const entry: MergeReport["adapters"][number] = {
+        name,
+        weight: l.weight,
+        tensors: l.adapter.tensors.size,
+        useDora: l.adapter.config.use_dora,
+      };
+      if (l.adapter.path !== undefined) entry.path = l.adapter.path;
+      report.adapters.push(entry);
     }
 
     const plan = planMerge(baseDict, loaded, options, report);

@@ -206,6 +206,10 @@ Deno.test("`mergeLora()` folds weights and scales of several adapters into one r
     Math.fround(w + d1[Math.floor(i / 3)]![i % 3]! + d2[Math.floor(i / 3)]![i % 3]!)
   );
   assert.deepEqual(got, want);
+  assert.deepEqual(report.adapters.map((a) => [a.name, a.weight, a.tensors, a.useDora]), [
+    ["one", 0.5, 2, false],
+    ["two", 2, 2, false],
+  ]);
   assert.deepEqual(report.modules[0]!.adapters.map((a) => [a.name, a.weight, a.scale]), [
     ["one", 0.5, 2],
     ["two", 2, 1],
