@@ -6,8 +6,9 @@
  * - `scheduler.pt` = `torch.save(scheduler.state_dict())`
  *
  * Inputs: a torch file of the run (`.pt`/`.bin`: the HALOs layout above, or a bare optimizer state
- * dict `{'state': ..., 'param_groups': ...}`), or a JSON description with tensors in safetensors.
- * Python types survive (dict vs OrderedDict, tuples, int vs float, int or name keys).
+ * dict `{'state': ..., 'param_groups': ...}`), a JSON description with tensors in safetensors, or
+ * any source added with {@linkcode registerOptimizerSource} (torch.distributed.checkpoint optimizer
+ * folders). Python types survive (dict vs OrderedDict, tuples, int vs float, int or name keys).
  *
  * ## JSON + safetensors description
  * ```jsonc
@@ -77,8 +78,40 @@ import { stripWrapperNames } from "./gather_shards.ts";
 export interface LoadedValue {
   /** The Python value. */
   value: PyValue;
+  /** Parameter names in optimizer order, when the source knows them (int key `i` is `paramNames[i]`). */
+  paramNames?: readonly string[];
   /** Releases open files. */
   close(): Promise<void>;
+}
+
+/**
+ * A further place optimizer state can come from (a torch.distributed.checkpoint folder, ...):
+ * `detect` says whether a path is of this kind, `load` rebuilds the optimizer `state_dict()` value.
+ */
+export interface OptimizerSource {
+  /** Name for reports. */
+  readonly name: string;
+  /** True when `path` is of this kind; must not throw for other paths. */
+  detect(path: string): Promise<boolean>;
+  /** Loads the optimizer state (`{'state', 'param_groups'}`, optionally wrapped HALOs-style). */
+  load(path: string, options: { keys: "int" | "name" }): Promise<LoadedValue>;
+}
+
+const OPTIMIZER_SOURCES: OptimizerSource[] = [];
+
+/** Adds an optimizer source (one with the same name is replaced); asked before torch and JSON files. */
+export function registerOptimizerSource(source: OptimizerSource): void {
+  const at = OPTIMIZER_SOURCES.findIndex((s) => s.name === source.name);
+  if (at >= 0) OPTIMIZER_SOURCES[at] = source;
+  else OPTIMIZER_SOURCES.push(source);
+}
+
+/** Removes the optimizer source called `name`; true when it was registered. */
+export function unregisterOptimizerSource(name: string): boolean {
+  const at = OPTIMIZER_SOURCES.findIndex((s) => s.name === name);
+  if (at < 0) return false;
+  OPTIMIZER_SOURCES.splice(at, 1);
+  return true;
 }
 
 function isJsonPath(path: string): boolean {
@@ -156,7 +189,11 @@ function stepTensor(step: number): TorchTensor {
  * Loads a torch file or a JSON description (with its safetensors tensors) as a Python value.
  * `tensorsPath` overrides where the JSON's tensors come from.
  */
-export async function loadValue(path: string, tensorsPath?: string): Promise<LoadedValue> {
+export async function loadValue(
+  path: string,
+  tensorsPath?: string,
+  keys: "int" | "name" = "int",
+): Promise<LoadedValue> {
   try {
     await Deno.stat(path);
   } catch (cause) {
@@ -164,6 +201,9 @@ export async function loadValue(path: string, tensorsPath?: string): Promise<Loa
       file: path,
       cause,
     });
+  }
+  for (const source of OPTIMIZER_SOURCES) {
+    if (await source.detect(path)) return await source.load(path, { keys });
   }
   if (!isJsonPath(path)) {
     const loaded = await loadTorch(path);
@@ -469,7 +509,7 @@ export async function prepareOptimizer(
     const info = checkOptimizerState(sd!, path);
     let state = sd as PyDict;
     if (options.check !== false && options.model) {
-      checkOptimizerAgainstModel(state, options.model, path, options.params);
+      checkOptimizerAgainstModel(state, options.model, path, options.params ?? loaded.paramNames);
     }
     if (options.keys === "int" && info.keyed === "name") state = toIntKeys(state);
     const className = options.className ?? cls ?? "AdamW";

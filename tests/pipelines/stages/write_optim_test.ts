@@ -13,7 +13,7 @@ import {
   tensorOfBytes,
   TorchTensor,
 } from "../../../formats/torch/values.ts";
-import { writeOptimStage } from "../../../pipelines/stages/write_optim.ts";
+import { registerOptimizerSource, writeOptimStage } from "../../../pipelines/stages/write_optim.ts";
 import { withTempDir } from "../../_helpers/tmp.ts";
 import { fakeContext, listFiles } from "../_context.ts";
 
@@ -208,5 +208,49 @@ Deno.test("`writeOptim` refuses optimizer state for other parameters before writ
       (e) => isCkptError(e, "OPTIM_MISMATCH"),
     );
     assert.deepEqual(await listFiles(out), []);
+  });
+});
+
+Deno.test("`writeOptim` asks registered optimizer sources first and checks with their parameter names", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.mkdir(join(dir, "dcp"));
+    await Deno.writeTextFile(join(dir, "dcp", ".metadata"), "");
+    registerOptimizerSource({
+      name: "test-folder",
+      detect: async (p) => (await Deno.stat(p)).isDirectory,
+      load: () =>
+        Promise.resolve({
+          value: adamState([0, 1], [[3], [4, 3]]),
+          paramNames: ["model.norm.weight", "model.layers.0.q_proj.weight"],
+          close: () => Promise.resolve(),
+        }),
+    });
+    const out = join(dir, "out");
+    await Deno.mkdir(out);
+    const ctx = fakeContext(out, { baseDir: dir, stateDict: model() });
+    await writeOptimStage.run(ctx, writeOptimStage.options.parse({ optimizer: "dcp" }));
+    assert.deepEqual(await listFiles(out), ["optimizer.pt"]);
+    registerOptimizerSource({
+      name: "test-folder",
+      detect: async (p) => (await Deno.stat(p)).isDirectory,
+      load: () =>
+        Promise.resolve({
+          value: adamState([0, 1], [[3], [4, 3]]),
+          paramNames: ["model.layers.0.q_proj.weight", "model.norm.weight"],
+          close: () => Promise.resolve(),
+        }),
+    });
+    await assert.rejects(
+      writeOptimStage.run(
+        fakeContext(join(dir, "out2"), { baseDir: dir, stateDict: model() }),
+        writeOptimStage.options.parse({ optimizer: "dcp" }),
+      ),
+      (e) => isCkptError(e, "OPTIM_MISMATCH"),
+    );
+    registerOptimizerSource({
+      name: "test-folder",
+      detect: () => Promise.resolve(false),
+      load: () => Promise.reject(new Error("unused")),
+    });
   });
 });
