@@ -1,0 +1,521 @@
+/**
+ * torch.distributed.checkpoint (DCP) folders, read directly and streaming: `.metadata` plus
+ * `__<rank>_<n>.distcp` files, as FSDP (`SHARDED_STATE_DICT`), FSDP2/DTensor and accelerate's
+ * `pytorch_model_fsdp_0/` / `optimizer_0/` leave them.
+ *
+ * - `.metadata` is decoded by the restricted unpickler in records mode (DCP's dataclasses become
+ *   plain records, nothing is run) and turned into typed {@linkcode DcpMetadata}.
+ * - Each tensor chunk inside a `.distcp` file is a complete `torch.save` zip at an offset and length;
+ *   chunks are placed at their offsets along any dimension (uneven and zero-size chunks included).
+ * - A full tensor is produced row block by row block straight from the chunk records
+ *   ({@linkcode DcpCheckpoint.tensor}), so memory is bounded by the block asked for.
+ * - {@linkcode DcpCheckpoint.open} checks everything before anything can be written: every file
+ *   present, every item inside its file, every chunk record's dtype and shape equal to the metadata,
+ *   chunks covering every element exactly once.
+ *
+ * @example Gathering a sharded model as a lazy state dict
+ * ```ts
+ * import { openDcpStateDict } from "./dcp.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const dir = new URL("../tests/fixtures/dcp/f32_w2/model", import.meta.url).pathname;
+ * await using sd = await openDcpStateDict(dir);
+ * assert.deepEqual([...sd.keys()], ["0.weight", "1.weight", "1.bias", "3.weight", "3.bias"]);
+ * assert.deepEqual(sd.get("1.weight")!.shape, [9, 5]);
+ * const rows = await sd.get("1.weight")!.read(3, 6); // crosses the rank 0 / rank 1 boundary
+ * assert.equal(rows.byteLength, 3 * 5 * 4);
+ * ```
+ * @module
+ */
+import { join } from "node:path";
+import { CkptError } from "../errors.ts";
+import { type DType, DTYPES } from "./dtype.ts";
+import { RandomAccessFile } from "./_io.ts";
+import { checkRowRange, numel, StateDict, type TensorRef } from "./state_dict.ts";
+import { assembleRows, checkChunkCoverage, type ChunkRows } from "./_dcp_assemble.ts";
+import type { PyValue } from "./torch/values.ts";
+import { decodeDcpMetadata, openChunkRecord, readBytesRecord } from "./_dcp_records.ts";
+
+/** A path item of `planner_data`: dict keys are strings, list positions are ints. */
+export type DcpPathItem = string | number;
+
+/** One chunk of a sharded tensor and where its record lives. */
+export interface DcpChunk {
+  /** Start of the chunk in the full tensor, per dimension (`[]` for 0-d). */
+  readonly offsets: readonly number[];
+  /** Extent of the chunk, per dimension. */
+  readonly sizes: readonly number[];
+  /** File holding the record, relative to the checkpoint folder (`__1_0.distcp`). */
+  readonly file: string;
+  /** Byte offset of the record (a torch.save zip) in {@linkcode DcpChunk.file}. */
+  readonly offset: number;
+  /** Byte length of the record. */
+  readonly length: number;
+}
+
+/** A tensor entry of the metadata. */
+export interface DcpTensorEntry {
+  /** Always `"tensor"`. */
+  readonly kind: "tensor";
+  /** Flat key (`state.0.weight.exp_avg`). */
+  readonly key: string;
+  /** Path from `planner_data` (the nesting the key was flattened from). */
+  readonly path: readonly DcpPathItem[];
+  /** Element type. */
+  readonly dtype: DType;
+  /** Full shape. */
+  readonly shape: readonly number[];
+  /** `requires_grad` from the tensor properties. */
+  readonly requiresGrad: boolean;
+  /** The chunks, in metadata order. */
+  readonly chunks: readonly DcpChunk[];
+}
+
+/** A non-tensor value (a bytes item: a `torch.save`d Python object). */
+export interface DcpBytesEntry {
+  /** Always `"bytes"`. */
+  readonly kind: "bytes";
+  /** Flat key (`param_groups.0.lr`). */
+  readonly key: string;
+  /** Path from `planner_data`. */
+  readonly path: readonly DcpPathItem[];
+  /** File holding the record. */
+  readonly file: string;
+  /** Byte offset of the record. */
+  readonly offset: number;
+  /** Byte length of the record. */
+  readonly length: number;
+}
+
+/** One entry of `state_dict_metadata`. */
+export type DcpEntry = DcpTensorEntry | DcpBytesEntry;
+
+/** The typed content of a `.metadata` file. */
+export interface DcpMetadata {
+  /** Entries in `state_dict_metadata` order. */
+  readonly entries: readonly DcpEntry[];
+  /** `Metadata.version` (torch 2.7+), if present. */
+  readonly version?: string;
+  /** `StorageMeta.save_id`, if present. */
+  readonly saveId?: string;
+  /** `StorageMeta.checkpoint_id` as a string, if present. */
+  readonly checkpointId?: string;
+}
+
+/** Class names the `.metadata` unpickler turns into records; anything else is refused. */
+export const DCP_METADATA_CLASSES: readonly string[] = [
+  "torch.distributed.checkpoint.metadata.Metadata",
+  "torch.distributed.checkpoint.metadata.TensorStorageMetadata",
+  "torch.distributed.checkpoint.metadata.BytesStorageMetadata",
+  "torch.distributed.checkpoint.metadata.TensorProperties",
+  "torch.distributed.checkpoint.metadata.ChunkStorageMetadata",
+  "torch.distributed.checkpoint.metadata.MetadataIndex",
+  "torch.distributed.checkpoint.metadata.StorageMeta",
+  "torch.distributed.checkpoint.metadata._MEM_FORMAT_ENCODING",
+  "torch.distributed.checkpoint.filesystem._StorageInfo",
+  "pathlib.PosixPath",
+  "pathlib.PurePosixPath",
+  "pathlib.WindowsPath",
+  "pathlib.PureWindowsPath",
+  "pathlib._local.PosixPath",
+  "pathlib._local.PurePosixPath",
+  "pathlib._local.WindowsPath",
+  "pathlib._local.PureWindowsPath",
+];
+
+/** True when `path` is a folder with a `.metadata` file (a DCP checkpoint). Never throws. */
+export async function isDcpFolder(path: string): Promise<boolean> {
+  try {
+    if (!(await Deno.stat(path)).isDirectory) return false;
+    return (await Deno.stat(join(path, ".metadata"))).isFile;
+  } catch {
+    return false;
+  }
+}
+
+/** Options of {@linkcode DcpCheckpoint.open}. */
+export interface DcpOpenOptions {
+  /**
+   * Check every chunk record (zip, dtype, shape) when opening. Default true; with false the records
+   * are checked on first read instead (coverage and file bounds are always checked).
+   */
+  verifyRecords?: boolean;
+  /** Aborts a long open. */
+  signal?: AbortSignal;
+}
+
+/** A chunk record resolved to its tensor bytes: an absolute byte range, or a reader for odd layouts. */
+export interface ResolvedChunk {
+  /** Element type found in the record. */
+  readonly dtype: DType;
+  /** Shape found in the record. */
+  readonly shape: readonly number[];
+  /** Reads rows of the chunk. */
+  readonly rows: ChunkRows;
+}
+
+/**
+ * An open DCP checkpoint: its metadata, lazy full tensors and decoded bytes values. Close it (or
+ * `await using`) to release the chunk files.
+ */
+export class DcpCheckpoint implements AsyncDisposable {
+  /** Folder of the checkpoint. */
+  readonly dir: string;
+  /** Typed metadata. */
+  readonly metadata: DcpMetadata;
+  #files: Map<string, RandomAccessFile>;
+  #resolved = new Map<DcpChunk, Promise<ResolvedChunk>>();
+
+  private constructor(dir: string, metadata: DcpMetadata, files: Map<string, RandomAccessFile>) {
+    this.dir = dir;
+    this.metadata = metadata;
+    this.#files = files;
+  }
+
+  /**
+   * Opens the checkpoint in `dir`: decodes `.metadata`, opens every `.distcp` file it names and
+   * checks the layout. Errors (`DCP_*`) name the tensor and the file; nothing is left open on error.
+   */
+  static async open(dir: string, options: DcpOpenOptions = {}): Promise<DcpCheckpoint> {
+    const metaPath = join(dir, ".metadata");
+    let metaBytes: Uint8Array;
+    try {
+      metaBytes = await Deno.readFile(metaPath);
+    } catch (cause) {
+      throw new CkptError(
+        "DCP_METADATA_MISSING",
+        `Cannot open DCP checkpoint "${dir}": no readable .metadata (${(cause as Error).message})`,
+        { file: metaPath, cause },
+      );
+    }
+    const metadata = decodeDcpMetadata(metaBytes, metaPath);
+    const files = new Map<string, RandomAccessFile>();
+    const ckpt = new DcpCheckpoint(dir, metadata, files);
+    try {
+      await ckpt.#openFiles();
+      ckpt.#checkLayout();
+      if (options.verifyRecords ?? true) await ckpt.#verifyRecords(options.signal);
+    } catch (err) {
+      await ckpt.close();
+      throw err;
+    }
+    return ckpt;
+  }
+
+  async #openFiles(): Promise<void> {
+    const users = new Map<string, string>(); // file -> first key using it
+    for (const e of this.metadata.entries) {
+      const files = e.kind === "tensor" ? e.chunks.map((c) => c.file) : [e.file];
+      for (const f of files) if (!users.has(f)) users.set(f, e.key);
+    }
+    for (const [rel, key] of users) {
+      if (rel.includes("..") || rel.startsWith("/")) {
+        throw new CkptError(
+          "DCP_FILE_PATH",
+          `Cannot read "${key}": its file "${rel}" lies outside the checkpoint folder`,
+          { tensor: key, file: rel },
+        );
+      }
+      const path = join(this.dir, rel);
+      try {
+        this.#files.set(rel, await RandomAccessFile.open(path));
+      } catch (cause) {
+        throw new CkptError(
+          "DCP_FILE_MISSING",
+          `Cannot read "${key}": its file "${path}" cannot be opened`,
+          { tensor: key, file: path, cause },
+        );
+      }
+    }
+  }
+
+  #checkLayout(): void {
+    for (const e of this.metadata.entries) {
+      const items = e.kind === "tensor" ? e.chunks : [e];
+      for (const item of items) {
+        const f = this.#files.get(item.file)!;
+        if (item.offset + item.length > f.size) {
+          throw new CkptError(
+            "DCP_ITEM_BOUNDS",
+            `Cannot read "${e.key}": its record at offset ${item.offset} (${item.length} bytes) ends past the end of "${f.path}" (${f.size} bytes)`,
+            { tensor: e.key, file: f.path, offset: item.offset },
+          );
+        }
+      }
+      if (e.kind === "tensor") {
+        checkChunkCoverage(e.shape, e.chunks, {
+          tensor: e.key,
+          fileOf: (i) => this.#fileOf(e.chunks[i]!),
+        });
+      }
+    }
+  }
+
+  #fileOf(chunk: DcpChunk): string {
+    return join(this.dir, chunk.file);
+  }
+
+  async #verifyRecords(signal?: AbortSignal): Promise<void> {
+    const tensors = this.metadata.entries.filter((e): e is DcpTensorEntry => e.kind === "tensor");
+    const jobs: (() => Promise<unknown>)[] = [];
+    for (const t of tensors) for (const c of t.chunks) jobs.push(() => this.#resolve(t, c));
+    // A few records at a time: each is a small header read.
+    let next = 0;
+    const worker = async () => {
+      while (next < jobs.length) {
+        signal?.throwIfAborted();
+        await jobs[next++]!();
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(8, jobs.length) }, worker));
+  }
+
+  /** The resolved record of `chunk` (parsed once, then cached). */
+  #resolve(entry: DcpTensorEntry, chunk: DcpChunk): Promise<ResolvedChunk> {
+    let p = this.#resolved.get(chunk);
+    if (!p) {
+      p = (async () => {
+        const file = this.#files.get(chunk.file);
+        if (!file) {
+          throw new CkptError(
+            "FILE_CLOSED",
+            `Cannot read "${entry.key}": the checkpoint is closed`,
+            {
+              tensor: entry.key,
+            },
+          );
+        }
+        const r = await openChunkRecord(file, chunk.offset, chunk.length, entry.key);
+        if (
+          r.dtype !== entry.dtype || r.shape.length !== chunk.sizes.length ||
+          r.shape.some((d, i) => d !== chunk.sizes[i])
+        ) {
+          throw new CkptError(
+            "DCP_RECORD_MISMATCH",
+            `Cannot read "${entry.key}": the record at offset ${chunk.offset} of "${file.path}" holds ${r.dtype}[${
+              r.shape.join(", ")
+            }], the metadata says ${entry.dtype}[${chunk.sizes.join(", ")}] at (${
+              chunk.offsets.join(", ")
+            })`,
+            { tensor: entry.key, file: file.path, offset: chunk.offset },
+          );
+        }
+        return r;
+      })();
+      this.#resolved.set(chunk, p);
+    }
+    return p;
+  }
+
+  /** The entry with flat key `key`, or `DCP_KEY_MISSING`. */
+  entry(key: string): DcpEntry {
+    const e = this.metadata.entries.find((x) => x.key === key);
+    if (!e) {
+      throw new CkptError(
+        "DCP_KEY_MISSING",
+        `Cannot find "${key}" in DCP checkpoint "${this.dir}"`,
+        {
+          tensor: key,
+        },
+      );
+    }
+    return e;
+  }
+
+  /**
+   * The full tensor of a tensor entry as a lazy {@linkcode TensorRef}: `read(a, b)` assembles rows
+   * `[a, b)` from the chunks that hold them, reading only those rows.
+   */
+  tensor(keyOrEntry: string | DcpTensorEntry): TensorRef {
+    const e = typeof keyOrEntry === "string" ? this.entry(keyOrEntry) : keyOrEntry;
+    if (e.kind !== "tensor") {
+      throw new CkptError(
+        "DCP_NOT_TENSOR",
+        `Cannot read "${e.key}" as a tensor: it is a bytes value`,
+        {
+          tensor: e.key,
+        },
+      );
+    }
+    const elem = DTYPES[e.dtype].size;
+    const source = `${this.dir} (DCP, ${e.chunks.length} chunks)`;
+    return {
+      dtype: e.dtype,
+      shape: [...e.shape],
+      source,
+      read: async (rowStart?: number, rowEnd?: number): Promise<Uint8Array> => {
+        const [a, b] = checkRowRange(e.shape, rowStart, rowEnd, e.key);
+        if (numel(e.shape) === 0 || a === b) return new Uint8Array(0);
+        const sources: ChunkRows[] = e.chunks.map((c) => ({
+          readRows: async (r0: number, r1: number, into?: Uint8Array) =>
+            (await this.#resolve(e, c)).rows.readRows(r0, r1, into),
+        }));
+        return await assembleRows(e.shape, elem, e.chunks, sources, a, b);
+      },
+    };
+  }
+
+  /** Decodes a bytes entry (a `torch.save`d Python value) with the restricted unpickler. */
+  async value(keyOrEntry: string | DcpBytesEntry): Promise<PyValue> {
+    const e = typeof keyOrEntry === "string" ? this.entry(keyOrEntry) : keyOrEntry;
+    if (e.kind !== "bytes") {
+      throw new CkptError("DCP_NOT_BYTES", `Cannot read "${e.key}" as a value: it is a tensor`, {
+        tensor: e.key,
+      });
+    }
+    const file = this.#files.get(e.file);
+    if (!file) {
+      throw new CkptError("FILE_CLOSED", `Cannot read "${e.key}": the checkpoint is closed`, {
+        tensor: e.key,
+      });
+    }
+    return await readBytesRecord(file, e.offset, e.length, e.key);
+  }
+
+  /** How each tensor is sharded: files (ranks) and chunks, for reports. */
+  sharding(entry: DcpTensorEntry): { files: string[]; chunks: number; emptyChunks: number } {
+    const files = [...new Set(entry.chunks.map((c) => c.file))];
+    const emptyChunks = entry.chunks.filter((c) => c.sizes.some((s) => s === 0)).length;
+    return { files, chunks: entry.chunks.length, emptyChunks };
+  }
+
+  /** Closes every chunk file; safe to call twice. */
+  async close(): Promise<void> {
+    const files = [...this.#files.values()];
+    this.#files.clear();
+    for (const f of files) await f.close();
+  }
+
+  /** `await using` support. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
+
+/** Wrapper module names that FSDP, activation checkpointing, torch.compile and DDP insert. */
+export const DCP_WRAPPER_SEGMENTS: readonly string[] = [
+  "_fsdp_wrapped_module",
+  "_checkpoint_wrapped_module",
+  "_orig_mod",
+];
+
+/** Options of {@linkcode dcpTensorNames} and {@linkcode openDcpStateDict}. */
+export interface DcpNameOptions {
+  /**
+   * First path item to select (`"model"` for accelerate's `{"model": state_dict}`). Default: when
+   * every tensor path has at least two items and they share the first, that one is dropped; when the
+   * checkpoint holds several top-level entries and one is `"model"`, that one is taken.
+   * `null` keeps full paths.
+   */
+  root?: string | null;
+  /**
+   * Dot-separated segments removed wherever they occur (FSDP/compile wrappers). Default
+   * {@linkcode DCP_WRAPPER_SEGMENTS}. A leading `module.` (DDP) is removed too unless
+   * `stripModulePrefix` is false. PEFT names (`base_layer`, `lora_A.default`, `base_model.model.`)
+   * are kept so mergeLora can fold them.
+   */
+  stripSegments?: readonly string[];
+  /** Remove a leading `module.` (DDP). Default true. */
+  stripModulePrefix?: boolean;
+}
+
+/** Removes wrapper segments from a dotted name (`a._fsdp_wrapped_module.b` -> `a.b`). */
+export function stripWrapperSegments(
+  name: string,
+  segments: readonly string[] = DCP_WRAPPER_SEGMENTS,
+  stripModulePrefix = true,
+): string {
+  const parts = name.split(".").filter((p) => !segments.includes(p));
+  if (stripModulePrefix && parts.length > 1 && parts[0] === "module") parts.shift();
+  return parts.join(".");
+}
+
+/** The root path item chosen by {@linkcode DcpNameOptions.root}'s default rule, or null. */
+export function defaultDcpRoot(paths: readonly (readonly DcpPathItem[])[]): string | null {
+  if (paths.length === 0) return null;
+  const firsts = new Set(paths.map((p) => p[0]));
+  if (firsts.size === 1 && paths.every((p) => p.length >= 2)) {
+    const only = paths[0]![0];
+    return typeof only === "string" ? only : null;
+  }
+  if (
+    firsts.size > 1 && firsts.has("model") && paths.some((p) => p[0] === "model" && p.length >= 2)
+  ) {
+    return "model";
+  }
+  return null;
+}
+
+/**
+ * Maps the tensor entries of a model checkpoint to state-dict names: `planner_data` path (never
+ * the flat key, since FQNs contain dots) below the root, joined with dots, wrapper segments removed.
+ * `DCP_NAME_CLASH` when two tensors end up with one name.
+ */
+export function dcpTensorNames(
+  metadata: DcpMetadata,
+  options: DcpNameOptions = {},
+): [string, DcpTensorEntry][] {
+  const tensors = metadata.entries.filter((e): e is DcpTensorEntry => e.kind === "tensor");
+  const root = options.root === undefined
+    ? defaultDcpRoot(tensors.map((t) => t.path))
+    : options.root;
+  const out: [string, DcpTensorEntry][] = [];
+  const seen = new Map<string, string>();
+  for (const t of tensors) {
+    let path = t.path;
+    if (root !== null) {
+      if (path[0] !== root || path.length < 2) continue;
+      path = path.slice(1);
+    }
+    const name = stripWrapperSegments(
+      path.map(String).join("."),
+      options.stripSegments ?? DCP_WRAPPER_SEGMENTS,
+      options.stripModulePrefix ?? true,
+    );
+    const prev = seen.get(name);
+    if (prev !== undefined) {
+      throw new CkptError(
+        "DCP_NAME_CLASH",
+        `Cannot name tensors of the DCP checkpoint: "${prev}" and "${t.key}" both map to "${name}"`,
+        { tensor: t.key },
+      );
+    }
+    seen.set(name, t.key);
+    out.push([name, t]);
+  }
+  return out;
+}
+
+/** Options of {@linkcode openDcpStateDict}. */
+export interface DcpStateDictOptions extends DcpNameOptions, DcpOpenOptions {}
+
+/**
+ * Opens a DCP model checkpoint as a lazy {@linkcode StateDict} (tensors only; bytes values such as
+ * an `epoch` counter are left out). The state dict owns the open files: close it when done.
+ */
+export async function openDcpStateDict(
+  dir: string,
+  options: DcpStateDictOptions = {},
+): Promise<StateDict> {
+  const ckpt = await DcpCheckpoint.open(dir, options);
+  try {
+    const sd = new StateDict();
+    for (const [name, entry] of dcpTensorNames(ckpt.metadata, options)) {
+      sd.set(name, ckpt.tensor(entry));
+    }
+    if (sd.size === 0) {
+      throw new CkptError(
+        "DCP_NO_TENSORS",
+        `Cannot gather "${dir}": it holds no tensors${
+          options.root ? ` under "${options.root}"` : ""
+        }`,
+        { file: dir },
+      );
+    }
+    sd.own(ckpt);
+    return sd;
+  } catch (err) {
+    await ckpt.close();
+    throw err;
+  }
+}
