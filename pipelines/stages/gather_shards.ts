@@ -40,6 +40,7 @@ import {
   registerInputKind,
 } from "../input_kinds.ts";
 import type { Stage, StageContext } from "../stage.ts";
+import "../input_dcp.ts"; // registers the torch.distributed.checkpoint ("dcp") input kind
 
 /** Leading prefixes removed by default (repeatedly). */
 export const DEFAULT_STRIP_PREFIXES: readonly string[] = ["module.", "_orig_mod."];
