@@ -26,7 +26,7 @@
 import { dirname, isAbsolute, join, normalize, sep } from "node:path";
 import { CkptError } from "../errors.ts";
 import { RandomAccessFile } from "./_io.ts";
-import { DTYPES } from "./dtype.ts";
+import { DTYPES, isDType } from "./dtype.ts";
 import {
   checkHeaderLength,
   MAX_HEADER_SIZE,
@@ -180,6 +180,33 @@ function planFor(
   const entries = [];
   for (const name of names) {
     const t = sd.require(name);
+    if (name === "__metadata__") {
+      throw new CkptError(
+        "SAFETENSORS_NAME",
+        `Cannot write tensor "__metadata__": the name is reserved for safetensors metadata`,
+        { tensor: name },
+      );
+    }
+    if (!isDType(t.dtype)) {
+      throw new CkptError(
+        "SAFETENSORS_DTYPE",
+        `Cannot write tensor "${name}": unknown dtype ${JSON.stringify(t.dtype)}`,
+        { tensor: name },
+      );
+    }
+    let bytes = DTYPES[t.dtype].size;
+    for (const d of t.shape) {
+      bytes *= d;
+      if (!Number.isSafeInteger(d) || d < 0 || !Number.isSafeInteger(bytes)) {
+        throw new CkptError(
+          "SAFETENSORS_SHAPE",
+          `Cannot write tensor "${name}": shape [${
+            t.shape.join(", ")
+          }] is not a list of non-negative integers with a safe byte size`,
+          { tensor: name },
+        );
+      }
+    }
     entries.push({ name, dtype: t.dtype, shape: t.shape });
   }
   const plan = planFile(entries, metadata);

@@ -474,3 +474,27 @@ Deno.test("`writeSafetensorsSharded()` removes shards of an earlier save, as sav
     assert.ok(names().includes("model-00004-of-00004.safetensors"));
   });
 });
+
+Deno.test("`writeSafetensors()` refuses reserved names and impossible shapes before writing", async () => {
+  await withTempDir(async (dir) => {
+    const path = join(dir, "x.safetensors");
+    const fake = (shape: number[]): TensorRef => ({
+      dtype: "F32",
+      shape,
+      read: () => Promise.resolve(new Uint8Array(0)),
+    });
+    const cases: [StateDict, string][] = [
+      [
+        new StateDict([["__metadata__", tensorFromBytes("U8", [1], new Uint8Array(1))]]),
+        "SAFETENSORS_NAME",
+      ],
+      [new StateDict([["a", fake([-1])]]), "SAFETENSORS_SHAPE"],
+      [new StateDict([["a", fake([1.5])]]), "SAFETENSORS_SHAPE"],
+      [new StateDict([["a", fake([2 ** 40, 2 ** 40])]]), "SAFETENSORS_SHAPE"],
+    ];
+    for (const [sd, code] of cases) {
+      await assert.rejects(() => writeSafetensors(path, sd), (e) => isCkptError(e, code));
+    }
+    assert.deepEqual([...Deno.readDirSync(dir)], []);
+  });
+});
