@@ -7,7 +7,7 @@
  *
  * Inputs: a torch file of the run (`.pt`/`.bin`: the HALOs layout above, or a bare optimizer state
  * dict `{'state': ..., 'param_groups': ...}`), a JSON description with tensors in safetensors, or
- * any source added with {@linkcode registerOptimizerSource} (torch.distributed.checkpoint optimizer
+ * any source added with `registerOptimizerSource` (`pipelines/optimizer_sources.ts`) (torch.distributed.checkpoint optimizer
  * folders). Python types survive (dict vs OrderedDict, tuples, int vs float, int or name keys).
  *
  * ## JSON + safetensors description
@@ -73,46 +73,7 @@ import {
 import type { Stage, StageContext } from "../stage.ts";
 import { isObject, JsonFloat, parsePyJson, type PyJson } from "./_pyjson.ts";
 import { stripWrapperNames } from "./gather_shards.ts";
-
-/** A loaded value tree plus what must be closed after writing it. */
-export interface LoadedValue {
-  /** The Python value. */
-  value: PyValue;
-  /** Parameter names in optimizer order, when the source knows them (int key `i` is `paramNames[i]`). */
-  paramNames?: readonly string[];
-  /** Releases open files. */
-  close(): Promise<void>;
-}
-
-/**
- * A further place optimizer state can come from (a torch.distributed.checkpoint folder, ...):
- * `detect` says whether a path is of this kind, `load` rebuilds the optimizer `state_dict()` value.
- */
-export interface OptimizerSource {
-  /** Name for reports. */
-  readonly name: string;
-  /** True when `path` is of this kind; must not throw for other paths. */
-  detect(path: string): Promise<boolean>;
-  /** Loads the optimizer state (`{'state', 'param_groups'}`, optionally wrapped HALOs-style). */
-  load(path: string, options: { keys: "int" | "name" }): Promise<LoadedValue>;
-}
-
-const OPTIMIZER_SOURCES: OptimizerSource[] = [];
-
-/** Adds an optimizer source (one with the same name is replaced); asked before torch and JSON files. */
-export function registerOptimizerSource(source: OptimizerSource): void {
-  const at = OPTIMIZER_SOURCES.findIndex((s) => s.name === source.name);
-  if (at >= 0) OPTIMIZER_SOURCES[at] = source;
-  else OPTIMIZER_SOURCES.push(source);
-}
-
-/** Removes the optimizer source called `name`; true when it was registered. */
-export function unregisterOptimizerSource(name: string): boolean {
-  const at = OPTIMIZER_SOURCES.findIndex((s) => s.name === name);
-  if (at < 0) return false;
-  OPTIMIZER_SOURCES.splice(at, 1);
-  return true;
-}
+import { type LoadedValue, optimizerSources } from "../optimizer_sources.ts";
 
 function isJsonPath(path: string): boolean {
   return /\.jsonc?$/i.test(path);
@@ -202,7 +163,7 @@ export async function loadValue(
       cause,
     });
   }
-  for (const source of OPTIMIZER_SOURCES) {
+  for (const source of optimizerSources()) {
     if (await source.detect(path)) return await source.load(path, { keys });
   }
   if (!isJsonPath(path)) {

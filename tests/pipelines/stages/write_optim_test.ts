@@ -13,11 +13,11 @@ import {
   tensorOfBytes,
   TorchTensor,
 } from "../../../formats/torch/values.ts";
+import { writeOptimStage } from "../../../pipelines/stages/write_optim.ts";
 import {
   registerOptimizerSource,
   unregisterOptimizerSource,
-  writeOptimStage,
-} from "../../../pipelines/stages/write_optim.ts";
+} from "../../../pipelines/optimizer_sources.ts";
 import { withTempDir } from "../../_helpers/tmp.ts";
 import { fakeContext, listFiles } from "../_context.ts";
 
