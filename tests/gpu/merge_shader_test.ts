@@ -78,7 +78,7 @@ Deno.test("`mergeShaderSource()` bakes the rank and dtypes into each variant", (
     } as const;
     const src = mergeShaderSource(spec);
     assert.match(src, /const RANK: u32 = 24u;/);
-    assert.match(src, /f16_to_f32\(select/);
+    assert.match(src, /f16_to_f32\(/);
     assert.match(src, /f32_to_bf16\(/);
     assert.ok(src.includes(pipelineKey(spec)));
     assert.equal(src.includes("atomicOr"), variant === "dora");

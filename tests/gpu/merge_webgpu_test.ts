@@ -67,6 +67,22 @@ Deno.test("WebGPU merge equals the CPU reference bit for bit over the corpus", a
   });
 });
 
+Deno.test("WebGPU merge kernel forms (1, 8 and 32 rows per invocation) equal the reference", async () => {
+  for (const rowsPerInvocation of [1, 8, 32]) {
+    await withGpu(async (gpu) => {
+      for (
+        const req of [
+          ...corpus().filter((r) => r.cols % 4 === 0 && !r.magnitude),
+          request("F16", "BF16", 70, 256, 64, 31),
+          request("BF16", "F32", 45, 128, 12, 32),
+        ]
+      ) {
+        assert.deepEqual(await gpu.mergeRows(req), mergeRowsReference(req), req.name);
+      }
+    }, { rowsPerInvocation });
+  }
+});
+
 Deno.test("WebGPU merge runs a dispatch folded into two dimensions", async () => {
   await withGpu(async (gpu) => {
     const req = request("BF16", "F16", 73, 4099, 4, 5);
