@@ -284,7 +284,7 @@ function store4(dtype: MergeDType): string {
 
 /** The WGSL source of a kernel. Bindings: 0 params (uniform), 1 A, 2 B, 3 W, 4 output, 5 magnitude (dora). */
 export function mergeShaderSource(spec: MergeKernelSpec): string {
-  const { variant, rank, rowsPerInvocation: R, workgroupSize: WG } = spec;
+  const { variant, rank, workgroupSize: WG } = spec;
   const head = `// ckpt LoRA merge: ${pipelineKey(spec)}
 struct Params { rows: u32, cols: u32, n: u32, scale: f32 }
 @group(0) @binding(0) var<uniform> P: Params;
