@@ -15,6 +15,7 @@ import {
   readWatchSettings,
 } from "../pipelines/watch/runner.ts";
 import {
+  retryFailed,
   type TickSummary,
   type WatchEvent,
   watchOnce,
@@ -56,6 +57,7 @@ Options:
   --quiet-seconds <s>    seconds without size/mtime change before a folder counts as complete
   --keep <n>             keep the n newest exports, delete older exports (never inputs)
   --max-tries <n>        tries before a checkpoint is marked failed
+  --retry-failed         give checkpoints marked failed a new round of tries first
   --no-verify            do not verify exports (ckpt verify: manifest hashes, files load)
   --backend <b>          merge backend: auto, webgpu or cpu
   --log <style>          json (one JSON object per event; default when stdout is not a terminal)
@@ -80,6 +82,7 @@ const OPTIONS = {
   keep: { type: "string" },
   "max-tries": { type: "string" },
   "no-verify": { type: "boolean" },
+  "retry-failed": { type: "boolean" },
   backend: { type: "string" },
   log: { type: "string" },
 } as const;
@@ -187,6 +190,10 @@ export async function run(args: string[]): Promise<number> {
       write(log === "json" ? JSON.stringify(e) : textLine(e));
     },
   };
+  if (parsed.values["retry-failed"]) {
+    const checkpoints = await retryFailed(runsDir);
+    options.onEvent({ ts: new Date().toISOString(), event: "retry-failed", checkpoints });
+  }
   try {
     const schedule = stringOption(parsed, "schedule");
     if (schedule !== undefined) {

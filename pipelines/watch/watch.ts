@@ -121,6 +121,7 @@ export type WatchEvent =
     | { event: "aborted"; checkpoint: string }
     | { event: "pruned"; checkpoint: string; output: string }
     | { event: "prune-failed"; checkpoint: string; output: string; code: string; message: string }
+    | { event: "retry-failed"; checkpoints: string[] }
     | { event: "tick-busy" }
     | { event: "tick-error"; code: string; message: string }
     | {
@@ -529,6 +530,23 @@ export async function watchScheduled(options: ScheduledOptions): Promise<void> {
   if (options.immediate ?? true) await tick();
   await cron;
   while (running) await running;
+}
+
+/**
+ * Gives checkpoints marked `failed` a new round of `maxTries` tries (all of them, or those named):
+ * their records go back to `error` with the try count reset, so the next tick exports them again.
+ * Returns the names reset.
+ */
+export async function retryFailed(runsDir: string, names?: readonly string[]): Promise<string[]> {
+  return await updateState(resolve(runsDir), (s) => {
+    const reset: string[] = [];
+    for (const [name, rec] of Object.entries(s.checkpoints)) {
+      if (rec.status !== "failed" || (names !== undefined && !names.includes(name))) continue;
+      s.checkpoints[name] = { ...rec, status: "error", tries: 0 };
+      reset.push(name);
+    }
+    return reset;
+  });
 }
 
 /** One line of `ckpt watch --status`. */

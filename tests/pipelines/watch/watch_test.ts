@@ -7,6 +7,7 @@ import {
   checkpointLockPath,
   type ExportJob,
   type ExportRunner,
+  retryFailed,
   type WatchEvent,
   watchOnce,
   type WatchOptions,
@@ -136,6 +137,12 @@ Deno.test("`watchOnce()` marks a checkpoint failed after maxTries without blocki
       e.event === "failed" && e.final
     );
     assert.deepEqual(finals, [false, true]);
+    // --retry-failed: a new round of tries.
+    assert.deepEqual(await retryFailed(runs), ["step-1"]);
+    assert.deepEqual(await retryFailed(runs), []);
+    const t4 = await watchOnce(o);
+    assert.deepEqual(t4.failed, ["step-1"]);
+    assert.equal((await loadState(runs)).checkpoints["step-1"]?.tries, 1);
   });
 });
 
