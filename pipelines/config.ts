@@ -100,7 +100,7 @@ export interface ConfigOptions {
 const VarValue = z.union([z.string(), z.number(), z.boolean()]);
 
 /** Schema of a config file before the stages' own options are checked. */
-export const ConfigFileSchema: z.ZodType<RawConfig> = z.strictObject({
+const ConfigFileSchema: z.ZodType<RawConfig> = z.strictObject({
   $schema: z.string().optional(),
   description: z.string().optional(),
   vars: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_.-]*$/), VarValue).optional(),
@@ -263,7 +263,7 @@ function expectedOf(issue: z.core.$ZodIssue): string {
  * Turns a zod error into a `CONFIG_INVALID` {@linkcode CkptError} whose message gives the JSON path,
  * the value found and what was expected (first issue; all issues are in `details.issues`).
  */
-export function configError(
+function configError(
   error: z.ZodError,
   root: unknown,
   prefix: readonly PropertyKey[],

@@ -3,7 +3,12 @@
  * typed, validated options object. The runner gives every stage the same {@linkcode StageContext}.
  * @module
  */
-import type { z } from "zod";
+import type { ZodType } from "zod";
+
+export type { ZodType };
+
+/** The options type a stage's schema produces (defaults applied), i.e. zod's output type. */
+export type StageOptions<S extends ZodType> = S extends ZodType<infer O> ? O : never;
 import type { StateDict } from "../formats/state_dict.ts";
 import type { BackendChoice } from "../merge/types.ts";
 
@@ -68,7 +73,7 @@ export interface StageContext {
 }
 
 /** A stage: its name, its options schema (unknown keys rejected) and its function. */
-export interface Stage<S extends z.ZodType = z.ZodType> {
+export interface Stage<S extends ZodType = ZodType> {
   /** Name used in configs (`"use": "gatherShards"`). */
   readonly name: string;
   /** One-line description for `--help` and docs. */
@@ -76,5 +81,5 @@ export interface Stage<S extends z.ZodType = z.ZodType> {
   /** Options schema; the `use` key is removed before parsing. */
   readonly options: S;
   /** Runs the stage. */
-  run(ctx: StageContext, options: z.infer<S>): Promise<void>;
+  run(ctx: StageContext, options: StageOptions<S>): Promise<void>;
 }
