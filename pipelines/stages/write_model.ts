@@ -53,7 +53,7 @@ import {
   writeSafetensors,
   writeSafetensorsSharded,
 } from "../../formats/safetensors.ts";
-import { planShards, shardFileName } from "../../formats/shards.ts";
+import { planShards, shardFileName, shardIndexJson } from "../../formats/shards.ts";
 import { parseSize } from "../../formats/size.ts";
 import { torchTensor } from "../../formats/torch/values.ts";
 import { writeTorchSharded } from "../../formats/torch/state_dict.ts";
@@ -554,13 +554,17 @@ export const writeModelStage: Stage = {
         bytes: r.shape.reduce((a, b) => a * b, 1) * DTYPES[r.dtype].size,
       }));
       const p = planShards(entries, maxShardSize);
-      p.shards.forEach((s, i) => {
+      const names = p.shards.map((_, i) =>
+        shardFileName("pytorch_model", ".bin", i, p.shards.length)
+      );
+      p.shards.forEach((s, i) => files.push({ path: names[i]!, bytes: s.bytes }));
+      if (p.shards.length > 1) {
+        const { text } = shardIndexJson(p, names);
         files.push({
-          path: shardFileName("pytorch_model", ".bin", i, p.shards.length),
-          bytes: s.bytes,
+          path: "pytorch_model.bin.index.json",
+          bytes: new TextEncoder().encode(text).byteLength,
         });
-      });
-      if (p.shards.length > 1) files.push({ path: "pytorch_model.bin.index.json", bytes: 0 });
+      }
     }
     if (plan.config) files.push({ path: "config.json", bytes: plan.config.byteLength });
     if (plan.generationConfig) {
