@@ -84,14 +84,6 @@ function topLevelKeys(text: string): string[] {
   return keys;
 }
 
-function fail(code: string, path: string, message: string, tensor?: string): never {
-  throw new CkptError(
-    code,
-    message,
-    tensor === undefined ? { file: path } : { file: path, tensor },
-  );
-}
-
 function isSizeT(v: unknown): v is number {
   return typeof v === "number" && Number.isInteger(v) && v >= 0 && v <= MAX_SIZE_T;
 }
@@ -102,10 +94,10 @@ function isSizeT(v: unknown): v is number {
  */
 export function checkHeaderLength(path: string, fileSize: number, first8: Uint8Array): number {
   if (fileSize < 8) {
-    fail(
+    throw new CkptError(
       "SAFETENSORS_HEADER_TOO_SMALL",
-      path,
       `Cannot read safetensors "${path}": the file has ${fileSize} bytes, fewer than the 8-byte header length`,
+      { file: path },
     );
   }
   const n = new DataView(first8.buffer, first8.byteOffset, 8).getBigUint64(0, true);
@@ -118,18 +110,18 @@ export function checkHeaderLength(path: string, fileSize: number, first8: Uint8A
       : first8[0] === 0x80
       ? " (this looks like a pickle: a legacy torch checkpoint, not safetensors)"
       : "";
-    fail(
+    throw new CkptError(
       "SAFETENSORS_HEADER_TOO_LARGE",
-      path,
       `Cannot read safetensors "${path}": header length ${n} exceeds the ${MAX_HEADER_SIZE}-byte limit${hint}`,
+      { file: path },
     );
   }
   const len = Number(n);
   if (8 + len > fileSize) {
-    fail(
+    throw new CkptError(
       "SAFETENSORS_HEADER_LENGTH",
-      path,
       `Cannot read safetensors "${path}": header length ${len} runs past the end of the ${fileSize}-byte file`,
+      { file: path },
     );
   }
   return len;
@@ -149,35 +141,38 @@ export function parseHeader(
   try {
     text = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(headerBytes);
   } catch {
-    fail("SAFETENSORS_HEADER_UTF8", path, `Cannot read safetensors "${path}": header is not UTF-8`);
+    throw new CkptError(
+      "SAFETENSORS_HEADER_UTF8",
+      `Cannot read safetensors "${path}": header is not UTF-8`,
+      { file: path },
+    );
   }
   let json: unknown;
   try {
     json = JSON.parse(text);
   } catch (err) {
-    fail(
+    throw new CkptError(
       "SAFETENSORS_HEADER_JSON",
-      path,
       `Cannot read safetensors "${path}": header is not JSON (${(err as Error).message})`,
+      { file: path },
     );
   }
   if (json === null || typeof json !== "object" || Array.isArray(json)) {
-    fail(
+    throw new CkptError(
       "SAFETENSORS_HEADER_JSON",
-      path,
       `Cannot read safetensors "${path}": header is JSON ${
         Array.isArray(json) ? "array" : json === null ? "null" : typeof json
       }, not an object`,
+      { file: path },
     );
   }
   const seen = new Set<string>();
   for (const key of topLevelKeys(text)) {
     if (seen.has(key)) {
-      fail(
+      throw new CkptError(
         "SAFETENSORS_DUPLICATE",
-        path,
         `Cannot read safetensors "${path}": tensor "${key}" appears twice in the header`,
-        key,
+        { file: path, tensor: key },
       );
     }
     seen.add(key);
@@ -189,21 +184,21 @@ export function parseHeader(
     if (name === "__metadata__") {
       if (value === null) continue;
       if (typeof value !== "object" || Array.isArray(value)) {
-        fail(
+        throw new CkptError(
           "SAFETENSORS_METADATA",
-          path,
           `Cannot read safetensors "${path}": __metadata__ is not an object of strings`,
+          { file: path },
         );
       }
       metadata = {};
       for (const [k, v] of Object.entries(value as Record<string, unknown>)) {
         if (typeof v !== "string") {
-          fail(
+          throw new CkptError(
             "SAFETENSORS_METADATA",
-            path,
             `Cannot read safetensors "${path}": __metadata__ value of "${k}" is ${
               v === null ? "null" : typeof v
             }, not a string`,
+            { file: path },
           );
         }
         metadata[k] = v;
@@ -219,27 +214,25 @@ export function parseHeader(
   for (const t of tensors) {
     const [b, e] = t.dataOffsets;
     if (b !== end || e < b) {
-      fail(
+      throw new CkptError(
         "SAFETENSORS_OFFSETS",
-        path,
         `Cannot read safetensors "${path}": tensor "${t.name}" has data_offsets [${b}, ${e}], ` +
           (b > end
             ? `leaving a hole after byte ${end}`
             : e < b
             ? "ending before it begins"
             : `overlapping the previous tensor (ends at ${end})`),
-        t.name,
+        { file: path, tensor: t.name },
       );
     }
     const expected = checkedByteLength(path, t);
     if (e - b !== expected) {
-      fail(
+      throw new CkptError(
         "SAFETENSORS_TENSOR_SIZE",
-        path,
         `Cannot read safetensors "${path}": tensor "${t.name}" is ${t.dtype}[${
           t.shape.join(", ")
         }] = ${expected} bytes but data_offsets [${b}, ${e}] hold ${e - b}`,
-        t.name,
+        { file: path, tensor: t.name },
       );
     }
     end = e;
@@ -248,20 +241,19 @@ export function parseHeader(
   const dataSize = fileSize - dataStart;
   if (end > dataSize) {
     const last = tensors[tensors.length - 1]!;
-    fail(
+    throw new CkptError(
       "SAFETENSORS_TRUNCATED",
-      path,
       `Cannot read safetensors "${path}": tensor "${last.name}" ends at data byte ${end} but the file holds ${dataSize} data bytes (truncated?)`,
-      last.name,
+      { file: path, tensor: last.name },
     );
   }
   if (end < dataSize) {
-    fail(
+    throw new CkptError(
       "SAFETENSORS_TRAILING",
-      path,
       `Cannot read safetensors "${path}": ${
         dataSize - end
       } bytes after the last tensor's data (the header does not cover the file)`,
+      { file: path },
     );
   }
   return { path, headerSize, dataStart, fileSize, metadata, tensors };
@@ -269,44 +261,45 @@ export function parseHeader(
 
 function parseEntry(path: string, name: string, value: unknown): SafetensorsTensorInfo {
   if (value === null || typeof value !== "object" || Array.isArray(value)) {
-    fail(
+    throw new CkptError(
       "SAFETENSORS_ENTRY",
-      path,
       `Cannot read safetensors "${path}": entry of tensor "${name}" is not an object`,
-      name,
+      { file: path, tensor: name },
     );
   }
   const { dtype, shape, data_offsets: offsets } = value as Record<string, unknown>;
   if (!isDType(dtype)) {
-    fail(
+    if (typeof dtype === "string" && REFERENCE_ONLY.has(dtype)) {
+      throw new CkptError(
+        "SAFETENSORS_DTYPE",
+        `Cannot read safetensors "${path}": tensor "${name}" has dtype ${dtype}, which ckpt does not support`,
+        { file: path, tensor: name },
+      );
+    }
+    throw new CkptError(
       "SAFETENSORS_DTYPE",
-      path,
-      typeof dtype === "string" && REFERENCE_ONLY.has(dtype)
-        ? `Cannot read safetensors "${path}": tensor "${name}" has dtype ${dtype}, which ckpt does not support`
-        : `Cannot read safetensors "${path}": tensor "${name}" has unknown dtype ${
-          JSON.stringify(dtype) ?? "(missing)"
-        }`,
-      name,
+      `Cannot read safetensors "${path}": tensor "${name}" has unknown dtype ${
+        JSON.stringify(dtype) ?? "(missing)"
+      }`,
+      { file: path, tensor: name },
     );
   }
   if (!Array.isArray(shape) || !shape.every(isSizeT)) {
-    fail(
+    throw new CkptError(
       "SAFETENSORS_SHAPE",
-      path,
       `Cannot read safetensors "${path}": tensor "${name}" has shape ${
         JSON.stringify(shape) ?? "(missing)"
       }, not a list of non-negative integers`,
-      name,
+      { file: path, tensor: name },
     );
   }
   if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isSizeT)) {
-    fail(
+    throw new CkptError(
       "SAFETENSORS_OFFSETS",
-      path,
       `Cannot read safetensors "${path}": tensor "${name}" has data_offsets ${
         JSON.stringify(offsets) ?? "(missing)"
       }, not [begin, end] non-negative integers`,
-      name,
+      { file: path, tensor: name },
     );
   }
   return {
@@ -326,13 +319,12 @@ function checkedByteLength(path: string, t: SafetensorsTensorInfo): number {
   for (const d of t.shape) {
     n *= BigInt(d);
     if (n > limit) {
-      fail(
+      throw new CkptError(
         "SAFETENSORS_OVERFLOW",
-        path,
         `Cannot read safetensors "${path}": tensor "${t.name}" has shape [${
           t.shape.join(", ")
         }] whose byte size overflows`,
-        t.name,
+        { file: path, tensor: t.name },
       );
     }
   }
