@@ -31,6 +31,8 @@ export interface ChunkContext {
   readonly tensor: string;
   /** File of chunk `i` (for messages). */
   readonly fileOf?: (chunkIndex: number) => string | undefined;
+  /** The metadata file that lists the chunks (named by errors about the set as a whole). */
+  readonly metadataFile?: string;
 }
 
 function product(xs: readonly number[], from = 0, to = xs.length): number {
@@ -114,7 +116,7 @@ export function checkChunkCoverage(
       `Cannot assemble "${ctx.tensor}": its ${chunks.length} chunks cover ${covered} of ${total} elements of shape (${
         shape.join(", ")
       })`,
-      { tensor: ctx.tensor, details: { covered, total } },
+      { tensor: ctx.tensor, ...optFile(ctx.metadataFile), details: { covered, total } },
     );
   }
 }

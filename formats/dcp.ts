@@ -246,6 +246,7 @@ export class DcpCheckpoint implements AsyncDisposable {
         checkChunkCoverage(e.shape, e.chunks, {
           tensor: e.key,
           fileOf: (i) => this.#fileOf(e.chunks[i]!),
+          metadataFile: join(this.dir, ".metadata"),
         });
       }
     }
