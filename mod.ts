@@ -1,8 +1,44 @@
 /**
- * ckpt: turn the raw output of an LLM fine-tuning run into a finished checkpoint that PyTorch and
- * Hugging Face load as-is. Composable stages (gatherShards, mergeLora, writeModel, writeTokenizer,
- * writeOptim, writeMetrics, writeValueHead) chained by a declarative config, with the LoRA merge as
- * a WGSL compute shader on WebGPU and a CPU reference.
+ * ckpt: turn the raw output of an LLM fine-tuning run (sharded weights, a LoRA adapter, optimizer
+ * and scheduler state, eval metrics, a tokenizer, a PPO value head) into a finished checkpoint
+ * folder that PyTorch and Hugging Face load as-is — what HALOs' `BasicTrainer.save` does, as a
+ * standalone pipeline.
+ *
+ * - **Pipelines**: {@linkcode runPipeline} runs a config (JSONC file, preset via
+ *   {@linkcode loadPreset}, or object) of stages — gatherShards, mergeLora, writeModel,
+ *   writeTokenizer, writeOptim, writeMetrics, writeValueHead, or your own {@linkcode Stage} —
+ *   into a staging folder renamed into place only on success, with a sha256 manifest;
+ *   {@linkcode verifyCheckpoint} checks a finished folder.
+ * - **Formats**: streaming safetensors (`openSafetensors`, `writeSafetensorsSharded`), torch.save
+ *   (`loadTorch`, `saveTorch`, restricted unpickler), HF shard indexes, DCP, PEFT adapters — all
+ *   through the lazy {@linkcode StateDict}.
+ * - **Merge**: `mergeLora` (`W + s·B·A`, rsLoRA, DoRA) on a WebGPU compute shader or the CPU.
+ *
+ * Every error is a {@linkcode CkptError} with a stable `code`.
+ *
+ * @example A pipeline with a custom stage
+ * ```ts
+ * import { runPipeline, type Stage, verifyCheckpoint } from "@ckpt/pipelines";
+ * import { z } from "zod";
+ * import assert from "node:assert/strict";
+ *
+ * const note: Stage = {
+ *   name: "note",
+ *   summary: "writes note.txt",
+ *   options: z.strictObject({ text: z.string() }),
+ *   async run(ctx, options) {
+ *     await Deno.writeTextFile(`${ctx.outDir}/note.txt`, (options as { text: string }).text);
+ *   },
+ * };
+ * const dir = await Deno.makeTempDir();
+ * const result = await runPipeline(
+ *   { vars: { who: "ckpt" }, output: "out", stages: [{ use: "note", text: "made by ${who}" }] },
+ *   { baseDir: dir, stages: { note } },
+ * );
+ * assert.equal(await Deno.readTextFile(`${result.output}/note.txt`), "made by ckpt");
+ * assert.equal((await verifyCheckpoint(result.output)).ok, true);
+ * await Deno.remove(dir, { recursive: true });
+ * ```
  *
  * @example Errors carry stable codes
  * ```ts
