@@ -166,6 +166,7 @@ function prng(seed: number): () => number {
 Deno.test("round trip: random dtypes, shapes (0-d, empty, long) and metadata", async () => {
   const rand = prng(42);
   const int = (n: number) => Math.floor(rand() * n);
+  let hugeEmpty = 0;
   await withTempDir(async (dir) => {
     for (let trial = 0; trial < 40; trial++) {
       const sd = new StateDict();
@@ -179,6 +180,10 @@ Deno.test("round trip: random dtypes, shapes (0-d, empty, long) and metadata", a
           () => (rand() < 0.1 ? 0 : 1 + int(rank > 2 ? 4 : 40)),
         );
         if (rank === 1 && rand() < 0.2) shape[0] = 5000 + int(5000); // a long 1-d tensor
+        if (rank === 2 && rand() < 0.2) {
+          shape.splice(0, 2, 0, 2 ** 40); // empty with a huge dim
+          hugeEmpty++;
+        }
         const bytes = new Uint8Array(byteLength(dtype, shape)).map(() => int(256));
         const name = rand() < 0.2 ? `ünï.${i}.${"x".repeat(int(3))}` : `layer.${int(100)}.w${i}`;
         if (sd.has(name)) continue;
@@ -214,6 +219,7 @@ Deno.test("round trip: random dtypes, shapes (0-d, empty, long) and metadata", a
       }
     }
   });
+  assert.ok(hugeEmpty > 0);
 });
 
 /** A ref that records the row ranges asked of it and can misbehave. */
