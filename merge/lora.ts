@@ -99,6 +99,9 @@ export interface MergeLoraOptions {
   blockBytes?: number;
   /** Backend calls in flight per read (overlap of upload, compute, read-back). Default 3. */
   concurrency?: number;
+  /** After a merged tensor's rows `[s, e)` are read, compute `[e, 2e − s)` ahead (writers read in
+   * order), so that the backend works while the writer writes. Default true. */
+  prefetch?: boolean;
   /** Rename rules `[regex, replacement]` applied in order to the module paths adapter keys name
    * (after `base_model.model.` is stripped), for adapters saved under other names than the base
    * checkpoint uses (e.g. transformers' `model.language_model.` vs `model.`). Default none. */
@@ -287,6 +290,7 @@ export async function mergeLora(
 ): Promise<MergeLoraResult> {
   const opened: StateDict[] = [];
   let ownedBackend: MergeBackend | undefined;
+  let baseDict = base;
   try {
     const report: MergeReport = {
       adapters: [],
@@ -301,7 +305,6 @@ export async function mergeLora(
       otherAdapterKeys: [],
     };
     const loaded: { adapter: LoadedAdapter; weight: number }[] = [];
-    let baseDict = base;
     if (!options.wrapped && isWrappedStateDict(base)) {
       throw new CkptError(
         "LORA_WRAPPED",
@@ -403,6 +406,9 @@ export async function mergeLora(
       blockBytes: Math.max(1, options.blockBytes ?? 8 << 20),
       concurrency: Math.max(1, options.concurrency ?? 3),
       cache: new Map(),
+      prefetch: options.prefetch ?? true,
+      ahead: new Map(),
+      pending: new Set(),
     };
     for (const name of plan.order) {
       const job = plan.jobs.get(name);
@@ -416,9 +422,17 @@ export async function mergeLora(
       const b = ownedBackend;
       out.own({ close: () => b.dispose() });
     }
+    // closers run last-registered first: let computed-ahead work finish before anything closes
+    out.own({
+      close: async () => {
+        ctx.ahead.clear();
+        await Promise.all([...ctx.pending]);
+      },
+    });
     return { stateDict: out, report };
   } catch (e) {
     for (const sd of opened) await sd.close().catch(() => {});
+    if (baseDict !== base) base.adopt(baseDict); // the caller still owns (and closes) the base
     if (ownedBackend) await ownedBackend.dispose().catch(() => {});
     throw e;
   }
@@ -903,6 +917,11 @@ interface ReadContext {
   blockBytes: number;
   concurrency: number;
   cache: Map<string, Promise<Prepared>>;
+  prefetch: boolean;
+  /** Row ranges computed ahead of the reader, per tensor. */
+  ahead: Map<string, { s: number; e: number; p: Promise<Uint8Array> }>;
+  /** Work in flight that nobody awaits yet (waited for on close). */
+  pending: Set<Promise<unknown>>;
 }
 
 async function decodeAll(ref: TensorRef): Promise<Float32Array> {
@@ -1114,7 +1133,26 @@ function jobRef(job: Job, ctx: ReadContext): TensorRef {
           { tensor: job.name },
         );
       }
-      return await readJob(job, ctx, s, e);
+      const ahead = ctx.ahead.get(job.name);
+      let p: Promise<Uint8Array>;
+      if (ahead && ahead.s === s && ahead.e === e) {
+        ctx.ahead.delete(job.name);
+        p = ahead.p;
+      } else p = readJob(job, ctx, s, e);
+      // A writer reads row ranges in order: compute the next range of the same size while this
+      // one is finished and written (queued behind it, so it does not delay it).
+      if (ctx.prefetch && job.terms.length > 0 && e > s && e < rows) {
+        const next = ctx.ahead.get(job.name);
+        if (!next || next.s !== e) {
+          const ne = Math.min(rows, e + (e - s));
+          const np = readJob(job, ctx, e, ne);
+          const settled = np.then(() => {}, () => {});
+          ctx.pending.add(settled);
+          void settled.then(() => ctx.pending.delete(settled));
+          ctx.ahead.set(job.name, { s: e, e: ne, p: np });
+        }
+      }
+      return await p;
     },
   };
 }

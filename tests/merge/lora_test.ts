@@ -162,7 +162,7 @@ Deno.test("`mergeLora()` reads nothing before a tensor is read, and splits reads
     [`${P}m.lora_A.weight`, t("F32", [2, 4], seq(8, 2))],
     [`${P}m.lora_B.weight`, t("F32", [8, 2], seq(16, 3))],
   ]);
-  const { stateDict } = await mergeLora(base, [ad], { backend, blockBytes: 16 });
+  const { stateDict } = await mergeLora(base, [ad], { backend, blockBytes: 16, prefetch: false });
   assert.equal(reads, 0);
   const rows = await stateDict.require("m.weight").read(1, 7);
   assert.equal(rows.byteLength, 6 * 4 * 2);
@@ -610,4 +610,40 @@ Deno.test("`mergeLora()` applies rename rules to adapter module paths", async ()
     mergeLora(base, [ad], { renames: [["(", ""]] }),
     (e) => isCkptError(e, "LORA_RENAME"),
   );
+});
+
+Deno.test("`mergeLora()` computes the next row range ahead and serves it to an in-order reader", async () => {
+  const w = t("BF16", [64, 8], seq(512, 11));
+  const ad = () =>
+    adapter([
+      [`${P}m.lora_A.weight`, t("F32", [2, 8], seq(16, 12))],
+      [`${P}m.lora_B.weight`, t("F32", [64, 2], seq(128, 13))],
+    ]);
+  const { backend, reqs } = recording();
+  const on = await mergeLora(new StateDict([["m.weight", w]]), [ad()], {
+    backend,
+    blockBytes: 1 << 20,
+  });
+  const chunks: Uint8Array[] = [];
+  for (let s = 0; s < 64; s += 10) {
+    chunks.push(await on.stateDict.require("m.weight").read(s, Math.min(64, s + 10)));
+  }
+  // seven ranges, each computed once (the first on demand, the others ahead)
+  assert.deepEqual(reqs.map((r) => r.rows), [10, 10, 10, 10, 10, 10, 4]);
+  const off = await mergeLora(new StateDict([["m.weight", w]]), [ad()], {
+    backend: referenceBackend(),
+    prefetch: false,
+  });
+  const whole = await off.stateDict.require("m.weight").read();
+  const joined = new Uint8Array(whole.length);
+  let o = 0;
+  for (const c of chunks) {
+    joined.set(c, o);
+    o += c.length;
+  }
+  assert.deepEqual(joined, whole);
+  // an out-of-order read is computed on demand, and close waits for work computed ahead
+  await on.stateDict.require("m.weight").read(3, 5);
+  await on.stateDict.close();
+  await off.stateDict.close();
 });
