@@ -29,6 +29,22 @@ for _ in range(2):
     opt.step(); sched.step(); opt.zero_grad()
 torch.save({'state_dict': opt.state_dict(), 'class': 'AdamW'}, f'{d}/optimizer_in.pt')
 torch.save(sched.state_dict(), f'{d}/scheduler_in.pt')
+sd = opt.state_dict()
+tensors, state = {}, {}
+for k, v in sd['state'].items():
+    state[str(k)] = {}
+    for n, t in v.items():
+        tensors[f'state.{k}.{n}'] = t.contiguous()
+        state[str(k)][n] = {'__tensor__': f'state.{k}.{n}'}
+def enc(x):
+    if isinstance(x, tuple): return {'__tuple__': [enc(i) for i in x]}
+    if isinstance(x, float) and x.is_integer(): return {'__float__': x}
+    if isinstance(x, list): return [enc(i) for i in x]
+    return x
+groups = [{k: enc(v) for k, v in g.items()} for g in sd['param_groups']]
+save_file(tensors, f'{d}/optim_desc.safetensors')
+json.dump({'class': 'AdamW', 'tensors': 'optim_desc.safetensors', 'state_dict': {'state': state, 'param_groups': groups}},
+          open(f'{d}/optim_desc.json', 'w'))
 save_file({'v_head.summary.weight': torch.randn(1, 8), 'v_head.summary.bias': torch.randn(1)}, f'{d}/heads.safetensors')
 os.makedirs(f'{d}/base'); os.makedirs(f'{d}/adapter')
 base = {
@@ -72,6 +88,11 @@ def same(a, b):
 o = torch.load(f'{d}/out/optimizer.pt', weights_only=True)
 i = torch.load(f'{d}/optimizer_in.pt', weights_only=True)
 out['optimizer_equal'] = same(o, i)
+out['optimizer_json_equal'] = same(torch.load(f'{d}/out_json/optimizer.pt', weights_only=True), i)
+aw = load_file(f'{d}/out_adapter/adapter_model.safetensors')
+ai = load_file(f'{d}/adapter/adapter_model.safetensors')
+out['adapter_equal'] = sorted(aw) == sorted(ai) and all(torch.equal(aw[k], ai[k]) for k in ai)
+out['adapter_config_equal'] = open(f'{d}/out_adapter/adapter_config.json', 'rb').read() == open(f'{d}/adapter/adapter_config.json', 'rb').read()
 torch.manual_seed(0)
 net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
 opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
@@ -115,6 +136,9 @@ print(json.dumps(out))
 
 interface CheckResult {
   optimizer_equal: boolean;
+  optimizer_json_equal: boolean;
+  adapter_equal: boolean;
+  adapter_config_equal: boolean;
   optimizer_resumes: boolean;
   scheduler_equal: boolean;
   v_head_type: string;
@@ -131,7 +155,7 @@ interface CheckResult {
   metrics_text_equal: boolean;
 }
 
-Deno.test("stages write a HALOs final save that real torch 2.6 and safetensors load as the inputs", async () => {
+Deno.test("stages write HALOs final and intermediate saves that real torch 2.6 and safetensors load as the inputs", async () => {
   await withTempDir(async (dir) => {
     await runPython(MAKE, [dir]);
     for (const [outName, format] of [["out", "bin"], ["out_st", "safetensors"]] as const) {
@@ -168,8 +192,27 @@ Deno.test("stages write a HALOs final save that real torch 2.6 and safetensors l
       await ctx.stateDict?.close();
       assert.equal(ctx.adapterDir, join(dir, "adapter"));
     }
+    // the JSON + safetensors description of the same optimizer, and the adapter-only save
+    const outJson = join(dir, "out_json");
+    await Deno.mkdir(outJson);
+    await writeOptimStage.run(
+      fakeContext(outJson, { baseDir: dir }),
+      writeOptimStage.options.parse({ optimizer: "optim_desc.json" }),
+    );
+    const outAdapter = join(dir, "out_adapter");
+    await Deno.mkdir(outAdapter);
+    const actx = fakeContext(outAdapter, { baseDir: dir });
+    await gatherShardsStage.run(actx, gatherShardsStage.options.parse({ from: "base" }));
+    await writeModelStage.run(
+      actx,
+      writeModelStage.options.parse({ what: "adapter", adapter: "adapter" }),
+    );
+    await actx.stateDict?.close();
     const r = await runPythonJson<CheckResult>(CHECK, [dir]);
     assert.equal(r.optimizer_equal, true);
+    assert.equal(r.optimizer_json_equal, true);
+    assert.equal(r.adapter_equal, true);
+    assert.equal(r.adapter_config_equal, true);
     assert.equal(r.optimizer_resumes, true);
     assert.equal(r.scheduler_equal, true);
     assert.equal(r.v_head_type, "OrderedDict");
