@@ -163,6 +163,11 @@ async function inspectHfShards(path: string, indexPath: string): Promise<Inspect
  */
 export const INSPECT_BRANCHES: InspectBranch[] = [
   {
+    kind: "dcp",
+    detect: (p) => p.isDirectory && p.names.includes(".metadata"),
+    inspect: async (p) => (await import("./_dcp_inspect.ts")).inspectDcp(p.path),
+  },
+  {
     kind: "hf-shards",
     detect: (p) =>
       (p.isDirectory && p.names.includes("model.safetensors.index.json")) ||

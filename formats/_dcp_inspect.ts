@@ -1,0 +1,100 @@
+/**
+ * The DCP branch of `ckpt inspect`: tensors with dtype, shape and size, how each is sharded (the
+ * files/ranks and chunks holding it, the dimensions it is split along), the non-tensor values, and
+ * the files. Reads `.metadata` and the small bytes items, never tensor data.
+ * @module
+ */
+import { basename, join } from "node:path";
+import { byteLength } from "./state_dict.ts";
+import { DcpCheckpoint } from "./dcp.ts";
+import type { InspectFile, InspectReport, InspectTensor } from "./inspect.ts";
+import { toJSONish } from "./torch/values.ts";
+
+/** Rank of a `__<rank>_<n>.distcp` file name, or undefined. */
+export function dcpRankOf(file: string): number | undefined {
+  const m = /^__(\d+)_\d+\.distcp$/.exec(basename(file));
+  return m ? Number(m[1]) : undefined;
+}
+
+function rangeText(xs: number[]): string {
+  const sorted = [...xs].sort((a, b) => a - b);
+  const contiguous = sorted.every((x, i) => i === 0 || x === sorted[i - 1]! + 1);
+  return contiguous && sorted.length > 2 ? `${sorted[0]}-${sorted.at(-1)}` : sorted.join(",");
+}
+
+function shardingSummary(ranks: number[], chunks: number, empty: number, dims: number[]): string {
+  const along = dims.length === 0 ? "" : ` along dim ${dims.join("+")}`;
+  return `ranks ${rangeText(ranks)}: ${chunks} chunks${along}${
+    empty > 0 ? ` (${empty} empty)` : ""
+  }`;
+}
+
+/** Describes the DCP checkpoint folder `path` (see the module doc). */
+export async function inspectDcp(path: string): Promise<InspectReport> {
+  await using ckpt = await DcpCheckpoint.open(path, { verifyRecords: false });
+  const tensors: InspectTensor[] = [];
+  const values: Record<string, unknown> = {};
+  const perFile = new Map<string, number>();
+  for (const e of ckpt.metadata.entries) {
+    if (e.kind === "bytes") {
+      values[e.key] = toJSONish(await ckpt.value(e));
+      perFile.set(e.file, perFile.get(e.file) ?? 0);
+      continue;
+    }
+    const sharding = ckpt.sharding(e);
+    const splitDims = e.shape
+      .map((
+        n,
+        d,
+      ) => (e.chunks.some((c) => c.sizes[d] !== n && c.sizes.every((s) => s > 0)) ? d : -1))
+      .filter((d) => d >= 0);
+    for (const c of e.chunks) perFile.set(c.file, (perFile.get(c.file) ?? 0) + 1);
+    const ranks = sharding.files.map(dcpRankOf).filter((r): r is number => r !== undefined);
+    tensors.push({
+      name: e.key,
+      dtype: e.dtype,
+      shape: [...e.shape],
+      bytes: byteLength(e.dtype, e.shape),
+      // One file: its name; several: a one-line sharding summary (the CLI's "file" column).
+      file: sharding.files.length === 1 ? sharding.files[0]! : shardingSummary(
+        ranks,
+        sharding.chunks,
+        sharding.emptyChunks,
+        splitDims,
+      ),
+      extra: {
+        path: [...e.path],
+        ranks,
+        chunks: sharding.chunks,
+        emptyChunks: sharding.emptyChunks,
+        splitDims,
+        layout: e.chunks.map((c) => ({
+          offsets: [...c.offsets],
+          sizes: [...c.sizes],
+          file: c.file,
+        })),
+      },
+    });
+  }
+  const files: InspectFile[] = [];
+  for (const [file, count] of [...perFile].sort((a, b) => a[0] < b[0] ? -1 : 1)) {
+    files.push({ file, bytes: (await Deno.stat(join(path, file))).size, tensors: count });
+  }
+  const metadata: Record<string, unknown> = {
+    format: "torch.distributed.checkpoint",
+    ranks: new Set(files.map((f) => dcpRankOf(f.file))).size,
+  };
+  if (ckpt.metadata.version !== undefined) metadata.version = ckpt.metadata.version;
+  if (ckpt.metadata.saveId !== undefined) metadata.saveId = ckpt.metadata.saveId;
+  if (ckpt.metadata.checkpointId !== undefined) metadata.checkpointId = ckpt.metadata.checkpointId;
+  const report: InspectReport = {
+    kind: "dcp",
+    path,
+    tensors,
+    totalBytes: tensors.reduce((n, t) => n + t.bytes, 0),
+    metadata,
+    files,
+  };
+  if (Object.keys(values).length > 0) report.tree = values;
+  return report;
+}
