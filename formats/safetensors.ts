@@ -251,7 +251,7 @@ function* segmentsOf(sd: StateDict, plan: PlannedFile, block: number): Generator
     let row = 0;
     while (row < rows) {
       let fit = Math.floor((block - seg.bytes) / rowBytes);
-      if (fit === 0 && seg.parts.length > 0) {
+      if (fit <= 0 && seg.parts.length > 0) {
         yield seg;
         seg = { parts: [], bytes: 0 };
         continue;

@@ -261,6 +261,25 @@ Deno.test("`writeSafetensors()` streams big tensors in bounded row blocks", asyn
   });
 });
 
+Deno.test("`writeSafetensors()` reads rows larger than a block one at a time", async () => {
+  await withTempDir(async (dir) => {
+    const calls: [number, number][] = [];
+    const cols = STREAM_BLOCK_BYTES + 4096;
+    const sd = new StateDict([
+      ["a", tensorFromBytes("U8", [3], new Uint8Array(3))],
+      ["wide", recordingRef("U8", [3, cols], calls)],
+    ]);
+    const path = join(dir, "wide.safetensors");
+    const done: number[] = [0];
+    const { bytes } = await writeSafetensors(path, sd, { onProgress: (d) => done.push(d) });
+    assert.deepEqual(calls, [[0, 1], [1, 2], [2, 3]]);
+    // Each write holds at most one wide row (a segment never grows past one oversized row).
+    const steps = done.slice(1).map((d, i) => d - done[i]!);
+    assert.ok(steps.every((n) => n <= cols), `writes of ${steps.join(", ")} bytes`);
+    assert.equal((await Deno.stat(path)).size, bytes);
+  });
+});
+
 Deno.test("`writeSafetensors()` re-writes a file it reads, mixing packed and split tensors", async () => {
   await withTempDir(async (dir) => {
     const rand = prng(9);
