@@ -488,16 +488,19 @@ function planMerge(
     jobs.set(name, job);
     return job;
   };
-  const unmatched = (key: string, what: string, code: string): void => {
+  const unmatched = (
+    key: string,
+    what: string,
+    code: "LORA_NO_BASE" | "LORA_UNMATCHED",
+  ): void => {
     if (allowUnmatched) {
       report.unmatchedKeys.push(key);
       return;
     }
-    throw new CkptError(
-      code,
-      `Cannot merge adapter key "${key}": ${what} (pass allowUnmatched to skip it)`,
-      { tensor: key },
-    );
+    const message = `Cannot merge adapter key "${key}": ${what} (pass allowUnmatched to skip it)`;
+    throw code === "LORA_NO_BASE"
+      ? new CkptError("LORA_NO_BASE", message, { tensor: key })
+      : new CkptError("LORA_UNMATCHED", message, { tensor: key });
   };
 
   // Pass 1: replacements, per adapter in order.
@@ -645,7 +648,7 @@ function planTokens(
   p: Parts,
   adapter: LoadedAdapter,
   jobFor: (name: string) => Job | undefined,
-  unmatched: (key: string, what: string, code: string) => void,
+  unmatched: (key: string, what: string, code: "LORA_NO_BASE" | "LORA_UNMATCHED") => void,
   report: MergeReport,
   tied: boolean,
 ): void {
