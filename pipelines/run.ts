@@ -327,6 +327,18 @@ export async function runPipeline(
     };
 
     for (const step of cfg.stages) {
+      if (!step.stage.preflight) continue;
+      current = step.index;
+      try {
+        await untilAborted(step.stage.preflight(ctx, step.options), signal);
+      } catch (err) {
+        if (signal.aborted) throw abortError(signal);
+        throw err;
+      }
+    }
+    reports.clear();
+
+    for (const step of cfg.stages) {
       if (signal.aborted) throw abortError(signal);
       current = step.index;
       emit({ type: "stage-start", stage: step.use, index: step.index });

@@ -82,4 +82,10 @@ export interface Stage<S extends ZodType = ZodType> {
   readonly options: S;
   /** Runs the stage. */
   run(ctx: StageContext, options: StageOptions<S>): Promise<void>;
+  /**
+   * Optional checks that need no earlier stage (inputs exist, files parse): the runner calls every
+   * stage's preflight before the first stage runs, so bad input fails before any work is done.
+   * `ctx.stateDict` and `ctx.modelConfig` are not set yet.
+   */
+  preflight?(ctx: StageContext, options: StageOptions<S>): Promise<void>;
 }

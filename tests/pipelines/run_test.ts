@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { isCkptError } from "../../errors.ts";
+import { CkptError, isCkptError } from "../../errors.ts";
 import { readManifest } from "../../pipelines/manifest.ts";
 import { runPipeline } from "../../pipelines/run.ts";
 import type { PipelineEvent } from "../../pipelines/stage.ts";
@@ -198,5 +198,37 @@ Deno.test("`runPipeline()` abandons a stage that ignores the abort signal", asyn
     await assert.rejects(() => run, (e: unknown) => isCkptError(e, "ABORTED"));
     assert.deepEqual(await entries(dir), []);
     release();
+  });
+});
+
+Deno.test("`runPipeline()` runs every preflight before the first stage", async () => {
+  await withTempDir(async (dir) => {
+    const order: string[] = [];
+    const checked = {
+      ...FAKE_STAGES.fakeMerge!,
+      name: "checked",
+      preflight: () => {
+        order.push("preflight");
+        return Promise.reject(new CkptError("INPUT_MISSING", "Cannot read x: it does not exist"));
+      },
+    };
+    const first = {
+      ...FAKE_STAGES.fakeMerge!,
+      run: () => {
+        order.push("run");
+        return Promise.resolve();
+      },
+    };
+    await assert.rejects(
+      () =>
+        runPipeline({ output: "out", stages: [{ use: "first" }, { use: "checked" }] }, {
+          ...base,
+          stages: { first, checked },
+          baseDir: dir,
+        }),
+      (e: unknown) => isCkptError(e, "INPUT_MISSING"),
+    );
+    assert.deepEqual(order, ["preflight"]);
+    assert.deepEqual(await entries(dir), []);
   });
 });
