@@ -134,6 +134,25 @@ Deno.test("WebGPU merge pools buffers, caches pipelines and A, and leaks nothing
   await assert.rejects(gpu.mergeRows(reqs[0]!), { code: "MERGE_DISPOSED" });
 });
 
+Deno.test("WebGPU merge keeps concurrent calls of different tensors apart", async () => {
+  const gpu = await createWebGpuBackend();
+  try {
+    const t1 = [0, 1, 2].map((n) => request("BF16", "BF16", 8, 96, 4, 60 + n));
+    const t2 = [0, 1, 2].map((n) => request("F16", "F32", 8, 96, 4, 70 + n));
+    for (const r of t1) r.a = t1[0]!.a;
+    for (const r of t2) r.a = t2[0]!.a;
+    // interleaved: the cached A switches while calls using the previous one are in flight
+    const reqs = [t1[0]!, t2[0]!, t1[1]!, t2[1]!, t1[2]!, t2[2]!];
+    const got = await Promise.all(reqs.map((r) => gpu.mergeRows(r)));
+    reqs.forEach((r, n) => assert.deepEqual(got[n], mergeRowsReference(r), r.name));
+    assert.equal(gpu.stats().buffersInUse, 1);
+  } finally {
+    await gpu.dispose();
+  }
+  const end = gpu.stats();
+  assert.equal(end.buffersCreated, end.buffersDestroyed);
+});
+
 Deno.test("WebGPU merge rejects bad requests before creating buffers", async () => {
   await withGpu(async (gpu) => {
     const req = request("BF16", "BF16", 2, 8, 2, 9);
