@@ -32,6 +32,7 @@ const FIX = join(REPO_ROOT, "tests", "fixtures", "torch");
 /** Loads each path with weights_only=True; returns describe() plus storage-sharing groups. */
 const LOAD_ALL = `
 import json, sys, collections
+sys.dont_write_bytecode = True
 sys.path.insert(0, ${JSON.stringify(FIX)})
 import torch
 from jsonish import describe
@@ -111,6 +112,7 @@ Deno.test("saveTorch() re-writes every torch-written fixture so that torch loads
       const a = got[join(FIX, name)]!;
       const b = got[join(dir, name)]!;
       assert.deepEqual(b.tree, a.tree, `${name}: tree`);
+      assert.equal(JSON.stringify(b.tree), JSON.stringify(a.tree), `${name}: key order`);
       assert.deepEqual(sortKeys(b.tensors), sortKeys(a.tensors), `${name}: tensors`);
       assert.deepEqual(b.shared, a.shared, `${name}: storage sharing`);
     }
@@ -208,6 +210,7 @@ Deno.test("saveTorch() writes values torch loads with their Python types and eve
     const want = await ours(value);
     const b = got[path]!;
     assert.deepEqual(b.tree, want.tree);
+    assert.equal(JSON.stringify(b.tree), JSON.stringify(want.tree));
     assert.deepEqual(sortKeys(b.tensors), sortKeys(want.tensors));
     assert.deepEqual(b.shared, want.shared);
   });

@@ -35,6 +35,8 @@ async function checkFile(name: string): Promise<void> {
   await using f = await loadTorch(join(FIX, name));
   const want = expected[name]!;
   assert.deepEqual(tree(f.value), want.tree, `${name}: value tree`);
+  // deepEqual ignores key order; the JSON text does not (string keys keep insertion order)
+  assert.equal(JSON.stringify(tree(f.value)), JSON.stringify(want.tree), `${name}: key order`);
   const got: Record<string, string> = {};
   for (const [path, t] of tensorsOf(f.value)) if (!(path in got)) got[path] = hex(await t.read());
   assert.deepEqual(got, want.tensors, `${name}: tensor bytes`);
