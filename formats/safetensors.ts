@@ -272,34 +272,33 @@ const READ_INTO = new WeakMap<
   (rowStart: number, rowEnd: number, into: Uint8Array) => Promise<Uint8Array>
 >();
 
+/** `bytes` when it is the part's exact byte count, else `SAFETENSORS_WRITE_SIZE`. */
+function checkPart(p: Part, bytes: unknown, path: string): Uint8Array {
+  if (!(bytes instanceof Uint8Array) || bytes.byteLength !== p.bytes) {
+    throw new CkptError(
+      "SAFETENSORS_WRITE_SIZE",
+      `Cannot write tensor "${p.name}" to "${path}": rows [${p.rowStart}, ${p.rowEnd}) gave ${
+        bytes instanceof Uint8Array ? bytes.byteLength : "no"
+      } bytes, expected ${p.bytes}`,
+      { file: path, tensor: p.name },
+    );
+  }
+  return bytes;
+}
+
 /** Fills `buffer` with a segment's bytes (checking each part's byte count) and returns the view. */
 async function fillSegment(seg: Segment, buffer: Uint8Array, path: string): Promise<Uint8Array> {
+  // Bytes a ref returns are copied into our own buffer: the next read (which overlaps this
+  // segment's write) may reuse the memory a ref returned last time.
   const target = seg.bytes <= buffer.length
     ? buffer.subarray(0, seg.bytes)
     : new Uint8Array(seg.bytes);
   let at = 0;
   for (const p of seg.parts) {
     const fast = READ_INTO.get(p.ref);
-    let bytes: unknown;
-    if (fast) {
-      bytes = await fast(p.rowStart, p.rowEnd, target.subarray(at, at + p.bytes));
-    } else {
-      bytes = await p.ref.read(p.rowStart, p.rowEnd);
-    }
-    if (!(bytes instanceof Uint8Array) || bytes.byteLength !== p.bytes) {
-      throw new CkptError(
-        "SAFETENSORS_WRITE_SIZE",
-        `Cannot write tensor "${p.name}" to "${path}": rows [${p.rowStart}, ${p.rowEnd}) gave ${
-          bytes instanceof Uint8Array ? bytes.byteLength : "no"
-        } bytes, expected ${p.bytes}`,
-        { file: path, tensor: p.name },
-      );
-    }
-    if (!fast) {
-      // A single part filling the whole segment is written from the ref's own bytes.
-      if (seg.parts.length === 1) return bytes;
-      target.set(bytes, at);
-    }
+    const view = target.subarray(at, at + p.bytes);
+    if (fast) checkPart(p, await fast(p.rowStart, p.rowEnd, view), path);
+    else view.set(checkPart(p, await p.ref.read(p.rowStart, p.rowEnd), path));
     at += p.bytes;
   }
   return target;

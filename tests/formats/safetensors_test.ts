@@ -280,6 +280,29 @@ Deno.test("`writeSafetensors()` reads rows larger than a block one at a time", a
   });
 });
 
+Deno.test("`writeSafetensors()` is safe with refs that reuse one output buffer", async () => {
+  await withTempDir(async (dir) => {
+    const cols = STREAM_BLOCK_BYTES / 2;
+    const shared = new Uint8Array(STREAM_BLOCK_BYTES);
+    const reusing: TensorRef = {
+      dtype: "U8",
+      shape: [3, cols],
+      read(s = 0, e = 3) {
+        // Overwrites the shared buffer at once, while the previous block may still be written.
+        for (let r = s; r < e; r++) shared.fill(r + 1, (r - s) * cols, (r - s + 1) * cols);
+        return Promise.resolve(shared.subarray(0, (e - s) * cols));
+      },
+    };
+    const path = join(dir, "reuse.safetensors");
+    await writeSafetensors(path, new StateDict([["w", reusing]]));
+    await using back = await openSafetensors(path);
+    for (let r = 0; r < 3; r++) {
+      const row = await back.require("w").read(r, r + 1);
+      assert.ok(row.every((b) => b === r + 1), `row ${r} was overwritten`);
+    }
+  });
+});
+
 Deno.test("`writeSafetensors()` re-writes a file it reads, mixing packed and split tensors", async () => {
   await withTempDir(async (dir) => {
     const rand = prng(9);
