@@ -770,9 +770,11 @@ function planLoraTerm(
     );
   }
   if (job.layout && (job.layout.rows !== layout.rows || job.layout.cols !== layout.cols)) {
-    throw new CkptError("LORA_SHAPE", `Cannot merge "${module}": adapters disagree on layout`, {
-      tensor: job.name,
-    });
+    throw new CkptError(
+      "LORA_SHAPE",
+      `Cannot merge "${module}": adapters disagree on its layout (${job.layout.layout} [${job.layout.rows}, ${job.layout.cols}] vs ${layout.layout} [${layout.rows}, ${layout.cols}])`,
+      { tensor: job.name },
+    );
   }
   const useDora = adapter.config.use_dora;
   if (p.mag && !useDora) {
