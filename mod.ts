@@ -91,6 +91,7 @@ export * from "./pipelines/watch/watch.ts";
 export * from "./pipelines/watch/runner.ts";
 export * from "./pipelines/input_kinds.ts";
 export * from "./pipelines/optimizer_sources.ts";
+export * from "./pipelines/optimizer_dcp.ts";
 export * from "./pipelines/stages/registry.ts";
 export * from "./pipelines/stages/gather_shards.ts";
 export * from "./pipelines/stages/merge_lora.ts";

@@ -74,6 +74,7 @@ import type { Stage, StageContext } from "../stage.ts";
 import { isObject, JsonFloat, parsePyJson, type PyJson } from "./_pyjson.ts";
 import { stripWrapperNames } from "./gather_shards.ts";
 import { type LoadedValue, optimizerSources } from "../optimizer_sources.ts";
+import "../optimizer_dcp.ts"; // registers the torch.distributed.checkpoint optimizer source
 
 function isJsonPath(path: string): boolean {
   return /\.jsonc?$/i.test(path);

@@ -12,7 +12,7 @@ import { writeModelStage } from "../../pipelines/stages/write_model.ts";
 import { writeOptimStage } from "../../pipelines/stages/write_optim.ts";
 import { writeMetricsStage } from "../../pipelines/stages/write_metrics.ts";
 import { writeValueHeadStage } from "../../pipelines/stages/write_value_head.ts";
-import { runPython, runPythonJson } from "../_helpers/peer.ts";
+import { REPO_ROOT, runPython, runPythonJson } from "../_helpers/peer.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
 import { fakeContext } from "../pipelines/_context.ts";
 
@@ -88,6 +88,9 @@ def same(a, b):
 o = torch.load(f'{d}/out/optimizer.pt', weights_only=True)
 i = torch.load(f'{d}/optimizer_in.pt', weights_only=True)
 out['optimizer_equal'] = same(o, i)
+ref = torch.load(f'{sys.argv[2]}/tests/fixtures/dcp/lora_w2/reference.pt', weights_only=True)
+od = torch.load(f'{d}/out_dcp/optimizer.pt', weights_only=True)
+out['optimizer_dcp_equal'] = od['class'] == 'AdamW' and same(od['state_dict'], ref['optimizer'])
 out['optimizer_json_equal'] = same(torch.load(f'{d}/out_json/optimizer.pt', weights_only=True), i)
 aw = load_file(f'{d}/out_adapter/adapter_model.safetensors')
 ai = load_file(f'{d}/adapter/adapter_model.safetensors')
@@ -137,6 +140,7 @@ print(json.dumps(out))
 interface CheckResult {
   optimizer_equal: boolean;
   optimizer_json_equal: boolean;
+  optimizer_dcp_equal: boolean;
   adapter_equal: boolean;
   adapter_config_equal: boolean;
   optimizer_resumes: boolean;
@@ -208,9 +212,21 @@ Deno.test("stages write HALOs final and intermediate saves that real torch 2.6 a
       writeModelStage.options.parse({ what: "adapter", adapter: "adapter" }),
     );
     await actx.stateDict?.close();
-    const r = await runPythonJson<CheckResult>(CHECK, [dir]);
+    // an FSDP2 LoRA run saved with torch.distributed.checkpoint (fixtures made by torch 2.6)
+    const outDcp = join(dir, "out_dcp");
+    await Deno.mkdir(outDcp);
+    const dctx = fakeContext(outDcp, { baseDir: join(REPO_ROOT, "tests", "fixtures", "dcp") });
+    await gatherShardsStage.run(dctx, gatherShardsStage.options.parse({ from: "lora_w2/model" }));
+    await mergeLoraStage.run(
+      dctx,
+      mergeLoraStage.options.parse({ r: 2, alpha: 4, backend: "cpu" }),
+    );
+    await writeOptimStage.run(dctx, writeOptimStage.options.parse({ optimizer: "lora_w2/optim" }));
+    await dctx.stateDict?.close();
+    const r = await runPythonJson<CheckResult>(CHECK, [dir, REPO_ROOT]);
     assert.equal(r.optimizer_equal, true);
     assert.equal(r.optimizer_json_equal, true);
+    assert.equal(r.optimizer_dcp_equal, true);
     assert.equal(r.adapter_equal, true);
     assert.equal(r.adapter_config_equal, true);
     assert.equal(r.optimizer_resumes, true);

@@ -14,6 +14,9 @@ import {
   TorchTensor,
 } from "../../../formats/torch/values.ts";
 import { writeOptimStage } from "../../../pipelines/stages/write_optim.ts";
+import { gatherShardsStage } from "../../../pipelines/stages/gather_shards.ts";
+import { mergeLoraStage } from "../../../pipelines/stages/merge_lora.ts";
+import { REPO_ROOT } from "../../_helpers/peer.ts";
 import {
   registerOptimizerSource,
   unregisterOptimizerSource,
@@ -217,8 +220,7 @@ Deno.test("`writeOptim` refuses optimizer state for other parameters before writ
 
 Deno.test("`writeOptim` asks registered optimizer sources first and checks with their parameter names", async () => {
   await withTempDir(async (dir) => {
-    await Deno.mkdir(join(dir, "dcp"));
-    await Deno.writeTextFile(join(dir, "dcp", ".metadata"), "");
+    await Deno.mkdir(join(dir, "folder"));
     registerOptimizerSource({
       name: "test-folder",
       detect: async (p) => (await Deno.stat(p)).isDirectory,
@@ -232,7 +234,7 @@ Deno.test("`writeOptim` asks registered optimizer sources first and checks with 
     const out = join(dir, "out");
     await Deno.mkdir(out);
     const ctx = fakeContext(out, { baseDir: dir, stateDict: model() });
-    await writeOptimStage.run(ctx, writeOptimStage.options.parse({ optimizer: "dcp" }));
+    await writeOptimStage.run(ctx, writeOptimStage.options.parse({ optimizer: "folder" }));
     assert.deepEqual(await listFiles(out), ["optimizer.pt"]);
     registerOptimizerSource({
       name: "test-folder",
@@ -247,10 +249,36 @@ Deno.test("`writeOptim` asks registered optimizer sources first and checks with 
     await assert.rejects(
       writeOptimStage.run(
         fakeContext(join(dir, "out2"), { baseDir: dir, stateDict: model() }),
-        writeOptimStage.options.parse({ optimizer: "dcp" }),
+        writeOptimStage.options.parse({ optimizer: "folder" }),
       ),
       (e) => isCkptError(e, "OPTIM_MISMATCH"),
     );
     assert.equal(unregisterOptimizerSource("test-folder"), true);
+  });
+});
+
+Deno.test("`writeOptim` rebuilds optimizer.pt from a DCP folder of a LoRA run and checks it against the merged model", async () => {
+  const fixtures = join(REPO_ROOT, "tests", "fixtures", "dcp");
+  await withTempDir(async (dir) => {
+    const out = join(dir, "out");
+    await Deno.mkdir(out);
+    const ctx = fakeContext(out, { baseDir: fixtures });
+    await gatherShardsStage.run(ctx, gatherShardsStage.options.parse({ from: "lora_w2/model" }));
+    await mergeLoraStage.run(ctx, mergeLoraStage.options.parse({ r: 2, alpha: 4, backend: "cpu" }));
+    await writeOptimStage.run(ctx, writeOptimStage.options.parse({ optimizer: "lora_w2/optim" }));
+    await using opt = await loadTorch(join(out, "optimizer.pt"));
+    const sd = opt.dict().get("state_dict") as PyDict;
+    const keys = [...(sd.get("state") as PyDict).keys()];
+    assert.ok(keys.length > 0 && keys.every((k, i) => k === i), JSON.stringify(keys));
+    assert.equal(opt.dict().get("class"), "AdamW");
+    // an optimizer of another model (the plain f32 case) does not fit the LoRA model
+    await assert.rejects(
+      writeOptimStage.run(
+        fakeContext(join(dir, "out2"), { baseDir: fixtures, stateDict: ctx.stateDict! }),
+        writeOptimStage.options.parse({ optimizer: "f32_w2/optim" }),
+      ),
+      (e) => isCkptError(e, "OPTIM_MISMATCH"),
+    );
+    await ctx.stateDict?.close();
   });
 });
