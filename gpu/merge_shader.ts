@@ -23,7 +23,9 @@
  * - `dora`: one 64-invocation workgroup per row: pass 1 computes the row and its 256 strided partial
  *   sums of squares (the reference order), a workgroup tree reduction gives the norm, pass 2
  *   recomputes and scales the row; packed output halves are combined with `atomicOr` into a cleared
- *   buffer so odd column counts are safe.
+ *   buffer so odd column counts are safe. The norm's `sqrt` and the `m / norm` division use WGSL's
+ *   built-ins: exact on llvmpipe (bit-equal to the reference), but WGSL allows them a few ulps, so
+ *   on a hardware GPU a DoRA factor may differ by an f32 ulp (≤ 1 ulp of a bf16/f16 output).
  *
  * @example Planning and generating a kernel
  * ```ts
