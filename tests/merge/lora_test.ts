@@ -750,3 +750,22 @@ Deno.test("`mergeLoraTensor()` stays within half an ulp (+ fp32 slack) of float6
   assert.equal(cases, 60);
   console.log(`60 random cases: worst |ours − exact| / (½ulp + slack) = ${worst.toFixed(3)}`);
 });
+
+Deno.test("`mergeLora()` mixes a Linear and a Conv1D adapter on one square weight", async () => {
+  const base = new StateDict([["m.weight", t("F32", [2, 2], [0, 0, 0, 0])]]);
+  const pair = (name: string, fanInFanOut: boolean) =>
+    adapter(
+      [
+        [`${P}m.lora_A.weight`, t("F32", [1, 2], [1, 2])],
+        [`${P}m.lora_B.weight`, t("F32", [2, 1], [10, 100])],
+      ],
+      { r: 1, lora_alpha: 1, fan_in_fan_out: fanInFanOut },
+      name,
+    );
+  const { stateDict, report } = await mergeLora(base, [pair("lin", false), pair("c1d", true)], {
+    backend: referenceBackend(),
+  });
+  // B@A = [[10, 20], [100, 200]]; the Conv1D adapter adds its transpose
+  assert.deepEqual(await values(stateDict.require("m.weight")), [20, 120, 120, 400]);
+  assert.equal(report.modules[0]!.adapters.length, 2);
+});
