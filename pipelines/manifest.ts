@@ -136,6 +136,68 @@ export async function hashFile(
   }
 }
 
+/**
+ * Hashes files on a worker thread (one, created on first use), so hashing overlaps other work.
+ * Falls back to hashing on the calling thread when workers are unavailable.
+ */
+export class HashWorker {
+  #worker: Worker | undefined;
+  #failed = false;
+  #next = 0;
+  #pending = new Map<
+    number,
+    { resolve: (v: { size: number; sha256: string }) => void; reject: (e: Error) => void }
+  >();
+
+  /** Size and sha256 of `path`. */
+  hash(path: string): Promise<{ size: number; sha256: string }> {
+    const worker = this.#start();
+    if (!worker) return hashFile(path);
+    const id = this.#next++;
+    return new Promise((resolve, reject) => {
+      this.#pending.set(id, { resolve, reject });
+      worker.postMessage({ id, path });
+    });
+  }
+
+  #start(): Worker | undefined {
+    if (this.#worker || this.#failed) return this.#worker;
+    try {
+      const w = new Worker(new URL("./_hash_worker.ts", import.meta.url), { type: "module" });
+      w.onmessage = (
+        e: MessageEvent<{ id: number; size?: number; sha256?: string; error?: string }>,
+      ) => {
+        const p = this.#pending.get(e.data.id);
+        if (!p) return;
+        this.#pending.delete(e.data.id);
+        if (e.data.error !== undefined) p.reject(new Error(e.data.error));
+        else p.resolve({ size: e.data.size!, sha256: e.data.sha256! });
+      };
+      w.onerror = (e) => {
+        e.preventDefault();
+        for (const p of this.#pending.values()) {
+          p.reject(new Error(`hash worker failed: ${e.message}`));
+        }
+        this.#pending.clear();
+        this.#failed = true;
+        this.#worker = undefined;
+      };
+      this.#worker = w;
+    } catch {
+      this.#failed = true;
+    }
+    return this.#worker;
+  }
+
+  /** Stops the worker; pending hashes reject. */
+  close(): void {
+    this.#worker?.terminate();
+    this.#worker = undefined;
+    for (const p of this.#pending.values()) p.reject(new Error("hash worker closed"));
+    this.#pending.clear();
+  }
+}
+
 /** sha256 hex of bytes in memory. */
 export function sha256Hex(bytes: Uint8Array): string {
   return createHash("sha256").update(bytes).digest("hex");
@@ -169,6 +231,9 @@ export interface ManifestInfo {
   totalMs?: number;
   /** Aborts hashing. */
   signal?: AbortSignal;
+  /** Hashes one file (absolute path); default {@linkcode hashFile}. The runner passes one that
+   * reuses hashes computed while later stages ran. */
+  hasher?: (path: string) => Promise<{ size: number; sha256: string }>;
 }
 
 function pickString(stages: ManifestStage[], key: string): string | undefined {
@@ -187,7 +252,12 @@ export async function buildManifest(dir: string, info: ManifestInfo): Promise<Ma
   const files: ManifestFile[] = [];
   for (const path of await listFiles(dir)) {
     if (path === MANIFEST_NAME) continue;
-    files.push({ path, ...(await hashFile(join(dir, path), info.signal)) });
+    info.signal?.throwIfAborted();
+    const abs = join(dir, path);
+    const { size, sha256 } = info.hasher
+      ? await info.hasher(abs)
+      : await hashFile(abs, info.signal);
+    files.push({ path, size, sha256 });
   }
   const stages = info.stages ?? [];
   const dtype = pickString(stages, "dtype");

@@ -49,6 +49,9 @@ import {
 } from "./config.ts";
 import {
   buildManifest,
+  hashFile,
+  HashWorker,
+  listFiles,
   type Manifest,
   type ManifestInput,
   type ManifestStage,
@@ -272,6 +275,35 @@ export async function runPipeline(
 
   let staging: string | undefined;
   let createdParent: string | undefined;
+  // Outputs are hashed on a worker as soon as their stage ends, overlapping the next stages.
+  const hashWorker = dryRun ? undefined : new HashWorker();
+  const early = new Map<string, { key: string; hash: Promise<{ size: number; sha256: string }> }>();
+  const statKey = async (abs: string): Promise<string> => {
+    const st = await Deno.stat(abs);
+    return `${st.size}:${st.mtime?.getTime()}:${st.ino}`;
+  };
+  const hashNewOutputs = async (dir: string): Promise<void> => {
+    if (!hashWorker) return;
+    for (const rel of await listFiles(dir)) {
+      const abs = join(dir, rel);
+      const key = await statKey(abs);
+      if (early.get(abs)?.key === key) continue;
+      const hash = hashWorker.hash(abs);
+      hash.catch(() => {});
+      early.set(abs, { key, hash });
+    }
+  };
+  const hasher = async (abs: string): Promise<{ size: number; sha256: string }> => {
+    const e = early.get(abs);
+    if (e && e.key === await statKey(abs)) {
+      try {
+        return await e.hash;
+      } catch {
+        // the worker failed: hash here
+      }
+    }
+    return await hashFile(abs, signal);
+  };
   let stateDict: StateDict | undefined;
   const stageTimes: ManifestStage[] = [];
   try {
@@ -370,6 +402,7 @@ export async function runPipeline(
         report: reports.get(step.index) ?? {},
       });
       emit({ type: "stage-end", stage: step.use, index: step.index, ms });
+      if (!dryRun) await hashNewOutputs(staging);
     }
     await Promise.all(pendingInputs);
     if (signal.aborted) throw abortError(signal);
@@ -412,6 +445,7 @@ export async function runPipeline(
 
     const manifest = await buildManifest(staging, {
       ...manifestInfo,
+      hasher,
       totalMs: Math.round(performance.now() - t0),
     });
     const manifestSha256 = await writeManifest(staging, manifest);
@@ -444,6 +478,7 @@ export async function runPipeline(
     });
     throw e;
   } finally {
+    hashWorker?.close();
     await stateDict?.close().catch(() => {});
     if (staging !== undefined && !dryRun) {
       await Deno.remove(staging, { recursive: true }).catch(() => {});

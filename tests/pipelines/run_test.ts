@@ -232,3 +232,22 @@ Deno.test("`runPipeline()` runs every preflight before the first stage", async (
     assert.deepEqual(await entries(dir), []);
   });
 });
+
+Deno.test("`runPipeline()` hashes the final bytes of a file a later stage rewrote", async () => {
+  await withTempDir(async (dir) => {
+    const result = await runPipeline({
+      output: "out",
+      stages: [
+        { use: "writeText", name: "a.txt", text: "abc" },
+        { use: "wait", ms: 20 },
+        { use: "writeText", name: "a.txt", text: "xyz" },
+        { use: "writeText", name: "b.txt", text: "abcd" },
+      ],
+    }, { ...base, baseDir: dir });
+    const sha = (await import("node:crypto")).createHash("sha256").update("xyz").digest("hex");
+    const a = result.manifest.files.find((f) => f.path === "a.txt")!;
+    assert.equal(a.sha256, sha);
+    const { verifyCheckpoint } = await import("../../pipelines/verify.ts");
+    assert.equal((await verifyCheckpoint(result.output)).ok, true);
+  });
+});
