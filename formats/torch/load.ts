@@ -39,7 +39,9 @@ import {
   type PyValue,
   type StorageSource,
 } from "./values.ts";
-import { type ZipEntry, ZipReader } from "./zip.ts";
+import { type PositionalFile, type ZipEntry, ZipReader } from "./zip.ts";
+
+export type { PositionalFile } from "./zip.ts";
 
 /** Options of {@linkcode loadTorch}. */
 export interface LoadTorchOptions {
@@ -90,7 +92,7 @@ export async function loadTorch(path: string, options: LoadTorchOptions = {}): P
  * `.distcp` item). The file stays open; the returned `close()` does nothing.
  */
 export async function loadTorchFrom(
-  file: RandomAccessFile,
+  file: PositionalFile,
   options: LoadTorchFromOptions = {},
 ): Promise<TorchFile> {
   const path = file.path;
@@ -273,7 +275,7 @@ export async function loadTorchFrom(
  * from `file` until the caller closes it.
  */
 export async function loadTorchSlice(
-  file: RandomAccessFile,
+  file: PositionalFile,
   offset: number,
   length: number,
   options: LoadTorchOptions = {},

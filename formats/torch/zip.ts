@@ -29,7 +29,19 @@
  * @module
  */
 import { CkptError } from "../../errors.ts";
-import type { RandomAccessFile } from "../_io.ts";
+
+/**
+ * A file readable at positions: what the zip reader needs (`RandomAccessFile` from
+ * `formats/_io.ts` is one).
+ */
+export interface PositionalFile {
+  /** Path, for error messages. */
+  readonly path: string;
+  /** Size in bytes. */
+  readonly size: number;
+  /** Reads exactly `length` bytes at `offset`. */
+  readAt(offset: number, length: number, into?: Uint8Array): Promise<Uint8Array>;
+}
 
 /** One stored entry. Offsets are relative to the archive start. */
 export interface ZipEntry {
@@ -75,7 +87,7 @@ function u64(dv: DataView, at: number): number {
 /** A parsed zip archive over an open file; entries in central-directory order. */
 export class ZipReader {
   /** The file the archive lives in. */
-  readonly file: RandomAccessFile;
+  readonly file: PositionalFile;
   /** Start of the archive in the file. */
   readonly base: number;
   /** Archive length. */
@@ -84,7 +96,7 @@ export class ZipReader {
   readonly entries: readonly ZipEntry[];
   #byName: Map<string, ZipEntry>;
 
-  private constructor(file: RandomAccessFile, base: number, length: number, entries: ZipEntry[]) {
+  private constructor(file: PositionalFile, base: number, length: number, entries: ZipEntry[]) {
     this.file = file;
     this.base = base;
     this.length = length;
@@ -117,7 +129,7 @@ export class ZipReader {
   }
 
   /** Parses the archive's directories and local headers. */
-  static async open(file: RandomAccessFile, options: ZipOpenOptions = {}): Promise<ZipReader> {
+  static async open(file: PositionalFile, options: ZipOpenOptions = {}): Promise<ZipReader> {
     const base = options.base ?? 0;
     const length = options.length ?? file.size - base;
     const maxEntries = options.maxEntries ?? 1_000_000;
