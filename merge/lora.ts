@@ -108,7 +108,8 @@ export interface MergeLoraOptions {
   renames?: [pattern: string, replacement: string][];
   /** The model ties `lm_head.weight` to the input embedding (`tie_word_embeddings`): trainable-token
    * rows of `embed_tokens` are applied to an `lm_head.weight` of the same shape too, as PEFT's tied
-   * token adapter does. Default false. */
+   * token adapter does, and an `lm_head` LoRA goes into `…embed_tokens.weight` when the checkpoint
+   * has no `lm_head.weight` (the shared weight PEFT merges into). Default false. */
   tieWordEmbeddings?: boolean;
   /** Options passed to `createMergeBackend` when `backend` is a choice. */
   backendOptions?: Record<string, unknown>;
@@ -174,6 +175,9 @@ export interface MergeReport {
   targetModulesWithoutTensors: { adapter: string; module: string }[];
   /** Keys of a wrapped state dict dropped because they belong to another adapter name. */
   otherAdapterKeys: string[];
+  /** With `tieWordEmbeddings`, the input embedding that received an `lm_head` LoRA because the
+   * checkpoint has no separate `lm_head.weight`. */
+  tiedLmHead?: string;
 }
 
 /** Result of {@linkcode mergeLora}. */
@@ -626,8 +630,18 @@ function planMerge(
           { tensor: p.a.key },
         );
       }
-      const target = `${module}.weight`;
-      const job = jobFor(target);
+      let target = `${module}.weight`;
+      let job = jobFor(target);
+      if (!job && options.tieWordEmbeddings && module === "lm_head") {
+        // A tied checkpoint stores the output embedding once, as the input embedding: PEFT merges
+        // the lm_head delta into that shared weight.
+        const emb = [...base.keys()].find((k) => /(^|\.)embed_tokens\.weight$/.test(k));
+        if (emb !== undefined) {
+          target = emb;
+          job = jobFor(emb);
+          report.tiedLmHead = emb;
+        }
+      }
       if (!job) {
         unmatched(p.a.key, `the base has no weight "${target}"`, "LORA_NO_BASE");
         report.unmatchedKeys.push(p.b.key);
