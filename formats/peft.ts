@@ -29,7 +29,7 @@
  * @module
  */
 import { z } from "zod";
-import { join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { CkptError } from "../errors.ts";
 import { StateDict } from "./state_dict.ts";
 
@@ -474,7 +474,7 @@ export async function loadAdapter(path: string, name?: string): Promise<LoadedAd
   let weights: string | undefined;
   if (info.isFile) {
     weights = path;
-    dir = path.slice(0, Math.max(0, path.lastIndexOf("/"))) || ".";
+    dir = dirname(path);
   } else {
     for (const f of ADAPTER_WEIGHT_FILES) {
       const p = join(dir, f);
@@ -493,9 +493,8 @@ export async function loadAdapter(path: string, name?: string): Promise<LoadedAd
   }
   const config = await readLoraConfig(join(dir, "adapter_config.json"));
   const tensors = await openAdapterWeights(weights);
-  const base = dir.replace(/\/+$/, "");
   return {
-    name: name ?? (base.slice(base.lastIndexOf("/") + 1) || "adapter"),
+    name: name ?? (basename(dir.replace(/\/+$/, "")) || "adapter"),
     config,
     tensors,
     path,
