@@ -12,7 +12,7 @@
  * import { mergeLoraStage } from "./merge_lora.ts";
  * import assert from "node:assert/strict";
  *
- * const opts = mergeLoraStage.options.parse({ adapter: [{ path: "a", weight: 0.5 }, "b"], backend: "cpu" });
+ * const opts = mergeLoraStage.options.parse({ adapter: [{ path: "a", weight: 0.5 }, "b"], backend: "cpu" }) as { safe: boolean };
  * assert.equal(opts.safe, false);
  * assert.equal(mergeLoraStage.options.safeParse({ adapter: "a", alhpa: 2 }).success, false);
  * ```

@@ -121,13 +121,13 @@ Deno.test("`gatherShards()` refuses keys that collide after stripping and unknow
 Deno.test("`gatherShards()` uses a registered input kind before the built-ins by priority", async () => {
   await withTempDir(async (dir) => {
     await Deno.mkdir(join(dir, "ckpt"));
-    await Deno.writeTextFile(join(dir, "ckpt", ".metadata"), "x");
+    await Deno.writeTextFile(join(dir, "ckpt", ".test-marker"), "x");
     registerInputKind({
       name: "test-dcp",
-      priority: 30,
+      priority: 1000,
       detect: async (p) => {
         try {
-          return (await Deno.stat(join(p, ".metadata"))).isFile;
+          return (await Deno.stat(join(p, ".test-marker"))).isFile;
         } catch {
           return false;
         }
