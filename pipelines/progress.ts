@@ -119,16 +119,23 @@ export function progressLine(
 /**
  * A live terminal line per stage: rewritten in place (`\r`, clear-to-end) at most every
  * `refreshMs` (default 100), finished with the stage's time; logs and errors print on their own
- * lines. Rate is measured over the last few seconds, the ETA from it.
+ * lines. Rate is measured over the last few seconds, the ETA from it. While a stage runs the line is
+ * also redrawn every `tickMs` (default 500; 0 turns it off) so its elapsed time keeps moving.
  */
 export function createTtyRenderer(
   write: TextSink,
   now: () => number = () => performance.now(),
   refreshMs = 100,
+  tickMs = 500,
 ): EventRenderer {
   let count = 0;
   let live: StageState | undefined;
+  let ticker: ReturnType<typeof setInterval> | undefined;
   const clear = "\r\x1b[2K";
+  const stopTicker = () => {
+    if (ticker !== undefined) clearInterval(ticker);
+    ticker = undefined;
+  };
   const draw = (s: StageState, t: number) => {
     const first = s.samples[0] ?? [s.start, 0];
     const dt = t - first[0];
@@ -154,6 +161,15 @@ export function createTtyRenderer(
           samples: [[t, 0]],
         };
         draw(live, t);
+        if (tickMs > 0) {
+          // Keeps the elapsed time moving in stages that send no progress; never holds the process.
+          stopTicker();
+          const id = setInterval(() => {
+            if (live) draw(live, now());
+          }, tickMs);
+          Deno.unrefTimer(id);
+          ticker = id;
+        }
         return;
       case "progress": {
         if (!live || live.name !== event.stage) return;
@@ -172,6 +188,7 @@ export function createTtyRenderer(
         const total = live && live.total > 0
           ? `  ${live.unit === "bytes" ? formatBytes(live.total) : `${live.total} ${live.unit}`}`
           : "";
+        stopTicker();
         write(
           `${clear}[${event.index + 1}/${count}] ${event.stage}${total}  done in ${
             formatDuration(event.ms)
@@ -186,6 +203,7 @@ export function createTtyRenderer(
         if (live) draw(live, t);
         return;
       case "pipeline-end":
+        stopTicker();
         write(
           `${clear}done in ${formatDuration(event.ms)}: ${event.output}${
             event.manifestSha256 ? ` (manifest sha256 ${event.manifestSha256.slice(0, 16)}...)` : ""
@@ -193,6 +211,7 @@ export function createTtyRenderer(
         );
         return;
       case "pipeline-error":
+        stopTicker();
         write(
           `${clear}failed${
             event.stage ? ` in ${event.stage}` : ""
@@ -253,7 +272,11 @@ export type LogStyle = "auto" | "json" | "tty" | "plain" | "quiet";
  * Picks a renderer: `json` lines, the live `tty` line, `plain` text, nothing (`quiet`), or `auto` (tty when
  * `isTerminal`, JSON lines otherwise).
  */
-export function createRenderer(style: LogStyle, write: TextSink, isTerminal: boolean): EventRenderer {
+export function createRenderer(
+  style: LogStyle,
+  write: TextSink,
+  isTerminal: boolean,
+): EventRenderer {
   if (style === "quiet") return () => {};
   if (style === "plain") return createPlainRenderer(write);
   if (style === "json" || (style === "auto" && !isTerminal)) {

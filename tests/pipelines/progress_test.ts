@@ -49,7 +49,7 @@ Deno.test("`createJsonRenderer()` writes one JSON object per event, throttling p
 Deno.test("`createTtyRenderer()` rewrites one live line and ends each stage with its time", () => {
   let out = "";
   let t = 0;
-  const render = createTtyRenderer((s) => (out += s), () => t, 100);
+  const render = createTtyRenderer((s) => (out += s), () => t, 100, 0);
   render({ type: "pipeline-start", output: "/o", stages: ["a"] });
   render({ type: "stage-start", stage: "a", index: 0 });
   t = 1000;
@@ -80,4 +80,18 @@ Deno.test("`createPlainRenderer()` prints one escape-free line per finished stag
   render({ type: "stage-end", stage: "a", index: 0, ms: 1500 });
   render({ type: "pipeline-error", code: "X", message: "Cannot go on: no", stage: "b" });
   assert.equal(out, "[1/2] a  10 files  1.5s\nfailed in b: [X] Cannot go on: no\n");
+});
+
+Deno.test("`createTtyRenderer()` keeps a silent stage's elapsed time moving, then stops", async () => {
+  const writes: string[] = [];
+  const render = createTtyRenderer((s) => writes.push(s), undefined, 100, 10);
+  render({ type: "pipeline-start", output: "/o", stages: ["slow"] });
+  render({ type: "stage-start", stage: "slow", index: 0 });
+  await new Promise((r) => setTimeout(r, 80));
+  const during = writes.length;
+  assert.ok(during >= 4, `redrawn ${during} times`);
+  render({ type: "stage-end", stage: "slow", index: 0, ms: 80 });
+  const after = writes.length;
+  await new Promise((r) => setTimeout(r, 40));
+  assert.equal(writes.length, after);
 });
