@@ -47,7 +47,7 @@ import {
   isFloatDType,
   parseDType,
 } from "../../formats/dtype.ts";
-import { rowCount, rowNumel, StateDict, type TensorRef } from "../../formats/state_dict.ts";
+import { numel, rowCount, rowNumel, StateDict, type TensorRef } from "../../formats/state_dict.ts";
 import {
   planSafetensorsShards,
   writeSafetensors,
@@ -542,8 +542,12 @@ export const writeModelStage: Stage = {
       >;
     }
     const files: { path: string; bytes: number }[] = [];
+    // transformers 4.57+ writes the parameter count beside total_size in the shard index
+    let parameters = 0;
+    for (const [, r] of plan.stateDict) if (isFloatDType(r.dtype)) parameters += numel(r.shape);
+    const indexMetadata = { total_parameters: parameters };
     if (options.format === "safetensors") {
-      const p = planSafetensorsShards(plan.stateDict, maxShardSize);
+      const p = planSafetensorsShards(plan.stateDict, maxShardSize, { indexMetadata });
       for (const f of p.files) files.push({ path: f.file, bytes: f.fileBytes });
       if (p.indexText) {
         files.push({ path: p.indexFile, bytes: new TextEncoder().encode(p.indexText).byteLength });
@@ -588,6 +592,7 @@ export const writeModelStage: Stage = {
     if (options.format === "safetensors") {
       written = (await writeSafetensorsSharded(ctx.outDir, plan.stateDict, {
         maxShardSize,
+        indexMetadata,
         signal: ctx.signal,
         onProgress,
       })).files;

@@ -92,6 +92,9 @@ Deno.test("`writeModel` keeps a changed lm_head and unties the config; shards wh
     assert.ok(files.includes("model.safetensors.index.json"), files.join(","));
     await using sd = await openHfShards(out);
     assert.ok(sd.has("lm_head.weight"));
+    const index = JSON.parse(await Deno.readTextFile(join(out, "model.safetensors.index.json")));
+    assert.equal(index.metadata.total_parameters, 8 + 4 + 2 + 8); // floats only
+    assert.equal(index.metadata.total_size, 4 * (8 + 4 + 2 + 8) + 8);
     const cfg = JSON.parse(await Deno.readTextFile(join(out, "config.json")));
     assert.equal(cfg.tie_word_embeddings, false);
     assert.equal(cfg.torch_dtype, "float32");
