@@ -2,10 +2,8 @@
  * The `dcp` input kind of gatherShards: a torch.distributed.checkpoint folder (`.metadata` plus
  * `__<rank>_<n>.distcp` files), as FSDP `SHARDED_STATE_DICT`, FSDP2/DTensor and accelerate's
  * `pytorch_model_fsdp_0/` leave it. Registered when this module is imported (gatherShards imports
- * it, so the kind is always available). The module also registers the `dcp` optimizer source of
- * writeOptim: an optimizer checkpoint folder (`optimizer_0/`, FSDP2 `get_optimizer_state_dict`)
- * rebuilt into a torch optimizer state dict, int-keyed in the optimizer's parameter order or
- * name-keyed.
+ * it, so the kind is always available). The optimizer side (writeOptim reading a DCP optimizer folder
+ * through `readDcpOptimizer`) is registered by `pipelines/optimizer_dcp.ts`.
  *
  * @example Detecting a DCP folder
  * ```ts
@@ -20,14 +18,8 @@
  * @module
  */
 import { isDcpFolder, openDcpStateDict } from "../formats/dcp.ts";
-import { readDcpOptimizer } from "../formats/dcp_optim.ts";
 import type { StateDict } from "../formats/state_dict.ts";
 import { type InputKind, type InputOpenOptions, registerInputKind } from "./input_kinds.ts";
-import {
-  type LoadedValue,
-  type OptimizerSource,
-  registerOptimizerSource,
-} from "./optimizer_sources.ts";
 
 /** The torch.distributed.checkpoint input kind. */
 export const DCP_INPUT_KIND: InputKind = {
@@ -42,15 +34,3 @@ export const DCP_INPUT_KIND: InputKind = {
 };
 
 registerInputKind(DCP_INPUT_KIND);
-
-/** The torch.distributed.checkpoint optimizer source of writeOptim. */
-export const DCP_OPTIMIZER_SOURCE: OptimizerSource = {
-  name: "dcp",
-  detect: (path: string): Promise<boolean> => isDcpFolder(path),
-  async load(path: string, options: { keys: "int" | "name" }): Promise<LoadedValue> {
-    const optim = await readDcpOptimizer(path, { keyed: options.keys });
-    return { value: optim.value, paramNames: optim.paramNames, close: optim.close };
-  },
-};
-
-registerOptimizerSource(DCP_OPTIMIZER_SOURCE);
