@@ -228,6 +228,7 @@ export async function loadTorchFrom(
     const source: StorageSource = {
       byteLength: entry.size,
       read: (s: number, e: number) => zip.read(entry, s, e),
+      readInto: (s: number, e: number, into: Uint8Array) => zip.read(entry, s, e, into),
     };
     const h = new StorageHandle({
       key,

@@ -70,19 +70,35 @@ function randomSuffix(): string {
   ).join("");
 }
 
+/** Two reusable buffers for sources that can read into a buffer (the writer holds at most one while the next is read). */
+class BufferPair {
+  #bufs: Uint8Array[] = [];
+  #next = 0;
+  constructor(readonly size: number) {}
+  take(n: number): Uint8Array {
+    if (this.#bufs.length < 2) this.#bufs.push(new Uint8Array(this.size));
+    const b = this.#bufs[this.#next % this.#bufs.length]!;
+    this.#next++;
+    return b.subarray(0, n);
+  }
+}
+
 async function* blocks(
   storage: TorchStorage,
   blockSize: number,
   signal: AbortSignal | undefined,
   progress: (n: number) => void,
+  pool: BufferPair,
 ): AsyncGenerator<Uint8Array> {
   const total = storage.byteLength;
-  const align = Math.max(1, storage.source.blockAlign ?? 1);
+  const src = storage.source;
+  const align = Math.max(1, src.blockAlign ?? 1);
   const step = Math.max(align, Math.floor(blockSize / align) * align);
+  const reuse = src.readInto !== undefined && step <= pool.size;
   for (let s = 0; s < total; s += step) {
     signal?.throwIfAborted();
     const e = Math.min(total, s + step);
-    const bytes = await storage.source.read(s, e);
+    const bytes = reuse ? await src.readInto!(s, e, pool.take(e - s)) : await src.read(s, e);
     if (bytes.length !== e - s) {
       throw new CkptError(
         "TORCH_WRITE",
@@ -125,6 +141,9 @@ export async function saveTorch(
     options.onProgress?.(done, total);
   };
   const blockSize = options.blockSize ?? 16 * 1024 * 1024;
+  const pool = new BufferPair(
+    Math.min(blockSize, storages.reduce((m, s) => Math.max(m, s.byteLength), 1)),
+  );
   const prefix = options.prefix ?? torchArchivePrefix(path);
   const tmp = join(dirname(path), `.${basename(path)}.tmp-${randomSuffix()}`);
   let w: TorchZipWriter;
@@ -151,7 +170,7 @@ export async function saveTorch(
           { file: path },
         );
       }
-      await w.add(`data/${key}`, blocks(s, blockSize, signal, progress), need);
+      await w.add(`data/${key}`, blocks(s, blockSize, signal, progress, pool), need);
     }
     await w.add("version", new TextEncoder().encode("3\n"));
     await w.add(".data/serialization_id", new TextEncoder().encode(w.serializationId()));

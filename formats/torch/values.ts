@@ -222,6 +222,11 @@ export interface StorageSource {
   read(start: number, end: number): Promise<Uint8Array>;
   /** Preferred block alignment in bytes for streaming reads (a row's bytes); 1 when any split is fine. */
   readonly blockAlign?: number;
+  /**
+   * Optional: reads bytes `[start, end)` into `into` (at least `end - start` bytes) and returns the
+   * filled part, so that streaming writers can reuse buffers.
+   */
+  readInto?(start: number, end: number, into: Uint8Array): Promise<Uint8Array>;
 }
 
 /**

@@ -109,8 +109,13 @@ export class ZipReader {
     return this.#byName.get(name);
   }
 
-  /** Reads bytes `[start, end)` of an entry's data (default: all of it). */
-  read(entry: ZipEntry, start = 0, end: number = entry.size): Promise<Uint8Array> {
+  /** Reads bytes `[start, end)` of an entry's data (default: all of it), into `into` when given. */
+  read(
+    entry: ZipEntry,
+    start = 0,
+    end: number = entry.size,
+    into?: Uint8Array,
+  ): Promise<Uint8Array> {
     if (entry.method !== 0) {
       throw new CkptError(
         "ZIP_COMPRESSED",
@@ -125,7 +130,7 @@ export class ZipReader {
         { file: this.file.path },
       );
     }
-    return this.file.readAt(this.base + entry.dataOffset + start, end - start);
+    return this.file.readAt(this.base + entry.dataOffset + start, end - start, into);
   }
 
   /** Parses the archive's directories and local headers. */

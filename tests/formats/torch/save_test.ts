@@ -185,3 +185,22 @@ Deno.test("writeTorchSharded() writes one pytorch_model.bin when it fits, shards
     });
   });
 });
+
+Deno.test("saveTorchStateDict() re-writes a loaded torch file byte for byte through reused buffers", async () => {
+  await withTempDir(async (dir) => {
+    const sd = new StateDict();
+    for (let k = 0; k < 3; k++) {
+      const bytes = new Uint8Array(64 * 40).map((_, i) => (i * 7 + k * 13) & 255);
+      sd.set(`w${k}`, tensorFromBytes("U8", [64, 40], bytes));
+    }
+    await Deno.mkdir(join(dir, "a"));
+    await Deno.mkdir(join(dir, "b"));
+    await saveTorchStateDict(join(dir, "a", "m.bin"), sd);
+    await using loaded = await openTorchStateDict(join(dir, "a", "m.bin"));
+    await saveTorchStateDict(join(dir, "b", "m.bin"), loaded, { blockSize: 400 });
+    assert.deepEqual(
+      await Deno.readFile(join(dir, "b", "m.bin")),
+      await Deno.readFile(join(dir, "a", "m.bin")),
+    );
+  });
+});
