@@ -100,3 +100,6 @@ export * from "./pipelines/stages/write_tokenizer.ts";
 export * from "./pipelines/stages/write_optim.ts";
 export * from "./pipelines/stages/write_metrics.ts";
 export * from "./pipelines/stages/write_value_head.ts";
+export * from "./formats/dcp.ts";
+export * from "./formats/dcp_optim.ts";
+export * from "./pipelines/input_dcp.ts";
