@@ -10,6 +10,7 @@
  * @module
  */
 import { CkptError } from "../errors.ts";
+import type { DType } from "./dtype.ts";
 
 /** A chunk's place in the full tensor: per-dimension start and extent (both `[]` for 0-d). */
 export interface ChunkRect {
@@ -261,4 +262,14 @@ export async function assembleRows(
     scatterRows(shape, elemSize, chunk, copy, rows, block);
   }));
   return block;
+}
+
+/** A chunk record resolved to its tensor bytes: an absolute byte range, or a reader for odd layouts. */
+export interface ResolvedChunk {
+  /** Element type found in the record. */
+  readonly dtype: DType;
+  /** Shape found in the record. */
+  readonly shape: readonly number[];
+  /** Reads rows of the chunk. */
+  readonly rows: ChunkRows;
 }

@@ -7,7 +7,7 @@
 import { CkptError } from "../errors.ts";
 import { type DType, dtypeFromTorch } from "./dtype.ts";
 import type { RandomAccessFile } from "./_io.ts";
-import type { ChunkRows } from "./_dcp_assemble.ts";
+import type { ChunkRows, ResolvedChunk } from "./_dcp_assemble.ts";
 import {
   PyDict,
   PyFloat,
@@ -24,7 +24,6 @@ import type {
   DcpMetadata,
   DcpPathItem,
   DcpTensorEntry,
-  ResolvedChunk,
 } from "./dcp.ts";
 import { DCP_METADATA_CLASSES } from "./dcp.ts";
 import { unpickle } from "./torch/unpickle.ts";

@@ -32,7 +32,12 @@ import { CkptError } from "../errors.ts";
 import { type DType, DTYPES } from "./dtype.ts";
 import { RandomAccessFile } from "./_io.ts";
 import { checkRowRange, numel, StateDict, type TensorRef } from "./state_dict.ts";
-import { assembleRows, checkChunkCoverage, type ChunkRows } from "./_dcp_assemble.ts";
+import {
+  assembleRows,
+  checkChunkCoverage,
+  type ChunkRows,
+  type ResolvedChunk,
+} from "./_dcp_assemble.ts";
 import type { PyValue } from "./torch/values.ts";
 import { decodeDcpMetadata, openChunkRecord, readBytesRecord } from "./_dcp_records.ts";
 
@@ -142,16 +147,6 @@ export interface DcpOpenOptions {
   verifyRecords?: boolean;
   /** Aborts a long open. */
   signal?: AbortSignal;
-}
-
-/** A chunk record resolved to its tensor bytes: an absolute byte range, or a reader for odd layouts. */
-export interface ResolvedChunk {
-  /** Element type found in the record. */
-  readonly dtype: DType;
-  /** Shape found in the record. */
-  readonly shape: readonly number[];
-  /** Reads rows of the chunk. */
-  readonly rows: ChunkRows;
 }
 
 /**
