@@ -34,10 +34,11 @@ export type PyJson =
 /** Parses JSON text (plus Python's NaN/Infinity) into a {@linkcode PyJson} tree; `JSON_PARSE` on errors. */
 export function parsePyJson(text: string, file?: string): PyJson {
   let i = 0;
+  const name = file === undefined ? "JSON text" : `"${file}"`;
   const fail = (what: string): never => {
     throw new CkptError(
       "JSON_PARSE",
-      `Cannot parse JSON${file ? ` "${file}"` : ""}: ${what} at character ${i}`,
+      `Cannot parse ${name}: ${what} at character ${i}`,
       file === undefined ? { offset: i } : { file, offset: i },
     );
   };

@@ -251,11 +251,10 @@ export async function prepareTokenizer(args: PrepareTokenizerArgs): Promise<Toke
     if (source) break;
   }
   if (!source) {
+    const folders = args.sources.map((s) => `"${s}"`).join(", ") || "(no folders)";
     throw new CkptError(
       "TOKENIZER_MISSING",
-      `Cannot find a tokenizer: none of ${
-        args.sources.map((s) => `"${s}"`).join(", ") || "(no folders)"
-      } holds ${MARKERS.join(", ")}`,
+      `Cannot find a tokenizer: none of ${folders} holds ${MARKERS.join(", ")}`,
       { details: { sources: args.sources } },
     );
   }
