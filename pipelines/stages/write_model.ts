@@ -57,7 +57,12 @@ import { planShards, shardFileName, shardIndexJson } from "../../formats/shards.
 import { parseSize } from "../../formats/size.ts";
 import { torchTensor } from "../../formats/torch/values.ts";
 import { writeTorchSharded } from "../../formats/torch/state_dict.ts";
-import { classifyAdapterKey, loadAdapter, splitWrappedStateDict } from "../../formats/peft.ts";
+import {
+  classifyAdapterKey,
+  isWrappedStateDict,
+  loadAdapter,
+  splitWrappedStateDict,
+} from "../../formats/peft.ts";
 import type { Stage, StageContext } from "../stage.ts";
 import { dumpPyJson, fromPlain, isObject, parsePyJson, type PyJson, toPlain } from "./_pyjson.ts";
 
@@ -513,6 +518,12 @@ export const writeModelStage: Stage = {
       throw new CkptError(
         "STAGE_ORDER",
         "Cannot write the model: no weights yet (put gatherShards before writeModel)",
+      );
+    }
+    if (isWrappedStateDict(sd)) {
+      throw new CkptError(
+        "MODEL_WRAPPED",
+        'Cannot write PEFT-wrapped weights (.base_layer./.lora_A.) as a model: merge them first (mergeLora with r and alpha) or write the adapter (what: "adapter")',
       );
     }
     const maxShardSize = parseSize(options.maxShardSize);

@@ -142,6 +142,18 @@ Deno.test("`writeModel` refuses adapter files in a merged folder and a dry run w
       writeModelStage.run(fakeContext(out), writeModelStage.options.parse({})),
       (e) => isCkptError(e, "STAGE_ORDER"),
     );
+    const wrapped = new StateDict([
+      ["base_model.model.l.q.base_layer.weight", f32([2, 2], 0)],
+      ["base_model.model.l.q.lora_A.default.weight", f32([1, 2], 0)],
+      ["base_model.model.l.q.lora_B.default.weight", f32([2, 1], 0)],
+    ]);
+    await assert.rejects(
+      writeModelStage.run(
+        fakeContext(join(dir, "w"), { stateDict: wrapped }),
+        writeModelStage.options.parse({}),
+      ),
+      (e) => isCkptError(e, "MODEL_WRAPPED"),
+    );
   });
 });
 
