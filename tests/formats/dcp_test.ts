@@ -244,6 +244,7 @@ Deno.test("DcpCheckpoint.open() refuses bad input with coded errors naming tenso
     ["an item past the end of its file", "item_past_end", "DCP_ITEM_BOUNDS", "1.bias"],
     ["a class outside the record list", "foreign_class", "DCP_METADATA_CLASS", undefined],
     ["a chunk without an item", "chunk_missing", "DCP_CHUNK_MISSING", "3.bias"],
+    ["2.7+ transform descriptors", "transform", "DCP_UNSUPPORTED", "1.bias"],
   ];
   for (const [name, file, code, tensor] of cases) {
     await t.step(name, () =>
@@ -319,4 +320,20 @@ Deno.test("inspectPath() describes a DCP folder: sharding per tensor, values, fi
     "__3_0.distcp",
   ]);
   assert.equal(report.metadata?.ranks, 4);
+});
+
+Deno.test("DcpCheckpoint.open() reads .metadata pickled with protocols 2, 3, 5 and a 2.7 version field", async () => {
+  await using base = await openDcpStateDict(join(FIX, "f32_w2", "model"));
+  const want = new Map<string, Uint8Array>();
+  for (const [k, t] of base) want.set(k, await t.read());
+  for (const variant of ["proto2", "proto3", "proto5", "version"]) {
+    await withTempDir(async (dir) => {
+      const path = await brokenCopy(dir, variant);
+      await using ckpt = await DcpCheckpoint.open(path);
+      if (variant === "version") assert.equal(ckpt.metadata.version, "1.0.0");
+      await using sd = await openDcpStateDict(path);
+      assert.deepEqual([...sd.keys()], [...want.keys()], variant);
+      for (const [k, t] of sd) assert.deepEqual(await t.read(), want.get(k), `${variant} ${k}`);
+    });
+  }
 });

@@ -69,6 +69,7 @@ const CHECK_OPTIM = String.raw`
 import json, sys, warnings
 warnings.filterwarnings("ignore")
 import torch
+sys.dont_write_bytecode = True
 sys.path.insert(0, sys.argv[1])
 import generate as g
 out = sys.argv[2]
