@@ -205,3 +205,39 @@ Deno.test("checkChunkCoverage() accepts a 0-d tensor with one chunk and empty ch
     (e) => isCkptError(e, "DCP_CHUNK_OVERLAP"),
   );
 });
+
+Deno.test("assembleRows() reads only the rows asked for, for a tensor sharded over 8 ranks", async (t) => {
+  for (const dim of [0, 1]) {
+    await t.step(`sharded along dim ${dim}`, async () => {
+      const shape = [800, 64];
+      const chunks: ChunkRect[] = Array.from({ length: 8 }, (_, r) => {
+        const per = shape[dim]! / 8;
+        const offsets = [0, 0], sizes = [...shape];
+        offsets[dim] = r * per;
+        sizes[dim] = per;
+        return { offsets, sizes };
+      });
+      let bytesRead = 0, largest = 0;
+      const sources = chunks.map((c) => {
+        const inner = memorySource(chunkBytes(shape, c, 2), c.sizes, 2);
+        return {
+          async readRows(a: number, b: number, into?: Uint8Array) {
+            const got = await inner.readRows(a, b, into);
+            bytesRead += got.byteLength;
+            largest = Math.max(largest, got.byteLength);
+            return got;
+          },
+        };
+      });
+      const full = fullBytes(shape, 2);
+      const rowBytes = 64 * 2;
+      for (let a = 0; a < 800; a += 16) {
+        bytesRead = 0;
+        const got = await assembleRows(shape, 2, chunks, sources, a, a + 16);
+        assert.deepEqual(got, full.subarray(a * rowBytes, (a + 16) * rowBytes));
+        assert.equal(bytesRead, 16 * rowBytes, "reads exactly the block");
+      }
+      assert.ok(largest <= 16 * rowBytes);
+    });
+  }
+});
