@@ -76,6 +76,20 @@ const WEIGHT_FILES = /^(model|pytorch_model|adapter_model)(-\d{5}-of-\d{5})?\.(s
 
 async function loadFile(folder: string, rel: string): Promise<string> {
   const path = join(folder, rel);
+  if (rel.endsWith(".safetensors.index.json")) {
+    const { openHfShards } = await import("../formats/safetensors.ts");
+    const sd = await openHfShards(path);
+    const n = sd.size;
+    await sd.close();
+    return `shard index consistent with its shards, ${n} tensors`;
+  }
+  if (rel.endsWith(".bin.index.json")) {
+    const { openTorchShards } = await import("../formats/torch/state_dict.ts");
+    const sd = await openTorchShards(path);
+    const n = sd.size;
+    await sd.close();
+    return `shard index consistent with its shards, ${n} tensors`;
+  }
   if (rel.endsWith(".json")) {
     JSON.parse(await Deno.readTextFile(path));
     return "JSON parses";

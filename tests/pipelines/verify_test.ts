@@ -1,7 +1,11 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { decodeF32, encodeF32 } from "../../formats/dtype.ts";
-import { openSafetensors, writeSafetensors } from "../../formats/safetensors.ts";
+import {
+  openSafetensors,
+  writeSafetensors,
+  writeSafetensorsSharded,
+} from "../../formats/safetensors.ts";
 import { StateDict, tensorFromBytes } from "../../formats/state_dict.ts";
 import { buildManifest, writeManifest } from "../../pipelines/manifest.ts";
 import { sampleRows, verifyCheckpoint } from "../../pipelines/verify.ts";
@@ -144,5 +148,30 @@ Deno.test("`verifyCheckpoint()` recomputes sampled merged rows from base and ada
       samples: 32,
     });
     assert.deepEqual(bad.checks.filter((c) => !c.ok).map((c) => c.tensor), [target]);
+  });
+});
+
+Deno.test("`verifyCheckpoint()` checks a shard index against its shards", async () => {
+  await withTempDir(async (dir) => {
+    const sd = new StateDict([
+      ["a", tensorFromBytes("F32", [4], new Uint8Array(16))],
+      ["b", tensorFromBytes("F32", [4], new Uint8Array(16))],
+    ]);
+    await writeSafetensorsSharded(dir, sd, { maxShardSize: 16 });
+    await sealed(dir);
+    const good = await verifyCheckpoint(dir);
+    assert.equal(good.ok, true, JSON.stringify(good.checks));
+    // An index naming a tensor its shard does not hold fails to load, even with matching hashes.
+    const indexPath = join(dir, "model.safetensors.index.json");
+    const index = JSON.parse(await Deno.readTextFile(indexPath));
+    const [first, second] = Object.values(index.weight_map) as string[];
+    index.weight_map = { a: second, b: first };
+    await Deno.writeTextFile(indexPath, JSON.stringify(index));
+    await sealed(dir);
+    const bad = await verifyCheckpoint(dir);
+    assert.deepEqual(
+      bad.checks.filter((c) => !c.ok).map((c) => [c.kind, c.file]),
+      [["load", "model.safetensors.index.json"]],
+    );
   });
 });
