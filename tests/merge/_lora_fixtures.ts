@@ -46,6 +46,7 @@ export const LORA_CASES: readonly string[] = [
   "conv2d",
   "out_dtype",
   "wrapped",
+  "dora_conv2d",
 ];
 
 interface CaseJson {
