@@ -99,11 +99,19 @@ function ordered(d: PyDict, order: readonly string[], last?: string): PyDict {
   return new PyDict(sorted.map(({ k }) => [k, d.get(k)!]), d.kind);
 }
 
-function optimErr(code: string, dir: string, what: string, key?: string): CkptError {
+function layoutErr(dir: string, what: string, key?: string): CkptError {
   return new CkptError(
-    code,
+    "DCP_OPTIM_LAYOUT",
     `Cannot rebuild the optimizer state of "${dir}": ${what}`,
     key === undefined ? { file: dir } : { file: dir, tensor: key },
+  );
+}
+
+function paramErr(dir: string, what: string, key: string): CkptError {
+  return new CkptError(
+    "DCP_OPTIM_PARAM",
+    `Cannot rebuild the optimizer state of "${dir}": ${what}`,
+    { file: dir, tensor: key },
   );
 }
 
@@ -133,8 +141,7 @@ export async function optimizerFromDcp(
     if (root === undefined) root = prefix;
     if (prefix.length !== root.length || prefix.some((p, i) => p !== root![i])) {
       if (options.root !== undefined) continue;
-      throw optimErr(
-        "DCP_OPTIM_LAYOUT",
+      throw layoutErr(
         dir,
         `entries sit under different roots (${JSON.stringify(root)} and ${
           JSON.stringify(prefix)
@@ -145,7 +152,7 @@ export async function optimizerFromDcp(
     entries.push({ e, rest: e.path.slice(at) });
   }
   if (entries.length === 0) {
-    throw optimErr("DCP_OPTIM_LAYOUT", dir, "it has no 'state' or 'param_groups' entries");
+    throw layoutErr(dir, "it has no 'state' or 'param_groups' entries");
   }
 
   const state = new Map<string, PyDict>(); // param name -> per-param state
@@ -154,12 +161,7 @@ export async function optimizerFromDcp(
     const value: PyValue = e.kind === "tensor" ? torchTensor(ckpt.tensor(e)) : await ckpt.value(e);
     if (rest[0] === "state") {
       if (rest.length < 3 || typeof rest[1] !== "string") {
-        throw optimErr(
-          "DCP_OPTIM_LAYOUT",
-          dir,
-          `state entry path ${JSON.stringify(e.path)}`,
-          e.key,
-        );
+        throw layoutErr(dir, `state entry path ${JSON.stringify(e.path)}`, e.key);
       }
       const name = strip(rest[1]);
       let s = state.get(name);
@@ -168,12 +170,7 @@ export async function optimizerFromDcp(
     } else {
       const g = rest[1];
       if (typeof g !== "number" || !Number.isInteger(g) || g < 0 || rest.length < 3) {
-        throw optimErr(
-          "DCP_OPTIM_LAYOUT",
-          dir,
-          `param_groups entry path ${JSON.stringify(e.path)}`,
-          e.key,
-        );
+        throw layoutErr(dir, `param_groups entry path ${JSON.stringify(e.path)}`, e.key);
       }
       while (groups.length <= g) groups.push(new PyDict());
       setPath(groups[g]!, rest.slice(2), value, dir, e.key);
@@ -185,8 +182,7 @@ export async function optimizerFromDcp(
   groups.forEach((grp, gi) => {
     const params = grp.get("params");
     if (!Array.isArray(params) || params.some((p) => typeof p !== "string")) {
-      throw optimErr(
-        "DCP_OPTIM_LAYOUT",
+      throw layoutErr(
         dir,
         `param_groups[${gi}]['params'] is not a list of parameter names`,
         `param_groups.${gi}.params`,
@@ -195,7 +191,7 @@ export async function optimizerFromDcp(
     const names = (params as string[]).map(strip);
     for (const n of names) {
       if (paramNames.includes(n)) {
-        throw optimErr("DCP_OPTIM_PARAM", dir, `parameter "${n}" is in two param groups`, n);
+        throw paramErr(dir, `parameter "${n}" is in two param groups`, n);
       }
     }
     paramNames.push(...names);
@@ -203,19 +199,14 @@ export async function optimizerFromDcp(
   });
   for (const name of state.keys()) {
     if (!paramNames.includes(name)) {
-      throw optimErr(
-        "DCP_OPTIM_PARAM",
-        dir,
-        `state for "${name}" belongs to no param group`,
-        name,
-      );
+      throw paramErr(dir, `state for "${name}" belongs to no param group`, name);
     }
   }
   if (options.modelParams !== undefined) {
     const model = new Set(options.modelParams);
     for (const n of paramNames) {
       if (!model.has(n)) {
-        throw optimErr("DCP_OPTIM_PARAM", dir, `parameter "${n}" is not in the model`, n);
+        throw paramErr(dir, `parameter "${n}" is not in the model`, n);
       }
     }
   }
@@ -250,12 +241,12 @@ function setPath(
     let next = cur.get(k);
     if (next === undefined) cur.set(k, next = new PyDict());
     if (!(next instanceof PyDict)) {
-      throw optimErr("DCP_OPTIM_LAYOUT", dir, `"${key}" nests inside a value`, key);
+      throw layoutErr(dir, `"${key}" nests inside a value`, key);
     }
     cur = next;
   }
   const last = path[path.length - 1]!;
-  if (cur.has(last)) throw optimErr("DCP_OPTIM_LAYOUT", dir, `"${key}" appears twice`, key);
+  if (cur.has(last)) throw layoutErr(dir, `"${key}" appears twice`, key);
   cur.set(last, value);
 }
 
