@@ -781,7 +781,7 @@ class Machine {
   #appendTo(target: Item, items: PyValue[]): void {
     if (Array.isArray(target)) {
       for (const v of items) target.push(v);
-    } else if (target instanceof PyRecord) {
+    } else if (target instanceof PyRecord && this.#isRecord(target.className)) {
       (target.listItems ??= []).push(...items);
     } else {
       throw this.#err(
@@ -793,12 +793,16 @@ class Machine {
 
   #setItems(target: Item, items: Item[]): void {
     let d: PyDict;
-    if (target instanceof PyDict) d = target;
-    else if (target instanceof PyRecord) d = target.dictItems ??= new PyDict();
-    else {throw this.#err(
+    if (target instanceof PyDict) {
+      d = target;
+    } else if (target instanceof PyRecord && this.#isRecord(target.className)) {
+      d = target.dictItems ??= new PyDict();
+    } else {
+      throw this.#err(
         "PICKLE_MALFORMED",
         `SETITEM on a ${pyTypeName(this.#value(target))}, not a dict`,
-      );}
+      );
+    }
     for (let i = 0; i < items.length; i += 2) {
       d.set(this.#key(items[i]!), this.#value(items[i + 1]!));
     }
