@@ -214,6 +214,9 @@ function mergeReport(into: Record<string, unknown>, data: Record<string, unknown
   }
 }
 
+/** How long the runner waits for an abandoned stage to notice an abort before its final cleanup. */
+const STRAGGLER_MS = 2000;
+
 /**
  * Resolves with `work`, or rejects as soon as `signal` aborts, so a stage blocked in I/O that does
  * not watch the signal cannot hold an aborted run (its late writes land in a removed folder).
@@ -275,6 +278,7 @@ export async function runPipeline(
 
   let staging: string | undefined;
   let createdParent: string | undefined;
+  let inFlight: Promise<void> = Promise.resolve();
   // Outputs are hashed on a worker as soon as their stage ends, overlapping the next stages.
   const hashWorker = dryRun ? undefined : new HashWorker();
   const early = new Map<string, { key: string; hash: Promise<{ size: number; sha256: string }> }>();
@@ -376,7 +380,9 @@ export async function runPipeline(
       emit({ type: "stage-start", stage: step.use, index: step.index });
       const ts = performance.now();
       try {
-        await untilAborted(step.stage.run(ctx, step.options), signal);
+        const work = step.stage.run(ctx, step.options);
+        inFlight = work.then(() => {}, () => {});
+        await untilAborted(work, signal);
       } catch (err) {
         if (signal.aborted && !(err instanceof CkptError && err.code !== "ABORTED")) {
           throw abortError(signal);
@@ -482,6 +488,17 @@ export async function runPipeline(
     await stateDict?.close().catch(() => {});
     if (staging !== undefined && !dryRun) {
       await Deno.remove(staging, { recursive: true }).catch(() => {});
+      // An abandoned stage may still write (and recreate the folder) until it notices the abort:
+      // give it a moment, then remove again.
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const settled = await Promise.race([
+        inFlight.then(() => true),
+        new Promise<boolean>((r) => (timer = setTimeout(() => r(false), STRAGGLER_MS))),
+      ]);
+      clearTimeout(timer);
+      if (settled || await exists(staging)) {
+        await Deno.remove(staging, { recursive: true }).catch(() => {});
+      }
     }
     if (createdParent !== undefined) {
       await Deno.remove(createdParent, { recursive: true }).catch(() => {});

@@ -251,3 +251,27 @@ Deno.test("`runPipeline()` hashes the final bytes of a file a later stage rewrot
     assert.equal((await verifyCheckpoint(result.output)).ok, true);
   });
 });
+
+Deno.test("`runPipeline()` removes what an abandoned stage writes after the abort", async () => {
+  await withTempDir(async (dir) => {
+    const ac = new AbortController();
+    const late = {
+      ...FAKE_STAGES.fakeMerge!,
+      name: "late",
+      async run(ctx: { outDir: string }) {
+        await new Promise((r) => setTimeout(r, 150));
+        await Deno.mkdir(ctx.outDir, { recursive: true });
+        await Deno.writeTextFile(`${ctx.outDir}/late.bin`, "written after the abort");
+      },
+    };
+    const run = runPipeline({ output: "out", stages: [{ use: "late" }] }, {
+      ...base,
+      stages: { late },
+      baseDir: dir,
+      signal: ac.signal,
+    });
+    setTimeout(() => ac.abort(new Error("SIGINT")), 20);
+    await assert.rejects(() => run, (e: unknown) => isCkptError(e, "ABORTED"));
+    assert.deepEqual(await entries(dir), []);
+  });
+});
