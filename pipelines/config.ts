@@ -268,18 +268,22 @@ function configError(
   root: unknown,
   prefix: readonly PropertyKey[],
   source: string,
+  knownKeys?: readonly string[],
 ): CkptError {
   const issues = error.issues.map((issue) => {
     const path = [...prefix, ...issue.path];
-    const found = issue.code === "unrecognized_keys"
-      ? issue.keys.map((k) => `"${k}"`).join(", ")
-      : describeValue(valueAt(root, path));
-    return {
-      path: formatJsonPath(path),
-      found,
-      expected: expectedOf(issue),
-      message: issue.message,
-    };
+    let found = describeValue(valueAt(root, path));
+    let expected = expectedOf(issue);
+    if (issue.code === "unrecognized_keys") {
+      found = `unknown key${issue.keys.length > 1 ? "s" : ""} ${
+        issue.keys.map((k) => `"${k}"`).join(", ")
+      }`;
+      if (issue.path.length === 0 && knownKeys && knownKeys.length > 0) {
+        const hint = closest(issue.keys[0]!, knownKeys);
+        expected = `one of ${knownKeys.join(", ")}${hint ? ` (did you mean "${hint}"?)` : ""}`;
+      }
+    }
+    return { path: formatJsonPath(path), found, expected, message: issue.message };
   });
   const first = issues[0]!;
   const more = issues.length > 1 ? ` (and ${issues.length - 1} more)` : "";
@@ -292,6 +296,44 @@ function configError(
     },
   );
 }
+
+/** Edit distance between two short strings (case-insensitive). */
+function distance(a: string, b: string): number {
+  const x = a.toLowerCase();
+  const y = b.toLowerCase();
+  let prev = Array.from({ length: y.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= x.length; i++) {
+    const cur = [i];
+    for (let j = 1; j <= y.length; j++) {
+      cur[j] = Math.min(
+        prev[j]! + 1,
+        cur[j - 1]! + 1,
+        prev[j - 1]! + (x[i - 1] === y[j - 1] ? 0 : 1),
+      );
+    }
+    prev = cur;
+  }
+  return prev[y.length]!;
+}
+
+/** The known name closest to `name`, when it is a plausible typo (distance at most 2). */
+function closest(name: string, known: readonly string[]): string | undefined {
+  let best: string | undefined;
+  let bestD = 3;
+  for (const k of known) {
+    const d = distance(name, k);
+    if (d < bestD) [best, bestD] = [k, d];
+  }
+  return best;
+}
+
+/** Keys of an object schema (`z.strictObject`), when it is one. */
+function schemaKeys(schema: unknown): string[] | undefined {
+  const shape = (schema as { shape?: unknown }).shape;
+  return shape && typeof shape === "object" ? Object.keys(shape) : undefined;
+}
+
+const TOP_KEYS = ["$schema", "description", "vars", "output", "stages", "watch"];
 
 /** Resolves variables and substitutes `${name}` in every string of a JSON value. */
 class Substituter {
@@ -433,7 +475,7 @@ export function defaultStages(): Record<string, Stage> {
 export function validateConfig(raw: unknown, options: ConfigOptions = {}): PipelineConfig {
   const source = options.source ?? "config";
   const top = ConfigFileSchema.safeParse(raw);
-  if (!top.success) throw configError(top.error, raw, [], source);
+  if (!top.success) throw configError(top.error, raw, [], source, TOP_KEYS);
   const cfg = top.data;
   const registry = options.stages ?? defaultStages();
   const sub = new Substituter(
@@ -458,9 +500,12 @@ export function validateConfig(raw: unknown, options: ConfigOptions = {}): Pipel
     const stage = Object.hasOwn(registry, entry.use) ? registry[entry.use] : undefined;
     if (!stage) {
       const known = Object.keys(registry).sort().join(", ") || "none registered";
+      const hint = closest(entry.use, Object.keys(registry));
       throw new CkptError(
         "CONFIG_UNKNOWN_STAGE",
-        `Cannot load ${source}: at stages[${index}].use: found "${entry.use}", expected a stage name (${known})`,
+        `Cannot load ${source}: at stages[${index}].use: found "${entry.use}", expected a stage name (${known})${
+          hint ? ` (did you mean "${hint}"?)` : ""
+        }`,
         { file: source, details: { path: `stages[${index}].use`, found: entry.use, known } },
       );
     }
@@ -473,6 +518,7 @@ export function validateConfig(raw: unknown, options: ConfigOptions = {}): Pipel
         { stages: { [index]: substituted } },
         ["stages", index],
         source,
+        schemaKeys(stage.options),
       );
     }
     return { use: entry.use, index, stage, options: parsed.data };

@@ -104,7 +104,7 @@ Deno.test("`validateConfig()` rejects unknown top-level keys", () => {
     assert.fail("no error");
   } catch (err) {
     assert.ok(isCkptError(err, "CONFIG_INVALID"));
-    assert.match(err.message, /outptu/);
+    assert.match(err.message, /unknown key "outptu".*did you mean "output"/);
   }
 });
 
@@ -137,7 +137,8 @@ Deno.test("`validateConfig()` rejects unknown stage options", () => {
   } catch (err) {
     assert.ok(isCkptError(err, "CONFIG_INVALID"));
     assert.equal(err.details?.path, "stages[0]");
-    assert.match(err.message, /nmae/);
+    assert.equal(err.details?.found, 'unknown key "nmae"');
+    assert.match(err.message, /expected one of name, text, from, repeat \(did you mean "name"\?\)/);
   }
 });
 
