@@ -62,7 +62,10 @@ import type { PipelineEvent, Stage, StageContext } from "./stage.ts";
 
 /** Options of {@linkcode runPipeline}. */
 export interface RunOptions {
-  /** Variables overriding the config's `vars` (`--var k=v`; `ckpt watch` passes `step` and `run`). */
+  /**
+   * Variables overriding the config's `vars` (`--var k=v`; `ckpt watch` passes `step` and `run`).
+   * Used when the config is a path or a raw object; a {@linkcode PipelineConfig} is already resolved.
+   */
   vars?: Record<string, string>;
   /** Replace an existing output (safely: old aside, new in, old deleted). Default false. */
   overwrite?: boolean;
@@ -212,6 +215,11 @@ function mergeReport(into: Record<string, unknown>, data: Record<string, unknown
     if (k === "files" && Array.isArray(prev) && Array.isArray(v)) into[k] = [...prev, ...v];
     else into[k] = v;
   }
+}
+
+/** Milliseconds rounded to 0.1 for events and reports. */
+function round1(ms: number): number {
+  return Math.round(ms * 10) / 10;
 }
 
 /** How long the runner waits for an abandoned stage to notice an abort before its final cleanup. */
@@ -407,7 +415,7 @@ export async function runPipeline(
         ms: Math.round(ms * 10) / 10,
         report: reports.get(step.index) ?? {},
       });
-      emit({ type: "stage-end", stage: step.use, index: step.index, ms });
+      emit({ type: "stage-end", stage: step.use, index: step.index, ms: round1(ms) });
       if (!dryRun) await hashNewOutputs(staging);
     }
     await Promise.all(pendingInputs);
@@ -437,7 +445,7 @@ export async function runPipeline(
     if (dryRun) {
       const manifest = await buildManifestless(manifestInfo, performance.now() - t0);
       const ms = performance.now() - t0;
-      emit({ type: "pipeline-end", output, ms });
+      emit({ type: "pipeline-end", output, ms: round1(ms) });
       return {
         output,
         dryRun,
@@ -460,7 +468,7 @@ export async function runPipeline(
     staging = undefined;
     createdParent = undefined;
     const ms = performance.now() - t0;
-    emit({ type: "pipeline-end", output, ms, manifestSha256 });
+    emit({ type: "pipeline-end", output, ms: round1(ms), manifestSha256 });
     return {
       output,
       dryRun,
