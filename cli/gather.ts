@@ -11,7 +11,7 @@ import { isDcpFolder } from "../formats/dcp.ts";
 import { builtinStages, type RawConfig, validateConfig } from "../pipelines/config.ts";
 import { inputKinds } from "../pipelines/input_kinds.ts";
 import { parseCommand, stringOption, UsageError } from "./_args.ts";
-import { logStyle, runWithCli } from "./run.ts";
+import { backendChoice, logStyle, runWithCli } from "./run.ts";
 
 const HELP = `ckpt gather: gather sharded weights into one model folder
 
@@ -22,7 +22,9 @@ __<rank>_<n>.distcp, as FSDP SHARDED_STATE_DICT, FSDP2/DTensor and accelerate's
 pytorch_model_fsdp_0/ leave it), a Hugging Face safetensors shard folder, a torch .bin/.pt file or
 pytorch_model.bin shard folder, or one safetensors file. Tensors stream from the shards to the
 output, block by block; nothing is loaded whole. Wrapper prefixes (module., _orig_mod.,
-_fsdp_wrapped_module.) are removed; PEFT names (base_layer, lora_A.default) are kept.
+_fsdp_wrapped_module.) are removed. A PEFT-wrapped model (base_layer, lora_A.default, as FSDP
+saves a LoRA run) is merged as HALOs does on its final save when --lora-r and --lora-alpha are
+given (W + alpha/r * B @ A); without them it is refused (MODEL_WRAPPED).
 
 Options:
   --out <folder>          output folder (required; must not exist unless --overwrite)
@@ -32,6 +34,9 @@ Options:
   --kind <k>              input kind instead of detecting it (${"${KINDS}"})
   --config <file>         config.json to write beside the weights (default: the input folder's, or
                           for a DCP folder its parent's, when present)
+  --lora-r <r>            merge PEFT-wrapped LoRA weights with rank r (with --lora-alpha)
+  --lora-alpha <a>        LoRA alpha for that merge
+  --backend <b>           merge backend: auto (default), webgpu or cpu
   --overwrite             replace an existing output
   --dry-run               print the plan (files, sizes) and write nothing
   --log <style>           auto, tty, json or quiet
@@ -40,6 +45,7 @@ Options:
 Examples:
   ckpt gather runs/x/checkpoint-500/pytorch_model_fsdp_0 --out exports/x-500
   ckpt gather runs/x/state/model --out exports/x --format bin --max-shard-size 2GB --dtype bf16
+  ckpt gather runs/lora/state/model --out exports/lora-merged --lora-r 16 --lora-alpha 32
 
 Exit codes: 0 ok, 1 failed, 2 usage error, 130 interrupted`;
 
@@ -75,6 +81,7 @@ export function gatherConfig(
     dtype?: string;
     kind?: string;
     config?: string;
+    lora?: { r: number; alpha: number };
   } = {},
 ): RawConfig {
   return {
@@ -87,6 +94,9 @@ export function gatherConfig(
         ...(options.kind === undefined ? {} : { kind: options.kind }),
         ...(options.config === undefined ? {} : { config: options.config }),
       },
+      ...(options.lora === undefined
+        ? []
+        : [{ use: "mergeLora", r: options.lora.r, alpha: options.lora.alpha }]),
       {
         use: "writeModel",
         ...(options.format === undefined ? {} : { format: options.format }),
@@ -108,6 +118,9 @@ export async function run(args: string[]): Promise<number> {
     dtype: { type: "string" },
     kind: { type: "string" },
     config: { type: "string" },
+    "lora-r": { type: "string" },
+    "lora-alpha": { type: "string" },
+    backend: { type: "string" },
     overwrite: { type: "boolean" },
     "dry-run": { type: "boolean" },
     log: { type: "string" },
@@ -123,20 +136,41 @@ export async function run(args: string[]): Promise<number> {
     throw new UsageError(`--format must be safetensors or bin (got "${format}")`);
   }
   const config = await findModelConfig(input, stringOption(parsed, "config"));
+  const lora = loraOption(stringOption(parsed, "lora-r"), stringOption(parsed, "lora-alpha"));
   const raw = gatherConfig(input, out, {
     ...(format === undefined ? {} : { format }),
     ...optional("maxShardSize", stringOption(parsed, "max-shard-size")),
     ...optional("dtype", stringOption(parsed, "dtype")),
     ...optional("kind", stringOption(parsed, "kind")),
     ...optional("config", config),
+    ...(lora === undefined ? {} : { lora }),
   });
   const cfg = validateConfig(raw, { stages, baseDir: Deno.cwd(), source: "ckpt gather" });
   return await runWithCli(cfg, {
     overwrite: parsed.values.overwrite === true,
     dryRun: parsed.values["dry-run"] === true,
-    backend: undefined,
+    backend: backendChoice(stringOption(parsed, "backend")),
     log: logStyle(stringOption(parsed, "log")),
   });
+}
+
+/** `--lora-r` and `--lora-alpha`: both or neither, positive numbers (r an integer). */
+export function loraOption(
+  r: string | undefined,
+  alpha: string | undefined,
+): { r: number; alpha: number } | undefined {
+  if (r === undefined && alpha === undefined) return undefined;
+  if (r === undefined || alpha === undefined) {
+    throw new UsageError("--lora-r and --lora-alpha go together");
+  }
+  const rn = Number(r), an = Number(alpha);
+  if (!Number.isInteger(rn) || rn <= 0) {
+    throw new UsageError(`--lora-r must be a positive integer (got "${r}")`);
+  }
+  if (!Number.isFinite(an) || an <= 0) {
+    throw new UsageError(`--lora-alpha must be a positive number (got "${alpha}")`);
+  }
+  return { r: rn, alpha: an };
 }
 
 function optional<K extends string>(key: K, value: string | undefined): { [P in K]?: string } {

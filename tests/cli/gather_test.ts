@@ -103,6 +103,37 @@ Deno.test("ckpt gather stops on a broken DCP folder before writing anything", as
   });
 });
 
+Deno.test("ckpt gather merges a PEFT-wrapped DCP model with --lora-r/--lora-alpha, refuses it without", async () => {
+  await withTempDir(async (dir) => {
+    const input = join(FIX, "lora_w2", "model");
+    const refused = await ckpt(["gather", input, "--out", join(dir, "a"), "--log", "json"]);
+    assert.equal(refused.code, 1);
+    assert.match(refused.stderr, /MODEL_WRAPPED/);
+    const out = join(dir, "b");
+    const r = await ckpt([
+      "gather",
+      input,
+      "--out",
+      out,
+      "--lora-r",
+      "2",
+      "--lora-alpha",
+      "4",
+      "--backend",
+      "cpu",
+      "--log",
+      "quiet",
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    await using got = await openSafetensors(join(out, "model.safetensors"));
+    const names = [...got.keys()];
+    assert.ok(names.includes("model.layers.0.self_attn.q_proj.weight"), names.join(", "));
+    assert.ok(!names.some((n) => n.includes("lora_") || n.includes("base_layer")));
+    const half = await ckpt(["gather", input, "--out", join(dir, "c"), "--lora-r", "2"]);
+    assert.equal(half.code, 2);
+  });
+});
+
 Deno.test("findModelConfig() and gatherConfig() build the gather pipeline", async () => {
   assert.equal(await findModelConfig(join(FIX, "f32_w2", "model")), undefined);
   assert.equal(await findModelConfig("x", "cfg.json"), join(Deno.cwd(), "cfg.json"));
@@ -110,4 +141,7 @@ Deno.test("findModelConfig() and gatherConfig() build the gather pipeline", asyn
   assert.deepEqual(cfg.stages.map((s) => s.use), ["gatherShards", "writeModel"]);
   assert.equal(cfg.stages[1]!.format, "bin");
   assert.equal(cfg.stages[1]!.dtype, "bf16");
+  const merged = gatherConfig("in", "out", { lora: { r: 8, alpha: 16 } });
+  assert.deepEqual(merged.stages.map((s) => s.use), ["gatherShards", "mergeLora", "writeModel"]);
+  assert.equal(merged.stages[1]!.r, 8);
 });
