@@ -20,6 +20,14 @@ async function deno(args: string[]): Promise<{ code: number; out: string }> {
   return { code: r.code, out: dec.decode(r.stdout) + dec.decode(r.stderr) };
 }
 
+Deno.test("examples/demo.ts (deno task demo) builds, exports, lists and verifies", async () => {
+  const r = await deno(["run", "-A", "examples/demo.ts", "--size", "tiny"]);
+  assert.equal(r.code, 0, r.out);
+  assert.match(r.out, /\[7\/7\] writeValueHead/);
+  assert.match(r.out, /v_head\.pt/);
+  assert.match(r.out, /verified: 10 files hashed, 10 loaded, \d+ merged rows recomputed/);
+});
+
 Deno.test("examples/export_run.ts exports and verifies a run", async () => {
   const r = await deno(["run", "-A", "examples/export_run.ts"]);
   assert.equal(r.code, 0, r.out);
