@@ -287,6 +287,7 @@ export async function runPipeline(
   let staging: string | undefined;
   let createdParent: string | undefined;
   let inFlight: Promise<void> = Promise.resolve();
+  let current = -1; // index of the stage (or preflight) running, for reports and error events
   // Outputs are hashed on a worker as soon as their stage ends, overlapping the next stages.
   const hashWorker = dryRun ? undefined : new HashWorker();
   const early = new Map<string, { key: string; hash: Promise<{ size: number; sha256: string }> }>();
@@ -345,7 +346,6 @@ export async function runPipeline(
     const inputs: ManifestInput[] = [];
     const pendingInputs: Array<Promise<void>> = [];
     const reports = new Map<number, Record<string, unknown>>();
-    let current = 0;
     const ctx: StageContext = {
       outDir: staging,
       baseDir: cfg.baseDir,
@@ -486,8 +486,8 @@ export async function runPipeline(
       type: "pipeline-error",
       code: e instanceof CkptError ? e.code : "INTERNAL",
       message: e instanceof Error ? e.message : String(e),
-      ...(stageTimes.length < cfg.stages.length
-        ? { stage: cfg.stages[stageTimes.length]?.use ?? "" }
+      ...(current >= 0 && stageTimes.length < cfg.stages.length
+        ? { stage: cfg.stages[current]?.use ?? "" }
         : {}),
     });
     throw e;

@@ -275,3 +275,26 @@ Deno.test("`runPipeline()` removes what an abandoned stage writes after the abor
     assert.deepEqual(await entries(dir), []);
   });
 });
+
+Deno.test("`runPipeline()` names the stage whose preflight failed in the error event", async () => {
+  await withTempDir(async (dir) => {
+    const events: PipelineEvent[] = [];
+    const checked = {
+      ...FAKE_STAGES.fakeMerge!,
+      preflight: () => Promise.reject(new CkptError("INPUT_MISSING", "Cannot read x: missing")),
+    };
+    await assert.rejects(() =>
+      runPipeline(
+        { output: "out", stages: [{ use: "writeText", name: "a" }, { use: "checked" }] },
+        {
+          ...base,
+          stages: { ...FAKE_STAGES, checked },
+          baseDir: dir,
+          onEvent: (e) => events.push(e),
+        },
+      )
+    );
+    const last = events[events.length - 1]!;
+    assert.ok(last.type === "pipeline-error" && last.stage === "checked", JSON.stringify(last));
+  });
+});
