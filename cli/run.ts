@@ -19,7 +19,10 @@ Everything is written into a staging folder beside the output and renamed into p
 every stage succeeded; the output gets a ckpt-manifest.json (sizes, sha256, inputs, versions,
 backend, timings). Ctrl-C / SIGTERM abort cleanly and leave no staging folder.
 
-Presets (relative paths resolve against the current folder):
+Relative paths in a config file, including those that --var values put there, resolve against
+the config file's folder; in presets, against the current folder.
+
+Presets:
 ${Object.entries(PRESETS).map(([n, p]) => `  ${n.padEnd(19)} ${p.summary}`).join("\n")}
 
 Options:
