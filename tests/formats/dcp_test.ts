@@ -15,7 +15,7 @@ import { isCkptError } from "../../errors.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
 
 const FIX = new URL("../fixtures/dcp/", import.meta.url).pathname;
-const CASES = ["f32_w2", "bf16_w4", "dtensor_w4", "lora_w2"];
+const CASES = ["f32_w2", "bf16_w4", "dtensor_w4", "lora_w2", "files_w2"];
 
 /** Every tensor of a value tree, keyed by its path (dict keys / list positions joined with "."). */
 function flatTensors(v: PyValue, prefix = "", out = new Map<string, TorchTensor>()) {

@@ -18,7 +18,7 @@ import { REPO_ROOT, runPythonJson } from "../_helpers/peer.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
 
 const FIX = join(REPO_ROOT, "tests", "fixtures", "dcp");
-const CASES = ["f32_w2", "bf16_w4", "dtensor_w4", "lora_w2"];
+const CASES = ["f32_w2", "bf16_w4", "dtensor_w4", "lora_w2", "files_w2"];
 
 /** Python: compares gathered outputs against dcp_to_torch_save run live on the same folders. */
 const CHECK_GATHER = String.raw`
