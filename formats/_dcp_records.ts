@@ -5,7 +5,9 @@
  * @module
  */
 import { CkptError } from "../errors.ts";
-import { type DType, dtypeFromTorch } from "./dtype.ts";
+import { type DType, dtypeFromTorch, DTYPES } from "./dtype.ts";
+import { rowCount, rowNumel } from "./state_dict.ts";
+import { ZipReader } from "./torch/zip.ts";
 import type { RandomAccessFile } from "./_io.ts";
 import type { ChunkRows, ResolvedChunk } from "./_dcp_assemble.ts";
 import {
@@ -323,7 +325,36 @@ export async function openChunkRecord(
       { file: file.path, tensor: key, offset },
     );
   }
-  return { dtype: value.dtype, shape: [...value.shape], rows: tensorRows(value) };
+  const direct = await directRows(file, offset, length, value);
+  return { dtype: value.dtype, shape: [...value.shape], rows: direct ?? tensorRows(value) };
+}
+
+/**
+ * For a contiguous record tensor (what DCP writes: it clones views), rows read by positional reads
+ * straight from the file into the caller's buffer, with no intermediate copy. Undefined when the
+ * layout is anything else (the generic strided reader is used then).
+ */
+async function directRows(
+  file: RandomAccessFile,
+  offset: number,
+  length: number,
+  t: TorchTensor,
+): Promise<ChunkRows | undefined> {
+  if (!t.isContiguous || t.storage.key === undefined) return undefined;
+  const zip = await ZipReader.open(file, { base: offset, length });
+  const first = zip.entries[0]?.name ?? "";
+  const prefix = first.slice(0, first.indexOf("/"));
+  const entry = zip.get(`${prefix}/data/${t.storage.key}`);
+  if (!entry) return undefined;
+  const item = DTYPES[t.dtype].size;
+  const rowBytes = rowNumel(t.shape) * item;
+  const start = offset + entry.dataOffset + t.storageOffset * item;
+  const end = start + rowCount(t.shape) * rowBytes;
+  if (end > offset + entry.dataOffset + entry.size) return undefined; // (the view check forbids it)
+  return {
+    readRows: (a: number, b: number, into?: Uint8Array): Promise<Uint8Array> =>
+      file.readAt(start + a * rowBytes, (b - a) * rowBytes, into),
+  };
 }
 
 /** Decodes a bytes item (a `torch.save`d Python value) with the restricted unpickler. */
