@@ -4,8 +4,10 @@
  * of 1000, as Python does), lists, tuples, ints (`BININT1/2`, `BININT`, `LONG1`), floats
  * (`BINFLOAT`), bools, None, strings (`BINUNICODE`), bytes (`_codecs.encode`), `torch.Size`,
  * globals, records (`REDUCE` + `BUILD`), and tensors as `_rebuild_tensor_v2` (typed storages) or
- * `_rebuild_tensor_v3` (float8, `UntypedStorage`) with a persistent id per storage. Containers and
- * tensors met twice are memoized (`BINPUT`/`BINGET`), like Python.
+ * `_rebuild_tensor_v3` (float8, `UntypedStorage`) with a persistent id per storage. Memo and
+ * batching follow CPython's C pickler (`BINPUT` after every str, tuple, list, dict, global and
+ * `REDUCE` result; `BINGET` for repeats), so a torch-written file re-written from its loaded value
+ * comes out byte for byte the same.
  *
  * @example Pickling a small tree
  * ```ts
@@ -146,7 +148,15 @@ export function storageClassName(dtype: keyof typeof DTYPES): string | undefined
  */
 export function pickleValue(value: PyValue, options: PickleOptions = {}): Uint8Array {
   const out = new Out();
-  const memo = new Map<object, number>();
+  // CPython's memo: every str, non-empty tuple, list, dict, global and REDUCE result gets a BINPUT;
+  // a second save of the same object is a BINGET. Objects keep their identity here (what the reader
+  // built); strings and globals, which have no identity in JS, are memoized by value (Python's
+  // interned names and constants behave that way).
+  let memoSize = 0;
+  const objects = new Map<object, number>();
+  const strings = new Map<string, number>();
+  const globals = new Map<string, number>();
+  const storageKeys = new Map<string, number>();
   const keys = new Map<TorchStorage, string>();
   const storageKey = options.storageKey ?? ((s: TorchStorage) => {
     let k = keys.get(s);
@@ -155,9 +165,9 @@ export function pickleValue(value: PyValue, options: PickleOptions = {}): Uint8A
   });
   const maxDepth = options.maxDepth ?? 1000;
 
-  const put = (obj: object): void => {
-    const i = memo.size;
-    memo.set(obj, i);
+  /** Emits BINPUT for the next memo slot and returns it. */
+  const put = (): number => {
+    const i = memoSize++;
     if (i < 256) {
       out.byte(OP.BINPUT);
       out.byte(i);
@@ -165,10 +175,9 @@ export function pickleValue(value: PyValue, options: PickleOptions = {}): Uint8A
       out.byte(OP.LONG_BINPUT);
       out.u32(i);
     }
+    return i;
   };
-  const get = (obj: object): boolean => {
-    const i = memo.get(obj);
-    if (i === undefined) return false;
+  const getIdx = (i: number): void => {
     if (i < 256) {
       out.byte(OP.BINGET);
       out.byte(i);
@@ -176,17 +185,30 @@ export function pickleValue(value: PyValue, options: PickleOptions = {}): Uint8A
       out.byte(OP.LONG_BINGET);
       out.u32(i);
     }
+  };
+  const get = (obj: object): boolean => {
+    const i = objects.get(obj);
+    if (i === undefined) return false;
+    getIdx(i);
     return true;
   };
   const global = (module: string, name: string): void => {
+    const q = `${module}.${name}`;
+    const hit = globals.get(q);
+    if (hit !== undefined) return getIdx(hit);
     out.byte(OP.GLOBAL);
     out.ascii(`${module === "builtins" ? "__builtin__" : module}\n${name}\n`);
+    globals.set(q, put());
   };
-  const str = (s: string): void => {
+  const str = (s: string, fresh = false): void => {
+    const hit = fresh ? undefined : strings.get(s);
+    if (hit !== undefined) return getIdx(hit);
     const b = out.utf8(s);
     out.byte(OP.BINUNICODE);
     out.u32(b.length);
     out.bytes(b);
+    const i = put();
+    if (!fresh) strings.set(s, i);
   };
   const int = (x: number | bigint): void => {
     if (typeof x === "number" && x >= 0 && x <= 0xff) {
@@ -216,7 +238,8 @@ export function pickleValue(value: PyValue, options: PickleOptions = {}): Uint8A
     new DataView(b.buffer).setFloat64(0, x, false);
     out.bytes(b);
   };
-  const tuple = (items: readonly PyValue[], depth: number): void => {
+  /** A tuple; `owner` is the PyTuple to memoize by identity (fresh tuples pass undefined). */
+  const tuple = (items: readonly PyValue[], depth: number, owner?: object): void => {
     if (items.length === 0) {
       out.byte(OP.EMPTY_TUPLE);
       return;
@@ -224,69 +247,113 @@ export function pickleValue(value: PyValue, options: PickleOptions = {}): Uint8A
     if (items.length <= 3) {
       for (const x of items) save(x, depth + 1);
       out.byte(OP.TUPLE1 + items.length - 1);
+    } else {
+      out.byte(OP.MARK);
+      for (const x of items) save(x, depth + 1);
+      out.byte(OP.TUPLE);
+    }
+    const i = put();
+    if (owner) objects.set(owner, i);
+  };
+  /** `batch_dict_exact` (exact dicts): one item -> SETITEM; else MARK..SETITEMS per 1000, with a trailing empty batch when the size is a multiple of 1000. */
+  const dictItemsExact = (entries: [PyValue, PyValue][], depth: number): void => {
+    if (entries.length === 0) return;
+    if (entries.length === 1) {
+      save(entries[0]![0], depth + 1);
+      save(entries[0]![1], depth + 1);
+      out.byte(OP.SETITEM);
       return;
     }
-    out.byte(OP.MARK);
-    for (const x of items) save(x, depth + 1);
-    out.byte(OP.TUPLE);
-  };
-  const setItems = (entries: [PyValue, PyValue][], depth: number): void => {
-    for (let i = 0; i < entries.length; i += 1000) {
-      const batch = entries.slice(i, i + 1000);
-      if (batch.length === 1) {
-        save(batch[0]![0], depth + 1);
-        save(batch[0]![1], depth + 1);
-        out.byte(OP.SETITEM);
-        continue;
-      }
+    let i = 0;
+    let n: number;
+    do {
+      n = 0;
       out.byte(OP.MARK);
-      for (const [k, v] of batch) {
-        save(k, depth + 1);
-        save(v, depth + 1);
+      while (i < entries.length) {
+        save(entries[i]![0], depth + 1);
+        save(entries[i]![1], depth + 1);
+        i++;
+        if (++n === 1000) break;
       }
       out.byte(OP.SETITEMS);
-    }
+    } while (n === 1000);
   };
-  const appends = (items: readonly PyValue[], depth: number): void => {
-    for (let i = 0; i < items.length; i += 1000) {
-      const batch = items.slice(i, i + 1000);
-      if (batch.length === 1) {
-        save(batch[0]!, depth + 1);
-        out.byte(OP.APPEND);
-        continue;
+  /** `batch_dict` (items from an iterator, as OrderedDict's reduce gives): a lone item in a batch -> SETITEM. */
+  const dictItemsIter = (entries: [PyValue, PyValue][], depth: number): void => {
+    let i = 0;
+    let n = 0;
+    do {
+      if (i >= entries.length) break;
+      if (i + 1 === entries.length) {
+        save(entries[i]![0], depth + 1);
+        save(entries[i]![1], depth + 1);
+        out.byte(OP.SETITEM);
+        break;
       }
       out.byte(OP.MARK);
-      for (const x of batch) save(x, depth + 1);
+      n = 0;
+      while (n < 1000 && i < entries.length) {
+        save(entries[i]![0], depth + 1);
+        save(entries[i]![1], depth + 1);
+        i++;
+        n++;
+      }
+      out.byte(OP.SETITEMS);
+    } while (n === 1000);
+  };
+  /** `batch_list_exact`: one item -> APPEND; else MARK..APPENDS per 1000. */
+  const listItems = (items: readonly PyValue[], depth: number): void => {
+    if (items.length === 0) return;
+    if (items.length === 1) {
+      save(items[0]!, depth + 1);
+      out.byte(OP.APPEND);
+      return;
+    }
+    let i = 0;
+    while (i < items.length) {
+      out.byte(OP.MARK);
+      for (let n = 0; n < 1000 && i < items.length; n++) save(items[i++]!, depth + 1);
       out.byte(OP.APPENDS);
     }
   };
-  const orderedDictCall = (): void => {
+  /** `OrderedDict()` as torch's backward hooks: a fresh object each time. */
+  const emptyOrderedDict = (): void => {
     global("collections", "OrderedDict");
     out.byte(OP.EMPTY_TUPLE);
     out.byte(OP.REDUCE);
+    put();
   };
   const tensor = (t: TorchTensor, depth: number): void => {
     const info = DTYPES[t.dtype];
     const v3 = info.storage === undefined;
     global("torch._utils", v3 ? "_rebuild_tensor_v3" : "_rebuild_tensor_v2");
-    out.byte(OP.MARK);
-    // persistent id
-    out.byte(OP.MARK);
+    out.byte(OP.MARK); // the args tuple (6 or 7 items)
+    out.byte(OP.MARK); // the persistent id tuple
     str("storage");
     if (v3) global("torch.storage", "UntypedStorage");
     else global("torch", info.storage!);
-    str(storageKey(t.storage));
+    // torch's key strings are its own objects (id_map values): repeats of one storage reuse them,
+    // but they are never the same object as an equal string elsewhere in the pickle
+    const key = storageKey(t.storage);
+    const seen = storageKeys.get(key);
+    if (seen !== undefined) getIdx(seen);
+    else {
+      str(key, true);
+      storageKeys.set(key, memoSize - 1);
+    }
     str("cpu");
     int(v3 ? t.storage.numel * info.size : t.storage.numel);
     out.byte(OP.TUPLE);
+    put();
     out.byte(OP.BINPERSID);
     int(t.storageOffset);
     tuple(t.shape, depth);
     tuple(t.stride, depth);
     out.byte(t.requiresGrad && !t.parameter ? OP.NEWTRUE : OP.NEWFALSE);
-    orderedDictCall();
+    emptyOrderedDict();
     if (v3) global("torch", info.torch.slice("torch.".length));
     out.byte(OP.TUPLE);
+    put();
     out.byte(OP.REDUCE);
   };
 
@@ -308,14 +375,19 @@ export function pickleValue(value: PyValue, options: PickleOptions = {}): Uint8A
     if (typeof v === "bigint") return int(v);
     if (typeof v === "string") return str(v);
     if (v instanceof PyFloat) return float(v.value);
+    if (v instanceof PyGlobal) return global(v.module, v.name);
+    if (get(v)) return;
     if (v instanceof Uint8Array) {
+      // protocol 2 bytes: _codecs.encode(<latin-1 str>, 'latin1')
       global("_codecs", "encode");
       let s = "";
       for (let i = 0; i < v.length; i += 8192) s += String.fromCharCode(...v.subarray(i, i + 8192));
-      str(s);
+      str(s, true);
       str("latin1");
       out.byte(OP.TUPLE1 + 1);
+      put();
       out.byte(OP.REDUCE);
+      objects.set(v, put());
       return;
     }
     if (v instanceof PyTuple) {
@@ -323,41 +395,50 @@ export function pickleValue(value: PyValue, options: PickleOptions = {}): Uint8A
         global("torch", "Size");
         tuple(v.items, depth);
         out.byte(OP.TUPLE1);
+        put();
         out.byte(OP.REDUCE);
+        objects.set(v, put());
         return;
       }
-      return tuple(v.items, depth);
+      return tuple(v.items, depth, v.items.length > 0 ? v : undefined);
     }
-    if (v instanceof PyGlobal) return global(v.module, v.name);
-    if (get(v)) return;
     if (Array.isArray(v)) {
       out.byte(OP.EMPTY_LIST);
-      put(v);
-      appends(v, depth);
+      objects.set(v, put());
+      listItems(v, depth);
       return;
     }
     if (v instanceof PyDict) {
-      if (v.kind === "OrderedDict") orderedDictCall();
-      else out.byte(OP.EMPTY_DICT);
-      put(v);
-      setItems([...v.map] as [PyValue, PyValue][], depth);
-      if (v.attrs && v.attrs.size > 0) {
-        out.byte(OP.EMPTY_DICT);
-        setItems([...v.attrs.map] as [PyValue, PyValue][], depth);
-        out.byte(OP.BUILD);
+      const entries = [...v.map] as [PyValue, PyValue][];
+      if (v.kind === "OrderedDict") {
+        global("collections", "OrderedDict");
+        out.byte(OP.EMPTY_TUPLE);
+        out.byte(OP.REDUCE);
+        objects.set(v, put());
+        dictItemsIter(entries, depth);
+        if (v.attrs && v.attrs.size > 0) {
+          save(v.attrs, depth + 1);
+          out.byte(OP.BUILD);
+        }
+        return;
       }
+      out.byte(OP.EMPTY_DICT);
+      objects.set(v, put());
+      dictItemsExact(entries, depth);
       return;
     }
     if (v instanceof TorchTensor) {
       if (v.parameter) {
         global("torch._utils", "_rebuild_parameter");
         tensor(v, depth);
+        put(); // the inner tensor (a fresh `param.data` object in Python)
         out.byte(v.requiresGrad ? OP.NEWTRUE : OP.NEWFALSE);
-        orderedDictCall();
+        emptyOrderedDict();
         out.byte(OP.TUPLE1 + 2);
+        put();
         out.byte(OP.REDUCE);
       } else tensor(v, depth);
-      put(v);
+      objects.set(v, put());
       return;
     }
     if (v instanceof PyRecord) {
@@ -371,9 +452,9 @@ export function pickleValue(value: PyValue, options: PickleOptions = {}): Uint8A
       global(v.className.slice(0, dot), v.className.slice(dot + 1));
       tuple(v.args, depth);
       out.byte(OP.REDUCE);
-      put(v);
-      if (v.listItems) appends(v.listItems, depth);
-      if (v.dictItems) setItems([...v.dictItems.map] as [PyValue, PyValue][], depth);
+      objects.set(v, put());
+      if (v.listItems) listItems(v.listItems, depth);
+      if (v.dictItems) dictItemsIter([...v.dictItems.map] as [PyValue, PyValue][], depth);
       if (v.state !== undefined) {
         save(v.state, depth + 1);
         out.byte(OP.BUILD);

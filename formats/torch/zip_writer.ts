@@ -22,6 +22,7 @@
  */
 import * as zlib from "node:zlib";
 import { CkptError } from "../../errors.ts";
+import { torchSerializationId } from "./_serialization_id.ts";
 
 const crc32Native =
   (zlib as unknown as { crc32: (data: Uint8Array, value?: number) => number }).crc32;
@@ -62,8 +63,8 @@ export class TorchZipWriter {
   #buf = new Uint8Array(1 << 20);
   #bufLen = 0;
   #enc = new TextEncoder();
-  #nameHash = 0xcbf29ce484222325n;
-  #crcHash = 0n;
+  #names: string[] = [];
+  #crcs: number[] = [];
   /** Path being written. */
   readonly path: string;
 
@@ -190,16 +191,13 @@ export class TorchZipWriter {
       await this.#put(d);
     }
     this.#records.push({ name: full, offset: cursor, size, crc, flags });
-    for (const b of full) {
-      this.#nameHash = ((this.#nameHash ^ BigInt(b)) * 0x100000001b3n) & 0xffffffffffffffffn;
-    }
-    this.#crcHash = (this.#crcHash * 31n + BigInt(crc)) % 100000000000000000000n;
+    this.#names.push(name);
+    if (size > 0) this.#crcs.push(crc);
   }
 
-  /** A deterministic 40-digit `.data/serialization_id` from the record names and CRCs so far. */
+  /** The 40-digit `.data/serialization_id` torch 2.6 computes for the records written so far. */
   serializationId(): string {
-    return (this.#nameHash % 100000000000000000000n).toString().padStart(20, "0") +
-      this.#crcHash.toString().padStart(20, "0");
+    return torchSerializationId(this.#names, this.#crcs);
   }
 
   /** Writes the central directory and end records, closes the file; returns the file size. */

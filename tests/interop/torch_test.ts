@@ -24,7 +24,7 @@ import {
 } from "../../formats/torch/values.ts";
 import { DTYPE_NAMES, DTYPES } from "../../formats/dtype.ts";
 import { StateDict, tensorFromBytes } from "../../formats/state_dict.ts";
-import { REPO_ROOT, runPythonJson } from "../_helpers/peer.ts";
+import { REPO_ROOT, runPython, runPythonJson } from "../_helpers/peer.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
 
 const FIX = join(REPO_ROOT, "tests", "fixtures", "torch");
@@ -56,6 +56,9 @@ for p in json.loads(sys.argv[1]):
     walk(v, '', set())
     d['shared'] = sorted(sorted(g) for g in groups.values() if len(g) > 1)
     out[p] = d
+resave = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+for p, q in resave.items():
+    torch.save(torch.load(p, weights_only=True), q)
 print(json.dumps(out))
 `;
 
@@ -102,12 +105,28 @@ Deno.test("saveTorch() re-writes every torch-written fixture so that torch loads
       await saveTorch(out, f.value);
       paths.push(join(FIX, name), out);
     }
+    await Deno.mkdir(join(dir, "torch"));
+    const resave = Object.fromEntries(names.map((n) => [join(dir, n), join(dir, "torch", n)]));
     const got = await runPythonJson<
       Record<string, { tree: unknown; tensors: Record<string, string>; shared: string[][] }>
     >(
       LOAD_ALL,
-      [JSON.stringify(paths)],
+      [JSON.stringify(paths), JSON.stringify(resave)],
     );
+    for (const name of names) {
+      if (name === "values_p4.pt") continue; // torch's original is protocol 4; ours is protocol 2
+      const ours = await Deno.readFile(join(dir, name));
+      assert.deepEqual(
+        ours,
+        await Deno.readFile(join(FIX, name)),
+        `${name}: same bytes as torch wrote`,
+      );
+      assert.deepEqual(
+        ours,
+        await Deno.readFile(join(dir, "torch", name)),
+        `${name}: torch re-saves it identically`,
+      );
+    }
     for (const name of names) {
       const a = got[join(FIX, name)]!;
       const b = got[join(dir, name)]!;
@@ -193,7 +212,7 @@ Deno.test("saveTorch() writes values torch loads with their Python types and eve
         pyTuple([1, 2, 3, 4, 5]),
       ]],
       ["size", torchSize([2, 3])],
-      ["bytes", [new Uint8Array([0, 128, 255]), new Uint8Array(0)]],
+      ["bytes", [new Uint8Array([0, 128, 255])]],
       ["misc", [null, true, false, "ünï ☃", ""]],
       ["nested", pyDict([["od", pyDict([["z", 1], ["a", 2]], "OrderedDict")], ["l", [[[]]]]])],
       ["same", base],
@@ -201,12 +220,23 @@ Deno.test("saveTorch() writes values torch loads with their Python types and eve
     ]);
     const path = join(dir, "values.pt");
     await saveTorch(path, value);
+    await Deno.mkdir(join(dir, "torch"));
+    // Empty bytes: Python pickles b"" as builtins.bytes(), which torch's weights_only loader refuses;
+    // ckpt writes _codecs.encode("", "latin1") instead, so that one value is not byte-compared.
+    const empty = join(dir, "empty_bytes.pt");
+    await saveTorch(empty, pyDict([["b", new Uint8Array(0)]]));
     const got = await runPythonJson<
       Record<string, { tree: unknown; tensors: Record<string, string>; shared: string[][] }>
     >(
       LOAD_ALL,
-      [JSON.stringify([path])],
+      [JSON.stringify([path, empty]), JSON.stringify({ [path]: join(dir, "torch", "values.pt") })],
     );
+    assert.deepEqual(
+      await Deno.readFile(join(dir, "torch", "values.pt")),
+      await Deno.readFile(path),
+      "torch re-saves what it loaded from our file byte for byte",
+    );
+    assert.deepEqual(got[empty]!.tree, { b: { __bytes__: "" } });
     const want = await ours(value);
     const b = got[path]!;
     assert.deepEqual(b.tree, want.tree);
@@ -269,6 +299,10 @@ import json, sys, torch
 d = sys.argv[1]
 o = torch.load(d + '/optimizer.pt', weights_only=True)
 s = torch.load(d + '/scheduler.pt', weights_only=True)
+import os
+os.mkdir(d + '/torch')
+torch.save(o, d + '/torch/optimizer.pt')
+torch.save(s, d + '/torch/scheduler.pt')
 assert type(o) is dict and o['class'] == 'AdamW' and type(o['state_dict']['state']) is dict
 assert list(o['state_dict']['state'].keys()) == [0, 1, 2, 3]
 g = o['state_dict']['param_groups'][0]
@@ -285,6 +319,13 @@ print(json.dumps({'step': float(opt.state_dict()['state'][0]['step']), 'lr': opt
 `,
       [dir],
     );
+    for (const f of ["optimizer.pt", "scheduler.pt"]) {
+      assert.deepEqual(
+        await Deno.readFile(join(dir, "torch", f)),
+        await Deno.readFile(join(dir, f)),
+        `${f}: bytes`,
+      );
+    }
     assert.equal(result.step, 3);
     assert.equal(result.last_epoch, 3);
     assert.ok(Math.abs((result.lr as number) - 0.0004) < 1e-12); // lambda(3) = 4/10
@@ -325,5 +366,30 @@ print(json.dumps({'map': out, 'total': idx['metadata']['total_size'], 'files': s
     const map = got.map as Record<string, [string, string, number[], number]>;
     assert.deepEqual(map["big"], [files[1], "torch.float32", [40], 9]);
     assert.deepEqual(map["layers.3.weight"]!.slice(1), ["torch.bfloat16", [4, 4], 4]);
+  });
+});
+
+Deno.test("saveTorch() matches torch.save byte for byte for 1 to 700 storages (serialization id hash order)", async () => {
+  await withTempDir(async (dir) => {
+    const counts = [1, 12, 13, 30, 60, 130, 260, 700];
+    await runPython(
+      `
+import sys, torch, collections, os
+d = sys.argv[1]
+for n in map(int, sys.argv[2].split(',')):
+    os.mkdir(os.path.join(d, str(n)))
+    sd = collections.OrderedDict((f'layer.{i}.weight', torch.full((2,), float(i))) for i in range(n))
+    torch.save(sd, os.path.join(d, str(n), 'model.bin'))
+`,
+      [dir, counts.join(",")],
+    );
+    for (const n of counts) {
+      const src = join(dir, String(n), "model.bin");
+      await using f = await loadTorch(src);
+      const out = join(dir, `${n}-ours`, "model.bin");
+      await Deno.mkdir(join(dir, `${n}-ours`));
+      await saveTorch(out, f.value);
+      assert.deepEqual(await Deno.readFile(out), await Deno.readFile(src), `${n} storages`);
+    }
   });
 });

@@ -1,6 +1,6 @@
 /** saveTorch / saveTorchStateDict / writeTorchSharded: layout, determinism, streaming, abort. */
 import assert from "node:assert/strict";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { isCkptError } from "../../../errors.ts";
 import { StateDict, tensorFromBytes, type TensorRef } from "../../../formats/state_dict.ts";
 import { loadTorch } from "../../../formats/torch/load.ts";
@@ -13,6 +13,7 @@ import {
   type TorchTensor,
 } from "../../../formats/torch/values.ts";
 import { withTempDir } from "../../_helpers/tmp.ts";
+import { REPO_ROOT } from "../../_helpers/peer.ts";
 
 Deno.test("torchArchivePrefix() follows torch: basename without its last extension", () => {
   assert.equal(torchArchivePrefix("/x/sd.pt"), "sd");
@@ -204,3 +205,27 @@ Deno.test("saveTorchStateDict() re-writes a loaded torch file byte for byte thro
     );
   });
 });
+
+for (
+  const name of [
+    "dtypes.pt",
+    "views.pt",
+    "params.pt",
+    "model_sd.pt",
+    "tied.pt",
+    "optimizer.pt",
+    "scheduler.pt",
+    "values.pt",
+    "sharded/pytorch_model-00001-of-00003.bin",
+  ]
+) {
+  Deno.test(`saveTorch() re-writes torch-written ${name} byte for byte (pickle memo, layout, serialization id)`, async () => {
+    const src = join(REPO_ROOT, "tests", "fixtures", "torch", name);
+    await withTempDir(async (dir) => {
+      await using f = await loadTorch(src);
+      const out = join(dir, basename(name));
+      await saveTorch(out, f.value);
+      assert.deepEqual(await Deno.readFile(out), await Deno.readFile(src));
+    });
+  });
+}
