@@ -32,7 +32,14 @@ import { planShards, shardFileName, shardIndexJson } from "../shards.ts";
 import { StateDict } from "../state_dict.ts";
 import { loadTorch, type TorchFile } from "./load.ts";
 import { type SaveTorchOptions, saveTorchStateDict } from "./save.ts";
-import { PyDict, pyTypeName, type PyValue, TorchTensor, torchTensor } from "./values.ts";
+import {
+  PyDict,
+  pyTypeName,
+  type PyValue,
+  type TorchStorage,
+  TorchTensor,
+  torchTensor,
+} from "./values.ts";
 
 /** The tensors of a dict whose values are all tensors, or undefined. */
 function tensorDict(v: PyValue | undefined): [string, TorchTensor][] | undefined {
@@ -190,11 +197,30 @@ export async function writeTorchSharded(
   options: WriteTorchShardedOptions,
 ): Promise<WriteTorchShardedResult> {
   const stem = options.prefix ?? "pytorch_model";
-  const sizes = [...sd].map(([name, ref]) => {
+  // huggingface_hub's split: tensors sharing a storage (tied weights) count once and go to the
+  // shard of the first of them, appended after that shard's own tensors.
+  const first = new Map<TorchStorage, string>();
+  const followers = new Map<string, string[]>();
+  const entries: { name: string; bytes: number }[] = [];
+  for (const [name, ref] of sd) {
     const t = torchTensor(ref);
-    return { name, bytes: t.storage.byteLength };
-  });
-  const plan = planShards(sizes, options.maxShardSize);
+    const lead = first.get(t.storage);
+    if (lead !== undefined) {
+      followers.get(lead)!.push(name);
+      continue;
+    }
+    first.set(t.storage, name);
+    followers.set(name, []);
+    entries.push({ name, bytes: t.storage.byteLength });
+  }
+  const planned = planShards(entries, options.maxShardSize);
+  const plan = {
+    totalSize: planned.totalSize,
+    shards: planned.shards.map((sh) => ({
+      bytes: sh.bytes,
+      names: [...sh.names, ...sh.names.flatMap((n) => followers.get(n) ?? [])],
+    })),
+  };
   const n = plan.shards.length;
   const files = plan.shards.map((_, i) => shardFileName(stem, ".bin", i, n));
   const total = plan.totalSize;

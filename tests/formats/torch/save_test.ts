@@ -229,3 +229,28 @@ for (
     });
   });
 }
+
+Deno.test("writeTorchSharded() keeps tied weights in their first tensor's shard and counts them once", async () => {
+  await withTempDir(async (dir) => {
+    await using sd = await openTorchStateDict(
+      join(REPO_ROOT, "tests", "fixtures", "torch", "tied.pt"),
+    );
+    const { files, index } = await writeTorchSharded(dir, sd, { maxShardSize: 24 });
+    assert.equal(files.length, 2);
+    assert.deepEqual(index, {
+      metadata: { total_size: 30 },
+      weight_map: {
+        "0.bias": files[1],
+        "0.weight": files[0],
+        "1.bias": files[1],
+        "1.weight": files[0],
+      },
+    });
+    await using first = await openTorchStateDict(join(dir, files[0]!));
+    assert.deepEqual([...first.keys()], ["0.weight", "1.weight"]);
+    assert.equal(
+      (first.require("0.weight") as TorchTensor).storage,
+      (first.require("1.weight") as TorchTensor).storage,
+    );
+  });
+});
