@@ -7,6 +7,17 @@
  * mode, an explicit list of classes that become inert {@linkcode PyRecord}s (DCP metadata).
  * Every other name stops the machine with `PICKLE_GLOBAL` naming `module.name` and the byte offset.
  *
+ * Records mode (`options.records`, for DCP `.metadata`): the listed classes are allowed as globals
+ * and never run. `NEWOBJ(cls, args)`, `NEWOBJ_EX`, `REDUCE(cls, args)`, `INST` and `OBJ` make a
+ * {@linkcode PyRecord} `{className, args, state}`; `BUILD` sets `state` (dict states merge). So:
+ * a dataclass is `PyRecord(cls, [], PyDict{field: value})` (read with `record.field("name")`);
+ * `TensorProperties` (custom `__getstate__`) has a 5-tuple `state`; an enum member
+ * (`_MEM_FORMAT_ENCODING(0)`) is `PyRecord(cls, [0])`; a namedtuple is `PyRecord(cls, [a, b])`;
+ * `torch.Size((2, 3))` is a {@linkcode PyTuple} with `kind: "torch.Size"`; `torch.float32` is a
+ * {@linkcode PyGlobal} (`qualname` `"torch.float32"`); `_get_layout("torch.strided")` is the
+ * {@linkcode PyGlobal} `torch.strided`; records may be dict keys (DCP `MetadataIndex`, by identity).
+ * `toJSONish` shows a record as `{__class__: "m.C", args?, ...dict state | state}`.
+ *
  * Error codes: `PICKLE_TRUNCATED` (ran out of bytes), `PICKLE_OPCODE` (unknown or unsupported
  * opcode), `PICKLE_EXT` (extension registry opcodes), `PICKLE_GLOBAL` (name not allowed),
  * `PICKLE_REDUCE` (call/instantiation of something not callable here), `PICKLE_BUILD` (`BUILD` on
