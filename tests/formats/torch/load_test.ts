@@ -53,6 +53,7 @@ for (
     "scheduler.pt",
     "values.pt",
     "values_p4.pt",
+    "torch27_layout.pt",
   ]
 ) {
   Deno.test(`loadTorch() reads torch-written ${name} equal to torch's own view`, () =>
