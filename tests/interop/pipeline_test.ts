@@ -162,7 +162,10 @@ async function flipAndVerify(out: string, file: string, run: DemoRun): Promise<v
   await Deno.writeFile(path, bytes);
   const bad = await verifyCheckpoint(out);
   assert.equal(bad.ok, false);
-  assert.deepEqual(bad.checks.filter((c) => !c.ok).map((c) => c.file), [file]);
+  const failed = bad.checks.filter((c) => !c.ok);
+  assert.ok(failed.some((c) => c.kind === "hash" && c.file === file), JSON.stringify(failed));
+  // Loading may catch the flip too (zip CRCs); nothing else may fail.
+  assert.ok(failed.every((c) => c.file === file), JSON.stringify(failed));
   bytes[at]! ^= 0x04;
   await Deno.writeFile(path, bytes);
 }
