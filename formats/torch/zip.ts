@@ -288,9 +288,9 @@ export class ZipReader {
         flags,
       });
     }
-    // Local headers give the data offsets.
+    // Local headers give the data offsets (read a batch at a time; reads are positional).
     const resolved: ZipEntry[] = [];
-    for (const en of entries) {
+    const resolve = async (en: ZipEntry): Promise<ZipEntry> => {
       const h = await file.readAt(base + en.headerOffset, 30);
       const hdv = new DataView(h.buffer, h.byteOffset, 30);
       if (hdv.getUint32(0, true) !== SIG_LFH) {
@@ -301,16 +301,19 @@ export class ZipReader {
         );
       }
       const dataOffset = en.headerOffset + 30 + hdv.getUint16(26, true) + hdv.getUint16(28, true);
-      if (!(dataOffset + en.size <= cdOffset)) {
+      if (!(dataOffset + en.storedSize <= cdOffset)) {
         throw fail(
           "ZIP_BAD_OFFSET",
           `entry "${en.name}" data [${dataOffset}, ${
-            dataOffset + en.size
+            dataOffset + en.storedSize
           }) runs past the data area (${cdOffset})`,
           en.headerOffset,
         );
       }
-      resolved.push({ ...en, dataOffset });
+      return { ...en, dataOffset };
+    };
+    for (let k = 0; k < entries.length; k += 64) {
+      resolved.push(...await Promise.all(entries.slice(k, k + 64).map(resolve)));
     }
     const sorted = [...resolved].sort((a, b) => a.headerOffset - b.headerOffset);
     for (let i = 1; i < sorted.length; i++) {
