@@ -337,3 +337,32 @@ Deno.test("DcpCheckpoint.open() reads .metadata pickled with protocols 2, 3, 5 a
     });
   }
 });
+
+Deno.test("an accelerate FSDP1 checkpoint (ShardedTensor, {model}/{optimizer} roots) equals dcp_to_torch_save", async () => {
+  await using sd = await openDcpStateDict(join(FIX, "fsdp1_w2", "pytorch_model_fsdp_0"));
+  await using full = await loadTorch(join(FIX, "fsdp1_w2", "pytorch_model_fsdp_0_full.pt"));
+  const want = flatTensors(full.value);
+  // The "model" root is dropped: names are the model's own.
+  assert.deepEqual([...sd.keys()], ["0.weight", "1.weight", "1.bias", "3.weight", "3.bias"]);
+  assert.deepEqual([...sd.keys()].map((k) => `model.${k}`), [...want.keys()]);
+  for (const [k, t] of sd) {
+    assert.deepEqual(await t.read(), await want.get(`model.${k}`)!.read(), k);
+  }
+
+  const optim = await readDcpOptimizer(join(FIX, "fsdp1_w2", "optimizer_0"), { keyed: "name" });
+  try {
+    await using of = await loadTorch(join(FIX, "fsdp1_w2", "optimizer_0_full.pt"));
+    const theirs = of.dict().get("optimizer") as PyDict;
+    assert.deepEqual(optim.paramNames, ["0.weight", "1.weight", "1.bias", "3.weight", "3.bias"]);
+    assert.deepEqual(
+      await withBytes(optim.value.get("state")!, true),
+      await withBytes(theirs.get("state")!, true),
+    );
+    const og = (optim.value.get("param_groups") as PyDict[])[0]!;
+    for (const [k, v] of (theirs.get("param_groups") as PyDict[])[0]!) {
+      assert.deepEqual(toJSONish(og.get(k)!), toJSONish(v), String(k));
+    }
+  } finally {
+    await optim.close();
+  }
+});
