@@ -445,13 +445,21 @@ export function defaultDcpRoot(paths: readonly (readonly DcpPathItem[])[]): stri
 /**
  * Maps the tensor entries of a model checkpoint to state-dict names: `planner_data` path (never
  * the flat key, since FQNs contain dots) below the root, joined with dots, wrapper segments removed.
+ * Optimizer-shaped entries (`('state', fqn, key)`, `('param_groups', i, key)`) saved beside the
+ * weights are left out (unless they are all there is).
  * `DCP_NAME_CLASH` when two tensors end up with one name.
  */
 export function dcpTensorNames(
   metadata: DcpMetadata,
   options: DcpNameOptions = {},
 ): [string, DcpTensorEntry][] {
-  const tensors = metadata.entries.filter((e): e is DcpTensorEntry => e.kind === "tensor");
+  const all = metadata.entries.filter((e): e is DcpTensorEntry => e.kind === "tensor");
+  // Optimizer state saved beside the model at the top level (torchtitan-style flattening:
+  // ('state', fqn, 'exp_avg'), ('param_groups', 0, ...)) is not model weights.
+  const optimizerShaped = (t: DcpTensorEntry) =>
+    t.path.length >= 3 && (t.path[0] === "state" || t.path[0] === "param_groups");
+  const weights = all.filter((t) => !optimizerShaped(t));
+  const tensors = weights.length > 0 ? weights : all;
   const root = options.root === undefined
     ? defaultDcpRoot(tensors.map((t) => t.path))
     : options.root;

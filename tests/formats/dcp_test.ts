@@ -155,6 +155,15 @@ Deno.test("dcpTensorNames() maps planner paths, drops a shared root and wrapper 
   };
   assert.deepEqual(dcpTensorNames(both).map(([n]) => n), ["w"]);
   assert.equal(defaultDcpRoot([["w"], ["v"]]), null);
+  // torchtitan-style: model FQNs and optimizer state flattened side by side at the top level.
+  const titan = {
+    entries: [
+      entry("tok.weight", ["tok.weight"]),
+      entry("state.tok.weight.exp_avg", ["state", "tok.weight", "exp_avg"]),
+      entry("state.x", ["state.x"]),
+    ],
+  };
+  assert.deepEqual(dcpTensorNames(titan).map(([n]) => n), ["tok.weight", "state.x"]);
   assert.equal(
     stripWrapperSegments("module._orig_mod.layers.0._checkpoint_wrapped_module.w"),
     "layers.0.w",
