@@ -50,7 +50,7 @@
 import { dirname, isAbsolute, resolve } from "node:path";
 import { z } from "zod";
 import { CkptError } from "../errors.ts";
-import type { Stage } from "./stage.ts";
+import type { SchemaIssue, Stage } from "./stage.ts";
 
 /** One stage of a loaded config, its options parsed by the stage's schema (defaults applied). */
 export interface ConfigStage {
@@ -264,13 +264,15 @@ function expectedOf(issue: z.core.$ZodIssue): string {
  * the value found and what was expected (first issue; all issues are in `details.issues`).
  */
 function configError(
-  error: z.ZodError,
+  error: { readonly issues: readonly SchemaIssue[] },
   root: unknown,
   prefix: readonly PropertyKey[],
   source: string,
   knownKeys?: readonly string[],
 ): CkptError {
-  const issues = error.issues.map((issue) => {
+  const issues = error.issues.map((schemaIssue) => {
+    // Zod's issues carry the per-code fields read below; other schemas fall back to `message`.
+    const issue = schemaIssue as z.core.$ZodIssue;
     const path = [...prefix, ...issue.path];
     let found = describeValue(valueAt(root, path));
     let expected = expectedOf(issue);

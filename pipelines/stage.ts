@@ -3,12 +3,35 @@
  * typed, validated options object. The runner gives every stage the same {@linkcode StageContext}.
  * @module
  */
-import type { ZodType } from "zod";
 
-export type { ZodType };
+/** One problem a schema found (the fields every zod 4 issue has; zod adds more per `code`). */
+export interface SchemaIssue {
+  /** Issue kind, such as `invalid_type` or `unrecognized_keys`. */
+  readonly code: string;
+  /** Where in the value, as keys and indexes. */
+  readonly path: readonly PropertyKey[];
+  /** Human-readable description. */
+  readonly message: string;
+}
 
-/** The options type a stage's schema produces (defaults applied), i.e. zod's output type. */
-export type StageOptions<S extends ZodType> = S extends ZodType<infer O> ? O : never;
+/** What {@linkcode OptionsSchema.safeParse} returns. */
+export type SchemaResult<T> =
+  | { readonly success: true; readonly data: T }
+  | { readonly success: false; readonly error: { readonly issues: readonly SchemaIssue[] } };
+
+/**
+ * A stage's options schema: anything with zod's `safeParse` (every zod 4 schema is one; use
+ * `z.strictObject` so that unknown keys are errors).
+ */
+export interface OptionsSchema<T = unknown> {
+  /** Validates `input`, applying defaults. */
+  safeParse(input: unknown): SchemaResult<T>;
+}
+
+/** The options type a stage's schema produces (defaults applied): zod's output type. */
+export type StageOptions<S extends OptionsSchema> = S extends { safeParse(input: unknown): infer R }
+  ? R extends { success: true; data: infer O } ? O : never
+  : never;
 import type { StateDict } from "../formats/state_dict.ts";
 import type { BackendChoice } from "../merge/types.ts";
 
@@ -73,7 +96,7 @@ export interface StageContext {
 }
 
 /** A stage: its name, its options schema (unknown keys rejected) and its function. */
-export interface Stage<S extends ZodType = ZodType> {
+export interface Stage<S extends OptionsSchema = OptionsSchema> {
   /** Name used in configs (`"use": "gatherShards"`). */
   readonly name: string;
   /** One-line description for `--help` and docs. */
