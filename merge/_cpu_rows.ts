@@ -101,6 +101,8 @@ export function runCpuTask(
   t: CpuTask,
   module?: WebAssembly.Module,
 ): void {
+  // another thread may have grown the shared memory: grow(0) refreshes this thread's view of it
+  mem.grow(0);
   const kernelOut: MergeDType = t.dora ? "F32" : t.outDtype;
   const kernel = cache.get(kernelKind(t.wDtype, kernelOut, t.rank, t.cols), module);
   const colsVec = t.cols - (t.cols % KERNEL_TILE_COLS);

@@ -3,9 +3,11 @@
  * run by workers that share one `WebAssembly.Memory`, each merging a contiguous range of the
  * block's rows. Results equal `merge/reference.ts` bit for bit.
  *
- * Calls are served one at a time in arrival order (the workers already use every core); a block is
- * copied into the shared memory, merged in parallel and copied out. Blocks too small to be worth a
- * round trip to the workers are merged on the calling thread with the same kernel.
+ * A block is copied into the shared memory, merged by the workers in parallel (one block at a
+ * time: they already use every core) and copied out. The memory has two slots, so with calls in
+ * flight the calling thread copies the next block in (and the previous one out) while the workers
+ * merge this one. Blocks too small to be worth a round trip to the workers are merged on the
+ * calling thread with the same kernel.
  *
  * @example Merging on the CPU
  * ```ts
@@ -72,7 +74,14 @@ class CpuBackend implements CpuMergeBackend {
   #sent: Set<string>[];
   #pending = new Map<number, Pending>();
   #nextId = 0;
-  #queue: Promise<unknown> = Promise.resolve();
+  /** Two slots of the shared memory: a call copies into one while the workers merge the other. */
+  #slots: { base: number; cap: number; chain: Promise<unknown> }[] = [
+    { base: 0, cap: 0, chain: Promise.resolve() },
+    { base: 0, cap: 0, chain: Promise.resolve() },
+  ];
+  #nextSlot = 0;
+  /** The workers' turn: one block merged at a time. */
+  #compute: Promise<unknown> = Promise.resolve();
   #inlineBelow: number;
   #disposed = false;
 
@@ -119,8 +128,15 @@ class CpuBackend implements CpuMergeBackend {
     } catch (e) {
       return Promise.reject(e);
     }
-    const run = this.#queue.then(() => this.#merge(req));
-    this.#queue = run.catch(() => {});
+    return this.#inSlot((slot) => this.#merge(req, 0, slot));
+  }
+
+  /** Runs `fn` in the next slot once that slot's previous call is done. */
+  #inSlot<T>(fn: (slot: number) => Promise<T>): Promise<T> {
+    const slot = this.#nextSlot;
+    this.#nextSlot ^= 1;
+    const run = this.#slots[slot]!.chain.then(() => fn(slot));
+    this.#slots[slot]!.chain = run.catch(() => {});
     return run;
   }
 
@@ -137,34 +153,41 @@ class CpuBackend implements CpuMergeBackend {
   /** See {@linkcode CpuMergeBackend.timeKernel}. */
   async timeKernel(req: MergeRowsRequest, reps: number): Promise<number> {
     validateMergeRequest(req);
-    let seconds = 0;
-    const run = this.#queue.then(async () => {
-      seconds = (await this.#merge(req, reps)).seconds;
-    });
-    this.#queue = run.catch(() => {});
-    await run;
-    return seconds;
+    return (await this.#inSlot((slot) => this.#merge(req, reps, slot))).seconds;
   }
 
-  async #merge(req: MergeRowsRequest): Promise<Uint8Array>;
-  async #merge(req: MergeRowsRequest, reps: number): Promise<{ seconds: number }>;
-  async #merge(req: MergeRowsRequest, reps = 0): Promise<Uint8Array | { seconds: number }> {
+  async #merge(req: MergeRowsRequest, reps?: 0, slot?: number): Promise<Uint8Array>;
+  async #merge(req: MergeRowsRequest, reps: number, slot: number): Promise<{ seconds: number }>;
+  async #merge(
+    req: MergeRowsRequest,
+    reps = 0,
+    slot = 0,
+  ): Promise<Uint8Array | { seconds: number }> {
     const { rows, cols, rank } = req;
     const dora = req.magnitude !== undefined;
-    const aPtr = 0;
-    const bPtr = align(aPtr + req.a.byteLength);
-    const wPtr = align(bPtr + req.b.byteLength);
+    // layout relative to the slot's base: A, B, W, output, DoRA rows, DoRA magnitudes
     const outBytes = rows * cols * MERGE_DTYPE_SIZE[req.outDtype];
-    const outPtr = align(wPtr + req.w.byteLength);
-    const yPtr = align(outPtr + outBytes);
-    const magPtr = align(yPtr + (dora ? rows * cols * 4 : 0));
-    const end = magPtr + (dora ? rows * 4 : 0) + 64;
-    const pages = Math.ceil(end / PAGE);
+    const bOff = align(req.a.byteLength);
+    const wOff = align(bOff + req.b.byteLength);
+    const outOff = align(wOff + req.w.byteLength);
+    const yOff = align(outOff + outBytes);
+    const magOff = align(yOff + (dora ? rows * cols * 4 : 0));
+    const size = magOff + (dora ? rows * 4 : 0) + 64;
+    const s = this.#slots[slot]!;
+    if (size > s.cap) {
+      // a new, larger region for this slot at the end of the memory: only this slot's own calls
+      // use it, so the other slot's call in flight is never disturbed
+      s.base = this.#mem.buffer.byteLength;
+      s.cap = Math.ceil((size * 1.25) / PAGE) * PAGE;
+    }
+    const aPtr = s.base, bPtr = s.base + bOff, wPtr = s.base + wOff, outPtr = s.base + outOff;
+    const yPtr = s.base + yOff, magPtr = s.base + magOff;
+    const pages = Math.ceil((s.base + s.cap) / PAGE);
     const have = this.#mem.buffer.byteLength / PAGE;
     if (pages > KERNEL_MAX_PAGES) {
       throw new CkptError(
         "MERGE_BLOCK_TOO_LARGE",
-        `Cannot merge "${req.name}" on the CPU: a block of ${rows} x ${cols} needs ${end} bytes, over 4 GiB`,
+        `Cannot merge "${req.name}" on the CPU: a block of ${rows} x ${cols} needs ${size} bytes, more than the 4 GiB memory holds`,
         { tensor: req.name },
       );
     }
@@ -194,9 +217,15 @@ class CpuBackend implements CpuMergeBackend {
     };
     const work = rows * cols * Math.max(rank, 1);
     const n = Math.min(this.#workers.length, rows);
-    const t0 = performance.now();
-    for (let rep = 0; rep < Math.max(reps, 1); rep++) await this.#run(req, base, n, work);
-    if (reps > 0) return { seconds: (performance.now() - t0) / 1000 / reps };
+    let seconds = 0;
+    const turn = this.#compute.then(async () => {
+      const t0 = performance.now();
+      for (let rep = 0; rep < Math.max(reps, 1); rep++) await this.#run(req, base, n, work);
+      seconds = (performance.now() - t0) / 1000 / Math.max(reps, 1);
+    });
+    this.#compute = turn.catch(() => {});
+    await turn;
+    if (reps > 0) return { seconds };
     return new Uint8Array(this.#mem.buffer as unknown as ArrayBuffer).slice(
       outPtr,
       outPtr + outBytes,

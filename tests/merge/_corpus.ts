@@ -107,3 +107,24 @@ export function corpus(): MergeRowsRequest[] {
   out.push(request("F16", "BF16", 2, 35, 129, seed++, { dora: true }));
   return out;
 }
+
+/** Asserts two byte arrays are equal, naming the first differing byte (cheap on large arrays). */
+export function assertSameBytes(got: Uint8Array, want: Uint8Array, name: string): void {
+  if (got.length !== want.length) {
+    throw new Error(`${name}: ${got.length} bytes, expected ${want.length}`);
+  }
+  let bad = 0, first = -1;
+  for (let i = 0; i < want.length; i++) {
+    if (got[i] !== want[i]) {
+      if (first < 0) first = i;
+      bad++;
+    }
+  }
+  if (bad > 0) {
+    throw new Error(
+      `${name}: ${bad} of ${want.length} bytes differ, first at ${first} (${got[first]} vs ${
+        want[first]
+      })`,
+    );
+  }
+}
