@@ -14,6 +14,7 @@ import {
   type PyGlobal,
   type PyTuple,
   type PyValue,
+  tensorsOf,
 } from "../../../formats/torch/values.ts";
 import { ZipReader } from "../../../formats/torch/zip.ts";
 import { REPO_ROOT } from "../../_helpers/peer.ts";
@@ -135,4 +136,28 @@ Deno.test("unpickle() of a real torch pickle cut at every byte fails with PICKLE
       `cut at ${cut}`,
     );
   }
+});
+
+Deno.test("loadTorch() on randomly corrupted torch files fails only with CkptErrors (seeded fuzz)", async () => {
+  let s = 12345;
+  const rnd = () => (s = (s * 1103515245 + 12345) >>> 0) / 2 ** 32;
+  const sources = ["optimizer.pt", "views.pt", "values.pt"].map((n) =>
+    Deno.readFileSync(join(FIX, n))
+  );
+  await withTempDir(async (dir) => {
+    const p = join(dir, "fuzz.pt");
+    for (let i = 0; i < 300; i++) {
+      const src = sources[i % sources.length]!;
+      const b = src.slice();
+      const flips = 1 + Math.floor(rnd() * 4);
+      for (let k = 0; k < flips; k++) b[Math.floor(rnd() * b.length)] = Math.floor(rnd() * 256);
+      await Deno.writeFile(p, b);
+      try {
+        await using f = await loadTorch(p);
+        for (const [, t] of tensorsOf(f.value)) await t.read();
+      } catch (e) {
+        assert.ok(isCkptError(e), `case ${i}: ${(e as Error)?.stack ?? e}`);
+      }
+    }
+  });
 });
