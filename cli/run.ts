@@ -7,7 +7,7 @@ import { CkptError } from "../errors.ts";
 import type { BackendChoice } from "../merge/types.ts";
 import { loadConfig, parseVarArgs, type PipelineConfig } from "../pipelines/config.ts";
 import { loadPreset, PRESETS } from "../pipelines/presets.ts";
-import { createRenderer, formatBytes, type LogStyle } from "../pipelines/progress.ts";
+import { createRenderer, eventToJson, formatBytes, type LogStyle } from "../pipelines/progress.ts";
 import { runPipeline, type RunResult } from "../pipelines/run.ts";
 import { parseCommand, stringOption, UsageError } from "./_args.ts";
 
@@ -156,6 +156,24 @@ export async function run(args: string[]): Promise<number> {
     backend: backendChoice(stringOption(parsed, "backend")),
     log: logStyle(stringOption(parsed, "log")),
   };
-  const config = await loadConfigOrPreset(parsed.positionals[0]!, parseVarArgs(varList));
+  let config: PipelineConfig;
+  try {
+    config = await loadConfigOrPreset(parsed.positionals[0]!, parseVarArgs(varList));
+  } catch (err) {
+    if (!reportLoadError(err, flags.log)) throw err;
+    return 1;
+  }
   return await runWithCli(config, flags);
+}
+
+/**
+ * With `--log json`, a config that fails to load is logged as a `pipeline-error` JSON line like
+ * any other failure (cron logs stay machine-readable); returns false when the caller should print.
+ */
+export function reportLoadError(err: unknown, log: LogStyle): boolean {
+  if (!(err instanceof CkptError) || log !== "json") return false;
+  stderrWriter()(
+    eventToJson({ type: "pipeline-error", code: err.code, message: err.message }) + "\n",
+  );
+  return true;
 }

@@ -69,6 +69,11 @@ Deno.test("`ckpt run --var` overrides config vars; an undefined var is a coded e
     const bad = await ckpt(["run", cfg]);
     assert.equal(bad.code, 1);
     assert.match(bad.stderr, /CONFIG_VAR_UNDEFINED/);
+    const json = await ckpt(["run", cfg, "--log", "json"]);
+    assert.equal(json.code, 1);
+    const event = JSON.parse(json.stderr.trim());
+    assert.equal(event.type, "pipeline-error");
+    assert.equal(event.code, "CONFIG_VAR_UNDEFINED");
   });
 });
 
