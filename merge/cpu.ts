@@ -153,7 +153,8 @@ class CpuBackend implements CpuMergeBackend {
   /** See {@linkcode CpuMergeBackend.timeKernel}. */
   async timeKernel(req: MergeRowsRequest, reps: number): Promise<number> {
     validateMergeRequest(req);
-    return (await this.#inSlot((slot) => this.#merge(req, reps, slot))).seconds;
+    const n = Math.max(1, Math.floor(reps));
+    return (await this.#inSlot((slot) => this.#merge(req, n, slot))).seconds;
   }
 
   async #merge(req: MergeRowsRequest, reps?: 0, slot?: number): Promise<Uint8Array>;
