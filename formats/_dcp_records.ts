@@ -10,6 +10,7 @@ import { rowCount, rowNumel } from "./state_dict.ts";
 import { ZipReader } from "./torch/zip.ts";
 import type { RandomAccessFile } from "./_io.ts";
 import type { ChunkRows, ResolvedChunk } from "./_dcp_assemble.ts";
+import type { DcpFilePool } from "./_dcp_files.ts";
 import {
   PyDict,
   PyFloat,
@@ -282,97 +283,99 @@ export function decodeDcpMetadata(bytes: Uint8Array, file: string): DcpMetadata 
   return dcpMetadataFromValue(value, file);
 }
 
-/** Reads rows of a record tensor, straight into `into` when the view is contiguous. */
-function tensorRows(t: TorchTensor): ChunkRows {
-  return {
-    async readRows(a: number, b: number, into?: Uint8Array): Promise<Uint8Array> {
-      const bytes = await t.read(a, b);
-      if (!into) return bytes;
-      into.set(bytes);
-      return into;
-    },
-  };
+/** Where a record lives: the checkpoint's file pool, the file, the byte range. */
+export interface RecordPlace {
+  /** The checkpoint's files. */
+  readonly pool: DcpFilePool;
+  /** File, relative to the checkpoint folder. */
+  readonly file: string;
+  /** Byte offset of the record (a torch.save zip) in the file. */
+  readonly offset: number;
+  /** Byte length of the record. */
+  readonly length: number;
 }
 
-/**
- * Opens the record at `[offset, offset+length)` of `file` (a `torch.save` zip of one tensor) and
- * returns its dtype, shape and a row reader. `DCP_RECORD` when it is not a single tensor.
- */
-export async function openChunkRecord(
-  file: RandomAccessFile,
-  offset: number,
-  length: number,
-  key: string,
-): Promise<ResolvedChunk> {
-  let value: PyValue;
+async function loadRecord(file: RandomAccessFile, at: RecordPlace, key: string): Promise<PyValue> {
   try {
-    value = await loadTorchSlice(file, offset, length);
+    return await loadTorchSlice(file, at.offset, at.length);
   } catch (cause) {
     throw new CkptError(
       "DCP_RECORD",
-      `Cannot read "${key}": the record at offset ${offset} (${length} bytes) of "${file.path}" is not a torch.save archive: ${
+      `Cannot read "${key}": the record at offset ${at.offset} (${at.length} bytes) of "${file.path}" cannot be decoded: ${
         (cause as Error).message
       }`,
-      { file: file.path, tensor: key, offset, cause },
+      { file: file.path, tensor: key, offset: at.offset, cause },
     );
   }
-  if (!(value instanceof TorchTensor)) {
-    throw new CkptError(
-      "DCP_RECORD",
-      `Cannot read "${key}": the record at offset ${offset} of "${file.path}" holds ${
-        describeShort(value)
-      }, not a tensor`,
-      { file: file.path, tensor: key, offset },
-    );
-  }
-  const direct = await directRows(file, offset, length, value);
-  return { dtype: value.dtype, shape: [...value.shape], rows: direct ?? tensorRows(value) };
 }
 
 /**
- * For a contiguous record tensor (what DCP writes: it clones views), rows read by positional reads
- * straight from the file into the caller's buffer, with no intermediate copy. Undefined when the
- * layout is anything else (the generic strided reader is used then).
+ * Opens the record at `place` (a `torch.save` zip of one tensor) and returns its dtype, shape and
+ * a row reader that reopens the file through the pool on every read. `DCP_RECORD` when it is not
+ * a single tensor.
  */
-async function directRows(
+export function openChunkRecord(place: RecordPlace, key: string): Promise<ResolvedChunk> {
+  const { pool } = place;
+  return pool.use(place.file, async (file) => {
+    const value = await loadRecord(file, place, key);
+    if (!(value instanceof TorchTensor)) {
+      throw new CkptError(
+        "DCP_RECORD",
+        `Cannot read "${key}": the record at offset ${place.offset} of "${file.path}" holds ${
+          describeShort(value)
+        }, not a tensor`,
+        { file: file.path, tensor: key, offset: place.offset },
+      );
+    }
+    const direct = await directStart(file, place, value);
+    const rows: ChunkRows = direct
+      ? {
+        // Contiguous (what DCP writes: it clones views): positional reads straight into `into`.
+        readRows: (a, b, into) =>
+          pool.use(
+            place.file,
+            (f) => f.readAt(direct.start + a * direct.rowBytes, (b - a) * direct.rowBytes, into),
+          ),
+      }
+      : {
+        // Any other view: the record is parsed again and read through its strides.
+        readRows: (a, b, into) =>
+          pool.use(place.file, async (f) => {
+            const t = (await loadRecord(f, place, key)) as TorchTensor;
+            const bytes = await t.read(a, b);
+            if (!into) return bytes;
+            into.set(bytes);
+            return into;
+          }),
+      };
+    return { dtype: value.dtype, shape: [...value.shape], rows };
+  });
+}
+
+/**
+ * The absolute byte offset of row 0 of a contiguous record tensor, and its row size; undefined for
+ * any other layout.
+ */
+async function directStart(
   file: RandomAccessFile,
-  offset: number,
-  length: number,
+  place: RecordPlace,
   t: TorchTensor,
-): Promise<ChunkRows | undefined> {
+): Promise<{ start: number; rowBytes: number } | undefined> {
   if (!t.isContiguous || t.storage.key === undefined) return undefined;
-  const zip = await ZipReader.open(file, { base: offset, length });
+  const zip = await ZipReader.open(file, { base: place.offset, length: place.length });
   const first = zip.entries[0]?.name ?? "";
   const prefix = first.slice(0, first.indexOf("/"));
   const entry = zip.get(`${prefix}/data/${t.storage.key}`);
   if (!entry) return undefined;
   const item = DTYPES[t.dtype].size;
   const rowBytes = rowNumel(t.shape) * item;
-  const start = offset + entry.dataOffset + t.storageOffset * item;
+  const start = place.offset + entry.dataOffset + t.storageOffset * item;
   const end = start + rowCount(t.shape) * rowBytes;
-  if (end > offset + entry.dataOffset + entry.size) return undefined; // (the view check forbids it)
-  return {
-    readRows: (a: number, b: number, into?: Uint8Array): Promise<Uint8Array> =>
-      file.readAt(start + a * rowBytes, (b - a) * rowBytes, into),
-  };
+  if (end > place.offset + entry.dataOffset + entry.size) return undefined; // (the view check forbids it)
+  return { start, rowBytes };
 }
 
 /** Decodes a bytes item (a `torch.save`d Python value) with the restricted unpickler. */
-export async function readBytesRecord(
-  file: RandomAccessFile,
-  offset: number,
-  length: number,
-  key: string,
-): Promise<PyValue> {
-  try {
-    return await loadTorchSlice(file, offset, length);
-  } catch (cause) {
-    throw new CkptError(
-      "DCP_RECORD",
-      `Cannot read "${key}": the value record at offset ${offset} (${length} bytes) of "${file.path}" cannot be decoded: ${
-        (cause as Error).message
-      }`,
-      { file: file.path, tensor: key, offset, cause },
-    );
-  }
+export function readBytesRecord(place: RecordPlace, key: string): Promise<PyValue> {
+  return place.pool.use(place.file, (file) => loadRecord(file, place, key));
 }

@@ -30,7 +30,7 @@
 import { join } from "node:path";
 import { CkptError } from "../errors.ts";
 import { type DType, DTYPES } from "./dtype.ts";
-import { RandomAccessFile } from "./_io.ts";
+import { DCP_OPEN_FILES, DcpFilePool } from "./_dcp_files.ts";
 import { checkRowRange, numel, StateDict, type TensorRef } from "./state_dict.ts";
 import {
   assembleRows,
@@ -145,6 +145,8 @@ export interface DcpOpenOptions {
    * are checked on first read instead (coverage and file bounds are always checked).
    */
   verifyRecords?: boolean;
+  /** Most `.distcp` files kept open at once (a folder may hold one file per item). Default 64. */
+  maxOpenFiles?: number;
   /** Aborts a long open. */
   signal?: AbortSignal;
 }
@@ -158,10 +160,10 @@ export class DcpCheckpoint implements AsyncDisposable {
   readonly dir: string;
   /** Typed metadata. */
   readonly metadata: DcpMetadata;
-  #files: Map<string, RandomAccessFile>;
+  #files: DcpFilePool;
   #resolved = new Map<DcpChunk, Promise<ResolvedChunk>>();
 
-  private constructor(dir: string, metadata: DcpMetadata, files: Map<string, RandomAccessFile>) {
+  private constructor(dir: string, metadata: DcpMetadata, files: DcpFilePool) {
     this.dir = dir;
     this.metadata = metadata;
     this.#files = files;
@@ -184,7 +186,7 @@ export class DcpCheckpoint implements AsyncDisposable {
       );
     }
     const metadata = decodeDcpMetadata(metaBytes, metaPath);
-    const files = new Map<string, RandomAccessFile>();
+    const files = new DcpFilePool(dir, options.maxOpenFiles ?? DCP_OPEN_FILES);
     const ckpt = new DcpCheckpoint(dir, metadata, files);
     try {
       await ckpt.#openFiles();
@@ -204,23 +206,14 @@ export class DcpCheckpoint implements AsyncDisposable {
       for (const f of files) if (!users.has(f)) users.set(f, e.key);
     }
     for (const [rel, key] of users) {
-      if (rel.includes("..") || rel.startsWith("/")) {
+      if (rel.split(/[\\/]/).includes("..") || rel.startsWith("/")) {
         throw new CkptError(
           "DCP_FILE_PATH",
           `Cannot read "${key}": its file "${rel}" lies outside the checkpoint folder`,
           { tensor: key, file: rel },
         );
       }
-      const path = join(this.dir, rel);
-      try {
-        this.#files.set(rel, await RandomAccessFile.open(path));
-      } catch (cause) {
-        throw new CkptError(
-          "DCP_FILE_MISSING",
-          `Cannot read "${key}": its file "${path}" cannot be opened`,
-          { tensor: key, file: path, cause },
-        );
-      }
+      await this.#files.stat(rel, key);
     }
   }
 
@@ -228,12 +221,13 @@ export class DcpCheckpoint implements AsyncDisposable {
     for (const e of this.metadata.entries) {
       const items = e.kind === "tensor" ? e.chunks : [e];
       for (const item of items) {
-        const f = this.#files.get(item.file)!;
-        if (item.offset + item.length > f.size) {
+        const size = this.#files.size(item.file);
+        if (item.offset + item.length > size) {
+          const path = this.#files.path(item.file);
           throw new CkptError(
             "DCP_ITEM_BOUNDS",
-            `Cannot read "${e.key}": its record at offset ${item.offset} (${item.length} bytes) ends past the end of "${f.path}" (${f.size} bytes)`,
-            { tensor: e.key, file: f.path, offset: item.offset },
+            `Cannot read "${e.key}": its record at offset ${item.offset} (${item.length} bytes) ends past the end of "${path}" (${size} bytes)`,
+            { tensor: e.key, file: path, offset: item.offset },
           );
         }
       }
@@ -271,17 +265,8 @@ export class DcpCheckpoint implements AsyncDisposable {
     let p = this.#resolved.get(chunk);
     if (!p) {
       p = (async () => {
-        const file = this.#files.get(chunk.file);
-        if (!file) {
-          throw new CkptError(
-            "FILE_CLOSED",
-            `Cannot read "${entry.key}": the checkpoint is closed`,
-            {
-              tensor: entry.key,
-            },
-          );
-        }
-        const r = await openChunkRecord(file, chunk.offset, chunk.length, entry.key);
+        const r = await openChunkRecord({ pool: this.#files, ...chunk }, entry.key);
+        const file = { path: this.#files.path(chunk.file) };
         if (
           r.dtype !== entry.dtype || r.shape.length !== chunk.sizes.length ||
           r.shape.some((d, i) => d !== chunk.sizes[i])
@@ -359,13 +344,7 @@ export class DcpCheckpoint implements AsyncDisposable {
         tensor: e.key,
       });
     }
-    const file = this.#files.get(e.file);
-    if (!file) {
-      throw new CkptError("FILE_CLOSED", `Cannot read "${e.key}": the checkpoint is closed`, {
-        tensor: e.key,
-      });
-    }
-    return await readBytesRecord(file, e.offset, e.length, e.key);
+    return await readBytesRecord({ pool: this.#files, ...e }, e.key);
   }
 
   /** How each tensor is sharded: files (ranks) and chunks, for reports. */
@@ -375,11 +354,9 @@ export class DcpCheckpoint implements AsyncDisposable {
     return { files, chunks: entry.chunks.length, emptyChunks };
   }
 
-  /** Closes every chunk file; safe to call twice. */
+  /** Closes every chunk file; safe to call twice. Later reads fail with `FILE_CLOSED`. */
   async close(): Promise<void> {
-    const files = [...this.#files.values()];
-    this.#files.clear();
-    for (const f of files) await f.close();
+    await this.#files.close();
   }
 
   /** `await using` support. */

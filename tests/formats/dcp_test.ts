@@ -375,3 +375,33 @@ Deno.test("an accelerate FSDP1 checkpoint (ShardedTensor, {model}/{optimizer} ro
     await optim.close();
   }
 });
+
+Deno.test("DcpCheckpoint keeps at most maxOpenFiles files open (one file per item)", async () => {
+  await using full = await loadTorch(join(FIX, "files_w2", "model_full.pt"));
+  const want = flatTensors(full.value);
+  await using ckpt = await DcpCheckpoint.open(join(FIX, "files_w2", "model"), { maxOpenFiles: 1 });
+  const got = await Promise.all(
+    ckpt.metadata.entries.map(async (e) => [e.key, await ckpt.tensor(e.key).read()] as const),
+  );
+  for (const [k, bytes] of got) assert.deepEqual(bytes, await want.get(k)!.read(), k);
+  await ckpt.close();
+  await assert.rejects(ckpt.tensor("1.weight").read(), (e) => isCkptError(e, "FILE_CLOSED"));
+});
+
+Deno.test("DcpFilePool closes idle files beyond its limit, never one in use", async () => {
+  const { DcpFilePool } = await import("../../formats/_dcp_files.ts");
+  const dir = join(FIX, "files_w2", "model");
+  const pool = new DcpFilePool(dir, 2);
+  const names = [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.endsWith(".distcp"));
+  for (const n of names) assert.ok((await pool.stat(n, "t")) > 0);
+  let release!: () => void;
+  const held = pool.use(names[0]!, () => new Promise<void>((r) => (release = r)));
+  for (const n of names.slice(1)) await pool.use(n, (f) => f.readAt(0, 4));
+  assert.ok(pool.openCount <= 3, `${pool.openCount} open`);
+  release();
+  await held;
+  assert.ok(pool.openCount <= 2);
+  await assert.rejects(pool.stat("nope.distcp", "t"), (e) => isCkptError(e, "DCP_FILE_MISSING"));
+  await pool.close();
+  assert.equal(pool.openCount, 0);
+});
