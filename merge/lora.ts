@@ -985,9 +985,8 @@ async function prepareFactors(job: Job, ctx: ReadContext): Promise<Prepared> {
     if (job.magnitude.mode === "row") prepared.rowMagnitude = m;
     else {
       const norms = new ColumnNorms(cols);
-      await runBlocks(job, ctx, prepared, 0, rows, "F32", (rowStart, rowCountIn, bytes) => {
-        norms.add(new Float32Array(bytes.buffer, bytes.byteOffset, rowCountIn * cols), rowCountIn);
-        void rowStart;
+      await runBlocks(job, ctx, prepared, 0, rows, "F32", (_start, blockRows, bytes) => {
+        norms.add(new Float32Array(bytes.buffer, bytes.byteOffset, blockRows * cols), blockRows);
       });
       prepared.colFactors = norms.factors(m);
     }
