@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { createWebGpuBackend, type WebGpuMergeBackend } from "../../gpu/merge_webgpu.ts";
 import { mergeRowsReference } from "../../merge/reference.ts";
 import type { MergeDType, MergeRowsRequest } from "../../merge/types.ts";
-import { assertSameBytes, corpus, request } from "../merge/_corpus.ts";
+import { assertSameBytes, corpus, request, roundingEdges } from "../merge/_corpus.ts";
 
 /** Distance in units in the last place between two encoded values (NaN == NaN counts as 0). */
 function ulps(dtype: MergeDType, x: number, y: number): number {
@@ -81,6 +81,20 @@ Deno.test("WebGPU merge kernel forms (1, 8 and 32 rows per invocation) equal the
       }
     }, { rowsPerInvocation });
   }
+});
+
+Deno.test("WebGPU merge rounds bf16/f16 edges exactly like the reference", async () => {
+  await withGpu(async (gpu) => {
+    for (const od of ["BF16", "F16", "F32"] as const) {
+      const req = roundingEdges(od);
+      assertSameBytes(await gpu.mergeRows(req), mergeRowsReference(req), req.name);
+      const r1 = { ...req, rank: 1, a: new Float32Array(req.cols), b: new Float32Array(1) };
+      assertSameBytes(await gpu.mergeRows(r1), mergeRowsReference(r1), `${req.name}.r1`);
+      const even = { ...r1, cols: r1.cols & ~3, w: r1.w.subarray(0, (r1.cols & ~3) * 4) };
+      even.a = new Float32Array(even.cols);
+      assertSameBytes(await gpu.mergeRows(even), mergeRowsReference(even), `${req.name}.aligned`);
+    }
+  });
 });
 
 Deno.test("WebGPU merge runs a dispatch folded into two dimensions", async () => {

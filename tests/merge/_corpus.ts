@@ -128,3 +128,52 @@ export function assertSameBytes(got: Uint8Array, want: Uint8Array, name: string)
     );
   }
 }
+
+/**
+ * F32 weights at the rounding edges of bf16 and f16 (ties, one f32 ulp either side, subnormal and
+ * overflow thresholds, NaN, Inf), as a rank-0 request (`y = w`) so the output encoders alone decide.
+ */
+export function roundingEdges(outDtype: MergeDType): MergeRowsRequest {
+  const bits: number[] = [
+    0x7fc00000,
+    0xffc00001,
+    0x7f800000,
+    0xff800000,
+    0,
+    0x80000000,
+    1,
+    0x807fffff,
+  ];
+  const f32 = new Float32Array(1);
+  const u32 = new Uint32Array(f32.buffer);
+  for (let e = -27; e <= 17; e++) {
+    for (const m of [1, 1.5, 1.75]) {
+      for (const sign of [1, -1]) {
+        f32[0] = sign * m * 2 ** e;
+        const x = u32[0]!;
+        // bf16 ties (low 16 bits 0x8000) and f16 ties (low 13 bits 0x1000), ±1 f32 ulp
+        for (const base of [(x & 0xffff0000) | 0x8000, (x & 0xffffe000) | 0x1000, x]) {
+          bits.push(base >>> 0, (base + 1) >>> 0, (base - 1) >>> 0);
+        }
+      }
+    }
+  }
+  for (
+    const b of [0x477fe000, 0x477ff000, 0x477fefff, 0x38800000, 0x387fffff, 0x33000000, 0x33000001]
+  ) {
+    bits.push(b, (b | 0x80000000) >>> 0);
+  }
+  const cols = bits.length;
+  return {
+    name: `rounding-edges.${outDtype}`,
+    w: new Uint8Array(new Uint32Array(bits).buffer),
+    wDtype: "F32",
+    outDtype,
+    rows: 1,
+    cols,
+    rank: 0,
+    a: new Float32Array(0),
+    b: new Float32Array(0),
+    scale: 1,
+  };
+}

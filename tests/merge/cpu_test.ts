@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { createCpuBackend } from "../../merge/cpu.ts";
 import { mergeRowsReference } from "../../merge/reference.ts";
-import { assertSameBytes, corpus, request } from "./_corpus.ts";
+import { assertSameBytes, corpus, request, roundingEdges } from "./_corpus.ts";
 
 Deno.test("`createCpuBackend()` equals the reference bit for bit over the corpus (inline)", async () => {
   const cpu = await createCpuBackend({ workers: 0 });
@@ -48,4 +48,19 @@ Deno.test("`createCpuBackend()` rejects bad requests with coded errors and refus
   );
   await cpu.dispose();
   await assert.rejects(cpu.mergeRows(req), { code: "MERGE_DISPOSED" });
+});
+
+Deno.test("`createCpuBackend()` rounds bf16/f16 edges exactly like the reference", async () => {
+  const cpu = await createCpuBackend({ workers: 0 });
+  try {
+    for (const od of ["BF16", "F16", "F32"] as const) {
+      const req = roundingEdges(od);
+      assertSameBytes(await cpu.mergeRows(req), mergeRowsReference(req), req.name);
+      // the same values through the rank path: w + 1·(0·0) keeps w except -0
+      const r1 = { ...req, rank: 1, a: new Float32Array(req.cols), b: new Float32Array(1) };
+      assertSameBytes(await cpu.mergeRows(r1), mergeRowsReference(r1), `${req.name}.r1`);
+    }
+  } finally {
+    await cpu.dispose();
+  }
 });
