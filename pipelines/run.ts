@@ -179,19 +179,28 @@ function pidAlive(pid: number): boolean {
   }
 }
 
-/** Removes staging folders for `name` in `parent` left by processes that no longer exist. */
+/**
+ * Cleans up after runs for `name` in `parent` whose process no longer exists: staging folders are
+ * removed; an old output set aside by an interrupted `--overwrite` is put back when the output is
+ * missing (the replacement never landed), else removed.
+ */
 async function removeStaleStaging(parent: string, name: string): Promise<void> {
   const prefix = `.${name}.ckpt-`;
+  const entries: string[] = [];
   try {
-    for await (const e of Deno.readDir(parent)) {
-      if (!e.name.startsWith(prefix)) continue;
-      const m = e.name.slice(prefix.length).match(/^(?:staging|old)-(\d+)-/);
-      if (m && Number(m[1]) !== Deno.pid && !pidAlive(Number(m[1]))) {
-        await Deno.remove(join(parent, e.name), { recursive: true }).catch(() => {});
-      }
-    }
+    for await (const e of Deno.readDir(parent)) if (e.name.startsWith(prefix)) entries.push(e.name);
   } catch {
-    // parent unreadable: the mkdir below reports it
+    return; // no parent yet
+  }
+  for (const entry of entries.sort()) {
+    const m = entry.slice(prefix.length).match(/^(staging|old)-(\d+)-/);
+    if (!m || Number(m[2]) === Deno.pid || pidAlive(Number(m[2]))) continue;
+    const path = join(parent, entry);
+    if (m[1] === "old" && !(await exists(join(parent, name)))) {
+      await Deno.rename(path, join(parent, name)).catch(() => {});
+    } else {
+      await Deno.remove(path, { recursive: true }).catch(() => {});
+    }
   }
 }
 
@@ -321,6 +330,7 @@ export async function runPipeline(
   const stageTimes: ManifestStage[] = [];
   try {
     if (signal.aborted) throw abortError(signal);
+    if (!dryRun) await removeStaleStaging(parent, name);
     // Checks that need no writing come first: a bad run leaves no trace.
     if (!dryRun && !options.overwrite && await exists(output)) {
       throw new CkptError(
@@ -339,7 +349,6 @@ export async function runPipeline(
       for (let p = parent; !(await exists(p)); p = dirname(p)) top = p;
       await Deno.mkdir(parent, { recursive: true });
       createdParent = top;
-      await removeStaleStaging(parent, name);
       await Deno.mkdir(staging);
     }
 

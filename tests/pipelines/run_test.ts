@@ -298,3 +298,23 @@ Deno.test("`runPipeline()` names the stage whose preflight failed in the error e
     assert.ok(last.type === "pipeline-error" && last.stage === "checked", JSON.stringify(last));
   });
 });
+
+Deno.test("`runPipeline()` restores an output an interrupted overwrite set aside", async () => {
+  await withTempDir(async (dir) => {
+    // A killed `--overwrite` run renamed the old output aside and died before renaming the new in.
+    const aside = join(dir, ".out.ckpt-old-4194305-deadbeef");
+    await Deno.mkdir(aside);
+    await Deno.writeTextFile(join(aside, "old.txt"), "previous export");
+    await Deno.mkdir(join(dir, ".out.ckpt-staging-4194305-deadbeef"));
+    await assert.rejects(
+      () =>
+        runPipeline({ output: "out", stages: [{ use: "writeText", name: "a" }] }, {
+          ...base,
+          baseDir: dir,
+        }),
+      (e: unknown) => isCkptError(e, "OUTPUT_EXISTS"),
+    );
+    assert.deepEqual(await entries(dir), ["out"]);
+    assert.equal(await Deno.readTextFile(join(dir, "out", "old.txt")), "previous export");
+  });
+});
