@@ -45,6 +45,8 @@ const [job, a, b, backend] = Deno.args;
 const t0 = performance.now();
 let bytes = 0;
 let manifestBackend = "";
+let stages: Array<{ name: string; ms: number }> = [];
+let manifestMs = 0;
 if (job === "pipeline") {
   const config = await loadPreset("halos-final", { vars: { run: a!, out: b! } });
   const result = await runPipeline(config, {
@@ -52,6 +54,8 @@ if (job === "pipeline") {
   });
   bytes = result.manifest.files.reduce((s, f) => s + f.size, 0);
   manifestBackend = result.manifest.backend;
+  stages = result.stages;
+  manifestMs = result.ms - result.stages.reduce((t, st) => t + st.ms, 0);
 } else if (job === "copy") {
   bytes = await copyTree(a!, b!);
 } else {
@@ -59,4 +63,14 @@ if (job === "pipeline") {
   Deno.exit(2);
 }
 const ms = performance.now() - t0;
-console.log(JSON.stringify({ job, ms, bytes, peakRss: peakRssBytes(), backend: manifestBackend }));
+console.log(
+  JSON.stringify({
+    job,
+    ms,
+    bytes,
+    peakRss: peakRssBytes(),
+    backend: manifestBackend,
+    stages,
+    manifestMs,
+  }),
+);

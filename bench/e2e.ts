@@ -29,6 +29,8 @@ interface Measured {
   bytes: number;
   peakRss: number;
   backend: string;
+  stages?: Array<{ name: string; ms: number }>;
+  manifestMs?: number;
 }
 
 async function child(args: string[]): Promise<Measured> {
@@ -77,6 +79,9 @@ try {
   console.log(
     `\nratio halos-final / copy: ${(pipe.ms / Math.min(copy.ms, copy2.ms)).toFixed(2)}x wall`,
   );
+  const parts = (pipe.stages ?? []).map((s) => `${s.name} ${formatDuration(s.ms)}`);
+  parts.push(`checks+manifest+rename ${formatDuration(pipe.manifestMs ?? 0)}`);
+  console.log(`halos-final stages: ${parts.join(", ")}`);
 } finally {
   if (values.keep) console.log(`kept ${root}`);
   else await Deno.remove(root, { recursive: true });
