@@ -72,7 +72,7 @@ export interface VerifyResult {
   rowsChecked: number;
 }
 
-const WEIGHT_FILES = /^(model|pytorch_model|adapter_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)$/;
+const WEIGHT_FILES = /^(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)$/;
 
 async function loadFile(folder: string, rel: string): Promise<string> {
   const path = join(folder, rel);
@@ -344,7 +344,11 @@ export async function verifyCheckpoint(
 
     if (options.base !== undefined && options.adapter !== undefined) {
       if (!listed.some((f) => WEIGHT_FILES.test(f.split("/").pop() ?? ""))) {
-        checks.push({ kind: "merge", ok: false, message: "the folder has no model weights" });
+        checks.push({
+          kind: "merge",
+          ok: false,
+          message: "the folder has no merged model weights to compare (an adapter-only save?)",
+        });
       } else {
         try {
           rowsChecked = await checkMerge(
