@@ -109,6 +109,7 @@ export function tensorFromBytes(
 
 /** Something a state dict must release when closed (an open file). */
 export interface Closer {
+  /** Releases the resource. */
   close(): void | Promise<void>;
 }
 

@@ -32,6 +32,7 @@ export interface OptionsSchema<T = unknown> {
 export type StageOptions<S extends OptionsSchema> = S extends { safeParse(input: unknown): infer R }
   ? R extends { success: true; data: infer O } ? O : never
   : never;
+import { CkptError } from "../errors.ts";
 import type { StateDict } from "../formats/state_dict.ts";
 import type { BackendChoice } from "../merge/types.ts";
 
@@ -111,4 +112,35 @@ export interface Stage<S extends OptionsSchema = OptionsSchema> {
    * `ctx.stateDict` and `ctx.modelConfig` are not set yet.
    */
   preflight?(ctx: StageContext, options: StageOptions<S>): Promise<void>;
+}
+
+/**
+ * Validates `input` against a stage's options schema (defaults applied), for library users who call
+ * a stage directly rather than through a config. Throws `CONFIG_INVALID` naming the first issue.
+ *
+ * @example
+ * ```ts
+ * import { parseStageOptions } from "./stage.ts";
+ * import { writeMetricsStage } from "./stages/write_metrics.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const options = parseStageOptions(writeMetricsStage, { from: "eval.json", counter: 64000 });
+ * assert.equal((options as { counter: number }).counter, 64000);
+ * ```
+ */
+export function parseStageOptions<S extends OptionsSchema>(
+  stage: Stage<S>,
+  input: unknown,
+): StageOptions<S> {
+  const parsed = stage.options.safeParse(input);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const where = issue && issue.path.length > 0 ? ` at ${issue.path.map(String).join(".")}` : "";
+    throw new CkptError(
+      "CONFIG_INVALID",
+      `Cannot use these ${stage.name} options${where}: ${issue?.message ?? "invalid"}`,
+      { details: { stage: stage.name, issues: parsed.error.issues } },
+    );
+  }
+  return parsed.data as StageOptions<S>;
 }

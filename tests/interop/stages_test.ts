@@ -4,6 +4,7 @@
  * stages from inputs torch wrote, then loaded with `torch.load(weights_only=True)` and compared.
  * Fails (does not skip) when the peer is missing.
  */
+import { parseStageOptions } from "../../pipelines/stage.ts";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { gatherShardsStage } from "../../pipelines/stages/gather_shards.ts";
@@ -166,27 +167,31 @@ Deno.test("stages write HALOs final and intermediate saves that real torch 2.6 a
       const out = join(dir, outName);
       await Deno.mkdir(out);
       const ctx = fakeContext(out, { baseDir: dir });
-      await gatherShardsStage.run(ctx, gatherShardsStage.options.parse({ from: "base" }));
+      await gatherShardsStage.run(ctx, parseStageOptions(gatherShardsStage, { from: "base" }));
       await mergeLoraStage.run(
         ctx,
-        mergeLoraStage.options.parse({ adapter: "adapter", backend: "cpu" }),
+        parseStageOptions(mergeLoraStage, { adapter: "adapter", backend: "cpu" }),
       );
-      await writeModelStage.run(ctx, writeModelStage.options.parse({ format }));
+      await writeModelStage.run(ctx, parseStageOptions(writeModelStage, { format }));
       if (format === "bin") {
         await writeOptimStage.run(
           ctx,
-          writeOptimStage.options.parse({
+          parseStageOptions(writeOptimStage, {
             optimizer: "optimizer_in.pt",
             scheduler: "scheduler_in.pt",
           }),
         );
         await writeMetricsStage.run(
           ctx,
-          writeMetricsStage.options.parse({ from: "eval.json", field: "results", counter: 64 }),
+          parseStageOptions(writeMetricsStage, {
+            from: "eval.json",
+            field: "results",
+            counter: 64,
+          }),
         );
         await writeValueHeadStage.run(
           ctx,
-          writeValueHeadStage.options.parse({
+          parseStageOptions(writeValueHeadStage, {
             from: "heads.safetensors",
             prefix: "v_head.",
             safetensors: true,
@@ -201,27 +206,33 @@ Deno.test("stages write HALOs final and intermediate saves that real torch 2.6 a
     await Deno.mkdir(outJson);
     await writeOptimStage.run(
       fakeContext(outJson, { baseDir: dir }),
-      writeOptimStage.options.parse({ optimizer: "optim_desc.json" }),
+      parseStageOptions(writeOptimStage, { optimizer: "optim_desc.json" }),
     );
     const outAdapter = join(dir, "out_adapter");
     await Deno.mkdir(outAdapter);
     const actx = fakeContext(outAdapter, { baseDir: dir });
-    await gatherShardsStage.run(actx, gatherShardsStage.options.parse({ from: "base" }));
+    await gatherShardsStage.run(actx, parseStageOptions(gatherShardsStage, { from: "base" }));
     await writeModelStage.run(
       actx,
-      writeModelStage.options.parse({ what: "adapter", adapter: "adapter" }),
+      parseStageOptions(writeModelStage, { what: "adapter", adapter: "adapter" }),
     );
     await actx.stateDict?.close();
     // an FSDP2 LoRA run saved with torch.distributed.checkpoint (fixtures made by torch 2.6)
     const outDcp = join(dir, "out_dcp");
     await Deno.mkdir(outDcp);
     const dctx = fakeContext(outDcp, { baseDir: join(REPO_ROOT, "tests", "fixtures", "dcp") });
-    await gatherShardsStage.run(dctx, gatherShardsStage.options.parse({ from: "lora_w2/model" }));
+    await gatherShardsStage.run(
+      dctx,
+      parseStageOptions(gatherShardsStage, { from: "lora_w2/model" }),
+    );
     await mergeLoraStage.run(
       dctx,
-      mergeLoraStage.options.parse({ r: 2, alpha: 4, backend: "cpu" }),
+      parseStageOptions(mergeLoraStage, { r: 2, alpha: 4, backend: "cpu" }),
     );
-    await writeOptimStage.run(dctx, writeOptimStage.options.parse({ optimizer: "lora_w2/optim" }));
+    await writeOptimStage.run(
+      dctx,
+      parseStageOptions(writeOptimStage, { optimizer: "lora_w2/optim" }),
+    );
     await dctx.stateDict?.close();
     const r = await runPythonJson<CheckResult>(CHECK, [dir, REPO_ROOT]);
     assert.equal(r.optimizer_equal, true);

@@ -1,3 +1,4 @@
+import { parseStageOptions } from "../../../pipelines/stage.ts";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { isCkptError } from "../../../errors.ts";
@@ -151,7 +152,7 @@ Deno.test("`gatherShards` stage sets the state dict, config and model folder", a
     await writeSafetensors(join(dir, "base", "model.safetensors"), model());
     await Deno.writeTextFile(join(dir, "base", "config.json"), '{"hidden_size": 2}');
     const ctx = fakeContext(join(dir, "out"), { baseDir: dir });
-    await gatherShardsStage.run(ctx, gatherShardsStage.options.parse({ from: "base" }));
+    await gatherShardsStage.run(ctx, parseStageOptions(gatherShardsStage, { from: "base" }));
     assert.equal(ctx.stateDict?.size, 3);
     assert.equal(ctx.modelConfig?.hidden_size, 2);
     assert.equal(ctx.modelDir, join(dir, "base"));

@@ -1,3 +1,4 @@
+import { parseStageOptions } from "../../../pipelines/stage.ts";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { CkptError } from "../../../errors.ts";
@@ -49,7 +50,7 @@ Deno.test("`mergeLora` stage merges an adapter folder and sets the adapter folde
     const ctx = fakeContext(join(dir, "out"), { baseDir: dir, stateDict: base() });
     await mergeLoraStage.run(
       ctx,
-      mergeLoraStage.options.parse({ adapter: "adapter", backend: "cpu" }),
+      parseStageOptions(mergeLoraStage, { adapter: "adapter", backend: "cpu" }),
     );
     // W + (alpha/r)·B·A = 0 + 2·[[1],[2]]·[[1, 1]]
     assert.deepEqual(await floats(ctx.stateDict!.require("l.q.weight")), [2, 2, 4, 4]);
@@ -70,11 +71,14 @@ Deno.test("`mergeLora` stage merges a PEFT-wrapped state dict with r and alpha, 
     ]);
   const missing = fakeContext("/tmp", { stateDict: wrapped() });
   await assert.rejects(
-    mergeLoraStage.run(missing, mergeLoraStage.options.parse({})),
+    mergeLoraStage.run(missing, parseStageOptions(mergeLoraStage, {})),
     (e) => e instanceof CkptError && e.code === "LORA_WRAPPED_OPTIONS",
   );
   const ctx = fakeContext("/tmp", { stateDict: wrapped() });
-  await mergeLoraStage.run(ctx, mergeLoraStage.options.parse({ r: 1, alpha: 4, backend: "cpu" }));
+  await mergeLoraStage.run(
+    ctx,
+    parseStageOptions(mergeLoraStage, { r: 1, alpha: 4, backend: "cpu" }),
+  );
   assert.deepEqual([...ctx.stateDict!.keys()], ["l.q.weight"]);
   assert.deepEqual(await floats(ctx.stateDict!.require("l.q.weight")), [5, 5, 5, 5]);
 });
@@ -86,12 +90,18 @@ Deno.test("`mergeLora` stage refuses an adapter for another architecture before 
     await Deno.mkdir(out);
     const ctx = fakeContext(out, { baseDir: dir, stateDict: base() });
     await assert.rejects(
-      mergeLoraStage.run(ctx, mergeLoraStage.options.parse({ adapter: "adapter", backend: "cpu" })),
+      mergeLoraStage.run(
+        ctx,
+        parseStageOptions(mergeLoraStage, { adapter: "adapter", backend: "cpu" }),
+      ),
       (e) => e instanceof CkptError && e.code.startsWith("LORA_"),
     );
     assert.deepEqual(await listFiles(out), []);
     await assert.rejects(
-      mergeLoraStage.run(fakeContext(out), mergeLoraStage.options.parse({ adapter: "adapter" })),
+      mergeLoraStage.run(
+        fakeContext(out),
+        parseStageOptions(mergeLoraStage, { adapter: "adapter" }),
+      ),
       (e) => e instanceof CkptError && e.code === "STAGE_ORDER",
     );
   });

@@ -1,3 +1,4 @@
+import { parseStageOptions } from "../../../pipelines/stage.ts";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { isCkptError } from "../../../errors.ts";
@@ -14,7 +15,7 @@ Deno.test("`writeMetrics` writes eval results plus counter as Python's json.dump
     const out = join(dir, "out");
     await Deno.mkdir(out);
     const ctx = fakeContext(out, { baseDir: dir });
-    const opts = writeMetricsStage.options.parse({
+    const opts = parseStageOptions(writeMetricsStage, {
       from: "eval.json",
       field: "results",
       counter: "64000",
@@ -59,7 +60,7 @@ Deno.test("`buildMetrics()` refuses a missing counter and a missing input before
     await Deno.mkdir(out);
     const ctx = fakeContext(out, { baseDir: dir });
     await assert.rejects(
-      writeMetricsStage.run(ctx, writeMetricsStage.options.parse({ from: "eval.json" })),
+      writeMetricsStage.run(ctx, parseStageOptions(writeMetricsStage, { from: "eval.json" })),
       (e) => isCkptError(e, "JSON_PARSE"),
     );
     assert.deepEqual(await listFiles(out), []);
@@ -72,7 +73,7 @@ Deno.test("`writeMetrics` options reject unknown keys and writes nothing on a dr
     const ctx = fakeContext(dir, { dryRun: true });
     await writeMetricsStage.run(
       ctx,
-      writeMetricsStage.options.parse({ metrics: { a: 1 }, counter: 5 }),
+      parseStageOptions(writeMetricsStage, { metrics: { a: 1 }, counter: 5 }),
     );
     assert.deepEqual(await listFiles(dir), []);
     assert.deepEqual(ctx.reports[0]?.data.files, [{

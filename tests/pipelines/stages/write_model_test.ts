@@ -1,3 +1,4 @@
+import { parseStageOptions } from "../../../pipelines/stage.ts";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { isCkptError } from "../../../errors.ts";
@@ -47,7 +48,7 @@ Deno.test("`writeModel` drops an equal tied lm_head, casts floats and updates co
       modelDir: base,
       modelConfig: JSON.parse(CONFIG),
     });
-    await writeModelStage.run(ctx, writeModelStage.options.parse({ dtype: "bfloat16" }));
+    await writeModelStage.run(ctx, parseStageOptions(writeModelStage, { dtype: "bfloat16" }));
     assert.deepEqual(await listFiles(out), [
       "config.json",
       "generation_config.json",
@@ -87,7 +88,7 @@ Deno.test("`writeModel` keeps a changed lm_head and unties the config; shards wh
       modelDir: base,
       modelConfig: JSON.parse(CONFIG),
     });
-    await writeModelStage.run(ctx, writeModelStage.options.parse({ maxShardSize: "40B" }));
+    await writeModelStage.run(ctx, parseStageOptions(writeModelStage, { maxShardSize: "40B" }));
     const files = await listFiles(out);
     assert.ok(files.includes("model.safetensors.index.json"), files.join(","));
     await using sd = await openHfShards(out);
@@ -109,7 +110,7 @@ Deno.test("`writeModel` writes pytorch_model.bin keeping tied keys, and fixes vo
     await Deno.mkdir(out);
     const cfg = { ...JSON.parse(CONFIG), vocab_size: 8 };
     const ctx = fakeContext(out, { stateDict: tiedModel(false), modelDir: base, modelConfig: cfg });
-    await writeModelStage.run(ctx, writeModelStage.options.parse({ format: "bin" }));
+    await writeModelStage.run(ctx, parseStageOptions(writeModelStage, { format: "bin" }));
     assert.deepEqual(await listFiles(out), [
       "config.json",
       "generation_config.json",
@@ -126,7 +127,7 @@ Deno.test("`writeModel` refuses adapter files in a merged folder and a dry run w
     const out = join(dir, "out");
     await Deno.mkdir(out);
     const dry = fakeContext(out, { stateDict: tiedModel(false), dryRun: true });
-    await writeModelStage.run(dry, writeModelStage.options.parse({}));
+    await writeModelStage.run(dry, parseStageOptions(writeModelStage, {}));
     assert.deepEqual(await listFiles(out), []);
     const files = dry.reports[0]?.data.files as { path: string; bytes: number }[];
     assert.equal(files[0]?.path, "model.safetensors");
@@ -134,12 +135,12 @@ Deno.test("`writeModel` refuses adapter files in a merged folder and a dry run w
     await assert.rejects(
       writeModelStage.run(
         fakeContext(out, { stateDict: tiedModel(false) }),
-        writeModelStage.options.parse({}),
+        parseStageOptions(writeModelStage, {}),
       ),
       (e) => isCkptError(e, "ADAPTER_IN_MERGED"),
     );
     await assert.rejects(
-      writeModelStage.run(fakeContext(out), writeModelStage.options.parse({})),
+      writeModelStage.run(fakeContext(out), parseStageOptions(writeModelStage, {})),
       (e) => isCkptError(e, "STAGE_ORDER"),
     );
     const wrapped = new StateDict([
@@ -150,7 +151,7 @@ Deno.test("`writeModel` refuses adapter files in a merged folder and a dry run w
     await assert.rejects(
       writeModelStage.run(
         fakeContext(join(dir, "w"), { stateDict: wrapped }),
-        writeModelStage.options.parse({}),
+        parseStageOptions(writeModelStage, {}),
       ),
       (e) => isCkptError(e, "MODEL_WRAPPED"),
     );
@@ -179,7 +180,7 @@ Deno.test("`writeModel` what=adapter writes the adapter alone, from a folder or 
     const ctx = fakeContext(out, { baseDir: dir });
     await writeModelStage.run(
       ctx,
-      writeModelStage.options.parse({ what: "adapter", adapter: "adapter" }),
+      parseStageOptions(writeModelStage, { what: "adapter", adapter: "adapter" }),
     );
     assert.deepEqual(await listFiles(out), ["adapter_config.json", "adapter_model.safetensors"]);
     assert.equal(await Deno.readTextFile(join(out, "adapter_config.json")), cfgText);
@@ -194,7 +195,7 @@ Deno.test("`writeModel` what=adapter writes the adapter alone, from a folder or 
     const ctx2 = fakeContext(out2, { stateDict: wrapped });
     await writeModelStage.run(
       ctx2,
-      writeModelStage.options.parse({ what: "adapter", r: 1, alpha: 2 }),
+      parseStageOptions(writeModelStage, { what: "adapter", r: 1, alpha: 2 }),
     );
     await using sd = await openSafetensors(join(out2, "adapter_model.safetensors"));
     assert.deepEqual([...sd.keys()].sort(), [
@@ -228,7 +229,7 @@ Deno.test("`writeModel` what=adapter refuses an adapter for another architecture
     await assert.rejects(
       writeModelStage.run(
         ctx,
-        writeModelStage.options.parse({ what: "adapter", adapter: "adapter" }),
+        parseStageOptions(writeModelStage, { what: "adapter", adapter: "adapter" }),
       ),
       (e) => isCkptError(e, "ADAPTER_MISMATCH"),
     );

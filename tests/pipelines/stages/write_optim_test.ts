@@ -1,3 +1,4 @@
+import { parseStageOptions } from "../../../pipelines/stage.ts";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { isCkptError } from "../../../errors.ts";
@@ -92,7 +93,7 @@ Deno.test("`writeOptim` writes HALOs' optimizer.pt and scheduler.pt from torch f
     const ctx = fakeContext(out, { baseDir: dir, stateDict: model() });
     await writeOptimStage.run(
       ctx,
-      writeOptimStage.options.parse({
+      parseStageOptions(writeOptimStage, {
         optimizer: "opt.pt",
         scheduler: "sched.pt",
         params: "model",
@@ -140,7 +141,7 @@ Deno.test("`writeOptim` reads a JSON + safetensors description", async () => {
     const ctx = fakeContext(out, { baseDir: dir });
     await writeOptimStage.run(
       ctx,
-      writeOptimStage.options.parse({ optimizer: "optim.json", scheduler: "sched.json" }),
+      parseStageOptions(writeOptimStage, { optimizer: "optim.json", scheduler: "sched.json" }),
     );
     await using opt = await loadTorch(join(out, "optimizer.pt"));
     const sd = opt.dict().get("state_dict") as PyDict;
@@ -168,7 +169,7 @@ Deno.test("`writeOptim` refuses optimizer state for other parameters before writ
     await assert.rejects(
       writeOptimStage.run(
         fakeContext(out, { baseDir: dir, stateDict: model() }),
-        writeOptimStage.options.parse({ optimizer: "bad.pt", params: "model" }),
+        parseStageOptions(writeOptimStage, { optimizer: "bad.pt", params: "model" }),
       ),
       (e) => isCkptError(e, "OPTIM_MISMATCH"),
     );
@@ -183,7 +184,7 @@ Deno.test("`writeOptim` refuses optimizer state for other parameters before writ
     await assert.rejects(
       writeOptimStage.run(
         fakeContext(out, { baseDir: dir, stateDict: model() }),
-        writeOptimStage.options.parse({ optimizer: "names.pt" }),
+        parseStageOptions(writeOptimStage, { optimizer: "names.pt" }),
       ),
       (e) => isCkptError(e, "OPTIM_MISMATCH"),
     );
@@ -197,7 +198,7 @@ Deno.test("`writeOptim` refuses optimizer state for other parameters before writ
     const ok = fakeContext(out, { baseDir: dir, stateDict: model() });
     await writeOptimStage.run(
       ok,
-      writeOptimStage.options.parse({ optimizer: "lora.pt", keys: "int" }),
+      parseStageOptions(writeOptimStage, { optimizer: "lora.pt", keys: "int" }),
     );
     await using opt = await loadTorch(join(out, "optimizer.pt"));
     const sd = opt.dict().get("state_dict") as PyDict;
@@ -210,7 +211,7 @@ Deno.test("`writeOptim` refuses optimizer state for other parameters before writ
     await assert.rejects(
       writeOptimStage.run(
         fakeContext(out, { baseDir: dir }),
-        writeOptimStage.options.parse({ optimizer: "orphan.pt" }),
+        parseStageOptions(writeOptimStage, { optimizer: "orphan.pt" }),
       ),
       (e) => isCkptError(e, "OPTIM_MISMATCH"),
     );
@@ -234,7 +235,7 @@ Deno.test("`writeOptim` asks registered optimizer sources first and checks with 
     const out = join(dir, "out");
     await Deno.mkdir(out);
     const ctx = fakeContext(out, { baseDir: dir, stateDict: model() });
-    await writeOptimStage.run(ctx, writeOptimStage.options.parse({ optimizer: "folder" }));
+    await writeOptimStage.run(ctx, parseStageOptions(writeOptimStage, { optimizer: "folder" }));
     assert.deepEqual(await listFiles(out), ["optimizer.pt"]);
     registerOptimizerSource({
       name: "test-folder",
@@ -249,7 +250,7 @@ Deno.test("`writeOptim` asks registered optimizer sources first and checks with 
     await assert.rejects(
       writeOptimStage.run(
         fakeContext(join(dir, "out2"), { baseDir: dir, stateDict: model() }),
-        writeOptimStage.options.parse({ optimizer: "folder" }),
+        parseStageOptions(writeOptimStage, { optimizer: "folder" }),
       ),
       (e) => isCkptError(e, "OPTIM_MISMATCH"),
     );
@@ -263,9 +264,18 @@ Deno.test("`writeOptim` rebuilds optimizer.pt from a DCP folder of a LoRA run an
     const out = join(dir, "out");
     await Deno.mkdir(out);
     const ctx = fakeContext(out, { baseDir: fixtures });
-    await gatherShardsStage.run(ctx, gatherShardsStage.options.parse({ from: "lora_w2/model" }));
-    await mergeLoraStage.run(ctx, mergeLoraStage.options.parse({ r: 2, alpha: 4, backend: "cpu" }));
-    await writeOptimStage.run(ctx, writeOptimStage.options.parse({ optimizer: "lora_w2/optim" }));
+    await gatherShardsStage.run(
+      ctx,
+      parseStageOptions(gatherShardsStage, { from: "lora_w2/model" }),
+    );
+    await mergeLoraStage.run(
+      ctx,
+      parseStageOptions(mergeLoraStage, { r: 2, alpha: 4, backend: "cpu" }),
+    );
+    await writeOptimStage.run(
+      ctx,
+      parseStageOptions(writeOptimStage, { optimizer: "lora_w2/optim" }),
+    );
     await using opt = await loadTorch(join(out, "optimizer.pt"));
     const sd = opt.dict().get("state_dict") as PyDict;
     const keys = [...(sd.get("state") as PyDict).keys()];
@@ -275,7 +285,7 @@ Deno.test("`writeOptim` rebuilds optimizer.pt from a DCP folder of a LoRA run an
     await assert.rejects(
       writeOptimStage.run(
         fakeContext(join(dir, "out2"), { baseDir: fixtures, stateDict: ctx.stateDict! }),
-        writeOptimStage.options.parse({ optimizer: "f32_w2/optim" }),
+        parseStageOptions(writeOptimStage, { optimizer: "f32_w2/optim" }),
       ),
       (e) => isCkptError(e, "OPTIM_MISMATCH"),
     );

@@ -1,3 +1,4 @@
+import { parseStageOptions } from "../../../pipelines/stage.ts";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { Tokenizer } from "@huggingface/tokenizers";
@@ -97,7 +98,10 @@ Deno.test("`writeTokenizer` copies the adapter folder's tokenizer byte for byte 
       stateDict: new StateDict([["model.embed_tokens.weight", shapeOnly([151936, 8])]]),
       modelConfig: { vocab_size: 151936 },
     });
-    await writeTokenizerStage.run(ctx, writeTokenizerStage.options.parse({ padWithEos: true }));
+    await writeTokenizerStage.run(
+      ctx,
+      parseStageOptions(writeTokenizerStage, { padWithEos: true }),
+    );
     assert.deepEqual(await listFiles(out), [
       "special_tokens_map.json",
       "tokenizer.json",
@@ -120,7 +124,7 @@ Deno.test("`writeTokenizer` adds special tokens and a pad token consistently in 
     const ctx = fakeContext(out, { baseDir: dir });
     await writeTokenizerStage.run(
       ctx,
-      writeTokenizerStage.options.parse({
+      parseStageOptions(writeTokenizerStage, {
         from: "tok",
         addSpecialTokens: ["<|reward|>"],
         padToken: "<|reward|>",
@@ -168,7 +172,7 @@ Deno.test("`writeTokenizer` refuses a tokenizer larger than the embeddings or vo
       stateDict: new StateDict([["model.embed_tokens.weight", shapeOnly([1000, 8])]]),
     });
     await assert.rejects(
-      writeTokenizerStage.run(small, writeTokenizerStage.options.parse({})),
+      writeTokenizerStage.run(small, parseStageOptions(writeTokenizerStage, {})),
       (e) => isCkptError(e, "TOKENIZER_VOCAB"),
     );
     const cfg = fakeContext(out, {
@@ -176,7 +180,7 @@ Deno.test("`writeTokenizer` refuses a tokenizer larger than the embeddings or vo
       modelConfig: { text_config: { vocab_size: 151000 } },
     });
     await assert.rejects(
-      writeTokenizerStage.run(cfg, writeTokenizerStage.options.parse({})),
+      writeTokenizerStage.run(cfg, parseStageOptions(writeTokenizerStage, {})),
       (e) => isCkptError(e, "TOKENIZER_VOCAB"),
     );
     assert.deepEqual(await listFiles(out), []);
@@ -196,7 +200,7 @@ Deno.test("`writeTokenizer` sets a default chat template when missing and render
     const ctx = fakeContext(out, { baseDir: dir, modelDir: src });
     await writeTokenizerStage.run(
       ctx,
-      writeTokenizerStage.options.parse({ chatTemplateFile: "t.jinja", padWithEos: true }),
+      parseStageOptions(writeTokenizerStage, { chatTemplateFile: "t.jinja", padWithEos: true }),
     );
     const text = await Deno.readTextFile(join(out, "tokenizer_config.json"));
     const cfg = JSON.parse(text);
@@ -227,18 +231,18 @@ Deno.test("`writeTokenizer` rejects a broken chat template, an unknown pad token
     await assert.rejects(
       writeTokenizerStage.run(
         ctx,
-        writeTokenizerStage.options.parse({ chatTemplate: "{% for m in messages %}" }),
+        parseStageOptions(writeTokenizerStage, { chatTemplate: "{% for m in messages %}" }),
       ),
       (e) => isCkptError(e, "TOKENIZER_TEMPLATE"),
     );
     await assert.rejects(
-      writeTokenizerStage.run(ctx, writeTokenizerStage.options.parse({ padToken: "<pad>" })),
+      writeTokenizerStage.run(ctx, parseStageOptions(writeTokenizerStage, { padToken: "<pad>" })),
       (e) => isCkptError(e, "TOKENIZER_INVALID"),
     );
     await assert.rejects(
       writeTokenizerStage.run(
         fakeContext(out, { modelDir: join(dir, "empty") }),
-        writeTokenizerStage.options.parse({}),
+        parseStageOptions(writeTokenizerStage, {}),
       ),
       (e) => isCkptError(e, "TOKENIZER_MISSING"),
     );

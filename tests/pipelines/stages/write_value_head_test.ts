@@ -1,3 +1,4 @@
+import { parseStageOptions } from "../../../pipelines/stage.ts";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { isCkptError } from "../../../errors.ts";
@@ -32,7 +33,7 @@ Deno.test("`writeValueHead` writes v_head.pt (and v_head.safetensors) and checks
     const ctx = fakeContext(out, { baseDir: dir, modelConfig: { hidden_size: 3 } });
     await writeValueHeadStage.run(
       ctx,
-      writeValueHeadStage.options.parse({
+      parseStageOptions(writeValueHeadStage, {
         from: "heads.safetensors",
         prefix: "v_head.",
         safetensors: true,
@@ -50,14 +51,14 @@ Deno.test("`writeValueHead` writes v_head.pt (and v_head.safetensors) and checks
     await assert.rejects(
       writeValueHeadStage.run(
         fakeContext(out2, { baseDir: dir, modelConfig: { hidden_size: 8 } }),
-        writeValueHeadStage.options.parse({ from: "heads.safetensors", prefix: "v_head." }),
+        parseStageOptions(writeValueHeadStage, { from: "heads.safetensors", prefix: "v_head." }),
       ),
       (e) => isCkptError(e, "VALUE_HEAD_MISMATCH"),
     );
     await assert.rejects(
       writeValueHeadStage.run(
         fakeContext(out2, { baseDir: dir }),
-        writeValueHeadStage.options.parse({ from: "heads.safetensors", prefix: "nope." }),
+        parseStageOptions(writeValueHeadStage, { from: "heads.safetensors", prefix: "nope." }),
       ),
       (e) => isCkptError(e, "VALUE_HEAD_MISSING"),
     );
