@@ -55,7 +55,8 @@ try {
 }
 await Deno.remove(junit).catch(() => {});
 // Gate steps that failed count as failures too, so the summary never reads green when a step broke.
-const gateFailures = failures.filter((f) => f !== "tests").length;
+const gateFailures = failures.filter((f) => f !== "tests").length +
+  (failures.includes("tests") && failed === 0 ? 1 : 0); // the test run broke before reporting a failure
 if (failures.length > 0) console.log(`\nfailed steps: ${failures.join(", ")}`);
 console.log(`${passed} passed, ${failed + gateFailures} failed`);
 Deno.exit(failures.length > 0 ? 1 : 0);

@@ -10,9 +10,13 @@
  * @example Options as a config writes them
  * ```ts
  * import { mergeLoraStage } from "./merge_lora.ts";
+ * import { parseStageOptions } from "../stage.ts";
  * import assert from "node:assert/strict";
  *
- * const opts = mergeLoraStage.options.parse({ adapter: [{ path: "a", weight: 0.5 }, "b"], backend: "cpu" }) as { safe: boolean };
+ * const opts = parseStageOptions(mergeLoraStage, {
+ *   adapter: [{ path: "a", weight: 0.5 }, "b"],
+ *   backend: "cpu",
+ * }) as { safe: boolean };
  * assert.equal(opts.safe, false);
  * assert.equal(mergeLoraStage.options.safeParse({ adapter: "a", alhpa: 2 }).success, false);
  * ```
