@@ -232,6 +232,41 @@ export interface GatherResult {
 }
 
 /**
+ * Reads a model's `config.json`: `INPUT_MISSING` when it cannot be read, `CONFIG_JSON` when it is not
+ * a JSON object.
+ */
+export async function readModelConfig(configPath: string): Promise<Record<string, unknown>> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(configPath);
+  } catch (cause) {
+    throw new CkptError("INPUT_MISSING", `Cannot read "${configPath}": it does not exist`, {
+      file: configPath,
+      cause,
+    });
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (cause) {
+    throw new CkptError(
+      "CONFIG_JSON",
+      `Cannot parse "${configPath}": ${(cause as Error).message}`,
+      {
+        file: configPath,
+        cause,
+      },
+    );
+  }
+  if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
+    throw new CkptError("CONFIG_JSON", `Cannot use "${configPath}": it is not a JSON object`, {
+      file: configPath,
+    });
+  }
+  return parsed as Record<string, unknown>;
+}
+
+/**
  * Opens `path` (file or folder) with the matching input kind and strips wrapper names.
  * `INPUT_MISSING` / `INPUT_KIND` when it cannot be read; `CONFIG_JSON` when config.json is not an
  * object.
@@ -259,36 +294,7 @@ export async function gatherShards(
       configPath = candidate;
     }
   }
-  if (configPath !== undefined) {
-    let text: string;
-    try {
-      text = await Deno.readTextFile(configPath);
-    } catch (cause) {
-      throw new CkptError("INPUT_MISSING", `Cannot read "${configPath}": it does not exist`, {
-        file: configPath,
-        cause,
-      });
-    }
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(text);
-    } catch (cause) {
-      throw new CkptError(
-        "CONFIG_JSON",
-        `Cannot parse "${configPath}": ${(cause as Error).message}`,
-        {
-          file: configPath,
-          cause,
-        },
-      );
-    }
-    if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
-      throw new CkptError("CONFIG_JSON", `Cannot use "${configPath}": it is not a JSON object`, {
-        file: configPath,
-      });
-    }
-    modelConfig = parsed as Record<string, unknown>;
-  }
+  if (configPath !== undefined) modelConfig = await readModelConfig(configPath);
   const raw = await kind.open(path, options.signal ? { signal: options.signal } : {});
   let stateDict: StateDict;
   try {
@@ -347,6 +353,25 @@ export const gatherShardsStage: Stage = {
   summary:
     "open weights (safetensors, HF shards, torch .bin/.pt, shard folders, DCP) as a lazy state dict",
   options: gatherShardsOptions,
+  /**
+   * Checks, without opening any weights: the input exists and a kind recognises it (or the named
+   * kind exists), and an explicit `config` parses (`INPUT_MISSING`, `INPUT_KIND`, `CONFIG_JSON`).
+   */
+  async preflight(ctx: StageContext, options: z.output<typeof gatherShardsOptions>): Promise<void> {
+    const from = ctx.resolve(options.from);
+    if (options.kind !== undefined) getInputKind(options.kind);
+    else await detectInputKind(from);
+    if (!(await statOf(from))) {
+      throw new CkptError(
+        "INPUT_MISSING",
+        `Cannot read weights from "${from}": it does not exist`,
+        {
+          file: from,
+        },
+      );
+    }
+    if (options.config !== undefined) await readModelConfig(ctx.resolve(options.config));
+  },
   async run(ctx: StageContext, options: z.output<typeof gatherShardsOptions>): Promise<void> {
     const from = ctx.resolve(options.from);
     const result = await gatherShards(from, {

@@ -25,7 +25,7 @@
 import { z } from "zod";
 import { dirname } from "node:path";
 import { CkptError } from "../../errors.ts";
-import { isWrappedStateDict } from "../../formats/peft.ts";
+import { isWrappedStateDict, loadAdapter } from "../../formats/peft.ts";
 import { type AdapterInput, mergeLora, type MergeLoraOptions } from "../../merge/lora.ts";
 import type { Stage, StageContext } from "../stage.ts";
 
@@ -54,10 +54,17 @@ const mergeLoraOptions = z.strictObject({
   /** Dtype of merged tensors (one rounding); default: each base tensor's dtype. */
   outDtype: z.enum(["BF16", "F16", "F32", "bf16", "f16", "f32", "bfloat16", "float16", "float32"])
     .optional(),
-  /** Rank of a PEFT-wrapped state dict's LoRA (HALOs `lora_r`). */
-  r: z.number().int().positive().optional(),
-  /** Alpha of a PEFT-wrapped state dict's LoRA (HALOs `lora_alpha`). */
-  alpha: z.number().positive().optional(),
+  /** Rank of a PEFT-wrapped state dict's LoRA (HALOs `lora_r`); a numeric string (`--var`) too. */
+  r: z.union([
+    z.number().int().positive(),
+    z.string().regex(/^[1-9]\d*$/, "a positive integer").transform(Number),
+  ]).optional(),
+  /** Alpha of a PEFT-wrapped state dict's LoRA (HALOs `lora_alpha`); a numeric string too. */
+  alpha: z.union([
+    z.number().positive(),
+    z.string().regex(/^(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/, "a positive number").transform(Number)
+      .refine((n) => n > 0, "a positive number"),
+  ]).optional(),
   /** rsLoRA scaling for a wrapped state dict. Default false. */
   useRslora: z.boolean().default(false),
 });
@@ -77,10 +84,10 @@ export interface MergeLoraStageOptions {
   allowUnmatched?: boolean | undefined;
   /** Dtype of merged tensors (`bf16`, `f16`, `f32`, ...; one rounding); default: each base tensor's dtype. */
   outDtype?: string | undefined;
-  /** Rank of a PEFT-wrapped state dict's LoRA (HALOs `lora_r`). */
-  r?: number | undefined;
-  /** Alpha of a PEFT-wrapped state dict's LoRA (HALOs `lora_alpha`). */
-  alpha?: number | undefined;
+  /** Rank of a PEFT-wrapped state dict's LoRA (HALOs `lora_r`); a numeric string (from `--var`) too. */
+  r?: number | string | undefined;
+  /** Alpha of a PEFT-wrapped state dict's LoRA (HALOs `lora_alpha`); a numeric string too. */
+  alpha?: number | string | undefined;
   /** rsLoRA scaling for a wrapped state dict. Default false. */
   useRslora?: boolean | undefined;
 }
@@ -102,6 +109,23 @@ export const mergeLoraStage: Stage = {
   name: "mergeLora",
   summary: "merge LoRA adapter(s) into the weights (W + s·B·A), lazily, on WebGPU or CPU",
   options: mergeLoraOptions,
+  /**
+   * Checks every adapter before any stage runs: it exists, has a weights file whose header reads,
+   * and a valid `adapter_config.json` (`PEFT_ADAPTER_MISSING`, `PEFT_CONFIG`, `PEFT_UNSUPPORTED`).
+   * Whether the weights are PEFT-wrapped is only known once gathered, so `r`/`alpha` are checked then.
+   */
+  async preflight(ctx: StageContext, options: z.output<typeof mergeLoraOptions>): Promise<void> {
+    const entries = options.adapter === undefined
+      ? []
+      : Array.isArray(options.adapter)
+      ? options.adapter
+      : [options.adapter];
+    for (const e of entries) {
+      const path = ctx.resolve(typeof e === "string" ? e : e.path);
+      const adapter = await loadAdapter(path, typeof e === "string" ? undefined : e.name);
+      await adapter.tensors.close();
+    }
+  },
   async run(ctx: StageContext, options: z.output<typeof mergeLoraOptions>): Promise<void> {
     const base = ctx.stateDict;
     if (!base) {

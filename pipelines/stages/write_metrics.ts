@@ -32,6 +32,8 @@ const intLike = z.union([
   z.number().int().nonnegative(),
   z.string().regex(/^\d+$/, "a non-negative integer").transform(Number),
 ]);
+/** A counter: an int, a decimal string, or `""` for none (a preset variable left empty). */
+const counterLike = z.union([intLike, z.literal("").transform(() => undefined)]);
 
 /** The writeMetrics options schema (unknown keys rejected). */
 const writeMetricsOptions = z.strictObject({
@@ -45,8 +47,8 @@ const writeMetricsOptions = z.strictObject({
   stepKey: z.string().min(1).default("counter"),
   /** Extra metric values (merged over the input's). */
   metrics: z.record(z.string(), z.unknown()).optional(),
-  /** The example counter; overrides the input's. */
-  counter: intLike.optional(),
+  /** The example counter; overrides the input's. `""` means none (take the input's). */
+  counter: counterLike.optional(),
   /** Output file name (default `metrics.json`). */
   file: z.string().min(1).default("metrics.json"),
 });
@@ -63,7 +65,7 @@ export interface WriteMetricsOptions {
   stepKey?: string | undefined;
   /** Extra metric values (merged over the input's). */
   metrics?: Record<string, unknown> | undefined;
-  /** The example counter; overrides the input's. */
+  /** The example counter; overrides the input's. `""` means none (take the input's). */
   counter?: number | string | undefined;
   /** Output file name. Default `metrics.json`. */
   file?: string | undefined;
@@ -214,6 +216,14 @@ export const writeMetricsStage: Stage = {
   name: "writeMetrics",
   summary: "write metrics.json (eval results + counter) as HALOs does, from JSON/JSONL or config",
   options: writeMetricsOptions,
+  /**
+   * Builds the metrics without writing them, so a missing or unparsable input, a missing step or an
+   * unresolvable counter fails before any stage runs (`INPUT_MISSING`, `JSON_PARSE`,
+   * `METRICS_INPUT`, `METRICS_STEP`, `METRICS_COUNTER`).
+   */
+  async preflight(ctx: StageContext, options: z.output<typeof writeMetricsOptions>): Promise<void> {
+    await buildMetrics(options.from === undefined ? undefined : ctx.resolve(options.from), options);
+  },
   async run(ctx: StageContext, options: z.output<typeof writeMetricsOptions>): Promise<void> {
     const input = options.from === undefined ? undefined : ctx.resolve(options.from);
     if (input !== undefined) ctx.addInput(input, "metrics");

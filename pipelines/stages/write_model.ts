@@ -498,20 +498,39 @@ async function runAdapter(
   }
 }
 
+/** The output dtype option, parsed (`DTYPE_UNKNOWN`) and checked to be a float (`DTYPE_NOT_FLOAT`). */
+function outputDType(options: z.output<typeof writeModelOptions>): DType | undefined {
+  const dtype = options.dtype === undefined ? undefined : parseDType(options.dtype);
+  if (dtype !== undefined && !isFloatDType(dtype)) {
+    throw new CkptError(
+      "DTYPE_NOT_FLOAT",
+      `Cannot write weights as ${dtype}: not a floating-point dtype`,
+    );
+  }
+  return dtype;
+}
+
 /** The writeModel stage (config name `writeModel`). */
 export const writeModelStage: Stage = {
   name: "writeModel",
   summary:
     "write the weights as an HF folder (safetensors or .bin, shards, dtype, tied, config.json) or the adapter",
   options: writeModelOptions,
-  async run(ctx: StageContext, options: z.output<typeof writeModelOptions>): Promise<void> {
-    const dtype = options.dtype === undefined ? undefined : parseDType(options.dtype);
-    if (dtype !== undefined && !isFloatDType(dtype)) {
-      throw new CkptError(
-        "DTYPE_NOT_FLOAT",
-        `Cannot write weights as ${dtype}: not a floating-point dtype`,
-      );
+  /**
+   * Checks the options that need no weights (`dtype` is a float dtype, `maxShardSize` parses) and,
+   * for `what: "adapter"` with an explicit `adapter`, that the adapter's config and weights header
+   * read (`DTYPE_UNKNOWN`, `DTYPE_NOT_FLOAT`, `SIZE_INVALID`, `PEFT_ADAPTER_MISSING`, `PEFT_CONFIG`).
+   */
+  async preflight(ctx: StageContext, options: z.output<typeof writeModelOptions>): Promise<void> {
+    outputDType(options);
+    if (options.what === "model") parseSize(options.maxShardSize);
+    else if (options.adapter !== undefined) {
+      const adapter = await loadAdapter(ctx.resolve(options.adapter));
+      await adapter.tensors.close();
     }
+  },
+  async run(ctx: StageContext, options: z.output<typeof writeModelOptions>): Promise<void> {
+    const dtype = outputDType(options);
     if (options.what === "adapter") return await runAdapter(ctx, options, dtype);
     const sd = ctx.stateDict;
     if (!sd) {

@@ -495,18 +495,64 @@ function tensorBytes(v: PyValue): number {
   return n;
 }
 
+function requireInputs(options: z.output<typeof writeOptimOptions>): void {
+  if (options.optimizer === undefined && options.scheduler === undefined) {
+    throw new CkptError(
+      "OPTIM_INVALID",
+      "Cannot write optimizer state: give `optimizer` and/or `scheduler`",
+    );
+  }
+}
+
+/** Loads a scheduler input and checks it is a dict (`SCHEDULER_INVALID`). */
+async function loadScheduler(path: string, tensors: string | undefined): Promise<LoadedValue> {
+  const sched = await loadValue(path, tensors);
+  if (!(sched.value instanceof PyDict)) {
+    await sched.close();
+    throw new CkptError(
+      "SCHEDULER_INVALID",
+      `Cannot use the scheduler state of "${path}": expected a dict, found ${
+        pyTypeName(sched.value)
+      }`,
+      { file: path },
+    );
+  }
+  return sched;
+}
+
 /** The writeOptim stage (config name `writeOptim`). */
 export const writeOptimStage: Stage = {
   name: "writeOptim",
   summary: "write optimizer.pt ({'state_dict', 'class'}) and scheduler.pt as HALOs does",
   options: writeOptimOptions,
-  async run(ctx: StageContext, options: z.output<typeof writeOptimOptions>): Promise<void> {
-    if (options.optimizer === undefined && options.scheduler === undefined) {
-      throw new CkptError(
-        "OPTIM_INVALID",
-        "Cannot write optimizer state: give `optimizer` and/or `scheduler`",
-      );
+  /**
+   * Loads the inputs' structure before any stage runs (torch archives' pickles, JSON descriptions
+   * with their safetensors headers, DCP metadata; no tensor data) and validates it, so a missing,
+   * non-torch or malformed optimizer or scheduler fails first (`INPUT_MISSING`, `TORCH_*`,
+   * `OPTIM_INVALID`, `OPTIM_MISMATCH`, `SCHEDULER_INVALID`). The check against the model's
+   * parameters waits for the run.
+   */
+  async preflight(ctx: StageContext, options: z.output<typeof writeOptimOptions>): Promise<void> {
+    requireInputs(options);
+    if (options.optimizer !== undefined) {
+      const optim = await prepareOptimizer(ctx.resolve(options.optimizer), {
+        ...(options.optimizerTensors === undefined
+          ? {}
+          : { tensors: ctx.resolve(options.optimizerTensors) }),
+        check: false,
+      });
+      await optim.close();
     }
+    if (options.scheduler !== undefined) {
+      const sched = await loadScheduler(
+        ctx.resolve(options.scheduler),
+        options.schedulerTensors === undefined ? undefined : ctx.resolve(options.schedulerTensors),
+      );
+      await sched.close();
+    }
+  },
+  async run(ctx: StageContext, options: z.output<typeof writeOptimOptions>): Promise<void> {
+    requireInputs(options);
     const closers: (() => Promise<void>)[] = [];
     try {
       let optim: PreparedOptimizer | undefined;
@@ -529,22 +575,13 @@ export const writeOptimStage: Stage = {
       if (options.scheduler !== undefined) {
         const path = ctx.resolve(options.scheduler);
         ctx.addInput(path, "scheduler");
-        sched = await loadValue(
+        sched = await loadScheduler(
           path,
           options.schedulerTensors === undefined
             ? undefined
             : ctx.resolve(options.schedulerTensors),
         );
         closers.push(sched.close);
-        if (!(sched.value instanceof PyDict)) {
-          throw new CkptError(
-            "SCHEDULER_INVALID",
-            `Cannot use the scheduler state of "${path}": expected a dict, found ${
-              pyTypeName(sched.value)
-            }`,
-            { file: path },
-          );
-        }
       }
       const files: { path: string; bytes: number }[] = [];
       if (ctx.dryRun) {

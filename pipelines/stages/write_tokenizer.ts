@@ -650,6 +650,41 @@ export const writeTokenizerStage: Stage = {
   summary:
     "copy and validate the tokenizer (adapter folder first, then base); pad, template, tokens",
   options: writeTokenizerOptions,
+  /**
+   * With an explicit `from`: finds the tokenizer files, reads their JSON and applies the requested
+   * changes in memory (no loading, no template rendering, no vocabulary check against the weights),
+   * so a missing or malformed tokenizer fails before any stage runs (`TOKENIZER_MISSING`,
+   * `TOKENIZER_INVALID`, `JSON_PARSE`). Without `from` the folder comes from earlier stages; then
+   * only a `chatTemplateFile` is checked (`INPUT_MISSING`).
+   */
+  async preflight(
+    ctx: StageContext,
+    options: z.output<typeof writeTokenizerOptions>,
+  ): Promise<void> {
+    const { from, chatTemplateFile, ...rest } = options;
+    const chatTemplatePath = chatTemplateFile === undefined
+      ? undefined
+      : ctx.resolve(chatTemplateFile);
+    if (from === undefined) {
+      if (chatTemplatePath === undefined) return;
+      try {
+        await Deno.stat(chatTemplatePath);
+      } catch (cause) {
+        throw new CkptError(
+          "INPUT_MISSING",
+          `Cannot read chat template "${chatTemplatePath}": it does not exist`,
+          { file: chatTemplatePath, cause },
+        );
+      }
+      return;
+    }
+    await prepareTokenizer({
+      ...rest,
+      validate: false,
+      sources: [ctx.resolve(from)],
+      ...(chatTemplatePath === undefined ? {} : { chatTemplatePath }),
+    });
+  },
   async run(ctx: StageContext, options: z.output<typeof writeTokenizerOptions>): Promise<void> {
     const sources = options.from !== undefined
       ? [ctx.resolve(options.from)]

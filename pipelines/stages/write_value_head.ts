@@ -95,6 +95,27 @@ export const writeValueHeadStage: Stage = {
   name: "writeValueHead",
   summary: "write v_head.pt (the PPO value head's state dict) and optionally v_head.safetensors",
   options: writeValueHeadOptions,
+  /**
+   * Checks before any stage runs that the input exists, is a weights file a kind recognises, and
+   * holds tensors under `prefix` (`INPUT_MISSING`, `INPUT_KIND`, `VALUE_HEAD_MISSING`); only headers
+   * are read. The `hidden_size` check needs the model config and waits for the run.
+   */
+  async preflight(
+    ctx: StageContext,
+    options: z.output<typeof writeValueHeadOptions>,
+  ): Promise<void> {
+    const { stateDict: input } = await gatherShards(ctx.resolve(options.from), {
+      stripPrefixes: false,
+      stripSegments: false,
+      config: false,
+      signal: ctx.signal,
+    });
+    try {
+      selectValueHead(input, options.prefix);
+    } finally {
+      await input.close();
+    }
+  },
   async run(ctx: StageContext, options: z.output<typeof writeValueHeadOptions>): Promise<void> {
     const from = ctx.resolve(options.from);
     ctx.addInput(from, "value-head");
