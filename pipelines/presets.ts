@@ -7,10 +7,13 @@
  * | `halos-intermediate` | HALOs intermediate save: the adapter alone, tokenizer, optimizer, scheduler, metrics |
  * | `ppo-final`          | PPO final save: `halos-final` plus the value head (`v_head.pt`)      |
  * | `plain-merge`        | base + LoRA adapter merged into a model folder (config, weights, tokenizer) |
+ * | `halos-final-fsdp`   | `halos-final` from FSDP/DCP shards of a PEFT-wrapped model (`lora_r`, `lora_alpha`) |
  *
  * Each reads the run folder layout documented in the README (`${run}/base`, `${run}/adapter`,
  * `${run}/state/...`) and writes `${out}` (default `${run}/FINAL`); override any variable with
- * `--var name=value`. Relative paths in a preset resolve against the current folder.
+ * `--var name=value`. `halos-final-fsdp` reads `${run}/state/model` and `${run}/state/optimizer`
+ * (DCP folders) and needs `--var lora_r=... --var lora_alpha=...`. Relative paths in a preset
+ * resolve against the current folder.
  *
  * @example Listing and loading a preset
  * ```ts
@@ -42,6 +45,11 @@ export const PRESETS: Readonly<Record<string, { file: string; summary: string }>
   "plain-merge": {
     file: "plain_merge.jsonc",
     summary: "merge a LoRA adapter into its base model (weights, config, tokenizer)",
+  },
+  "halos-final-fsdp": {
+    file: "halos_final_fsdp.jsonc",
+    summary:
+      "HALOs final save from FSDP/DCP shards of a PEFT-wrapped model (--var lora_r=, lora_alpha=)",
   },
 };
 
