@@ -116,6 +116,11 @@ export function progressLine(
   ].filter((s) => s !== "").join("  ");
 }
 
+/** "1 file", "2 files": a count with its unit, singular for one. */
+function countOf(n: number, unit: string): string {
+  return `${n} ${n === 1 && unit.endsWith("s") ? unit.slice(0, -1) : unit}`;
+}
+
 /**
  * A live terminal line per stage: rewritten in place (`\r`, clear-to-end) at most every
  * `refreshMs` (default 100), finished with the stage's time; logs and errors print on their own
@@ -186,7 +191,7 @@ export function createTtyRenderer(
       }
       case "stage-end": {
         const total = live && live.total > 0
-          ? `  ${live.unit === "bytes" ? formatBytes(live.total) : `${live.total} ${live.unit}`}`
+          ? `  ${live.unit === "bytes" ? formatBytes(live.total) : countOf(live.total, live.unit)}`
           : "";
         stopTicker();
         write(
@@ -241,7 +246,7 @@ export function createPlainRenderer(write: TextSink): EventRenderer {
         const t = totals.get(event.stage);
         totals.delete(event.stage);
         const size = t && t.total > 0
-          ? `  ${t.unit === "bytes" ? formatBytes(t.total) : `${t.total} ${t.unit}`}`
+          ? `  ${t.unit === "bytes" ? formatBytes(t.total) : countOf(t.total, t.unit)}`
           : "";
         write(`[${event.index + 1}/${count}] ${event.stage}${size}  ${formatDuration(event.ms)}\n`);
         return;
