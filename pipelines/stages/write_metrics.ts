@@ -222,7 +222,10 @@ export const writeMetricsStage: Stage = {
    * `METRICS_INPUT`, `METRICS_STEP`, `METRICS_COUNTER`).
    */
   async preflight(ctx: StageContext, options: z.output<typeof writeMetricsOptions>): Promise<void> {
-    await buildMetrics(options.from === undefined ? undefined : ctx.resolve(options.from), options);
+    const input = options.from === undefined ? undefined : ctx.resolve(options.from);
+    // A pipe or device is read once, by the stage: reading it here would consume its data.
+    if (input !== undefined && !(await Deno.stat(input).then((s) => s.isFile, () => true))) return;
+    await buildMetrics(input, options);
   },
   async run(ctx: StageContext, options: z.output<typeof writeMetricsOptions>): Promise<void> {
     const input = options.from === undefined ? undefined : ctx.resolve(options.from);
