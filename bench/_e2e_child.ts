@@ -8,12 +8,7 @@
 import { join } from "node:path";
 import { loadPreset } from "../pipelines/presets.ts";
 import { runPipeline } from "../pipelines/run.ts";
-
-function peakRssBytes(): number {
-  const status = Deno.readTextFileSync("/proc/self/status");
-  const kb = Number(status.match(/VmHWM:\s+(\d+) kB/)?.[1] ?? NaN);
-  return kb * 1024;
-}
+import { copyPlain, peakRssBytes } from "./_util.ts";
 
 async function copyTree(src: string, dst: string): Promise<number> {
   await Deno.mkdir(dst, { recursive: true });
@@ -22,21 +17,8 @@ async function copyTree(src: string, dst: string): Promise<number> {
     const s = join(src, e.name);
     const d = join(dst, e.name);
     if (e.isDirectory) bytes += await copyTree(s, d);
-    else {
-      // A streamed copy in 16 MiB blocks: what a tool that only moves bytes costs.
-      const inp = await Deno.open(s, { read: true });
-      const out = await Deno.open(d, { write: true, create: true, truncate: true });
-      const buf = new Uint8Array(16 * 2 ** 20);
-      for (;;) {
-        const n = await inp.read(buf);
-        if (n === null) break;
-        let off = 0;
-        while (off < n) off += await out.write(buf.subarray(off, n));
-        bytes += n;
-      }
-      inp.close();
-      out.close();
-    }
+    // A streamed copy in 16 MiB blocks: what a tool that only moves bytes costs.
+    else bytes += await copyPlain(s, d);
   }
   return bytes;
 }

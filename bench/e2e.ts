@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { type DEMO_SHAPES, makeDemoRun } from "../examples/_demo_run.ts";
 import { formatBytes, formatDuration } from "../pipelines/progress.ts";
+import { runChild } from "./_util.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -33,15 +34,12 @@ interface Measured {
   manifestMs?: number;
 }
 
-async function child(args: string[]): Promise<Measured> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", new URL("./_e2e_child.ts", import.meta.url).pathname, ...args],
-    stdout: "piped",
-    stderr: "inherit",
-  }).output();
-  if (!out.success) throw new Error(`bench child failed: ${args.join(" ")}`);
-  const lines = new TextDecoder().decode(out.stdout).trim().split("\n");
-  return JSON.parse(lines[lines.length - 1]!) as Measured;
+function child(args: string[]): Promise<Measured> {
+  return runChild<Measured>(
+    new URL("./_e2e_child.ts", import.meta.url).pathname,
+    args,
+    `bench child failed: ${args.join(" ")}`,
+  );
 }
 
 try {

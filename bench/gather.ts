@@ -17,18 +17,7 @@ import { join } from "node:path";
 import { openDcpStateDict } from "../formats/dcp.ts";
 import { writeSafetensorsSharded } from "../formats/safetensors.ts";
 import { formatSize } from "../formats/size.ts";
-
-const COPY_BUFFER = 16 * 2 ** 20;
-
-function option(name: string, fallback: string): string {
-  const hit = Deno.args.find((a) => a.startsWith(`--${name}=`));
-  return hit ? hit.slice(name.length + 3) : fallback;
-}
-
-function peakRssBytes(): number {
-  const m = /VmHWM:\s+(\d+) kB/.exec(Deno.readTextFileSync("/proc/self/status"));
-  return m ? Number(m[1]) * 1024 : Deno.memoryUsage().rss;
-}
+import { BLOCK, copyPlain, markdownTable, measureChild, option, peakRssBytes } from "./_util.ts";
 
 async function distcpFiles(dir: string): Promise<string[]> {
   const out: string[] = [];
@@ -37,20 +26,12 @@ async function distcpFiles(dir: string): Promise<string[]> {
 }
 
 /** Child: plain copy of every .distcp file with a reused 16 MiB buffer. */
-async function copyPlain(src: string, dst: string): Promise<number> {
-  const buf = new Uint8Array(COPY_BUFFER);
+async function copyAll(src: string, dst: string): Promise<number> {
+  const buf = new Uint8Array(BLOCK);
   let bytes = 0;
   await Deno.mkdir(dst, { recursive: true });
   for (const name of await distcpFiles(src)) {
-    using input = await Deno.open(join(src, name));
-    using output = await Deno.open(join(dst, name), { write: true, create: true, truncate: true });
-    for (;;) {
-      const n = await input.read(buf);
-      if (n === null || n === 0) break;
-      let done = 0;
-      while (done < n) done += await output.write(buf.subarray(done, n));
-      bytes += n;
-    }
+    bytes += await copyPlain(join(src, name), join(dst, name), buf);
   }
   return bytes;
 }
@@ -80,7 +61,7 @@ async function child(mode: string, src: string, dst: string): Promise<void> {
   const timer = setInterval(() => (sampled = Math.max(sampled, Deno.memoryUsage().rss)), 5);
   const t0 = performance.now();
   const bytes = mode === "copy"
-    ? await copyPlain(src, dst)
+    ? await copyAll(src, dst)
     : mode === "library"
     ? await gatherLibrary(src, dst)
     : await gatherCli(src, dst);
@@ -118,22 +99,16 @@ async function ensureInput(dir: string): Promise<string> {
   return dcp;
 }
 
-async function measure(mode: string, src: string, dst: string) {
+interface Measured {
+  seconds: number;
+  bytes: number;
+  hwm: number;
+  sampled: number;
+}
+
+async function measure(mode: string, src: string, dst: string): Promise<Measured> {
   await Deno.remove(dst, { recursive: true }).catch(() => {});
-  await new Deno.Command("sync").output();
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", new URL(import.meta.url).pathname, "--child", mode, src, dst],
-    stdout: "piped",
-    stderr: "inherit",
-  }).output();
-  if (!out.success) throw new Error(`${mode} child failed`);
-  const lines = new TextDecoder().decode(out.stdout).trim().split("\n");
-  const r = JSON.parse(lines[lines.length - 1]!) as {
-    seconds: number;
-    bytes: number;
-    hwm: number;
-    sampled: number;
-  };
+  const r = await measureChild<Measured>(import.meta.filename!, mode, src, dst);
   await Deno.remove(dst, { recursive: true }).catch(() => {});
   return r;
 }
@@ -171,17 +146,22 @@ async function main(): Promise<void> {
   }
   const copy = best.get("copy")!;
   const copyRate = copy.bytes / copy.seconds;
-  console.log("\n| what | bytes | best time | throughput | vs copy | peak RSS |");
-  console.log("|---|---|---|---|---|---|");
-  for (const [mode, label] of modes) {
-    const m = best.get(mode)!;
-    const rate = m.bytes / m.seconds;
-    console.log(
-      `| ${label} | ${formatSize(m.bytes)} | ${m.seconds.toFixed(2)} s | ${formatSize(rate)}/s | ${
-        (rate / copyRate).toFixed(2)
-      }x | ${formatSize(m.hwm)} |`,
-    );
-  }
+  console.log("");
+  console.log(markdownTable(
+    ["what", "bytes", "best time", "throughput", "vs copy", "peak RSS"],
+    modes.map(([mode, label]) => {
+      const m = best.get(mode)!;
+      const rate = m.bytes / m.seconds;
+      return [
+        label,
+        formatSize(m.bytes),
+        `${m.seconds.toFixed(2)} s`,
+        `${formatSize(rate)}/s`,
+        `${(rate / copyRate).toFixed(2)}x`,
+        formatSize(m.hwm),
+      ];
+    }),
+  ));
   console.log("\ntarget: gather >= 0.70x the copy's throughput, peak RSS < 512 MiB");
 }
 

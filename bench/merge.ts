@@ -13,24 +13,15 @@ import { createWebGpuBackend, type WebGpuMergeBackend } from "../gpu/merge_webgp
 import { mergeRowsReference } from "../merge/reference.ts";
 import type { MergeRowsRequest } from "../merge/types.ts";
 import process from "node:process";
+import { markdownTable, seeded } from "./_util.ts";
 
 const quick = Deno.args.includes("--quick");
 const shapes: [number, number][] = quick ? [[4096, 4096]] : [[4096, 4096], [11008, 4096]];
 const ranks = quick ? [16] : [8, 16, 64];
 const BLOCK_BYTES = 16 << 20;
 
-function rand(n: number, seed: number, scale: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = (s / 2 ** 32 - 0.5) * scale;
-  }
-  return out;
-}
-
 function makeWeights(rows: number, cols: number): Uint8Array {
-  const f = rand(rows * cols, 7, 0.1);
+  const f = seeded(rows * cols, 7, 0.1);
   const u16 = new Uint16Array(f.length);
   const u32 = new Uint32Array(f.buffer);
   for (let i = 0; i < f.length; i++) u16[i] = u32[i]! >>> 16;
@@ -46,8 +37,8 @@ function request(w: Uint8Array, rows: number, cols: number, rank: number): Merge
     rows,
     cols,
     rank,
-    a: rand(rank * cols, 11, 0.02),
-    b: rand(rows * rank, 13, 0.02),
+    a: seeded(rank * cols, 11, 0.02),
+    b: seeded(rows * rank, 13, 0.02),
     scale: 2,
   };
 }
@@ -120,8 +111,8 @@ async function best(
   return { wall, cpu };
 }
 
-const rows: string[] = [];
-const row = (...cells: (string | number)[]) => rows.push(`| ${cells.join(" | ")} |`);
+const rows: (string | number)[][] = [];
+const row = (...cells: (string | number)[]) => rows.push(cells);
 
 // scalar reference baseline (one core): 256 rows of 4096 at r = 16
 {
@@ -193,11 +184,18 @@ for (const [r, c] of shapes) {
 }
 
 console.log("\nmerged weights per second (millions), bf16 in and out:\n");
-console.log(
-  "| backend | shape | r | kernel alone (M/s) | kernel (M per CPU-s) | with transfers (M/s) | with transfers (M per CPU-s) |",
-);
-console.log("| --- | --- | --- | --- | --- | --- | --- |");
-for (const line of rows) console.log(line);
+console.log(markdownTable(
+  [
+    "backend",
+    "shape",
+    "r",
+    "kernel alone (M/s)",
+    "kernel (M per CPU-s)",
+    "with transfers (M/s)",
+    "with transfers (M per CPU-s)",
+  ],
+  rows,
+));
 if (gpu) {
   console.log(
     `\nWebGPU plan for 4096x4096 r=16: ${

@@ -12,22 +12,12 @@ import { StateDict, tensorFromBytes } from "../formats/state_dict.ts";
 import { createMergeBackend } from "../merge/backend.ts";
 import { mergeLora } from "../merge/lora.ts";
 import type { MergeBackend } from "../merge/types.ts";
+import { option, seeded } from "./_util.ts";
 
-const args = Deno.args;
-const quick = args.includes("--quick");
-const only = args.find((a) => a.startsWith("--backend="))?.slice("--backend=".length);
-const reps = Number(args.find((a) => a.startsWith("--reps="))?.slice(7) ?? 3);
-const readMiB = Number(args.find((a) => a.startsWith("--read-mib="))?.slice(11) ?? 32);
-
-function seeded(n: number, seed: number, scale: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = (s / 2 ** 32 - 0.5) * scale;
-  }
-  return out;
-}
+const quick = Deno.args.includes("--quick");
+const only = option("backend", "");
+const reps = Number(option("reps", "3"));
+const readMiB = Number(option("read-mib", "32"));
 
 async function timeLora(
   backend: MergeBackend,
