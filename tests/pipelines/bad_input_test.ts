@@ -8,6 +8,8 @@ import { DEMO_SHAPES, makeDemoRun } from "../../examples/_demo_run.ts";
 import { isCkptError } from "../../errors.ts";
 import { loadPreset } from "../../pipelines/presets.ts";
 import { runPipeline } from "../../pipelines/run.ts";
+import type { PipelineEvent } from "../../pipelines/stage.ts";
+import { REPO_ROOT } from "../_helpers/peer.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
 
 async function names(dir: string): Promise<string[]> {
@@ -92,6 +94,202 @@ Deno.test("bad inputs fail with a code and leave no trace", async (t) => {
       await Deno.mkdir(out);
       await failsCleanly("halos-final", { run: run.dir, out }, dir, (c) => c === "OUTPUT_EXISTS");
       assert.deepEqual(await names(out), []);
+    });
+  });
+});
+
+/**
+ * Runs a preset that must fail in a stage's preflight: the coded error comes before any stage
+ * starts (no `stage-start` event at all), the error event names the stage, and nothing is left.
+ */
+async function failsInPreflight(
+  preset: string,
+  vars: Record<string, string>,
+  parent: string,
+  code: string,
+  stage: string,
+  options: { dryRun?: boolean } = {},
+): Promise<void> {
+  const before = await names(parent);
+  const events: PipelineEvent[] = [];
+  await assert.rejects(
+    async () => {
+      const config = await loadPreset(preset, { vars, env: {} });
+      await runPipeline(config, { backend: "cpu", onEvent: (e) => events.push(e), ...options });
+    },
+    (e: unknown) => {
+      assert.ok(isCkptError(e), String(e));
+      assert.equal(e.code, code, e.message);
+      return true;
+    },
+  );
+  assert.deepEqual(
+    events.filter((e) => e.type === "stage-start"),
+    [],
+    "a stage started before the preflight failure",
+  );
+  const error = events.find((e) => e.type === "pipeline-error");
+  assert.deepEqual(error && { code: error.code, stage: error.stage }, { code, stage });
+  assert.deepEqual(await names(parent), before, "the failed run left something behind");
+}
+
+Deno.test("bad inputs of later stages fail in preflight, before the first stage starts", async (t) => {
+  await withTempDir(async (dir) => {
+    const run = await makeDemoRun(join(dir, "run"), { size: "tiny" });
+    const out = join(dir, "out");
+    const missing = join(dir, "does-not-exist");
+
+    await t.step("a missing value head (ppo-final)", async () => {
+      await failsInPreflight(
+        "ppo-final",
+        { run: run.dir, out, vhead: join(missing, "v_head.safetensors") },
+        dir,
+        "INPUT_MISSING",
+        "writeValueHead",
+      );
+    });
+
+    await t.step("a value head file without value-head tensors", async () => {
+      // A valid safetensors file (the adapter's) that holds nothing under the prefix.
+      const events: PipelineEvent[] = [];
+      await assert.rejects(
+        () =>
+          runPipeline({
+            output: out,
+            stages: [
+              { use: "gatherShards", from: run.base },
+              { use: "writeModel" },
+              {
+                use: "writeValueHead",
+                from: join(run.adapter, "adapter_model.safetensors"),
+                prefix: "v_head.",
+              },
+            ],
+          }, { backend: "cpu", onEvent: (e) => events.push(e) }),
+        (e: unknown) => isCkptError(e) && e.code === "VALUE_HEAD_MISSING",
+      );
+      assert.deepEqual(events.filter((e) => e.type === "stage-start"), []);
+      assert.deepEqual(await names(dir), ["run"]);
+    });
+
+    await t.step("a missing optimizer (halos-final)", async () => {
+      const state = join(dir, "state-no-optim");
+      await Deno.mkdir(state);
+      await Deno.copyFile(join(run.state, "scheduler.pt"), join(state, "scheduler.pt"));
+      await failsInPreflight(
+        "halos-final",
+        { run: run.dir, out, state },
+        dir,
+        "INPUT_MISSING",
+        "writeOptim",
+      );
+      await Deno.remove(state, { recursive: true });
+    });
+
+    await t.step("an optimizer that is not a torch file", async () => {
+      const state = join(dir, "state-bad-optim");
+      await Deno.mkdir(state);
+      await Deno.writeTextFile(join(state, "optimizer.pt"), "not a torch archive");
+      await Deno.copyFile(join(run.state, "scheduler.pt"), join(state, "scheduler.pt"));
+      await failsInPreflight(
+        "halos-final",
+        { run: run.dir, out, state },
+        dir,
+        "TORCH_NOT_TORCH",
+        "writeOptim",
+      );
+      await Deno.remove(state, { recursive: true });
+    });
+
+    await t.step("a missing metrics input", async () => {
+      await failsInPreflight(
+        "halos-final",
+        { run: run.dir, out, metrics: join(missing, "eval.json") },
+        dir,
+        "INPUT_MISSING",
+        "writeMetrics",
+      );
+    });
+
+    await t.step("metrics without a counter", async () => {
+      const metrics = join(dir, "eval-no-counter.json");
+      await Deno.writeTextFile(metrics, JSON.stringify({ "loss/eval": 0.5 }));
+      await failsInPreflight(
+        "halos-final",
+        { run: run.dir, out, metrics },
+        dir,
+        "METRICS_COUNTER",
+        "writeMetrics",
+      );
+      // ...also in a dry run, which runs the same preflights.
+      await failsInPreflight(
+        "halos-final",
+        { run: run.dir, out, metrics },
+        dir,
+        "METRICS_COUNTER",
+        "writeMetrics",
+        { dryRun: true },
+      );
+      await Deno.remove(metrics);
+    });
+
+    await t.step("a missing adapter", async () => {
+      await failsInPreflight(
+        "halos-final",
+        { run: run.dir, out, adapter: join(missing, "adapter") },
+        dir,
+        "PEFT_ADAPTER_MISSING",
+        "mergeLora",
+      );
+    });
+
+    await t.step("an adapter-only intermediate save with a missing adapter", async () => {
+      await failsInPreflight(
+        "halos-intermediate",
+        { run: run.dir, out, adapter: join(missing, "adapter") },
+        dir,
+        "PEFT_ADAPTER_MISSING",
+        "writeModel",
+      );
+    });
+
+    await t.step("a missing DCP model or optimizer folder (halos-final-fsdp)", async () => {
+      const fix = join(REPO_ROOT, "tests", "fixtures", "dcp", "lora_w2");
+      const fsdp = {
+        run: run.dir,
+        out,
+        model: join(fix, "model"),
+        optimizer: join(fix, "optim"),
+        scheduler: join(run.state, "scheduler.pt"),
+        lora_r: "2",
+        lora_alpha: "4",
+      };
+      await failsInPreflight(
+        "halos-final-fsdp",
+        { ...fsdp, model: join(missing, "model") },
+        dir,
+        "INPUT_MISSING",
+        "gatherShards",
+      );
+      await failsInPreflight(
+        "halos-final-fsdp",
+        { ...fsdp, optimizer: join(missing, "optim") },
+        dir,
+        "INPUT_MISSING",
+        "writeOptim",
+      );
+      // The base folder must hold a tokenizer: it is named explicitly, so preflight checks it.
+      const bare = join(dir, "bare-base");
+      await Deno.mkdir(bare);
+      await Deno.copyFile(join(run.base, "config.json"), join(bare, "config.json"));
+      await failsInPreflight(
+        "halos-final-fsdp",
+        { ...fsdp, base: bare },
+        dir,
+        "TOKENIZER_MISSING",
+        "writeTokenizer",
+      );
+      await Deno.remove(bare, { recursive: true });
     });
   });
 });
