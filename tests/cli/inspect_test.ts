@@ -2,19 +2,9 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { renderReport } from "../../cli/inspect.ts";
 import { inspectPath } from "../../formats/inspect.ts";
+import { ckpt } from "./_cli.ts";
 
 const FIXTURES = new URL("../fixtures/safetensors/", import.meta.url).pathname;
-const CLI = new URL("../../cli.ts", import.meta.url).pathname;
-
-async function ckpt(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", CLI, ...args],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
 
 Deno.test("`renderReport()` prints tensors, files, totals and metadata", async () => {
   const text = renderReport(await inspectPath(join(FIXTURES, "sharded")));
@@ -30,16 +20,16 @@ Deno.test("`renderReport()` prints tensors, files, totals and metadata", async (
 });
 
 Deno.test("`ckpt inspect` prints JSON, and fails clearly on bad input and bad usage", async () => {
-  const ok = await ckpt("inspect", join(FIXTURES, "all_dtypes.safetensors"), "--json");
+  const ok = await ckpt(["inspect", join(FIXTURES, "all_dtypes.safetensors"), "--json"]);
   assert.equal(ok.code, 0, ok.stderr);
   const report = JSON.parse(ok.stdout);
   assert.equal(report.kind, "safetensors");
   assert.equal(report.tensors.length, 16);
-  const bad = await ckpt("inspect", join(FIXTURES, "hostile", "trailing_bytes.safetensors"));
+  const bad = await ckpt(["inspect", join(FIXTURES, "hostile", "trailing_bytes.safetensors")]);
   assert.equal(bad.code, 1);
   assert.match(bad.stderr, /\[SAFETENSORS_TRAILING\] Cannot read safetensors ".*trailing_bytes/);
-  const usage = await ckpt("inspect");
+  const usage = await ckpt(["inspect"]);
   assert.equal(usage.code, 2);
-  const limit = await ckpt("inspect", FIXTURES, "--limit", "x");
+  const limit = await ckpt(["inspect", FIXTURES, "--limit", "x"]);
   assert.equal(limit.code, 2);
 });

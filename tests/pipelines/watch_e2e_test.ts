@@ -10,9 +10,8 @@ import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { loadState } from "../../pipelines/watch/state.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
+import { ckpt, spawnCkpt } from "../cli/_cli.ts";
 import { age, safetensorsBytes, torchZipBytes } from "./watch/_files.ts";
-
-const CLI = new URL("../../cli.ts", import.meta.url).pathname;
 
 interface Watcher {
   child: Deno.ChildProcess;
@@ -25,23 +24,16 @@ function spawnWatch(
   config: string,
   onLine: (line: Record<string, unknown>, w: Watcher) => void = () => {},
 ): Watcher {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      CLI,
-      "watch",
-      runs,
-      "--config",
-      config,
-      "--log",
-      "json",
-      "--quiet-seconds",
-      "1",
-    ],
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
+  const child = spawnCkpt([
+    "watch",
+    runs,
+    "--config",
+    config,
+    "--log",
+    "json",
+    "--quiet-seconds",
+    "1",
+  ]);
   const w: Watcher = { child, lines: [], done: Promise.resolve({} as Deno.CommandStatus) };
   const reading = (async () => {
     let buf = "";
@@ -195,12 +187,8 @@ Deno.test("`ckpt watch` exports every complete checkpoint exactly once across ov
       assert.equal(rec.status, "done");
       assert.equal(rec.output, join(root, "exports", name));
       assert.equal(rec.manifestSha256, await sha256(join(rec.output!, "ckpt-manifest.json")));
-      const verify = await new Deno.Command(Deno.execPath(), {
-        args: ["run", "-A", CLI, "verify", rec.output!],
-        stdout: "null",
-        stderr: "piped",
-      }).output();
-      assert.equal(verify.code, 0, new TextDecoder().decode(verify.stderr));
+      const verify = await ckpt(["verify", rec.output!]);
+      assert.equal(verify.code, 0, verify.stderr);
     }
     assert.equal(state.checkpoints[killedStarted.checkpoint as string]!.tries, 2);
     // No staging folder or temp file is left anywhere.

@@ -3,19 +3,8 @@ import { join } from "node:path";
 import { UsageError } from "../../../cli/_args.ts";
 import { run } from "../../../cli/watch.ts";
 import { withTempDir } from "../../_helpers/tmp.ts";
+import { ckpt, spawnCkpt } from "../../cli/_cli.ts";
 import { age, halosCheckpoint, writeTree } from "./_files.ts";
-
-const CLI = new URL("../../../cli.ts", import.meta.url).pathname;
-
-async function ckpt(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", CLI, ...args],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
 
 Deno.test("`ckpt watch` rejects wrong usage with UsageError (exit 2)", async (t) => {
   const cases: Array<[string, string[]]> = [
@@ -48,7 +37,7 @@ Deno.test("`ckpt watch` exports once, reports --status, and refuses a bad --sche
         "watch": { "pattern": "step-*" }
       }`,
     );
-    const tick = await ckpt("watch", runs, "--config", config, "--log", "json");
+    const tick = await ckpt(["watch", runs, "--config", config, "--log", "json"]);
     assert.equal(tick.code, 0, tick.stderr);
     const events = tick.stdout.trim().split("\n").map((l) => JSON.parse(l));
     assert.deepEqual(events.map((e) => e.event), [
@@ -60,14 +49,14 @@ Deno.test("`ckpt watch` exports once, reports --status, and refuses a bad --sche
       "tick-end",
     ]);
     assert.equal(events[4].output, join(root, "exports", "step-64"));
-    const status = await ckpt("watch", runs, "--status", "--log", "json");
+    const status = await ckpt(["watch", runs, "--status", "--log", "json"]);
     assert.equal(status.code, 0);
     const summary = JSON.parse(status.stdout);
     assert.deepEqual(summary.counts, { done: 1 });
     assert.equal(summary.checkpoints[0].manifestSha256, events[4].manifestSha256);
-    const text = await ckpt("watch", runs, "--status", "--log", "text");
+    const text = await ckpt(["watch", runs, "--status", "--log", "text"]);
     assert.match(text.stdout, /step-64\s+done\s+tries=1/);
-    const bad = await ckpt("watch", runs, "--config", config, "--schedule", "every minute");
+    const bad = await ckpt(["watch", runs, "--config", config, "--schedule", "every minute"]);
     assert.equal(bad.code, 2);
     assert.match(bad.stderr, /Cannot schedule/);
   });
@@ -86,7 +75,16 @@ Deno.test("`ckpt watch` exits 1 when an export fails", async () => {
         stages: [{ use: "writeMetrics", from: "${checkpoint}/missing.json" }],
       }),
     );
-    const tick = await ckpt("watch", runs, "--config", config, "--log", "json", "--max-tries", "1");
+    const tick = await ckpt([
+      "watch",
+      runs,
+      "--config",
+      config,
+      "--log",
+      "json",
+      "--max-tries",
+      "1",
+    ]);
     assert.equal(tick.code, 1);
     const failed = tick.stdout.trim().split("\n").map((l) => JSON.parse(l)).find((e) =>
       e.event === "failed"
@@ -109,11 +107,7 @@ Deno.test("`ckpt watch --schedule` ticks at once and exits 0 on SIGTERM", async 
         stages: [{ use: "writeMetrics", from: "${checkpoint}/metrics.json" }],
       }),
     );
-    const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", CLI, "watch", runs, "--config", config, "--schedule", "0 0 1 1 *"],
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
+    const child = spawnCkpt(["watch", runs, "--config", config, "--schedule", "0 0 1 1 *"]);
     let text = "";
     const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
     while (!text.includes('"tick-end"')) {
