@@ -19,12 +19,9 @@ import {
   type TensorRef,
 } from "../../formats/state_dict.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
+import { hex } from "../_helpers/hex.ts";
 
 const FIXTURES = new URL("../fixtures/safetensors/", import.meta.url).pathname;
-
-function hex(bytes: Uint8Array): string {
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-}
 
 interface HostileCase {
   file: string;

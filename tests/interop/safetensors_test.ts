@@ -16,10 +16,7 @@ import {
 import { byteLength, StateDict, tensorFromBytes } from "../../formats/state_dict.ts";
 import { runPythonJson } from "../_helpers/peer.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
-
-function hex(bytes: Uint8Array): string {
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-}
+import { hex } from "../_helpers/hex.ts";
 
 /** A state dict with every dtype, a 0-d and an empty tensor, and a non-ASCII name (seeded). */
 function sample(seed: number): { sd: StateDict; want: Record<string, string> } {

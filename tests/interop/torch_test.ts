@@ -17,23 +17,22 @@ import {
   type PyValue,
   tensorOfBytes,
   tensorsOf,
-  toJSONish,
   torchSize,
   TorchStorage,
   TorchTensor,
 } from "../../formats/torch/values.ts";
 import { DTYPE_NAMES, DTYPES } from "../../formats/dtype.ts";
 import { StateDict, tensorFromBytes } from "../../formats/state_dict.ts";
-import { REPO_ROOT, runPython, runPythonJson } from "../_helpers/peer.ts";
+import { runPython, runPythonJson } from "../_helpers/peer.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
-
-const FIX = join(REPO_ROOT, "tests", "fixtures", "torch");
+import { hex } from "../_helpers/hex.ts";
+import { pyTree, TORCH_FIX, TORCH_SAVED } from "../_helpers/torch.ts";
 
 /** Loads each path with weights_only=True; returns describe() plus storage-sharing groups. */
 const LOAD_ALL = `
 import json, sys, collections
 sys.dont_write_bytecode = True
-sys.path.insert(0, ${JSON.stringify(FIX)})
+sys.path.insert(0, ${JSON.stringify(TORCH_FIX)})
 import torch
 from jsonish import describe
 out = {}
@@ -62,15 +61,11 @@ for p, q in resave.items():
 print(json.dumps(out))
 `;
 
-function hex(b: Uint8Array): string {
-  return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
-}
-
 /** Our own view of a value, in the same form the Python side produces. */
 async function ours(
   v: PyValue,
 ): Promise<{ tree: unknown; tensors: Record<string, string>; shared: string[][] }> {
-  const tree = JSON.parse(JSON.stringify(toJSONish(v)), (k, x) => (k === "key" ? undefined : x));
+  const tree = pyTree(v);
   const tensors: Record<string, string> = {};
   const groups = new Map<TorchStorage, string[]>();
   for (const [path, t] of tensorsOf(v)) {
@@ -87,23 +82,13 @@ function sortKeys(o: Record<string, string>): Record<string, string> {
 
 Deno.test("saveTorch() re-writes every torch-written fixture so that torch loads it equal", async () => {
   await withTempDir(async (dir) => {
-    const names = [
-      "dtypes.pt",
-      "views.pt",
-      "params.pt",
-      "model_sd.pt",
-      "tied.pt",
-      "optimizer.pt",
-      "scheduler.pt",
-      "values.pt",
-      "values_p4.pt",
-    ];
+    const names = [...TORCH_SAVED, "values_p4.pt"];
     const paths: string[] = [];
     for (const name of names) {
-      await using f = await loadTorch(join(FIX, name));
+      await using f = await loadTorch(join(TORCH_FIX, name));
       const out = join(dir, name);
       await saveTorch(out, f.value);
-      paths.push(join(FIX, name), out);
+      paths.push(join(TORCH_FIX, name), out);
     }
     await Deno.mkdir(join(dir, "torch"));
     const resave = Object.fromEntries(names.map((n) => [join(dir, n), join(dir, "torch", n)]));
@@ -118,7 +103,7 @@ Deno.test("saveTorch() re-writes every torch-written fixture so that torch loads
       const ours = await Deno.readFile(join(dir, name));
       assert.deepEqual(
         ours,
-        await Deno.readFile(join(FIX, name)),
+        await Deno.readFile(join(TORCH_FIX, name)),
         `${name}: same bytes as torch wrote`,
       );
       assert.deepEqual(
@@ -128,7 +113,7 @@ Deno.test("saveTorch() re-writes every torch-written fixture so that torch loads
       );
     }
     for (const name of names) {
-      const a = got[join(FIX, name)]!;
+      const a = got[join(TORCH_FIX, name)]!;
       const b = got[join(dir, name)]!;
       assert.deepEqual(b.tree, a.tree, `${name}: tree`);
       assert.equal(JSON.stringify(b.tree), JSON.stringify(a.tree), `${name}: key order`);

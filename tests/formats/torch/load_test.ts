@@ -12,56 +12,33 @@ import {
   PyTuple,
   type PyValue,
   tensorsOf,
-  toJSONish,
   type TorchTensor,
 } from "../../../formats/torch/values.ts";
 import { isCkptError } from "../../../errors.ts";
-import { REPO_ROOT } from "../../_helpers/peer.ts";
+import { hex } from "../../_helpers/hex.ts";
+import { pyTree, TORCH_FIX, TORCH_SAVED } from "../../_helpers/torch.ts";
 
-const FIX = join(REPO_ROOT, "tests", "fixtures", "torch");
 type Expected = Record<string, { tree: unknown; tensors: Record<string, string> }>;
-const expected: Expected = JSON.parse(await Deno.readTextFile(join(FIX, "expected.json")));
-
-function hex(b: Uint8Array): string {
-  return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
-}
-
-/** toJSONish without storage keys (Python cannot see them). */
-function tree(v: PyValue): unknown {
-  return JSON.parse(JSON.stringify(toJSONish(v)), (k, x) => (k === "key" ? undefined : x));
-}
+const expected: Expected = JSON.parse(await Deno.readTextFile(join(TORCH_FIX, "expected.json")));
 
 async function checkFile(name: string): Promise<void> {
-  await using f = await loadTorch(join(FIX, name));
+  await using f = await loadTorch(join(TORCH_FIX, name));
   const want = expected[name]!;
-  assert.deepEqual(tree(f.value), want.tree, `${name}: value tree`);
+  assert.deepEqual(pyTree(f.value), want.tree, `${name}: value tree`);
   // deepEqual ignores key order; the JSON text does not (string keys keep insertion order)
-  assert.equal(JSON.stringify(tree(f.value)), JSON.stringify(want.tree), `${name}: key order`);
+  assert.equal(JSON.stringify(pyTree(f.value)), JSON.stringify(want.tree), `${name}: key order`);
   const got: Record<string, string> = {};
   for (const [path, t] of tensorsOf(f.value)) if (!(path in got)) got[path] = hex(await t.read());
   assert.deepEqual(got, want.tensors, `${name}: tensor bytes`);
 }
 
-for (
-  const name of [
-    "dtypes.pt",
-    "views.pt",
-    "params.pt",
-    "model_sd.pt",
-    "tied.pt",
-    "optimizer.pt",
-    "scheduler.pt",
-    "values.pt",
-    "values_p4.pt",
-    "torch27_layout.pt",
-  ]
-) {
+for (const name of [...TORCH_SAVED, "values_p4.pt", "torch27_layout.pt"]) {
   Deno.test(`loadTorch() reads torch-written ${name} equal to torch's own view`, () =>
     checkFile(name));
 }
 
 Deno.test("loadTorch() keeps Python types: dict vs OrderedDict, tuple, int keys, whole floats", async () => {
-  await using f = await loadTorch(join(FIX, "values.pt"));
+  await using f = await loadTorch(join(TORCH_FIX, "values.pt"));
   const d = f.dict();
   assert.equal(d.kind, "dict");
   assert.equal((d.get("od") as PyDict).kind, "OrderedDict");
@@ -78,12 +55,12 @@ Deno.test("loadTorch() keeps Python types: dict vs OrderedDict, tuple, int keys,
 });
 
 Deno.test("loadTorch() shares storages between views and tied weights", async () => {
-  await using f = await loadTorch(join(FIX, "views.pt"));
+  await using f = await loadTorch(join(TORCH_FIX, "views.pt"));
   const d = f.dict();
   const base = d.get("base") as TorchTensor;
   assert.equal((d.get("flat_slice") as TorchTensor).storage, base.storage);
   assert.equal(d.get("same_object"), base);
-  await using t = await loadTorch(join(FIX, "tied.pt"));
+  await using t = await loadTorch(join(TORCH_FIX, "tied.pt"));
   const td = t.dict();
   assert.equal(
     (td.get("0.weight") as TorchTensor).storage,
@@ -92,7 +69,7 @@ Deno.test("loadTorch() shares storages between views and tied weights", async ()
 });
 
 Deno.test("loadTorch() reads row ranges of non-contiguous views", async () => {
-  await using f = await loadTorch(join(FIX, "views.pt"));
+  await using f = await loadTorch(join(TORCH_FIX, "views.pt"));
   const t = f.dict().get("t") as TorchTensor; // int16 arange(12).reshape(3,4).t()
   const rows = new Int16Array((await t.read(1, 3)).slice().buffer);
   assert.deepEqual([...rows], [1, 5, 9, 2, 6, 10]);
@@ -101,7 +78,7 @@ Deno.test("loadTorch() reads row ranges of non-contiguous views", async () => {
 });
 
 Deno.test("loadTorch() reads the real AdamW state: int param keys, 0-d f32 steps, float lr", async () => {
-  await using f = await loadTorch(join(FIX, "optimizer.pt"));
+  await using f = await loadTorch(join(TORCH_FIX, "optimizer.pt"));
   const sd = f.dict().get("state_dict") as PyDict;
   const state = sd.get("state") as PyDict;
   assert.deepEqual([...state.keys()], [0, 1, 2, 3]);
@@ -117,10 +94,10 @@ Deno.test("loadTorch() reads the real AdamW state: int param keys, 0-d f32 steps
 });
 
 Deno.test("openTorchStateDict() opens a model state dict and openTorchShards() a shard folder", async () => {
-  await using sd = await openTorchStateDict(join(FIX, "model_sd.pt"));
+  await using sd = await openTorchStateDict(join(TORCH_FIX, "model_sd.pt"));
   assert.deepEqual([...sd.keys()], ["0.weight", "0.bias", "2.weight", "2.bias"]);
   assert.equal(sd.require("0.weight").dtype, "BF16");
-  await using shards = await openTorchShards(join(FIX, "sharded"));
+  await using shards = await openTorchShards(join(TORCH_FIX, "sharded"));
   const want = expected["sharded/all"]!.tensors;
   assert.deepEqual([...shards.keys()], [
     "layers.0.weight",
@@ -132,21 +109,21 @@ Deno.test("openTorchStateDict() opens a model state dict and openTorchShards() a
   ]);
   for (const [name, ref] of shards) assert.equal(hex(await ref.read()), want[name], name);
   await using viaIndex = await openTorchShards(
-    join(FIX, "sharded", "pytorch_model.bin.index.json"),
+    join(TORCH_FIX, "sharded", "pytorch_model.bin.index.json"),
   );
   assert.equal(viaIndex.size, 6);
 });
 
 Deno.test("openTorchStateDict() refuses a file that is not a dict of tensors", async () => {
   await assert.rejects(
-    openTorchStateDict(join(FIX, "scheduler.pt")),
+    openTorchStateDict(join(TORCH_FIX, "scheduler.pt")),
     (e) => isCkptError(e, "TORCH_NOT_STATE_DICT"),
   );
 });
 
 Deno.test("loadTorch() refuses the legacy format with TORCH_LEGACY and says how to convert", async () => {
   await assert.rejects(
-    loadTorch(join(FIX, "legacy.pt")),
+    loadTorch(join(TORCH_FIX, "legacy.pt")),
     (e) => isCkptError(e, "TORCH_LEGACY") && e.message.includes("re-save"),
   );
 });

@@ -14,6 +14,7 @@ import {
 } from "../../../formats/torch/values.ts";
 import { withTempDir } from "../../_helpers/tmp.ts";
 import { REPO_ROOT } from "../../_helpers/peer.ts";
+import { TORCH_FIX, TORCH_SAVED } from "../../_helpers/torch.ts";
 
 Deno.test("torchArchivePrefix() follows torch: basename without its last extension", () => {
   assert.equal(torchArchivePrefix("/x/sd.pt"), "sd");
@@ -206,21 +207,9 @@ Deno.test("saveTorchStateDict() re-writes a loaded torch file byte for byte thro
   });
 });
 
-for (
-  const name of [
-    "dtypes.pt",
-    "views.pt",
-    "params.pt",
-    "model_sd.pt",
-    "tied.pt",
-    "optimizer.pt",
-    "scheduler.pt",
-    "values.pt",
-    "sharded/pytorch_model-00001-of-00003.bin",
-  ]
-) {
+for (const name of [...TORCH_SAVED, "sharded/pytorch_model-00001-of-00003.bin"]) {
   Deno.test(`saveTorch() re-writes torch-written ${name} byte for byte (pickle memo, layout, serialization id)`, async () => {
-    const src = join(REPO_ROOT, "tests", "fixtures", "torch", name);
+    const src = join(TORCH_FIX, name);
     await withTempDir(async (dir) => {
       await using f = await loadTorch(src);
       const out = join(dir, basename(name));
