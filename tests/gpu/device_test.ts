@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { acquireGpu, REQUIRED_GPU_LIMITS } from "../../gpu/device.ts";
+import { evalWithoutGpu } from "../_helpers/gpu.ts";
 
 Deno.test("`acquireGpu()` describes the adapter and grants the merge's limits", async () => {
   const gpu = await acquireGpu();
@@ -26,11 +27,5 @@ Deno.test("`acquireGpu()` fails with GPU_UNAVAILABLE when WebGPU finds no adapte
     JSON.stringify(new URL("../../gpu/device.ts", import.meta.url).href)
   };
     try { await acquireGpu(); console.log("acquired"); } catch (e) { console.log(e.code); }`;
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["eval", script],
-    env: { DENO_WEBGPU_BACKEND: "dx12" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  assert.equal(new TextDecoder().decode(out.stdout).trim(), "GPU_UNAVAILABLE");
+  assert.deepEqual(await evalWithoutGpu(script), ["GPU_UNAVAILABLE"]);
 });

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { acquireGpu } from "../../gpu/device.ts";
 import { createMergeBackend } from "../../merge/backend.ts";
+import { evalWithoutGpu } from "../_helpers/gpu.ts";
 import { request } from "./_corpus.ts";
 
 Deno.test("`createMergeBackend()` gives each choice and says why", async () => {
@@ -46,16 +47,7 @@ Deno.test("`createMergeBackend()` without an adapter: auto falls back, webgpu fa
     import { createMergeBackend } from ${url};
     const a = await createMergeBackend("auto"); console.log(a.backend.kind); await a.backend.dispose();
     try { await createMergeBackend("webgpu"); console.log("webgpu"); } catch (e) { console.log(e.code); }`;
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["eval", script],
-    env: { DENO_WEBGPU_BACKEND: "dx12" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  assert.deepEqual(new TextDecoder().decode(out.stdout).trim().split("\n"), [
-    "cpu",
-    "GPU_UNAVAILABLE",
-  ]);
+  assert.deepEqual(await evalWithoutGpu(script), ["cpu", "GPU_UNAVAILABLE"]);
 });
 
 Deno.test("`createMergeBackend()` rejects an unknown choice", async () => {
