@@ -225,7 +225,8 @@ export interface GatherResult {
   modelConfig?: Record<string, unknown>;
   /** Path of the config.json read, if any. */
   configPath?: string;
-  /** The folder the model came from (the input folder, or the input file's folder). */
+  /** The model's folder: an explicit `config.json`'s folder, else the input folder (or the input
+   * file's folder). `generation_config.json` and tokenizer fallbacks come from there. */
   modelDir: string;
   /** The input kind used. */
   kind: string;
@@ -285,7 +286,13 @@ export async function gatherShards(
       file: path,
     });
   }
-  const modelDir = st.isDirectory ? path : dirname(path);
+  // The model's folder is where its config.json lives: generation_config.json and the tokenizer
+  // are looked up beside it (an explicit config names a base folder, e.g. for DCP shards).
+  const modelDir = typeof options.config === "string" && basename(options.config) === "config.json"
+    ? dirname(options.config)
+    : st.isDirectory
+    ? path
+    : dirname(path);
   let modelConfig: Record<string, unknown> | undefined;
   let configPath: string | undefined = options.config === false ? undefined : options.config;
   if (options.config === undefined) {

@@ -138,6 +138,10 @@ async function makeFsdpRun(run: string): Promise<void> {
     JSON.stringify({ eos_token: "</s>", unk_token: "<unk>" }),
   );
   await Deno.writeTextFile(
+    join(run, "base", "generation_config.json"),
+    '{\n  "eos_token_id": 2,\n  "max_new_tokens": 64\n}\n',
+  );
+  await Deno.writeTextFile(
     join(run, "eval.json"),
     JSON.stringify({ "rewards_eval/accuracies": 0.75, "loss/eval": 0.5, counter: 96 }),
   );
@@ -163,9 +167,22 @@ Deno.test("the halos-final-fsdp preset turns real FSDP2 DCP shards of a PEFT-wra
     assert.equal(merge?.report.modules, 2);
     assert.deepEqual(merge?.report.scaling, [lora_alpha / r]);
     const written = result.files.map((f) => f.path).sort();
-    for (const f of ["pytorch_model.bin", "config.json", "optimizer.pt", "scheduler.pt"]) {
+    for (
+      const f of [
+        "pytorch_model.bin",
+        "config.json",
+        "generation_config.json",
+        "optimizer.pt",
+        "scheduler.pt",
+      ]
+    ) {
       assert.ok(written.includes(f), `${f} in ${written.join(", ")}`);
     }
+    assert.equal(
+      await Deno.readTextFile(join(result.output, "generation_config.json")),
+      await Deno.readTextFile(join(run, "base", "generation_config.json")),
+      "generation_config.json is copied byte for byte from the base folder",
+    );
 
     // 2. The preset through the CLI: --var strings for r/alpha, safetensors, counter override.
     const st = join(dir, "FINAL-st");
