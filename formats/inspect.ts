@@ -24,8 +24,9 @@
  * ```
  * @module
  */
-import { basename, join } from "node:path";
+import { join } from "node:path";
 import { CkptError } from "../errors.ts";
+import { listShards } from "./_inspect_shards.ts";
 
 /** What kind of checkpoint a report describes. */
 export type InspectKind = "safetensors" | "hf-shards" | "torch" | "torch-shards" | "dcp";
@@ -128,25 +129,13 @@ async function inspectHfShards(path: string, indexPath: string): Promise<Inspect
   // openHfShards cross-checks the index against every shard header (nothing missing, unlisted or
   // doubled); each tensor's `source` is its shard's path.
   await using sd = await openHfShards(indexPath);
-  const tensors: InspectTensor[] = [];
-  const counts = new Map<string, { path: string; tensors: number }>();
-  for (const [name, ref] of sd) {
-    const file = basename(ref.source ?? "");
-    const c = counts.get(file) ?? { path: ref.source ?? "", tensors: 0 };
-    c.tensors++;
-    counts.set(file, c);
-    tensors.push({
-      name,
-      dtype: ref.dtype,
-      shape: [...ref.shape],
-      bytes: byteLength(ref.dtype, ref.shape),
-      file,
-    });
-  }
-  const files: InspectFile[] = [];
-  for (const [file, c] of counts) {
-    files.push({ file, bytes: (await Deno.stat(c.path)).size, tensors: c.tensors });
-  }
+  const { tensors, files } = await listShards(sd, (name, ref, file) => ({
+    name,
+    dtype: ref.dtype,
+    shape: [...ref.shape],
+    bytes: byteLength(ref.dtype, ref.shape),
+    file,
+  }));
   return {
     kind: "hf-shards",
     path,

@@ -21,9 +21,10 @@
  * ```
  * @module
  */
-import { basename, join } from "node:path";
-import type { InspectFile, InspectReport, InspectTensor } from "../inspect.ts";
+import { join } from "node:path";
+import type { InspectReport, InspectTensor } from "../inspect.ts";
 import { DTYPES } from "../dtype.ts";
+import { listShards } from "../_inspect_shards.ts";
 import { numel } from "../state_dict.ts";
 import { loadTorch } from "./load.ts";
 import { openTorchShards } from "./state_dict.ts";
@@ -93,19 +94,10 @@ export async function inspectTorchFile(path: string): Promise<InspectReport> {
 /** Report of a `pytorch_model.bin.index.json` shard folder (or the index file itself). */
 export async function inspectTorchShards(path: string, indexPath: string): Promise<InspectReport> {
   await using sd = await openTorchShards(indexPath);
-  const tensors: InspectTensor[] = [];
-  const counts = new Map<string, { path: string; tensors: number }>();
-  for (const [name, ref] of sd) {
-    const file = basename(ref.source ?? "");
-    const c = counts.get(file) ?? { path: ref.source ?? "", tensors: 0 };
-    c.tensors++;
-    counts.set(file, c);
-    tensors.push(tensorEntry(name, ref as TorchTensor, file));
-  }
-  const files: InspectFile[] = [];
-  for (const [file, c] of counts) {
-    files.push({ file, bytes: (await Deno.stat(c.path)).size, tensors: c.tensors });
-  }
+  const { tensors, files } = await listShards(
+    sd,
+    (name, ref, file) => tensorEntry(name, ref as TorchTensor, file),
+  );
   let index: unknown;
   try {
     index = JSON.parse(await Deno.readTextFile(indexPath)).metadata;
