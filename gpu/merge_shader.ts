@@ -411,17 +411,53 @@ function pack4Vec(dtype: MergeDType): string {
 }
 
 /**
+ * The start of the aligned kernels' source (both forms): params and bindings with W and the output
+ * as packed vectors, B as `array<bArray>`, then `consts`, `WG`, `ROWS_PER`, the decode/encode
+ * helpers, and the entry point up to its column tile `c4` and first row `row0` (returning past the
+ * last row); `prologue` goes first in the entry point.
+ */
+function vectorHead(
+  spec: MergeKernelSpec,
+  bArray: string,
+  consts: string,
+  prologue: string,
+): string {
+  const wvec = spec.wDtype === "F32" ? "vec4<u32>" : "vec2<u32>";
+  const ovec = spec.outDtype === "F32" ? "vec4<u32>" : "vec2<u32>";
+  return `// ckpt LoRA merge: ${pipelineKey(spec)}
+struct Params { rows: u32, cols: u32, n: u32, scale: f32 }
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> A: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> B: array<${bArray}>;
+@group(0) @binding(3) var<storage, read> W: array<${wvec}>;
+@group(0) @binding(4) var<storage, read_write> O: array<${ovec}>;
+${consts}
+const WG: u32 = ${spec.workgroupSize}u;
+const ROWS_PER: u32 = ${spec.rowsPerInvocation}u;
+${CONVERT}
+${load4Vec(spec.wDtype)}
+${pack4Vec(spec.outDtype)}
+@compute @workgroup_size(${spec.workgroupSize})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+${prologue}  let g = (wid.y * nwg.x + wid.x) * WG + lid;
+  let cols4 = P.cols / 4u;
+  let rg = g / cols4;
+  let c4 = g - rg * cols4;
+  let row0 = rg * ROWS_PER;
+  if (row0 >= P.rows) { return; }`;
+}
+
+/**
  * The aligned kernel: `rowsPerInvocation` rows × 4 columns per invocation, W and output read and
  * written as whole vectors of 4 packed elements, A as `vec4<f32>` (one load per k shared by the
  * rows), B as `vec4<f32>` (4 ranks per load) when the rank is a multiple of 4; the k-sum keeps the
  * reference order (first product, then adds), unrolled by 4.
  */
 function alignedSource(spec: MergeKernelSpec): string {
-  const { rank, rowsPerInvocation: R, workgroupSize: WG } = spec;
+  const { rank, rowsPerInvocation: R } = spec;
   if (R > 8 && rank > 0 && rank % 4 === 0 && rank <= 64) return rowLoopSource(spec);
   const rows = Array.from({ length: R }, (_, r) => r);
-  const wvec = spec.wDtype === "F32" ? "vec4<u32>" : "vec2<u32>";
-  const ovec = spec.outDtype === "F32" ? "vec4<u32>" : "vec2<u32>";
   const b4 = rank > 0 && rank % 4 === 0;
   const lanes = ["x", "y", "z", "w"];
   let acc = "";
@@ -461,30 +497,15 @@ ${rows.map((r) => `    acc${r} = acc${r} + B[r${r} * RANK + k] * a;`).join("\n")
     let w = load4(W[q]);
     O[q] = pack4(${rank === 0 ? "w" : `w + P.scale * acc${r}`});
   }`).join("");
-  return `// ckpt LoRA merge: ${pipelineKey(spec)}
-struct Params { rows: u32, cols: u32, n: u32, scale: f32 }
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> A: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> B: array<${b4 ? "vec4<f32>" : "f32"}>;
-@group(0) @binding(3) var<storage, read> W: array<${wvec}>;
-@group(0) @binding(4) var<storage, read_write> O: array<${ovec}>;
-const RANK: u32 = ${rank}u;
-const R4: u32 = ${Math.floor(rank / 4)}u;
-const WG: u32 = ${WG}u;
-const ROWS_PER: u32 = ${R}u;
-${CONVERT}
-${load4Vec(spec.wDtype)}
-${pack4Vec(spec.outDtype)}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-  _ = A[0]; _ = B[0];
-  let g = (wid.y * nwg.x + wid.x) * WG + lid;
-  let cols4 = P.cols / 4u;
-  let rg = g / cols4;
-  let c4 = g - rg * cols4;
-  let row0 = rg * ROWS_PER;
-  if (row0 >= P.rows) { return; }
+  // every binding is statically used (layout "auto" drops unused ones, rank 0 uses no A or B)
+  return `${
+    vectorHead(
+      spec,
+      b4 ? "vec4<f32>" : "f32",
+      `const RANK: u32 = ${rank}u;\nconst R4: u32 = ${Math.floor(rank / 4)}u;`,
+      "  _ = A[0]; _ = B[0];\n",
+    )
+  }
 ${rows.map((r) => `  let r${r} = min(row0 + ${r}u, P.rows - 1u);`).join("\n")}
 ${acc}${stores}
 }
@@ -497,9 +518,7 @@ ${acc}${stores}
  * rows, each needing only its B row, W and output.
  */
 function rowLoopSource(spec: MergeKernelSpec): string {
-  const { rank, rowsPerInvocation: R, workgroupSize: WG } = spec;
-  const wvec = spec.wDtype === "F32" ? "vec4<u32>" : "vec2<u32>";
-  const ovec = spec.outDtype === "F32" ? "vec4<u32>" : "vec2<u32>";
+  const { rank } = spec;
   const lanes = ["x", "y", "z", "w"];
   const ks = Array.from({ length: rank }, (_, k) => k);
   const aLoads = ks.map((k) => `  let a${k} = A[${k}u * cols4 + c4];`).join("\n");
@@ -511,28 +530,7 @@ function rowLoopSource(spec: MergeKernelSpec): string {
   const sum = ks.map((k) =>
     k === 0 ? `    var acc = b0.x * a0;` : `    acc = acc + b${k >> 2}.${lanes[k & 3]} * a${k};`
   ).join("\n");
-  return `// ckpt LoRA merge: ${pipelineKey(spec)}
-struct Params { rows: u32, cols: u32, n: u32, scale: f32 }
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> A: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> B: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> W: array<${wvec}>;
-@group(0) @binding(4) var<storage, read_write> O: array<${ovec}>;
-const R4: u32 = ${rank / 4}u;
-const WG: u32 = ${WG}u;
-const ROWS_PER: u32 = ${R}u;
-${CONVERT}
-${load4Vec(spec.wDtype)}
-${pack4Vec(spec.outDtype)}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-  let g = (wid.y * nwg.x + wid.x) * WG + lid;
-  let cols4 = P.cols / 4u;
-  let rg = g / cols4;
-  let c4 = g - rg * cols4;
-  let row0 = rg * ROWS_PER;
-  if (row0 >= P.rows) { return; }
+  return `${vectorHead(spec, "vec4<f32>", `const R4: u32 = ${rank / 4}u;`, "")}
 ${aLoads}
   let row1 = min(row0 + ROWS_PER, P.rows);
   for (var row = row0; row < row1; row = row + 1u) {
