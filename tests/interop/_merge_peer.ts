@@ -2,6 +2,7 @@
  * Peer scripts shared by the merge interop tests.
  * @module
  */
+import { runPythonJson } from "../_helpers/peer.ts";
 
 /** Peer script: ulp comparison of two safetensors files (ours, expected). */
 export const COMPARE: string = String.raw`
@@ -23,3 +24,17 @@ for k, v in exp.items():
   res["elements"] += d.numel(); res["equal"] += int((d == 0).sum()); res["max_ulp"] = max(res["max_ulp"], int(d.max()))
 print(json.dumps(res))
 `;
+
+/** What {@linkcode COMPARE} reports. */
+export interface Comparison {
+  keys_equal: boolean;
+  dtypes_equal: boolean;
+  elements: number;
+  equal: number;
+  max_ulp: number;
+}
+
+/** Compares two safetensors files (ours, expected) element by element in ulps, through torch. */
+export function compareSafetensors(ours: string, expected: string): Promise<Comparison> {
+  return runPythonJson<Comparison>(COMPARE, [ours, expected]);
+}

@@ -10,7 +10,7 @@ import { writeSafetensors } from "../../formats/safetensors.ts";
 import { mergeLora } from "../../merge/lora.ts";
 import { REPO_ROOT, runPythonJson } from "../_helpers/peer.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
-import { COMPARE } from "./_merge_peer.ts";
+import { compareSafetensors } from "./_merge_peer.ts";
 
 const DCP_EXPECTED = String.raw`
 import json, sys, torch
@@ -47,15 +47,10 @@ Deno.test("a PEFT-wrapped LoRA model gathered from real FSDP2 DCP shards merges 
       join(fixture, "reference.pt"),
       join(dir, "expected.safetensors"),
     ]);
-    const res = await runPythonJson<
-      {
-        keys_equal: boolean;
-        dtypes_equal: boolean;
-        elements: number;
-        equal: number;
-        max_ulp: number;
-      }
-    >(COMPARE, [join(dir, "ours.safetensors"), join(dir, "expected.safetensors")]);
+    const res = await compareSafetensors(
+      join(dir, "ours.safetensors"),
+      join(dir, "expected.safetensors"),
+    );
     assert.ok(res.keys_equal && res.dtypes_equal);
     assert.ok(res.max_ulp <= 1, `max ${res.max_ulp} ulp`);
     console.log(`dcp lora_w2: ${res.equal}/${res.elements} equal to torch, max ${res.max_ulp} ulp`);

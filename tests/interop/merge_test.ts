@@ -12,7 +12,7 @@ import { mergeLora } from "../../merge/lora.ts";
 import { REPO_ROOT, runPythonJson } from "../_helpers/peer.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
 import { LORA_FIXTURES } from "../merge/_lora_fixtures.ts";
-import { COMPARE } from "./_merge_peer.ts";
+import { compareSafetensors } from "./_merge_peer.ts";
 
 const MAKE = String.raw`
 import json, math, os, re, sys, torch
@@ -90,15 +90,10 @@ Deno.test("torch loads the merged model ckpt writes and it equals torch's PEFT m
     assert.deepEqual([down.adapters[0]!.r, down.adapters[0]!.alpha], [16, 7]);
     await writeSafetensors(join(dir, "ours.safetensors"), stateDict);
     await stateDict.close();
-    const res = await runPythonJson<
-      {
-        keys_equal: boolean;
-        dtypes_equal: boolean;
-        elements: number;
-        equal: number;
-        max_ulp: number;
-      }
-    >(COMPARE, [join(dir, "ours.safetensors"), join(dir, "expected.safetensors")]);
+    const res = await compareSafetensors(
+      join(dir, "ours.safetensors"),
+      join(dir, "expected.safetensors"),
+    );
     console.log(
       `torch vs ckpt (${report.backend?.kind}): ${res.equal}/${res.elements} equal, max ${res.max_ulp} ulp`,
     );
