@@ -358,24 +358,12 @@ export function compareUtf8(a: string, b: string): number {
   return x.length - y.length;
 }
 
-/** One tensor of a planned file. */
-export interface PlannedTensor {
-  /** State-dict key. */
-  readonly name: string;
-  /** Element type. */
-  readonly dtype: DType;
-  /** Shape. */
-  readonly shape: readonly number[];
-  /** `[begin, end)` in the data buffer. */
-  readonly dataOffsets: readonly [number, number];
-}
-
 /** A planned safetensors file: the exact header bytes and the tensor layout. */
 export interface PlannedFile {
   /** Length prefix + padded JSON header. */
   readonly headerBytes: Uint8Array;
   /** Tensors in data order. */
-  readonly tensors: readonly PlannedTensor[];
+  readonly tensors: readonly SafetensorsTensorInfo[];
   /** Bytes of tensor data. */
   readonly dataBytes: number;
   /** Total file size. */
@@ -394,7 +382,7 @@ export function planFile(
   const sorted = [...entries].sort((a, b) =>
     DTYPE_RANK[b.dtype] - DTYPE_RANK[a.dtype] || compareUtf8(a.name, b.name)
   );
-  const tensors: PlannedTensor[] = [];
+  const tensors: SafetensorsTensorInfo[] = [];
   const parts: string[] = [];
   if (metadata !== undefined && Object.keys(metadata).length > 0) {
     const keys = Object.keys(metadata).sort(compareUtf8);
