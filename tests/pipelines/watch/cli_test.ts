@@ -6,6 +6,30 @@ import { withTempDir } from "../../_helpers/tmp.ts";
 import { ckpt, spawnCkpt } from "../../cli/_cli.ts";
 import { age, halosCheckpoint, writeTree } from "./_files.ts";
 
+/**
+ * `root/runs` holding one quiet HALOs checkpoint (`step-64`, aged 2 minutes) and `root/c.jsonc`,
+ * a config exporting its metrics from `${checkpoint}/<metrics>` (with `watch` settings if given).
+ */
+async function quietRun(
+  root: string,
+  metrics: string,
+  watch?: Record<string, unknown>,
+): Promise<{ runs: string; config: string }> {
+  const runs = join(root, "runs");
+  await writeTree(join(runs, "step-64"), halosCheckpoint(64));
+  await age(runs, 120);
+  const config = join(root, "c.jsonc");
+  await Deno.writeTextFile(
+    config,
+    JSON.stringify({
+      output: "${run}/../exports/${name}",
+      stages: [{ use: "writeMetrics", from: `\${checkpoint}/${metrics}` }],
+      ...(watch ? { watch } : {}),
+    }),
+  );
+  return { runs, config };
+}
+
 Deno.test("`ckpt watch` rejects wrong usage with UsageError (exit 2)", async (t) => {
   const cases: Array<[string, string[]]> = [
     ["no runs folder", ["--config", "x.jsonc"]],
@@ -25,18 +49,7 @@ Deno.test("`ckpt watch` rejects wrong usage with UsageError (exit 2)", async (t)
 
 Deno.test("`ckpt watch` exports once, reports --status, and refuses a bad --schedule", async () => {
   await withTempDir(async (root) => {
-    const runs = join(root, "runs");
-    await writeTree(join(runs, "step-64"), halosCheckpoint(64));
-    await age(runs, 120);
-    const config = join(root, "c.jsonc");
-    await Deno.writeTextFile(
-      config,
-      `{
-        "output": "\${run}/../exports/\${name}",
-        "stages": [{ "use": "writeMetrics", "from": "\${checkpoint}/metrics.json" }],
-        "watch": { "pattern": "step-*" }
-      }`,
-    );
+    const { runs, config } = await quietRun(root, "metrics.json", { pattern: "step-*" });
     const tick = await ckpt(["watch", runs, "--config", config, "--log", "json"]);
     assert.equal(tick.code, 0, tick.stderr);
     const events = tick.stdout.trim().split("\n").map((l) => JSON.parse(l));
@@ -64,17 +77,7 @@ Deno.test("`ckpt watch` exports once, reports --status, and refuses a bad --sche
 
 Deno.test("`ckpt watch` exits 1 when an export fails", async () => {
   await withTempDir(async (root) => {
-    const runs = join(root, "runs");
-    await writeTree(join(runs, "step-64"), halosCheckpoint(64));
-    await age(runs, 120);
-    const config = join(root, "c.jsonc");
-    await Deno.writeTextFile(
-      config,
-      JSON.stringify({
-        output: "${run}/../exports/${name}",
-        stages: [{ use: "writeMetrics", from: "${checkpoint}/missing.json" }],
-      }),
-    );
+    const { runs, config } = await quietRun(root, "missing.json");
     const tick = await ckpt([
       "watch",
       runs,
@@ -96,17 +99,7 @@ Deno.test("`ckpt watch` exits 1 when an export fails", async () => {
 
 Deno.test("`ckpt watch --schedule` ticks at once and exits 0 on SIGTERM", async () => {
   await withTempDir(async (root) => {
-    const runs = join(root, "runs");
-    await writeTree(join(runs, "step-64"), halosCheckpoint(64));
-    await age(runs, 120);
-    const config = join(root, "c.jsonc");
-    await Deno.writeTextFile(
-      config,
-      JSON.stringify({
-        output: "${run}/../exports/${name}",
-        stages: [{ use: "writeMetrics", from: "${checkpoint}/metrics.json" }],
-      }),
-    );
+    const { runs, config } = await quietRun(root, "metrics.json");
     const child = spawnCkpt(["watch", runs, "--config", config, "--schedule", "0 0 1 1 *"]);
     let text = "";
     const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
