@@ -1,23 +1,51 @@
 /**
- * Worker that hashes files for the manifest off the main thread, so the runner can hash a stage's
- * outputs while the next stages run. Messages: `{ id, path }` in, `{ id, size, sha256 }` or
- * `{ id, error }` out.
+ * Worker that hashes for the manifest off the main thread, so the runner can hash a stage's
+ * outputs while the next stages run, and hash output bytes while they are written. Messages in:
+ * `{ id, path }` hashes a file, answered `{ id, size, sha256 }` or `{ id, error }`; a stream is
+ * `{ id, op: "update", bytes }` (answered `{ id, ack, buffer }` with the byte count, so the sender
+ * can bound what is queued, and the block's buffer transferred back for reuse), then `{ id, op: "digest" }` (answered `{ id, size, sha256 }`) or
+ * `{ id, op: "abort" }` (discards it, no answer). Streams with different ids are independent.
  * @module
  */
+import { createHash, type Hash } from "node:crypto";
 import { hashFile } from "./manifest.ts";
 
-interface HashRequest {
-  id: number;
-  path: string;
-}
+type HashRequest =
+  | { id: number; path: string; op?: undefined }
+  | { id: number; op: "update"; bytes: Uint8Array<ArrayBuffer> }
+  | { id: number; op: "digest" }
+  | { id: number; op: "abort" };
 
 const scope = self as unknown as {
   onmessage: ((e: MessageEvent<HashRequest>) => void) | null;
-  postMessage(message: unknown): void;
+  postMessage(message: unknown, transfer?: Transferable[]): void;
 };
 
+const streams = new Map<number, { hash: Hash; size: number }>();
+
 scope.onmessage = async (e) => {
-  const { id, path } = e.data;
+  const msg = e.data;
+  if (msg.op === "update") {
+    let s = streams.get(msg.id);
+    if (!s) streams.set(msg.id, s = { hash: createHash("sha256"), size: 0 });
+    s.hash.update(msg.bytes);
+    s.size += msg.bytes.length;
+    // the block's buffer goes back to the sender for reuse
+    const buffer = msg.bytes.buffer;
+    scope.postMessage({ id: msg.id, ack: msg.bytes.length, buffer }, [buffer]);
+    return;
+  }
+  if (msg.op === "digest") {
+    const s = streams.get(msg.id) ?? { hash: createHash("sha256"), size: 0 };
+    streams.delete(msg.id);
+    scope.postMessage({ id: msg.id, size: s.size, sha256: s.hash.digest("hex") });
+    return;
+  }
+  if (msg.op === "abort") {
+    streams.delete(msg.id);
+    return;
+  }
+  const { id, path } = msg;
   try {
     const { size, sha256 } = await hashFile(path);
     scope.postMessage({ id, size, sha256 });
