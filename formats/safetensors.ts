@@ -153,6 +153,14 @@ export interface WriteSafetensorsOptions {
   signal?: AbortSignal;
   /** Called after each block with bytes written so far and the file's total bytes. */
   onProgress?: (bytesDone: number, bytesTotal: number) => void;
+  /**
+   * Called with every byte written, in file order, for each file written (`path` is the file's
+   * final path, not its temporary name): the header, then each data block, right after it is
+   * written. The writer reuses its buffers: copy the bytes before returning if they are kept. A
+   * returned promise is awaited before the writer goes on (backpressure). Not called for the
+   * index JSON.
+   */
+  onBytes?: (path: string, bytes: Uint8Array) => void | Promise<void>;
 }
 
 /** Result of {@linkcode writeSafetensors}. */
@@ -323,6 +331,7 @@ async function writePlanned(
   plan: PlannedFile,
   signal: AbortSignal | undefined,
   progress: ((n: number) => void) | undefined,
+  onBytes: ((path: string, bytes: Uint8Array) => void | Promise<void>) | undefined,
 ): Promise<void> {
   signal?.throwIfAborted();
   const tmp = `${path}.tmp-${randomSuffix()}`;
@@ -339,6 +348,7 @@ async function writePlanned(
   let pending: Promise<Uint8Array> | undefined;
   try {
     await writeAll(file, plan.headerBytes);
+    if (onBytes) await onBytes(path, plan.headerBytes);
     progress?.(plan.headerBytes.length);
     const block = Math.min(STREAM_BLOCK_BYTES, Math.max(plan.dataBytes, 1));
     const buffers = [new Uint8Array(block), new Uint8Array(0)];
@@ -358,6 +368,7 @@ async function writePlanned(
       signal?.throwIfAborted();
       pending = start(++i);
       await writeAll(file, bytes);
+      if (onBytes) await onBytes(path, bytes);
       progress?.(bytes.byteLength);
     }
     file.close();
@@ -432,6 +443,7 @@ export async function writeSafetensors(
     plan,
     options.signal,
     onProgress && ((n) => onProgress(done += n, plan.fileBytes)),
+    options.onBytes,
   );
   return { bytes: plan.fileBytes };
 }
@@ -539,6 +551,14 @@ export interface WriteSafetensorsShardedOptions extends PlanSafetensorsShardsOpt
   /** Called after each block with bytes written so far over all files and the total. */
   onProgress?: (bytesDone: number, bytesTotal: number) => void;
   /**
+   * Called with every byte written, in file order, for each file written (`path` is the file's
+   * final path, not its temporary name): the header, then each data block, right after it is
+   * written. The writer reuses its buffers: copy the bytes before returning if they are kept. A
+   * returned promise is awaited before the writer goes on (backpressure). Not called for the
+   * index JSON.
+   */
+  onBytes?: (path: string, bytes: Uint8Array) => void | Promise<void>;
+  /**
    * After a successful write, delete files of an earlier save that this one did not produce, as
    * `save_pretrained` does: `<prefix>-NNNNN-of-NNNNN.safetensors` names not in the new set, and a
    * stale `<prefix>.safetensors.index.json` when the new save is a single file. Default `true`.
@@ -601,6 +621,7 @@ export async function writeSafetensorsSharded(
       p,
       options.signal,
       onProgress && ((n) => onProgress(done += n, total)),
+      options.onBytes,
     );
     written.push(path);
   }

@@ -43,6 +43,12 @@ export interface SaveTorchOptions {
   blockSize?: number;
   /** Archive folder name. Default: the file name without its last extension, as torch does. */
   prefix?: string;
+  /**
+   * Called with every byte written, in file order (`path` is the final path, not the temporary
+   * file's), right after it is written. The writer reuses its buffers: copy the bytes before
+   * returning if they are kept. A returned promise is awaited before the writer goes on.
+   */
+  onBytes?: (path: string, bytes: Uint8Array) => void | Promise<void>;
 }
 
 /** What {@linkcode saveTorch} wrote. */
@@ -148,7 +154,8 @@ export async function saveTorch(
   const tmp = join(dirname(path), `.${basename(path)}.tmp-${randomSuffix()}`);
   let w: TorchZipWriter;
   try {
-    w = await TorchZipWriter.create(tmp, prefix);
+    const onBytes = options.onBytes;
+    w = await TorchZipWriter.create(tmp, prefix, onBytes && ((b) => onBytes(path, b)));
   } catch (cause) {
     throw new CkptError("FILE_WRITE", `Cannot create "${tmp}": ${(cause as Error).message}`, {
       file: path,

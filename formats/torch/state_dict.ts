@@ -232,6 +232,7 @@ export async function writeTorchSharded(
     await saveTorchStateDict(join(dir, files[i]!), part, {
       ...(options.signal ? { signal: options.signal } : {}),
       ...(options.blockSize ? { blockSize: options.blockSize } : {}),
+      ...(options.onBytes ? { onBytes: options.onBytes } : {}),
       onProgress: (d) => options.onProgress?.(base + d, total),
     });
     before += shard.bytes;

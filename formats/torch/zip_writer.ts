@@ -65,19 +65,34 @@ export class TorchZipWriter {
   #enc = new TextEncoder();
   #names: string[] = [];
   #crcs: number[] = [];
+  #onBytes: ((bytes: Uint8Array) => void | Promise<void>) | undefined;
   /** Path being written. */
   readonly path: string;
 
-  private constructor(path: string, file: Deno.FsFile, prefix: string) {
+  private constructor(
+    path: string,
+    file: Deno.FsFile,
+    prefix: string,
+    onBytes: ((bytes: Uint8Array) => void | Promise<void>) | undefined,
+  ) {
     this.path = path;
     this.#file = file;
     this.#prefix = prefix;
+    this.#onBytes = onBytes;
   }
 
-  /** Creates (truncates) `path` and writes records under the folder `prefix`. */
-  static async create(path: string, prefix: string): Promise<TorchZipWriter> {
+  /**
+   * Creates (truncates) `path` and writes records under the folder `prefix`. `onBytes`, when
+   * given, is called with every byte written, in file order, right after it is written (the buffer
+   * is reused afterwards: copy what you keep; a returned promise is awaited).
+   */
+  static async create(
+    path: string,
+    prefix: string,
+    onBytes?: (bytes: Uint8Array) => void | Promise<void>,
+  ): Promise<TorchZipWriter> {
     const file = await Deno.open(path, { write: true, create: true, truncate: true });
-    return new TorchZipWriter(path, file, prefix);
+    return new TorchZipWriter(path, file, prefix, onBytes);
   }
 
   /** Bytes written so far. */
@@ -95,6 +110,7 @@ export class TorchZipWriter {
   async #writeAll(data: Uint8Array): Promise<void> {
     let done = 0;
     while (done < data.length) done += await this.#file.write(data.subarray(done));
+    if (this.#onBytes) await this.#onBytes(data);
   }
 
   async #put(data: Uint8Array): Promise<void> {

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { isCkptError } from "../../errors.ts";
 import { type DType, DTYPE_NAMES, dtypeFromTorch, DTYPES } from "../../formats/dtype.ts";
@@ -543,3 +544,50 @@ Deno.test("`writeSafetensors()` refuses reserved names and impossible shapes bef
     assert.deepEqual([...Deno.readDirSync(dir)], []);
   });
 });
+
+Deno.test("`writeSafetensorsSharded()` and `writeSafetensors()` pass every byte to onBytes in file order", async () => {
+  await withTempDir(async (dir) => {
+    const big = new Uint8Array(2 * STREAM_BLOCK_BYTES + 4096 * 5); // three blocks: one reused
+    for (let i = 0; i < big.length; i += 64) big[i] = (i >> 9) % 251; // no period of a block
+    const sd = new StateDict([
+      ["big", tensorFromBytes("U8", [big.length / 4096, 4096], big)],
+      ["a", tensorFromBytes("F32", [3], new Uint8Array(12).fill(7))],
+      ["b", tensorFromBytes("U8", [5], new Uint8Array(5).fill(9))],
+    ]);
+    const seen = new Map<string, Uint8Array[]>();
+    const onBytes = async (path: string, bytes: Uint8Array): Promise<void> => {
+      const list = seen.get(path) ?? [];
+      list.push(bytes.slice()); // the writer reuses its buffers
+      seen.set(path, list);
+      await new Promise((r) => setTimeout(r, 0)); // awaited before the writer goes on
+    };
+    const { files } = await writeSafetensorsSharded(dir, sd, {
+      maxShardSize: STREAM_BLOCK_BYTES,
+      onBytes,
+    });
+    const single = join(dir, "single.safetensors");
+    await writeSafetensors(single, sd, { onBytes });
+    const shards = files.filter((f) => f.endsWith(".safetensors"));
+    assert.equal(shards.length, 2);
+    assert.deepEqual([...seen.keys()].sort(), [...shards, single].sort());
+    for (const path of [...shards, single]) {
+      const chunks = seen.get(path)!;
+      assert.equal(sha256(concat(chunks)), sha256(await Deno.readFile(path)), path);
+      assert.ok(path !== single || chunks.length >= 3, "header, then more than one block");
+    }
+  });
+});
+
+function sha256(bytes: Uint8Array): string {
+  return createHash("sha256").update(bytes).digest("hex");
+}
+
+function concat(chunks: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.length;
+  }
+  return out;
+}

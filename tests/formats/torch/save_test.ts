@@ -1,5 +1,6 @@
 /** saveTorch / saveTorchStateDict / writeTorchSharded: layout, determinism, streaming, abort. */
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { basename, join } from "node:path";
 import { isCkptError } from "../../../errors.ts";
 import { StateDict, tensorFromBytes, type TensorRef } from "../../../formats/state_dict.ts";
@@ -241,5 +242,58 @@ Deno.test("writeTorchSharded() keeps tied weights in their first tensor's shard 
       (first.require("0.weight") as TorchTensor).storage,
       (first.require("1.weight") as TorchTensor).storage,
     );
+  });
+});
+
+Deno.test("saveTorchStateDict() and writeTorchSharded() pass every byte to onBytes in file order", async () => {
+  await withTempDir(async (dir) => {
+    const rows = 100;
+    const ref: TensorRef = {
+      dtype: "F32",
+      shape: [rows, 8],
+      read(s = 0, e = rows) {
+        const out = new Float32Array((e - s) * 8);
+        for (let r = s; r < e; r++) out.fill(r, (r - s) * 8, (r - s + 1) * 8);
+        return Promise.resolve(new Uint8Array(out.buffer));
+      },
+    };
+    const sd = new StateDict([
+      ["a", ref],
+      ["b", ref],
+      // over the zip writer's 1 MiB buffer: several flushes of it, or one direct write
+      [
+        "c",
+        tensorFromBytes("U8", [1536, 1024], new Uint8Array(1536 * 1024).map((_, i) => i % 251)),
+      ],
+    ]);
+    const seen = new Map<string, Uint8Array[]>();
+    const onBytes = (path: string, bytes: Uint8Array): Promise<void> => {
+      const list = seen.get(path) ?? [];
+      list.push(bytes.slice()); // the writer reuses its buffers
+      seen.set(path, list);
+      return Promise.resolve();
+    };
+    const single = join(dir, "sd.bin");
+    await saveTorchStateDict(single, sd, { blockSize: 320, onBytes });
+    await Deno.mkdir(join(dir, "s"));
+    const { files } = await writeTorchSharded(join(dir, "s"), sd, { maxShardSize: 3200, onBytes });
+    assert.equal(files.length, 3);
+    const paths = [single, ...files.map((f) => join(dir, "s", f))];
+    assert.deepEqual([...seen.keys()].sort(), [...paths].sort());
+    assert.ok(seen.get(single)!.length >= 2, "the buffer was flushed more than once");
+    for (const path of paths) {
+      const chunks = seen.get(path)!;
+      const got = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+      let at = 0;
+      for (const c of chunks) {
+        got.set(c, at);
+        at += c.length;
+      }
+      assert.equal(
+        createHash("sha256").update(got).digest("hex"),
+        createHash("sha256").update(await Deno.readFile(path)).digest("hex"),
+        path,
+      );
+    }
   });
 });
