@@ -50,6 +50,7 @@ import {
 import {
   buildManifest,
   hashFile,
+  type HashStream,
   HashWorker,
   listFiles,
   type Manifest,
@@ -297,9 +298,16 @@ export async function runPipeline(
   let createdParent: string | undefined;
   let inFlight: Promise<void> = Promise.resolve();
   let current = -1; // index of the stage (or preflight) running, for reports and error events
-  // Outputs are hashed on a worker as soon as their stage ends, overlapping the next stages.
+  // Outputs are hashed on a worker as soon as their stage ends, overlapping the next stages; the
+  // bytes a stage feeds to ctx.onOutputBytes are hashed while they are written.
   const hashWorker = dryRun ? undefined : new HashWorker();
-  const early = new Map<string, { key: string; hash: Promise<{ size: number; sha256: string }> }>();
+  const early = new Map<
+    string,
+    { key: string; hash: Promise<{ size: number; sha256: string }>; streamed: boolean }
+  >();
+  const streams = new Map<string, HashStream>();
+  const streamed: string[] = [];
+  let reread = 0;
   const statKey = async (abs: string): Promise<string> => {
     const st = await Deno.stat(abs);
     return `${st.size}:${st.mtime?.getTime()}:${st.ino}`;
@@ -308,22 +316,41 @@ export async function runPipeline(
     if (!hashWorker) return;
     for (const rel of await listFiles(dir)) {
       const abs = join(dir, rel);
-      const key = await statKey(abs);
+      const st = await Deno.stat(abs);
+      const key = `${st.size}:${st.mtime?.getTime()}:${st.ino}`;
+      const stream = streams.get(rel);
+      if (stream) {
+        streams.delete(rel);
+        if (stream.size === st.size) {
+          const hash = stream.digest();
+          hash.catch(() => {});
+          early.set(abs, { key, hash, streamed: true });
+          continue;
+        }
+        stream.abort();
+      }
       if (early.get(abs)?.key === key) continue;
       const hash = hashWorker.hash(abs);
       hash.catch(() => {});
-      early.set(abs, { key, hash });
+      early.set(abs, { key, hash, streamed: false });
     }
+    // fed bytes for a file the stage did not leave behind
+    for (const stream of streams.values()) stream.abort();
+    streams.clear();
   };
   const hasher = async (abs: string): Promise<{ size: number; sha256: string }> => {
     const e = early.get(abs);
     if (e && e.key === await statKey(abs)) {
       try {
-        return await e.hash;
+        const h = await e.hash;
+        if (e.streamed) streamed.push(abs);
+        else reread++;
+        return h;
       } catch {
         // the worker failed: hash here
       }
     }
+    reread++;
     return await hashFile(abs, signal);
   };
   let stateDict: StateDict | undefined;
@@ -355,12 +382,23 @@ export async function runPipeline(
     const inputs: ManifestInput[] = [];
     const pendingInputs: Array<Promise<void>> = [];
     const reports = new Map<number, Record<string, unknown>>();
+    const stagingDir = staging;
     const ctx: StageContext = {
       outDir: staging,
       baseDir: cfg.baseDir,
       signal,
       dryRun,
       ...(options.backend ? { backend: options.backend } : {}),
+      ...(hashWorker
+        ? {
+          onOutputBytes: (path: string, bytes: Uint8Array): Promise<void> | void => {
+            const rel = relative(stagingDir, resolve(stagingDir, path)).split(sep).join("/");
+            let stream = streams.get(rel);
+            if (!stream) streams.set(rel, stream = hashWorker.stream());
+            return stream.update(bytes);
+          },
+        }
+        : {}),
       stateDict: undefined,
       modelConfig: undefined,
       modelDir: undefined,
@@ -471,6 +509,19 @@ export async function runPipeline(
       hasher,
       totalMs: Math.round(performance.now() - t0),
     });
+    // how the outputs were hashed, when a stage fed any bytes (ctx.onOutputBytes)
+    if (streamed.length > 0) {
+      emit({
+        type: "log",
+        level: "debug",
+        message:
+          `output hashes: ${streamed.length} computed while written, ${reread} by reading the file`,
+        data: {
+          streamed: streamed.map((abs) => relative(stagingDir, abs).split(sep).join("/")),
+          reread,
+        },
+      });
+    }
     const manifestSha256 = await writeManifest(staging, manifest);
     if (signal.aborted) throw abortError(signal);
     await moveIntoPlace(staging, output, options.overwrite ?? false, id);

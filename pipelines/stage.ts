@@ -74,6 +74,17 @@ export interface StageContext {
   readonly dryRun: boolean;
   /** Merge backend the caller asked for (`--backend`); stages fall back to their own option. */
   readonly backend?: BackendChoice;
+  /**
+   * Hashes an output file while it is written, so the manifest needs no second pass over it. A stage
+   * that writes a file itself may call this with every byte of it, in file order, right after
+   * writing them (`path` relative to {@linkcode StageContext.outDir}, the file's final name, not a
+   * temporary one); the writers' `onBytes` options fit it. The bytes are copied before it returns
+   * (the caller may reuse its buffer); await a returned promise before writing more (it bounds the
+   * bytes queued for hashing). At the end of the stage the runner uses the streamed digest only
+   * when the bytes fed add up to the file's size on disk, else it hashes the file as usual. Absent
+   * in dry runs and when a stage is called outside the runner.
+   */
+  readonly onOutputBytes?: (path: string, bytes: Uint8Array) => void | Promise<void>;
   /** The model weights as a lazy state dict, set by gatherShards and wrapped by mergeLora. */
   stateDict: StateDict | undefined;
   /** The model's `config.json` object, set by gatherShards when the input has one. */

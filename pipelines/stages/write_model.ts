@@ -37,7 +37,7 @@
  * @module
  */
 import { z } from "zod";
-import { join } from "node:path";
+import { join, relative } from "node:path";
 import { CkptError } from "../../errors.ts";
 import {
   decodeF32,
@@ -65,6 +65,15 @@ import {
 } from "../../formats/peft.ts";
 import type { Stage, StageContext } from "../stage.ts";
 import { dumpPyJson, fromPlain, isObject, parsePyJson, type PyJson, toPlain } from "./_pyjson.ts";
+
+/** The writers' `onBytes` option feeding {@linkcode StageContext.onOutputBytes} (paths made relative to `ctx.outDir`). */
+function outputBytesHook(
+  ctx: StageContext,
+): { onBytes?: (path: string, bytes: Uint8Array) => void | Promise<void> } {
+  const feed = ctx.onOutputBytes;
+  if (!feed) return {};
+  return { onBytes: (path, bytes) => feed(relative(ctx.outDir, path), bytes) };
+}
 
 /** A lazy ref that reads `ref` and converts float values to `to` (RNE); others are returned as is. */
 export function castRef(ref: TensorRef, to: DType): TensorRef {
@@ -489,6 +498,7 @@ async function runAdapter(
     if (ctx.dryRun) return;
     await writeSafetensors(join(ctx.outDir, "adapter_model.safetensors"), tensors, {
       signal: ctx.signal,
+      ...outputBytesHook(ctx),
       onProgress: (done, total) =>
         ctx.emit({ type: "progress", stage: "writeModel", done, total, unit: "bytes" }),
     });
@@ -625,12 +635,14 @@ export const writeModelStage: Stage = {
         indexMetadata,
         signal: ctx.signal,
         onProgress,
+        ...outputBytesHook(ctx),
       })).files;
     } else {
       const r = await writeTorchSharded(ctx.outDir, plan.stateDict, {
         maxShardSize,
         signal: ctx.signal,
         onProgress,
+        ...outputBytesHook(ctx),
       });
       written = [...r.files];
       if (r.index && !written.some((f) => f.endsWith("pytorch_model.bin.index.json"))) {
