@@ -156,10 +156,10 @@ export interface HashStream {
 }
 
 /** Bytes a {@linkcode HashStream} lets wait on the worker before `update` asks the caller to wait. */
-const STREAM_QUEUE_BYTES = 128 * 2 ** 20;
+const STREAM_QUEUE_BYTES = 64 * 2 ** 20;
 
 /** Block buffers a {@linkcode HashWorker} keeps for reuse. */
-const SPARE_BUFFERS = 10;
+const SPARE_BUFFERS = 6;
 
 /** A {@linkcode HashStream} hashing on the calling thread (when no worker can be started). */
 function localHashStream(): HashStream {
@@ -254,7 +254,7 @@ export class HashWorker {
 
   /**
    * Starts a sha256 over bytes fed in order, hashed on the worker while the caller goes on (one
-   * worker serves any number of streams). At most `maxQueuedBytes` (default 128 MiB) wait on the
+   * worker serves any number of streams). At most `maxQueuedBytes` (default 64 MiB) wait on the
    * worker before {@linkcode HashStream.update} returns a promise to await.
    */
   stream(maxQueuedBytes: number = STREAM_QUEUE_BYTES): HashStream {
