@@ -232,7 +232,7 @@ export function scatterRows(
  * Rows `[rowStart, rowEnd)` of the full tensor assembled from its chunks. Chunks that span every
  * dimension after 0 are read straight into the result; others are read row range by row range and
  * scattered. Reads of different chunks run concurrently. Coverage must have been checked with
- * {@linkcode checkChunkCoverage} (a hole would leave zeros).
+ * {@linkcode checkChunkCoverage} (a hole would leave zeros, or stale bytes of `into` when given).
  */
 export async function assembleRows(
   shape: readonly number[],
@@ -241,9 +241,12 @@ export async function assembleRows(
   sources: readonly ChunkRows[],
   rowStart: number,
   rowEnd: number,
+  into?: Uint8Array,
 ): Promise<Uint8Array> {
   const rowBytes = product(shape, 1) * elemSize;
-  const block = new Uint8Array((rowEnd - rowStart) * rowBytes);
+  const n = (rowEnd - rowStart) * rowBytes;
+  // Coverage is exact (every element once), so a reused buffer needs no clearing.
+  const block = into ? into.subarray(0, n) : new Uint8Array(n);
   const copies = planRowCopies(shape, chunks, rowStart, rowEnd);
   await Promise.all(copies.map(async (copy) => {
     const src = sources[copy.chunk]!;

@@ -320,19 +320,23 @@ export class DcpCheckpoint implements AsyncDisposable {
     }
     const elem = DTYPES[e.dtype].size;
     const source = `${this.dir} (DCP, ${e.chunks.length} chunks)`;
+    const sources: ChunkRows[] = e.chunks.map((c) => ({
+      readRows: async (r0: number, r1: number, into?: Uint8Array) =>
+        (await this.#resolve(e, c)).rows.readRows(r0, r1, into),
+    }));
+    const assemble = async (rowStart?: number, rowEnd?: number, into?: Uint8Array) => {
+      const [a, b] = checkRowRange(e.shape, rowStart, rowEnd, e.key);
+      if (numel(e.shape) === 0 || a === b) return new Uint8Array(0);
+      return await assembleRows(e.shape, elem, e.chunks, sources, a, b, into);
+    };
     return {
       dtype: e.dtype,
       shape: [...e.shape],
       source,
-      read: async (rowStart?: number, rowEnd?: number): Promise<Uint8Array> => {
-        const [a, b] = checkRowRange(e.shape, rowStart, rowEnd, e.key);
-        if (numel(e.shape) === 0 || a === b) return new Uint8Array(0);
-        const sources: ChunkRows[] = e.chunks.map((c) => ({
-          readRows: async (r0: number, r1: number, into?: Uint8Array) =>
-            (await this.#resolve(e, c)).rows.readRows(r0, r1, into),
-        }));
-        return await assembleRows(e.shape, elem, e.chunks, sources, a, b);
-      },
+      read: (rowStart?: number, rowEnd?: number): Promise<Uint8Array> =>
+        assemble(rowStart, rowEnd, undefined),
+      readInto: (rowStart: number, rowEnd: number, into: Uint8Array): Promise<Uint8Array> =>
+        assemble(rowStart, rowEnd, into),
     };
   }
 

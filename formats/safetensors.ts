@@ -101,8 +101,11 @@ function fileTensor(
       const [s, e] = checkRowRange(t.shape, rowStart, rowEnd, t.name);
       return await file.readAt(base + s * rowBytes, (e - s) * rowBytes);
     },
+    async readInto(rowStart: number, rowEnd: number, into: Uint8Array): Promise<Uint8Array> {
+      const [s, e] = checkRowRange(t.shape, rowStart, rowEnd, t.name);
+      return await file.readAt(base + s * rowBytes, (e - s) * rowBytes, into);
+    },
   };
-  READ_INTO.set(ref, (s, e, into) => file.readAt(base + s * rowBytes, (e - s) * rowBytes, into));
   return ref;
 }
 
@@ -274,12 +277,6 @@ function* segmentsOf(sd: StateDict, plan: PlannedFile, block: number): Generator
   if (seg.parts.length > 0) yield seg;
 }
 
-/** Positional reads straight into a caller's buffer, for refs of files this module opened. */
-const READ_INTO = new WeakMap<
-  TensorRef,
-  (rowStart: number, rowEnd: number, into: Uint8Array) => Promise<Uint8Array>
->();
-
 /** `bytes` when it is the part's exact byte count, else `SAFETENSORS_WRITE_SIZE`. */
 function checkPart(p: Part, bytes: unknown, path: string): Uint8Array {
   if (!(bytes instanceof Uint8Array) || bytes.byteLength !== p.bytes) {
@@ -303,10 +300,11 @@ async function fillSegment(seg: Segment, buffer: Uint8Array, path: string): Prom
     : new Uint8Array(seg.bytes);
   let at = 0;
   for (const p of seg.parts) {
-    const fast = READ_INTO.get(p.ref);
     const view = target.subarray(at, at + p.bytes);
-    if (fast) checkPart(p, await fast(p.rowStart, p.rowEnd, view), path);
-    else view.set(checkPart(p, await p.ref.read(p.rowStart, p.rowEnd), path));
+    if (p.ref.readInto) {
+      const got = checkPart(p, await p.ref.readInto(p.rowStart, p.rowEnd, view), path);
+      if (got.buffer !== view.buffer || got.byteOffset !== view.byteOffset) view.set(got);
+    } else view.set(checkPart(p, await p.ref.read(p.rowStart, p.rowEnd), path));
     at += p.bytes;
   }
   return target;

@@ -33,6 +33,12 @@ export interface TensorRef {
    * Defaults to the whole tensor. Rejects ranges outside `[0, rowCount(shape)]`.
    */
   read(rowStart?: number, rowEnd?: number): Promise<Uint8Array>;
+  /**
+   * Optional: reads rows `[rowStart, rowEnd)` straight into `into` (at least that many bytes) and
+   * resolves to the filled prefix of `into`. Sources that can read without an intermediate buffer
+   * (positional file reads, chunk assembly) implement it; writers use it to skip one copy.
+   */
+  readInto?(rowStart: number, rowEnd: number, into: Uint8Array): Promise<Uint8Array>;
 }
 
 /** Number of elements of a shape (1 for `[]`). */

@@ -81,6 +81,27 @@ Deno.test("DcpCheckpoint.tensor() reads any row range across chunk boundaries", 
   }
 });
 
+Deno.test("DcpCheckpoint.tensor().readInto() fills a reused, dirty buffer with the rows read() gives", async () => {
+  for (const c of ["bf16_w4", "dtensor_w4", "f32_w2"]) {
+    await using ckpt = await DcpCheckpoint.open(join(FIX, c, "model"));
+    for (const e of ckpt.metadata.entries) {
+      if (e.kind !== "tensor") continue;
+      const ref = ckpt.tensor(e);
+      assert.ok(ref.readInto, "DCP tensors read straight into a caller's buffer");
+      const whole = await ref.read();
+      const rows = e.shape.length === 0 ? 1 : e.shape[0]!;
+      const rowBytes = rows === 0 ? 0 : whole.byteLength / rows;
+      const buffer = new Uint8Array(whole.byteLength + 16);
+      for (let a = 0; a < rows; a++) {
+        buffer.fill(0xaa);
+        const got: Uint8Array = await ref.readInto!(a, rows, buffer);
+        assert.equal(got.buffer, buffer.buffer);
+        assert.deepEqual(got, whole.subarray(a * rowBytes));
+      }
+    }
+  }
+});
+
 Deno.test("DcpCheckpoint.open() types the metadata: chunks per rank, uneven and zero-size", async () => {
   await using ckpt = await DcpCheckpoint.open(join(FIX, "bf16_w4", "model"));
   const w = ckpt.metadata.entries.find((e) => e.key === "2.weight");
