@@ -4,7 +4,7 @@
  */
 import { isAbsolute, join } from "node:path";
 import type { PipelineEvent, StageContext } from "../../pipelines/stage.ts";
-import type { StateDict } from "../../formats/state_dict.ts";
+import { type StateDict, tensorFromBytes, type TensorRef } from "../../formats/state_dict.ts";
 
 /** A fake context plus what the stage did with it. */
 export interface FakeContext extends StageContext {
@@ -64,4 +64,14 @@ export async function listFiles(dir: string): Promise<string[]> {
   };
   await walk(dir, "");
   return out.sort();
+}
+
+/** An in-memory F32 tensor whose element `i` (row-major) is `value(i)`. */
+export function f32Tensor(shape: number[], value: (i: number) => number): TensorRef {
+  const n = shape.reduce((a, b) => a * b, 1);
+  return tensorFromBytes(
+    "F32",
+    shape,
+    new Uint8Array(new Float32Array(n).map((_, i) => value(i)).buffer),
+  );
 }

@@ -2,7 +2,7 @@ import { parseStageOptions } from "../../../pipelines/stage.ts";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { isCkptError } from "../../../errors.ts";
-import { StateDict, tensorFromBytes } from "../../../formats/state_dict.ts";
+import { StateDict, type TensorRef } from "../../../formats/state_dict.ts";
 import { writeSafetensors, writeSafetensorsSharded } from "../../../formats/safetensors.ts";
 import { saveTorchStateDict } from "../../../formats/torch/save.ts";
 import { writeTorchSharded } from "../../../formats/torch/state_dict.ts";
@@ -17,12 +17,10 @@ import {
   stripWrapperNames,
 } from "../../../pipelines/stages/gather_shards.ts";
 import { withTempDir } from "../../_helpers/tmp.ts";
-import { fakeContext } from "../_context.ts";
+import { f32Tensor, fakeContext } from "../_context.ts";
 
-function f32(shape: number[], start: number): ReturnType<typeof tensorFromBytes> {
-  const n = shape.reduce((a, b) => a * b, 1);
-  const v = new Float32Array(n).map((_, i) => start + i);
-  return tensorFromBytes("F32", shape, new Uint8Array(v.buffer));
+function f32(shape: number[], start: number): TensorRef {
+  return f32Tensor(shape, (i) => start + i);
 }
 
 function model(prefix = ""): StateDict {

@@ -2,20 +2,13 @@ import { parseStageOptions } from "../../../pipelines/stage.ts";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { CkptError } from "../../../errors.ts";
-import { StateDict, tensorFromBytes, type TensorRef } from "../../../formats/state_dict.ts";
+import { StateDict, type TensorRef } from "../../../formats/state_dict.ts";
 import { writeSafetensors } from "../../../formats/safetensors.ts";
 import { mergeLoraStage } from "../../../pipelines/stages/merge_lora.ts";
 import { withTempDir } from "../../_helpers/tmp.ts";
-import { fakeContext, listFiles } from "../_context.ts";
+import { f32Tensor, fakeContext, listFiles } from "../_context.ts";
 
-function f32(shape: number[], values: (i: number) => number): TensorRef {
-  const n = shape.reduce((a, b) => a * b, 1);
-  return tensorFromBytes(
-    "F32",
-    shape,
-    new Uint8Array(new Float32Array(n).map((_, i) => values(i)).buffer),
-  );
-}
+const f32 = f32Tensor;
 
 async function floats(ref: TensorRef): Promise<number[]> {
   return [...new Float32Array((await ref.read()).slice().buffer)];

@@ -7,12 +7,10 @@ import { openHfShards, openSafetensors, writeSafetensors } from "../../../format
 import { openTorchStateDict } from "../../../formats/torch/state_dict.ts";
 import { writeModelStage } from "../../../pipelines/stages/write_model.ts";
 import { withTempDir } from "../../_helpers/tmp.ts";
-import { fakeContext, listFiles } from "../_context.ts";
+import { f32Tensor, fakeContext, listFiles } from "../_context.ts";
 
 function f32(shape: number[], start: number): TensorRef {
-  const n = shape.reduce((a, b) => a * b, 1);
-  const v = new Float32Array(n).map((_, i) => start + i * 0.5);
-  return tensorFromBytes("F32", shape, new Uint8Array(v.buffer));
+  return f32Tensor(shape, (i) => start + i * 0.5);
 }
 
 const CONFIG =

@@ -2,7 +2,7 @@ import { parseStageOptions } from "../../../pipelines/stage.ts";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { isCkptError } from "../../../errors.ts";
-import { StateDict, tensorFromBytes, type TensorRef } from "../../../formats/state_dict.ts";
+import { StateDict, type TensorRef } from "../../../formats/state_dict.ts";
 import { writeSafetensors } from "../../../formats/safetensors.ts";
 import { loadTorch } from "../../../formats/torch/load.ts";
 import { saveTorch } from "../../../formats/torch/save.ts";
@@ -23,15 +23,10 @@ import {
   unregisterOptimizerSource,
 } from "../../../pipelines/optimizer_sources.ts";
 import { withTempDir } from "../../_helpers/tmp.ts";
-import { fakeContext, listFiles } from "../_context.ts";
+import { f32Tensor, fakeContext, listFiles } from "../_context.ts";
 
 function f32(shape: number[], start = 0): TensorRef {
-  const n = shape.reduce((a, b) => a * b, 1);
-  return tensorFromBytes(
-    "F32",
-    shape,
-    new Uint8Array(new Float32Array(n).map((_, i) => start + i).buffer),
-  );
+  return f32Tensor(shape, (i) => start + i);
 }
 
 function adamState(keys: (number | string)[], shapes: number[][]): PyDict {

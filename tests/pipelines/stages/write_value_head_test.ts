@@ -2,21 +2,16 @@ import { parseStageOptions } from "../../../pipelines/stage.ts";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { isCkptError } from "../../../errors.ts";
-import { StateDict, tensorFromBytes, type TensorRef } from "../../../formats/state_dict.ts";
+import { StateDict, type TensorRef } from "../../../formats/state_dict.ts";
 import { writeSafetensors } from "../../../formats/safetensors.ts";
 import { loadTorch } from "../../../formats/torch/load.ts";
 import type { TorchTensor } from "../../../formats/torch/values.ts";
 import { writeValueHeadStage } from "../../../pipelines/stages/write_value_head.ts";
 import { withTempDir } from "../../_helpers/tmp.ts";
-import { fakeContext, listFiles } from "../_context.ts";
+import { f32Tensor, fakeContext, listFiles } from "../_context.ts";
 
 function f32(shape: number[], start = 0): TensorRef {
-  const n = shape.reduce((a, b) => a * b, 1);
-  return tensorFromBytes(
-    "F32",
-    shape,
-    new Uint8Array(new Float32Array(n).map((_, i) => start + i).buffer),
-  );
+  return f32Tensor(shape, (i) => start + i);
 }
 
 Deno.test("`writeValueHead` writes v_head.pt (and v_head.safetensors) and checks hidden_size", async () => {
