@@ -125,6 +125,46 @@ export interface Stage<S extends OptionsSchema = OptionsSchema> {
   preflight?(ctx: StageContext, options: StageOptions<S>): Promise<void>;
 }
 
+/** What {@linkcode defineStage} takes: a stage whose options type is inferred from its schema. */
+export interface StageSpec<S extends OptionsSchema> {
+  /** Name used in configs (`"use": "gatherShards"`). */
+  readonly name: string;
+  /** One-line description for `--help` and docs. */
+  readonly summary: string;
+  /** Options schema (use `z.strictObject` so unknown keys are errors). */
+  readonly options: S;
+  /** Runs the stage with validated options (defaults applied). */
+  run(ctx: StageContext, options: StageOptions<S>): Promise<void>;
+  /** Checks that need no earlier stage; see {@linkcode Stage.preflight}. */
+  preflight?(ctx: StageContext, options: StageOptions<S>): Promise<void>;
+}
+
+/**
+ * Builds a {@linkcode Stage} whose `run` and `preflight` receive the options type its schema
+ * produces, so a stage declares its options once (the schema) and never as a second interface.
+ * The options a config writes are `z.input<typeof schema>`; the ones `run` sees `z.output<...>`.
+ *
+ * @example A stage with typed options
+ * ```ts
+ * import { defineStage, parseStageOptions } from "./stage.ts";
+ * import { z } from "zod";
+ * import assert from "node:assert/strict";
+ *
+ * const note = defineStage({
+ *   name: "note",
+ *   summary: "writes note.txt",
+ *   options: z.strictObject({ text: z.string(), times: z.number().default(1) }),
+ *   async run(ctx, options) {
+ *     await Deno.writeTextFile(`${ctx.outDir}/note.txt`, options.text.repeat(options.times));
+ *   },
+ * });
+ * assert.deepEqual(parseStageOptions(note, { text: "hi" }), { text: "hi", times: 1 });
+ * ```
+ */
+export function defineStage<S extends OptionsSchema>(spec: StageSpec<S>): Stage<S> {
+  return spec;
+}
+
 /**
  * Validates `input` against a stage's options schema (defaults applied), for library users who call
  * a stage directly rather than through a config. Throws `CONFIG_INVALID` naming the first issue.
