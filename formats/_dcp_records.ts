@@ -27,10 +27,30 @@ import type {
   DcpMetadata,
   DcpPathItem,
   DcpTensorEntry,
-} from "./dcp.ts";
-import { DCP_METADATA_CLASSES } from "./dcp.ts";
+} from "./_dcp_types.ts";
 import { unpickle } from "./torch/unpickle.ts";
 import { loadTorchSlice } from "./torch/load.ts";
+
+/** Class names the `.metadata` unpickler turns into records; anything else is refused. */
+export const DCP_METADATA_CLASSES: readonly string[] = [
+  "torch.distributed.checkpoint.metadata.Metadata",
+  "torch.distributed.checkpoint.metadata.TensorStorageMetadata",
+  "torch.distributed.checkpoint.metadata.BytesStorageMetadata",
+  "torch.distributed.checkpoint.metadata.TensorProperties",
+  "torch.distributed.checkpoint.metadata.ChunkStorageMetadata",
+  "torch.distributed.checkpoint.metadata.MetadataIndex",
+  "torch.distributed.checkpoint.metadata.StorageMeta",
+  "torch.distributed.checkpoint.metadata._MEM_FORMAT_ENCODING",
+  "torch.distributed.checkpoint.filesystem._StorageInfo",
+  "pathlib.PosixPath",
+  "pathlib.PurePosixPath",
+  "pathlib.WindowsPath",
+  "pathlib.PureWindowsPath",
+  "pathlib._local.PosixPath",
+  "pathlib._local.PurePosixPath",
+  "pathlib._local.WindowsPath",
+  "pathlib._local.PureWindowsPath",
+];
 
 const M = "torch.distributed.checkpoint.metadata.";
 

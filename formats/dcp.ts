@@ -29,7 +29,7 @@
  */
 import { join } from "node:path";
 import { CkptError } from "../errors.ts";
-import { type DType, DTYPES } from "./dtype.ts";
+import { DTYPES } from "./dtype.ts";
 import { DCP_OPEN_FILES, DcpFilePool } from "./_dcp_files.ts";
 import { checkRowRange, numel, StateDict, type TensorRef } from "./state_dict.ts";
 import {
@@ -40,93 +40,31 @@ import {
 } from "./_dcp_assemble.ts";
 import type { PyValue } from "./torch/values.ts";
 import { decodeDcpMetadata, openChunkRecord, readBytesRecord } from "./_dcp_records.ts";
+import type {
+  DcpBytesEntry,
+  DcpChunk,
+  DcpEntry,
+  DcpMetadata,
+  DcpTensorEntry,
+} from "./_dcp_types.ts";
+import { type DcpNameOptions, dcpTensorNames } from "./_dcp_names.ts";
 
-/** A path item of `planner_data`: dict keys are strings, list positions are ints. */
-export type DcpPathItem = string | number;
-
-/** One chunk of a sharded tensor and where its record lives. */
-export interface DcpChunk {
-  /** Start of the chunk in the full tensor, per dimension (`[]` for 0-d). */
-  readonly offsets: readonly number[];
-  /** Extent of the chunk, per dimension. */
-  readonly sizes: readonly number[];
-  /** File holding the record, relative to the checkpoint folder (`__1_0.distcp`). */
-  readonly file: string;
-  /** Byte offset of the record (a torch.save zip) in {@linkcode DcpChunk.file}. */
-  readonly offset: number;
-  /** Byte length of the record. */
-  readonly length: number;
-}
-
-/** A tensor entry of the metadata. */
-export interface DcpTensorEntry {
-  /** Always `"tensor"`. */
-  readonly kind: "tensor";
-  /** Flat key (`state.0.weight.exp_avg`). */
-  readonly key: string;
-  /** Path from `planner_data` (the nesting the key was flattened from). */
-  readonly path: readonly DcpPathItem[];
-  /** Element type. */
-  readonly dtype: DType;
-  /** Full shape. */
-  readonly shape: readonly number[];
-  /** `requires_grad` from the tensor properties. */
-  readonly requiresGrad: boolean;
-  /** The chunks, in metadata order. */
-  readonly chunks: readonly DcpChunk[];
-}
-
-/** A non-tensor value (a bytes item: a `torch.save`d Python object). */
-export interface DcpBytesEntry {
-  /** Always `"bytes"`. */
-  readonly kind: "bytes";
-  /** Flat key (`param_groups.0.lr`). */
-  readonly key: string;
-  /** Path from `planner_data`. */
-  readonly path: readonly DcpPathItem[];
-  /** File holding the record. */
-  readonly file: string;
-  /** Byte offset of the record. */
-  readonly offset: number;
-  /** Byte length of the record. */
-  readonly length: number;
-}
-
-/** One entry of `state_dict_metadata`. */
-export type DcpEntry = DcpTensorEntry | DcpBytesEntry;
-
-/** The typed content of a `.metadata` file. */
-export interface DcpMetadata {
-  /** Entries in `state_dict_metadata` order. */
-  readonly entries: readonly DcpEntry[];
-  /** `Metadata.version` (torch 2.7+), if present. */
-  readonly version?: string;
-  /** `StorageMeta.save_id`, if present. */
-  readonly saveId?: string;
-  /** `StorageMeta.checkpoint_id` as a string, if present. */
-  readonly checkpointId?: string;
-}
-
-/** Class names the `.metadata` unpickler turns into records; anything else is refused. */
-export const DCP_METADATA_CLASSES: readonly string[] = [
-  "torch.distributed.checkpoint.metadata.Metadata",
-  "torch.distributed.checkpoint.metadata.TensorStorageMetadata",
-  "torch.distributed.checkpoint.metadata.BytesStorageMetadata",
-  "torch.distributed.checkpoint.metadata.TensorProperties",
-  "torch.distributed.checkpoint.metadata.ChunkStorageMetadata",
-  "torch.distributed.checkpoint.metadata.MetadataIndex",
-  "torch.distributed.checkpoint.metadata.StorageMeta",
-  "torch.distributed.checkpoint.metadata._MEM_FORMAT_ENCODING",
-  "torch.distributed.checkpoint.filesystem._StorageInfo",
-  "pathlib.PosixPath",
-  "pathlib.PurePosixPath",
-  "pathlib.WindowsPath",
-  "pathlib.PureWindowsPath",
-  "pathlib._local.PosixPath",
-  "pathlib._local.PurePosixPath",
-  "pathlib._local.WindowsPath",
-  "pathlib._local.PureWindowsPath",
-];
+export type {
+  DcpBytesEntry,
+  DcpChunk,
+  DcpEntry,
+  DcpMetadata,
+  DcpPathItem,
+  DcpTensorEntry,
+} from "./_dcp_types.ts";
+export { DCP_METADATA_CLASSES } from "./_dcp_records.ts";
+export {
+  DCP_WRAPPER_SEGMENTS,
+  type DcpNameOptions,
+  dcpTensorNames,
+  defaultDcpRoot,
+  stripWrapperSegments,
+} from "./_dcp_names.ts";
 
 /** True when `path` is a folder with a `.metadata` file (a DCP checkpoint). Never throws. */
 export async function isDcpFolder(path: string): Promise<boolean> {
@@ -367,108 +305,6 @@ export class DcpCheckpoint implements AsyncDisposable {
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
-}
-
-/** Wrapper module names that FSDP, activation checkpointing, torch.compile and DDP insert. */
-export const DCP_WRAPPER_SEGMENTS: readonly string[] = [
-  "_fsdp_wrapped_module",
-  "_checkpoint_wrapped_module",
-  "_orig_mod",
-];
-
-/** Options of {@linkcode dcpTensorNames} and {@linkcode openDcpStateDict}. */
-export interface DcpNameOptions {
-  /**
-   * First path item to select (`"model"` for accelerate's `{"model": state_dict}`). Default: when
-   * every tensor path has at least two items and they share the first, that one is dropped; when the
-   * checkpoint holds several top-level entries and one is `"model"`, that one is taken.
-   * `null` keeps full paths.
-   */
-  root?: string | null;
-  /**
-   * Dot-separated segments removed wherever they occur (FSDP/compile wrappers). Default
-   * {@linkcode DCP_WRAPPER_SEGMENTS}. A leading `module.` (DDP) is removed too unless
-   * `stripModulePrefix` is false. PEFT names (`base_layer`, `lora_A.default`, `base_model.model.`)
-   * are kept so mergeLora can fold them.
-   */
-  stripSegments?: readonly string[];
-  /** Remove a leading `module.` (DDP). Default true. */
-  stripModulePrefix?: boolean;
-}
-
-/** Removes wrapper segments from a dotted name (`a._fsdp_wrapped_module.b` -> `a.b`). */
-export function stripWrapperSegments(
-  name: string,
-  segments: readonly string[] = DCP_WRAPPER_SEGMENTS,
-  stripModulePrefix = true,
-): string {
-  const parts = name.split(".").filter((p) => !segments.includes(p));
-  if (stripModulePrefix && parts.length > 1 && parts[0] === "module") parts.shift();
-  return parts.join(".");
-}
-
-/** The root path item chosen by {@linkcode DcpNameOptions.root}'s default rule, or null. */
-export function defaultDcpRoot(paths: readonly (readonly DcpPathItem[])[]): string | null {
-  if (paths.length === 0) return null;
-  const firsts = new Set(paths.map((p) => p[0]));
-  if (firsts.size === 1 && paths.every((p) => p.length >= 2)) {
-    const only = paths[0]![0];
-    return typeof only === "string" ? only : null;
-  }
-  if (
-    firsts.size > 1 && firsts.has("model") && paths.some((p) => p[0] === "model" && p.length >= 2)
-  ) {
-    return "model";
-  }
-  return null;
-}
-
-/**
- * Maps the tensor entries of a model checkpoint to state-dict names: `planner_data` path (never
- * the flat key, since FQNs contain dots) below the root, joined with dots, wrapper segments removed.
- * Optimizer-shaped entries (`('state', fqn, key)`, `('param_groups', i, key)`) saved beside the
- * weights are left out (unless they are all there is).
- * `DCP_NAME_CLASH` when two tensors end up with one name.
- */
-export function dcpTensorNames(
-  metadata: DcpMetadata,
-  options: DcpNameOptions = {},
-): [string, DcpTensorEntry][] {
-  const all = metadata.entries.filter((e): e is DcpTensorEntry => e.kind === "tensor");
-  // Optimizer state saved beside the model at the top level (torchtitan-style flattening:
-  // ('state', fqn, 'exp_avg'), ('param_groups', 0, ...)) is not model weights.
-  const optimizerShaped = (t: DcpTensorEntry) =>
-    t.path.length >= 3 && (t.path[0] === "state" || t.path[0] === "param_groups");
-  const weights = all.filter((t) => !optimizerShaped(t));
-  const tensors = weights.length > 0 ? weights : all;
-  const root = options.root === undefined
-    ? defaultDcpRoot(tensors.map((t) => t.path))
-    : options.root;
-  const out: [string, DcpTensorEntry][] = [];
-  const seen = new Map<string, string>();
-  for (const t of tensors) {
-    let path = t.path;
-    if (root !== null) {
-      if (path[0] !== root || path.length < 2) continue;
-      path = path.slice(1);
-    }
-    const name = stripWrapperSegments(
-      path.map(String).join("."),
-      options.stripSegments ?? DCP_WRAPPER_SEGMENTS,
-      options.stripModulePrefix ?? true,
-    );
-    const prev = seen.get(name);
-    if (prev !== undefined) {
-      throw new CkptError(
-        "DCP_NAME_CLASH",
-        `Cannot name tensors of the DCP checkpoint: "${prev}" and "${t.key}" both map to "${name}"`,
-        { tensor: t.key },
-      );
-    }
-    seen.set(name, t.key);
-    out.push([name, t]);
-  }
-  return out;
 }
 
 /** Options of {@linkcode openDcpStateDict}. */
