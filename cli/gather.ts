@@ -9,7 +9,7 @@
 import { dirname, join, resolve } from "node:path";
 import { isDcpFolder } from "../formats/dcp.ts";
 import { builtinStages, type RawConfig, validateConfig } from "../pipelines/config.ts";
-import { inputKinds } from "../pipelines/input_kinds.ts";
+import { inputKinds } from "../readers/kinds.ts";
 import { parseCommand, stringOption, UsageError } from "./_args.ts";
 import { backendChoice, logStyle, runWithCli } from "./run.ts";
 
@@ -109,7 +109,7 @@ export function gatherConfig(
 
 /** Entry point of `ckpt gather`. */
 export async function run(args: string[]): Promise<number> {
-  const stages = await builtinStages(); // registers every input kind (DCP included)
+  const stages = await builtinStages();
   const help = HELP.replace("${KINDS}", inputKinds().map((k) => k.name).join(", "));
   const parsed = parseCommand(args, {
     out: { type: "string", short: "o" },

@@ -3,7 +3,7 @@
  * totals and metadata, as a table or `--json`. Reads headers only.
  * @module
  */
-import { inspectPath, type InspectReport } from "../formats/inspect.ts";
+import { inspectPath, type InspectReport } from "../readers/inspect.ts";
 import { formatSize } from "../formats/size.ts";
 import { parseCommand, UsageError } from "./_args.ts";
 

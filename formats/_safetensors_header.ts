@@ -89,6 +89,18 @@ function isSizeT(v: unknown): v is number {
 }
 
 /**
+ * True when a file of `fileSize` bytes whose first bytes are `head` starts like a safetensors file:
+ * an 8-byte little-endian header length `N` with `2 <= N <= MAX_HEADER_SIZE` and `8 + N <= fileSize`,
+ * then `{` (the format requires the header to begin with it). Never throws; `head` needs 9 bytes.
+ */
+export function startsLikeSafetensors(head: Uint8Array, fileSize: number): boolean {
+  if (head.length < 9) return false;
+  const n = new DataView(head.buffer, head.byteOffset, 8).getBigUint64(0, true);
+  return n >= 2n && n <= BigInt(MAX_HEADER_SIZE) && 8n + n <= BigInt(fileSize) &&
+    head[8] === 0x7b;
+}
+
+/**
  * Reads the 8-byte length prefix and returns `N`; validates it against the limit and the file size.
  * `first8` holds the first bytes of the file (fewer than 8 when the file is shorter).
  */

@@ -35,11 +35,12 @@ import {
   type PlannedFile,
   type SafetensorsHeader,
   type SafetensorsTensorInfo,
+  startsLikeSafetensors,
 } from "./_safetensors_header.ts";
 import { planShards, shardFileName, shardIndexJson } from "./shards.ts";
 import { checkRowRange, rowNumel, StateDict, type TensorRef } from "./state_dict.ts";
 
-export { MAX_HEADER_SIZE };
+export { MAX_HEADER_SIZE, startsLikeSafetensors };
 export type { SafetensorsHeader, SafetensorsTensorInfo };
 
 /** Default metadata of written files, as `save_pretrained` writes it. */

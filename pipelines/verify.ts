@@ -26,6 +26,9 @@ import { join } from "node:path";
 import { CkptError } from "../errors.ts";
 import { decodeF32, type DType } from "../formats/dtype.ts";
 import type { StateDict } from "../formats/state_dict.ts";
+import { loadTorch } from "../formats/torch/load.ts";
+import { openInput } from "../readers/kinds.ts";
+import { stripStateDict } from "../readers/names.ts";
 import { hashFile, listFiles, MANIFEST_NAME, readManifest } from "./manifest.ts";
 
 /** Options of {@linkcode verifyCheckpoint}. */
@@ -74,20 +77,24 @@ export interface VerifyResult {
 
 const WEIGHT_FILES = /^(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)$/;
 
+/** Opens `path` with the input kind called `kind` and counts its tensors (headers only). */
+async function countTensors(path: string, kind: string): Promise<number> {
+  const { stateDict } = await openInput(path, { kind });
+  const n = stateDict.size;
+  await stateDict.close();
+  return n;
+}
+
 async function loadFile(folder: string, rel: string): Promise<string> {
   const path = join(folder, rel);
   if (rel.endsWith(".safetensors.index.json")) {
-    const { openHfShards } = await import("../formats/safetensors.ts");
-    const sd = await openHfShards(path);
-    const n = sd.size;
-    await sd.close();
-    return `shard index consistent with its shards, ${n} tensors`;
+    return `shard index consistent with its shards, ${await countTensors(
+      path,
+      "hf-shards",
+    )} tensors`;
   }
   if (rel.endsWith(".bin.index.json")) {
-    const { openTorchShards } = await import("../formats/torch/state_dict.ts");
-    const sd = await openTorchShards(path);
-    const n = sd.size;
-    await sd.close();
+    const n = await countTensors(path, "torch-shards");
     return `shard index consistent with its shards, ${n} tensors`;
   }
   if (rel.endsWith(".json")) {
@@ -100,26 +107,26 @@ async function loadFile(folder: string, rel: string): Promise<string> {
     return `${lines.length} JSON lines parse`;
   }
   if (rel.endsWith(".safetensors")) {
-    const { openSafetensors } = await import("../formats/safetensors.ts");
-    const sd = await openSafetensors(path);
-    const n = sd.size;
-    await sd.close();
-    return `safetensors header valid, ${n} tensors`;
+    return `safetensors header valid, ${await countTensors(path, "safetensors")} tensors`;
   }
   if (rel.endsWith(".pt") || rel.endsWith(".bin") || rel.endsWith(".pth")) {
-    const { loadTorch } = await import("../formats/torch/load.ts");
+    // Any torch.save value (optimizer.pt, scheduler.pt), not only state dicts.
     const loaded = await loadTorch(path);
-    await loaded?.close?.();
+    await loaded.close();
     return "torch pickle loads (restricted unpickler)";
   }
   return "not a structured file (hash only)";
 }
 
-/** Opens the weights of a model folder or file as a lazy state dict. */
+/** Opens the weights of a model folder or file as a lazy state dict, wrapper names stripped. */
 export async function openModelWeights(path: string): Promise<StateDict> {
-  const { gatherShards } = await import("./stages/gather_shards.ts");
-  const gathered = await gatherShards(path, {});
-  return gathered.stateDict as StateDict;
+  const { stateDict } = await openInput(path);
+  try {
+    return stripStateDict(stateDict);
+  } catch (err) {
+    await stateDict.close();
+    throw err;
+  }
 }
 
 function relTolerance(dtype: DType): number {

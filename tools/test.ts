@@ -88,7 +88,7 @@ if (!quick && testArgs.length === 0) {
 
 const targets = testArgs.length > 0
   ? testArgs
-  : ["tests/", "formats/", "gpu/", "merge/", "pipelines/", "mod.ts", "errors.ts"];
+  : ["tests/", "formats/", "readers/", "gpu/", "merge/", "pipelines/", "mod.ts", "errors.ts"];
 
 let counts: Counts | undefined;
 let testsOk = false;

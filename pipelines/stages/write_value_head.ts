@@ -27,8 +27,8 @@ import { CkptError } from "../../errors.ts";
 import { StateDict } from "../../formats/state_dict.ts";
 import { writeSafetensors } from "../../formats/safetensors.ts";
 import { saveTorchStateDict } from "../../formats/torch/save.ts";
-import type { Stage, StageContext } from "../stage.ts";
-import { gatherShards } from "./gather_shards.ts";
+import { openInput } from "../../readers/kinds.ts";
+import { defineStage, type Stage } from "../stage.ts";
 
 /**
  * The value-head tensors of `sd`: those starting with `prefix` (removed), or all of them when
@@ -78,20 +78,8 @@ const writeValueHeadOptions = z.strictObject({
   check: z.boolean().default(true),
 });
 
-/** Options of the writeValueHead stage, as a config writes them. */
-export interface WriteValueHeadOptions {
-  /** Value head weights: safetensors or torch file (relative to the config). */
-  from: string;
-  /** Only tensors starting with this prefix, which is removed (e.g. `"v_head."`). Default none. */
-  prefix?: string | undefined;
-  /** Also write `v_head.safetensors`. Default false. */
-  safetensors?: boolean | undefined;
-  /** Check 2-d weights against the model config's `hidden_size`. Default true. */
-  check?: boolean | undefined;
-}
-
 /** The writeValueHead stage (config name `writeValueHead`). */
-export const writeValueHeadStage: Stage = {
+export const writeValueHeadStage: Stage = defineStage({
   name: "writeValueHead",
   summary: "write v_head.pt (the PPO value head's state dict) and optionally v_head.safetensors",
   options: writeValueHeadOptions,
@@ -100,14 +88,8 @@ export const writeValueHeadStage: Stage = {
    * holds tensors under `prefix` (`INPUT_MISSING`, `INPUT_KIND`, `VALUE_HEAD_MISSING`); only headers
    * are read. The `hidden_size` check needs the model config and waits for the run.
    */
-  async preflight(
-    ctx: StageContext,
-    options: z.output<typeof writeValueHeadOptions>,
-  ): Promise<void> {
-    const { stateDict: input } = await gatherShards(ctx.resolve(options.from), {
-      stripPrefixes: false,
-      stripSegments: false,
-      config: false,
+  async preflight(ctx, options): Promise<void> {
+    const { stateDict: input } = await openInput(ctx.resolve(options.from), {
       signal: ctx.signal,
     });
     try {
@@ -116,14 +98,10 @@ export const writeValueHeadStage: Stage = {
       await input.close();
     }
   },
-  async run(ctx: StageContext, options: z.output<typeof writeValueHeadOptions>): Promise<void> {
+  async run(ctx, options): Promise<void> {
     const from = ctx.resolve(options.from);
     ctx.addInput(from, "value-head");
-    const { stateDict: input } = await gatherShards(from, {
-      stripPrefixes: false,
-      stripSegments: false,
-      config: false,
-    });
+    const { stateDict: input } = await openInput(from);
     try {
       const hidden = ctx.modelConfig?.hidden_size;
       const head = selectValueHead(
@@ -155,4 +133,4 @@ export const writeValueHeadStage: Stage = {
       await input.close();
     }
   },
-};
+});

@@ -17,7 +17,7 @@ export interface ErrorCodeInfo {
   message: string;
 }
 
-const ROOTS = ["errors.ts", "cli.ts", "formats", "merge", "gpu", "pipelines", "cli"];
+const ROOTS = ["errors.ts", "cli.ts", "formats", "readers", "merge", "gpu", "pipelines", "cli"];
 
 async function sources(path: string): Promise<string[]> {
   const st = await Deno.stat(path);

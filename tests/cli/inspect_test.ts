@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { renderReport } from "../../cli/inspect.ts";
-import { inspectPath } from "../../formats/inspect.ts";
+import { inspectPath } from "../../readers/inspect.ts";
 import { ckpt } from "./_cli.ts";
 
 const FIXTURES = new URL("../fixtures/safetensors/", import.meta.url).pathname;

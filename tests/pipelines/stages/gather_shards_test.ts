@@ -6,11 +6,7 @@ import { StateDict, type TensorRef } from "../../../formats/state_dict.ts";
 import { writeSafetensors, writeSafetensorsSharded } from "../../../formats/safetensors.ts";
 import { saveTorchStateDict } from "../../../formats/torch/save.ts";
 import { writeTorchSharded } from "../../../formats/torch/state_dict.ts";
-import {
-  inputKinds,
-  registerInputKind,
-  unregisterInputKind,
-} from "../../../pipelines/input_kinds.ts";
+import { type InputKind, inputKinds } from "../../../readers/kinds.ts";
 import {
   gatherShards,
   gatherShardsStage,
@@ -117,30 +113,21 @@ Deno.test("`gatherShards()` refuses keys that collide after stripping and unknow
   });
 });
 
-Deno.test("`gatherShards()` uses a registered input kind before the built-ins by priority", async () => {
+Deno.test("`gatherShards()` uses an extra input kind, passed explicitly, before the built-ins", async () => {
   await withTempDir(async (dir) => {
     await Deno.mkdir(join(dir, "ckpt"));
     await Deno.writeTextFile(join(dir, "ckpt", ".test-marker"), "x");
-    registerInputKind({
+    const testDcp: InputKind = {
       name: "test-dcp",
-      priority: 1000,
-      detect: async (p) => {
-        try {
-          return (await Deno.stat(join(p, ".test-marker"))).isFile;
-        } catch {
-          return false;
-        }
-      },
+      detect: (p) => p.files.has(".test-marker"),
       open: () => Promise.resolve(model("module.")),
-    });
-    try {
-      assert.equal(inputKinds()[0]?.name, "test-dcp");
-      const r = await gatherShards(join(dir, "ckpt"));
-      assert.equal(r.kind, "test-dcp");
-      assert.ok(r.stateDict.has("model.norm.weight"));
-    } finally {
-      unregisterInputKind("test-dcp");
-    }
+    };
+    assert.equal(inputKinds([testDcp])[0]?.name, "test-dcp");
+    const r = await gatherShards(join(dir, "ckpt"), { kinds: [testDcp] });
+    assert.equal(r.kind, "test-dcp");
+    assert.ok(r.stateDict.has("model.norm.weight"));
+    // Not registered anywhere: without the option the folder is not an input ckpt knows.
+    await assert.rejects(gatherShards(join(dir, "ckpt")), (e) => isCkptError(e, "INPUT_KIND"));
   });
 });
 

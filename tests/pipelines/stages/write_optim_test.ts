@@ -14,14 +14,10 @@ import {
   tensorOfBytes,
   TorchTensor,
 } from "../../../formats/torch/values.ts";
-import { writeOptimStage } from "../../../pipelines/stages/write_optim.ts";
+import { createWriteOptimStage, writeOptimStage } from "../../../pipelines/stages/write_optim.ts";
 import { gatherShardsStage } from "../../../pipelines/stages/gather_shards.ts";
 import { mergeLoraStage } from "../../../pipelines/stages/merge_lora.ts";
 import { REPO_ROOT } from "../../_helpers/peer.ts";
-import {
-  registerOptimizerSource,
-  unregisterOptimizerSource,
-} from "../../../pipelines/optimizer_sources.ts";
 import { withTempDir } from "../../_helpers/tmp.ts";
 import { f32Tensor, fakeContext, listFiles } from "../_context.ts";
 
@@ -214,42 +210,52 @@ Deno.test("`writeOptim` refuses optimizer state for other parameters before writ
   });
 });
 
-Deno.test("`writeOptim` asks registered optimizer sources first and checks with their parameter names", async () => {
+Deno.test("`writeOptim` asks extra optimizer sources first and checks with their parameter names", async () => {
   await withTempDir(async (dir) => {
     await Deno.mkdir(join(dir, "folder"));
-    registerOptimizerSource({
-      name: "test-folder",
-      detect: async (p) => (await Deno.stat(p)).isDirectory,
-      load: () =>
-        Promise.resolve({
-          value: adamState([0, 1], [[3], [4, 3]]),
-          paramNames: ["model.norm.weight", "model.layers.0.q_proj.weight"],
-          close: () => Promise.resolve(),
-        }),
+    const stage = createWriteOptimStage({
+      optimizerSources: [{
+        name: "test-folder",
+        detect: (p) => p.isDirectory,
+        load: () =>
+          Promise.resolve({
+            value: adamState([0, 1], [[3], [4, 3]]),
+            paramNames: ["model.norm.weight", "model.layers.0.q_proj.weight"],
+            close: () => Promise.resolve(),
+          }),
+      }],
     });
     const out = join(dir, "out");
     await Deno.mkdir(out);
     const ctx = fakeContext(out, { baseDir: dir, stateDict: model() });
-    await writeOptimStage.run(ctx, parseStageOptions(writeOptimStage, { optimizer: "folder" }));
+    await stage.run(ctx, parseStageOptions(stage, { optimizer: "folder" }));
     assert.deepEqual(await listFiles(out), ["optimizer.pt"]);
-    registerOptimizerSource({
-      name: "test-folder",
-      detect: async (p) => (await Deno.stat(p)).isDirectory,
-      load: () =>
-        Promise.resolve({
-          value: adamState([0, 1], [[3], [4, 3]]),
-          paramNames: ["model.layers.0.q_proj.weight", "model.norm.weight"],
-          close: () => Promise.resolve(),
-        }),
+    const swapped = createWriteOptimStage({
+      optimizerSources: [{
+        name: "test-folder",
+        detect: (p) => p.isDirectory,
+        load: () =>
+          Promise.resolve({
+            value: adamState([0, 1], [[3], [4, 3]]),
+            paramNames: ["model.layers.0.q_proj.weight", "model.norm.weight"],
+            close: () => Promise.resolve(),
+          }),
+      }],
     });
     await assert.rejects(
-      writeOptimStage.run(
+      swapped.run(
         fakeContext(join(dir, "out2"), { baseDir: dir, stateDict: model() }),
-        parseStageOptions(writeOptimStage, { optimizer: "folder" }),
+        parseStageOptions(swapped, { optimizer: "folder" }),
       ),
       (e) => isCkptError(e, "OPTIM_MISMATCH"),
     );
-    assert.equal(unregisterOptimizerSource("test-folder"), true);
+    // The built-in stage knows no such source: a folder is no torch file.
+    await assert.rejects(
+      writeOptimStage.run(
+        fakeContext(join(dir, "out3"), { baseDir: dir, stateDict: model() }),
+        parseStageOptions(writeOptimStage, { optimizer: "folder" }),
+      ),
+    );
   });
 });
 

@@ -1,14 +1,39 @@
 /**
- * The DCP branch of `ckpt inspect`: tensors with dtype, shape and size, how each is sharded (the
- * files/ranks and chunks holding it, the dimensions it is split along), the non-tensor values, and
- * the files. Reads `.metadata` and the small bytes items, never tensor data.
+ * The torch.distributed.checkpoint input kind (`dcp`): a folder with `.metadata` plus
+ * `__<rank>_<n>.distcp` files, as FSDP `SHARDED_STATE_DICT`, FSDP2/DTensor and accelerate's
+ * `pytorch_model_fsdp_0/` leave it, opened as a lazy state dict; the same folders as an optimizer
+ * source of writeOptim (accelerate's `optimizer_0/`, rebuilt with `readDcpOptimizer`); and the
+ * `ckpt inspect` report: tensors with dtype, shape and size, how each is sharded (the files/ranks
+ * and chunks holding it, the dimensions it is split along), the non-tensor values, and the files.
+ * Reads `.metadata` and the small bytes items, never tensor data.
+ *
+ * @example Detecting a DCP folder
+ * ```ts
+ * import { DCP_INPUT_KIND, DCP_OPTIMIZER_SOURCE } from "./dcp.ts";
+ * import { probeInput } from "./probe.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const dir = new URL("../tests/fixtures/dcp/bf16_w4/model", import.meta.url).pathname;
+ * assert.equal(await DCP_INPUT_KIND.detect(await probeInput(dir)), true);
+ * const optim = new URL("../tests/fixtures/dcp/lora_w2/optim", import.meta.url).pathname;
+ * assert.equal(await DCP_OPTIMIZER_SOURCE.detect(await probeInput(optim)), true);
+ * assert.equal(await DCP_OPTIMIZER_SOURCE.detect(await probeInput(new URL("./", import.meta.url).pathname)), false);
+ * ```
  * @module
  */
 import { basename, join } from "node:path";
-import { byteLength } from "./state_dict.ts";
-import { DcpCheckpoint } from "./dcp.ts";
-import type { InspectFile, InspectReport, InspectTensor } from "./inspect.ts";
-import { toJSONish } from "./torch/values.ts";
+import { byteLength } from "../formats/state_dict.ts";
+import { DcpCheckpoint, openDcpStateDict } from "../formats/dcp.ts";
+import { readDcpOptimizer } from "../formats/dcp_optim.ts";
+import { toJSONish } from "../formats/torch/values.ts";
+import type { InputKind, OptimizerSource } from "./types.ts";
+import type { InputProbe } from "./probe.ts";
+import type { InspectFile, InspectReport, InspectTensor } from "./report.ts";
+
+/** True when the probe is a folder with a `.metadata` file (a DCP checkpoint). */
+export function isDcpProbe(p: InputProbe): boolean {
+  return p.isDirectory && p.files.has(".metadata");
+}
 
 /** Rank of a `__<rank>_<n>.distcp` file name, or undefined. */
 export function dcpRankOf(file: string): number | undefined {
@@ -98,3 +123,23 @@ export async function inspectDcp(path: string): Promise<InspectReport> {
   if (Object.keys(values).length > 0) report.tree = values;
   return report;
 }
+
+/** The torch.distributed.checkpoint input kind. */
+export const DCP_INPUT_KIND: InputKind = {
+  name: "dcp",
+  summary:
+    "torch.distributed.checkpoint folder (.metadata + __<rank>_<n>.distcp), FSDP/FSDP2/DTensor",
+  detect: isDcpProbe,
+  open: (p, options) => openDcpStateDict(p.path, options.signal ? { signal: options.signal } : {}),
+  inspect: (p) => inspectDcp(p.path),
+};
+
+/** Optimizer state from a torch.distributed.checkpoint folder (FSDP/FSDP2 `optimizer_0/`). */
+export const DCP_OPTIMIZER_SOURCE: OptimizerSource = {
+  name: "dcp",
+  detect: isDcpProbe,
+  async load(path, options) {
+    const r = await readDcpOptimizer(path, { keyed: options.keys });
+    return { value: r.value, paramNames: r.paramNames, close: () => r.close() };
+  },
+};

@@ -1,9 +1,9 @@
 /** `inspectPath()` on torch files and pytorch_model.bin shard folders. */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { isCkptError } from "../../../errors.ts";
-import { inspectPath } from "../../../formats/inspect.ts";
-import { REPO_ROOT } from "../../_helpers/peer.ts";
+import { isCkptError } from "../../errors.ts";
+import { inspectPath } from "../../readers/inspect.ts";
+import { REPO_ROOT } from "../_helpers/peer.ts";
 
 const FIX = join(REPO_ROOT, "tests", "fixtures", "torch");
 

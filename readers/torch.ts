@@ -1,13 +1,14 @@
 /**
- * `ckpt inspect` for torch files: a `.pt`/`.bin` (any torch.save value: state dicts, optimizer and
- * scheduler states) and a `pytorch_model.bin.index.json` shard folder, as the report shape of
- * {@linkcode ../inspect.ts}. Reads only `data.pkl` and the zip directories, never tensor data.
+ * The torch input kinds: `torch` (one `torch.save` file: `.pt`/`.bin`/`.pth` or any zip, or a folder
+ * with `pytorch_model.bin`) and `torch-shards` (a folder with `pytorch_model.bin.index.json`, or
+ * that index file). `inspect` describes any torch.save value (state dicts, optimizer and scheduler
+ * states), reading only `data.pkl` and the zip directories, never tensor data.
  *
  * @example Inspecting an optimizer file
  * ```ts
- * import { inspectTorchFile } from "./inspect.ts";
- * import { saveTorch } from "./save.ts";
- * import { pyDict, tensorOfBytes } from "./values.ts";
+ * import { inspectTorchFile } from "./torch.ts";
+ * import { saveTorch } from "../formats/torch/save.ts";
+ * import { pyDict, tensorOfBytes } from "../formats/torch/values.ts";
  * import assert from "node:assert/strict";
  *
  * const path = await Deno.makeTempFile({ suffix: ".pt" });
@@ -22,13 +23,26 @@
  * @module
  */
 import { join } from "node:path";
-import type { InspectReport, InspectTensor } from "../inspect.ts";
-import { DTYPES } from "../dtype.ts";
-import { listShards } from "../_inspect_shards.ts";
-import { numel } from "../state_dict.ts";
-import { loadTorch } from "./load.ts";
-import { openTorchShards } from "./state_dict.ts";
-import { PyDict, type PyValue, tensorsOf, toJSONish, TorchTensor } from "./values.ts";
+import { DTYPES } from "../formats/dtype.ts";
+import { numel } from "../formats/state_dict.ts";
+import { loadTorch } from "../formats/torch/load.ts";
+import { openTorchShards, openTorchStateDict } from "../formats/torch/state_dict.ts";
+import {
+  PyDict,
+  type PyValue,
+  tensorsOf,
+  toJSONish,
+  TorchTensor,
+} from "../formats/torch/values.ts";
+import { listShards } from "./_shards.ts";
+import type { InputKind } from "./types.ts";
+import { type InputProbe, startsLikeZip } from "./probe.ts";
+import type { InspectReport, InspectTensor } from "./report.ts";
+
+/** The single file of a torch model folder. */
+export const TORCH_MODEL_NAME = "pytorch_model.bin";
+/** The index file of a torch shard folder. */
+export const TORCH_INDEX_NAME = "pytorch_model.bin.index.json";
 
 function tensorEntry(name: string, t: TorchTensor, file?: string): InspectTensor {
   const extra: Record<string, unknown> = {
@@ -114,16 +128,31 @@ export async function inspectTorchShards(path: string, indexPath: string): Promi
   };
 }
 
-/** The index path of a torch shard folder probe, or undefined. */
-export function torchShardIndex(
-  path: string,
-  isDirectory: boolean,
-  names: readonly string[],
-): string | undefined {
-  if (isDirectory) {
-    return names.includes("pytorch_model.bin.index.json")
-      ? join(path, "pytorch_model.bin.index.json")
-      : undefined;
-  }
-  return path.endsWith(".bin.index.json") ? path : undefined;
+function torchFile(p: InputProbe): string {
+  return p.isDirectory ? join(p.path, TORCH_MODEL_NAME) : p.path;
 }
+
+function torchIndexFile(p: InputProbe): string {
+  return p.isDirectory ? join(p.path, TORCH_INDEX_NAME) : p.path;
+}
+
+/** torch `.bin` shards: a folder with `pytorch_model.bin.index.json`, or the index file. */
+export const TORCH_SHARDS_KIND: InputKind = {
+  name: "torch-shards",
+  summary: "torch .bin shards (pytorch_model.bin.index.json)",
+  detect: (p) => p.isDirectory ? p.files.has(TORCH_INDEX_NAME) : p.path.endsWith(".bin.index.json"),
+  open: (p) => openTorchShards(p.path),
+  inspect: (p) => inspectTorchShards(p.path, torchIndexFile(p)),
+};
+
+/** One torch.save file (`.bin`/`.pt`/`.pth`, or any zip), or a folder with `pytorch_model.bin`. */
+export const TORCH_KIND: InputKind = {
+  name: "torch",
+  summary: "one torch.save file (.bin/.pt/.pth, or a folder with pytorch_model.bin)",
+  detect: (p) =>
+    p.isDirectory
+      ? p.files.has(TORCH_MODEL_NAME)
+      : /\.(bin|pt|pth)$/.test(p.path) || startsLikeZip(p.head),
+  open: (p) => openTorchStateDict(torchFile(p)),
+  inspect: async (p) => ({ ...(await inspectTorchFile(torchFile(p))), path: p.path }),
+};

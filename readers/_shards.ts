@@ -4,8 +4,8 @@
  * @module
  */
 import { basename } from "node:path";
-import type { InspectFile, InspectTensor } from "./inspect.ts";
-import type { TensorRef } from "./state_dict.ts";
+import type { TensorRef } from "../formats/state_dict.ts";
+import type { InspectFile, InspectTensor } from "./report.ts";
 
 /**
  * Lists the tensors of a sharded state dict, whose tensors name their shard in `source`, with
