@@ -8,12 +8,18 @@
  * import { CkptError } from "./errors.ts";
  * import assert from "node:assert/strict";
  *
- * const err = new CkptError("SAFETENSORS_HEADER", "Cannot read header: file is 7 bytes", { file: "a.safetensors" });
- * assert.equal(err.code, "SAFETENSORS_HEADER");
+ * const err = new CkptError("SAFETENSORS_HEADER_TOO_SMALL", "Cannot read header: file is 7 bytes", {
+ *   file: "a.safetensors",
+ * });
+ * assert.equal(err.code, "SAFETENSORS_HEADER_TOO_SMALL");
  * assert.equal(err.file, "a.safetensors");
  * ```
+ * The codes and their meanings are {@linkcode ERROR_CODES} (reference: `docs/errors.md`); the
+ * constructor takes an {@linkcode ErrorCode}, so the type checker rejects a code that is not there.
  * @module
  */
+import type { ErrorCode } from "./errors/codes.ts";
+export { ERROR_CODES, type ErrorCode } from "./errors/codes.ts";
 
 /** Where an error happened: any of file, tensor, byte offset and JSON path. */
 export interface ErrorContext {
@@ -30,12 +36,12 @@ export interface ErrorContext {
 }
 
 /**
- * The error every ckpt module throws. `code` is stable across releases (see README "Error codes");
+ * The error every ckpt module throws. `code` is stable across releases (see `docs/errors.md`);
  * the message is for humans.
  */
 export class CkptError extends Error {
   /** Stable machine-readable code such as `SAFETENSORS_OFFSETS`. */
-  readonly code: string;
+  readonly code: ErrorCode;
   /** File the error concerns, if any. */
   readonly file: string | undefined;
   /** Tensor the error concerns, if any. */
@@ -46,7 +52,7 @@ export class CkptError extends Error {
   readonly details: Record<string, unknown> | undefined;
 
   /** Creates an error with a stable code and a "Cannot ...: ..." message. */
-  constructor(code: string, message: string, context: ErrorContext = {}) {
+  constructor(code: ErrorCode, message: string, context: ErrorContext = {}) {
     super(message, context.cause === undefined ? undefined : { cause: context.cause });
     this.name = "CkptError";
     this.code = code;
@@ -70,6 +76,6 @@ export class CkptError extends Error {
 }
 
 /** True when `err` is a {@linkcode CkptError}, optionally with the given code. */
-export function isCkptError(err: unknown, code?: string): err is CkptError {
+export function isCkptError(err: unknown, code?: ErrorCode): err is CkptError {
   return err instanceof CkptError && (code === undefined || err.code === code);
 }

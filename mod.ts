@@ -45,7 +45,7 @@
  * import { CkptError } from "@ckpt/pipelines";
  * import assert from "node:assert/strict";
  *
- * assert.equal(new CkptError("X", "Cannot do it: no").code, "X");
+ * assert.equal(new CkptError("ABORTED", "Cannot go on: stopped").code, "ABORTED");
  * ```
  * @module
  */

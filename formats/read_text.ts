@@ -17,12 +17,12 @@
  * ```
  * @module
  */
-import { CkptError } from "../errors.ts";
+import { CkptError, type ErrorCode } from "../errors.ts";
 
 /** What {@linkcode readTextInput} reports when the file cannot be read. */
 export interface ReadTextOptions {
   /** Error code thrown when the file cannot be read. */
-  code: string;
+  code: ErrorCode;
   /** What the file is, for the message ("metrics", "adapter config"). */
   what: string;
 }

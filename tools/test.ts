@@ -86,9 +86,17 @@ if (!quick && testArgs.length === 0) {
   await step("publish dry run", ["publish", "--dry-run", "--allow-dirty", "--quiet"]);
 }
 
-const targets = testArgs.length > 0
-  ? testArgs
-  : ["tests/", "formats/", "readers/", "gpu/", "merge/", "pipelines/", "mod.ts", "errors.ts"];
+const targets = testArgs.length > 0 ? testArgs : [
+  "tests/",
+  "formats/",
+  "readers/",
+  "gpu/",
+  "merge/",
+  "pipelines/",
+  "mod.ts",
+  "errors.ts",
+  "errors/",
+];
 
 let counts: Counts | undefined;
 let testsOk = false;

@@ -51,7 +51,7 @@
  * ```
  * @module
  */
-import { CkptError } from "../../errors.ts";
+import { CkptError, type ErrorCode } from "../../errors.ts";
 import { type DType, dtypeFromTorch, DTYPES } from "../dtype.ts";
 import {
   PyDict,
@@ -364,7 +364,7 @@ class Machine {
     this.#maxExpanded = o.maxExpanded ?? 10_000_000;
   }
 
-  #err(code: string, msg: string, details?: Record<string, unknown>): CkptError {
+  #err(code: ErrorCode, msg: string, details?: Record<string, unknown>): CkptError {
     return new CkptError(code, `Cannot unpickle: ${msg} (at byte ${this.#op})`, {
       ...(this.#file === undefined ? {} : { file: this.#file }),
       offset: this.#op,

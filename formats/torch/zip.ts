@@ -28,7 +28,7 @@
  * ```
  * @module
  */
-import { CkptError } from "../../errors.ts";
+import { CkptError, type ErrorCode } from "../../errors.ts";
 
 /**
  * A file readable at positions: what the zip reader needs (`RandomAccessFile` from
@@ -139,7 +139,7 @@ export class ZipReader {
     const length = options.length ?? file.size - base;
     const maxEntries = options.maxEntries ?? 1_000_000;
     const path = file.path;
-    const fail = (code: string, msg: string, offset?: number): CkptError =>
+    const fail = (code: ErrorCode, msg: string, offset?: number): CkptError =>
       new CkptError(code, `Cannot read zip archive: ${msg}`, {
         file: path,
         ...(offset === undefined ? {} : { offset: base + offset }),

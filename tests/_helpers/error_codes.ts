@@ -1,80 +1,118 @@
 /**
- * Collects every `CkptError` code the library throws (scanning the sources) for the README's
- * "Error codes" table, and keeps that table current:
+ * Finds every error code the library's sources use, by reading them: the second net behind the type
+ * check (`CkptError`'s constructor takes an `ErrorCode`, so `deno check` already rejects an unknown
+ * literal). The scan looks at every place a code is written:
+ *
+ * - `new CkptError("CODE", ...)` (also `CkptError("CODE"` split over lines);
+ * - calls of a helper declared in the same file with a first parameter `code: ErrorCode`
+ *   (`this.#err("PICKLE_MEMO", ...)`, `fail("ZIP_EOCD", ...)`);
+ * - `code: "CODE"` properties and parameters, including literal unions
+ *   (`code: "LORA_NO_BASE" | "LORA_UNMATCHED"`, `readTextInput(p, { code: "INPUT_MISSING" })`);
+ * - comparisons: `.code === "CODE"`, `isCkptError(e, "CODE")`.
  *
  * ```sh
- * deno run -A tests/_helpers/error_codes.ts --write && deno fmt README.md   # regenerate the table
+ * deno run -A tests/_helpers/error_codes.ts   # every code with the files that use it
  * ```
  * @module
  */
 import { join, relative } from "node:path";
 import { REPO_ROOT } from "./peer.ts";
 
-/** One error code: where it is raised and the first message template found. */
-export interface ErrorCodeInfo {
+/** One place a code is written. */
+export interface CodeSite {
+  /** The code, such as `SAFETENSORS_OFFSETS`. */
   code: string;
-  files: string[];
-  message: string;
+  /** File, relative to the repository root. */
+  file: string;
+  /** 1-based line. */
+  line: number;
+  /** Which pattern found it. */
+  kind: "throw" | "helper" | "property" | "compare";
 }
 
-const ROOTS = ["errors.ts", "cli.ts", "formats", "readers", "merge", "gpu", "pipelines", "cli"];
+/** Folders and files that are not library sources. */
+const NOT_SOURCES = new Set(["tests", "bench", "examples", "tools", "node_modules", "docs"]);
 
-async function sources(path: string): Promise<string[]> {
-  const st = await Deno.stat(path);
-  if (st.isFile) return path.endsWith(".ts") ? [path] : [];
+/** The file that defines the codes (its keys are not uses). */
+export const CODES_FILE = "errors/codes.ts";
+
+/** Every library source file (`.ts`), relative to `root`, sorted. */
+export async function sourceFiles(root: string = REPO_ROOT): Promise<string[]> {
   const out: string[] = [];
-  for await (const e of Deno.readDir(path)) out.push(...await sources(join(path, e.name)));
+  const walk = async (dir: string): Promise<void> => {
+    for await (const e of Deno.readDir(join(root, dir))) {
+      const rel = dir === "" ? e.name : `${dir}/${e.name}`;
+      if (e.name.startsWith(".") || (dir === "" && NOT_SOURCES.has(e.name))) continue;
+      if (e.isDirectory) await walk(rel);
+      else if (e.isFile && e.name.endsWith(".ts")) out.push(rel);
+    }
+  };
+  await walk("");
   return out.sort();
 }
 
-/** Every code in `new CkptError("CODE", "message"...)` under the library folders. */
-export async function collectErrorCodes(root: string = REPO_ROOT): Promise<ErrorCodeInfo[]> {
-  const codes = new Map<string, ErrorCodeInfo>();
-  for (const r of ROOTS) {
-    for (const file of await sources(join(root, r))) {
-      const text = await Deno.readTextFile(file);
-      const re = /CkptError\(\s*"([A-Z0-9_]+)",\s*(`(?:[^`\\]|\\.)*`|"(?:[^"\\]|\\.)*")/g;
-      for (const m of text.matchAll(re)) {
-        const code = m[1]!;
-        if (code === "SAFETENSORS_HEADER" && file.endsWith("errors.ts")) continue; // a doc example
-        const message = m[2]!.slice(1, -1).replace(/\$\{[^`]*?\}/g, "…").replace(/\s+/g, " ");
-        const info = codes.get(code) ?? { code, files: [], message };
-        const rel = relative(root, file);
-        if (!info.files.includes(rel)) info.files.push(rel);
-        codes.set(code, info);
-      }
+const CODE = `[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*`;
+const LIT = `["'\`](${CODE})["'\`]`;
+
+function escapeRegExp(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+}
+
+/** The code sites in one file's text. */
+export function scanCodeSites(text: string, file: string): CodeSite[] {
+  const sites: CodeSite[] = [];
+  const lineAt = (index: number): number => text.slice(0, index).split("\n").length;
+  const add = (re: RegExp, kind: CodeSite["kind"]): void => {
+    for (const m of text.matchAll(re)) {
+      const start = m.index! + m[0].indexOf(m[1]!) - 1;
+      sites.push({ code: m[1]!, file, line: lineAt(start), kind });
+    }
+  };
+  add(new RegExp(`\\bCkptError\\(\\s*${LIT}`, "g"), "throw");
+  // Helpers whose first parameter is a code: `#err(code: ErrorCode`, `const fail = (code: ErrorCode`.
+  const helpers = new Set<string>();
+  const decl = /(#?[A-Za-z_$][\w$]*)\s*(?:=\s*(?:async\s*)?)?\(\s*code\s*:\s*ErrorCode\b/g;
+  for (const m of text.matchAll(decl)) helpers.add(m[1]!);
+  for (const name of helpers) {
+    add(new RegExp(`(?<![\\w$#])${escapeRegExp(name)}\\(\\s*${LIT}`, "g"), "helper");
+  }
+  // `code: "A"`, `code?: "A" | "B"` (every literal of the union), `code: cond ? x : "A"`.
+  const prop = `\\bcode\\??\\s*:\\s*(?:[^,;\\n{}?]*\\?[^,;\\n{}]*:\\s*)?`;
+  for (const m of text.matchAll(new RegExp(`${prop}${LIT}(?:\\s*\\|\\s*${LIT})*`, "g"))) {
+    for (const lit of m[0].matchAll(new RegExp(LIT, "g"))) {
+      sites.push({ code: lit[1]!, file, line: lineAt(m.index! + lit.index!), kind: "property" });
     }
   }
-  return [...codes.values()].sort((a, b) => a.code < b.code ? -1 : 1);
+  add(new RegExp(`\\.code\\s*[!=]==?\\s*${LIT}`, "g"), "compare");
+  add(new RegExp(`\\bisCkptError\\([^,()]*,\\s*${LIT}`, "g"), "compare");
+  return sites;
 }
 
-/** The markdown rows of the table. */
-export function errorTable(codes: ErrorCodeInfo[]): string {
-  return codes.map((c) => {
-    let msg = c.message.replaceAll("|", "\\|");
-    if (msg.length > 110) msg = `${msg.slice(0, 107)}...`;
-    const where = c.files.map((f) => `\`${f}\``).join(", ");
-    return `| \`${c.code}\` | ${where} | ${msg} |`;
-  }).join("\n");
+/** Every code site in the library's sources under `root`. */
+export async function collectCodeSites(root: string = REPO_ROOT): Promise<CodeSite[]> {
+  const sites: CodeSite[] = [];
+  for (const file of await sourceFiles(root)) {
+    if (file === CODES_FILE) continue;
+    sites.push(...scanCodeSites(await Deno.readTextFile(join(root, file)), file));
+  }
+  return sites;
 }
 
-const HEADER = /^\| code +\| raised by +\| meaning +\|\n\|[-| ]+\|\n/m;
-const END = "\n\n## Benchmarks";
-
-/** README text with the table rows between the header and the Benchmarks section replaced. */
-export function withTable(readme: string, table: string): string {
-  const m = HEADER.exec(readme);
-  const b = m ? readme.indexOf(END, m.index) : -1;
-  if (!m || b < 0) throw new Error("README has no error-code table");
-  return readme.slice(0, m.index) +
-    "| code | raised by | meaning |\n| ---- | --------- | ------- |\n" +
-    table + readme.slice(b);
+/** Codes mapped to the files that use them (sorted). */
+export function codesByFile(sites: CodeSite[]): Map<string, string[]> {
+  const map = new Map<string, string[]>();
+  for (const s of [...sites].sort((a, b) => a.code < b.code ? -1 : a.code > b.code ? 1 : 0)) {
+    const files = map.get(s.code) ?? [];
+    if (!files.includes(s.file)) files.push(s.file);
+    map.set(s.code, files);
+  }
+  return map;
 }
 
 if (import.meta.main) {
-  const table = errorTable(await collectErrorCodes());
-  if (Deno.args.includes("--write")) {
-    const path = join(REPO_ROOT, "README.md");
-    await Deno.writeTextFile(path, withTable(await Deno.readTextFile(path), table));
-  } else console.log(table);
+  for (const [code, files] of codesByFile(await collectCodeSites())) {
+    console.log(
+      `${code.padEnd(32)} ${files.map((f) => relative(".", join(REPO_ROOT, f))).join(", ")}`,
+    );
+  }
 }

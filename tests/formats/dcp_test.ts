@@ -11,7 +11,7 @@ import {
 import { readDcpOptimizer } from "../../formats/dcp_optim.ts";
 import { loadTorch } from "../../formats/torch/load.ts";
 import { PyDict, type PyValue, toJSONish, TorchTensor } from "../../formats/torch/values.ts";
-import { isCkptError } from "../../errors.ts";
+import { type ErrorCode, isCkptError } from "../../errors.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
 
 const FIX = new URL("../fixtures/dcp/", import.meta.url).pathname;
@@ -267,7 +267,7 @@ async function brokenCopy(dir: string, metadata?: string): Promise<string> {
 }
 
 Deno.test("DcpCheckpoint.open() refuses bad input with coded errors naming tensor and file", async (t) => {
-  const cases: [string, string, string | undefined, string | undefined][] = [
+  const cases: [string, string, ErrorCode | undefined, string | undefined][] = [
     ["overlapping chunks", "overlap", "DCP_CHUNK_OVERLAP", "1.weight"],
     ["a hole", "hole", "DCP_CHUNK_HOLE", "1.weight"],
     ["a record whose size disagrees", "record_size", "DCP_RECORD_MISMATCH", "0.weight"],

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { isCkptError } from "../../errors.ts";
+import { type ErrorCode, isCkptError } from "../../errors.ts";
 import {
   classifyAdapterKey,
   getPatternKey,
@@ -42,7 +42,7 @@ Deno.test("`parseLoraConfig()` keeps unknown keys and accepts PEFT's saved defau
 });
 
 Deno.test("`parseLoraConfig()` refuses what a weight merge cannot reproduce", async (t) => {
-  const cases: [string, Record<string, unknown>, string][] = [
+  const cases: [string, Record<string, unknown>, ErrorCode][] = [
     ["AdaLoRA", { peft_type: "ADALORA" }, "PEFT_UNSUPPORTED"],
     ["PiSSA init", { init_lora_weights: "pissa_niter_4" }, "PEFT_UNSUPPORTED"],
     ["OLoRA init", { init_lora_weights: "olora" }, "PEFT_UNSUPPORTED"],

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
-import { isCkptError } from "../../errors.ts";
+import { type ErrorCode, isCkptError } from "../../errors.ts";
 import { type DType, DTYPE_NAMES, dtypeFromTorch, DTYPES } from "../../formats/dtype.ts";
 import {
   openHfShards,
@@ -401,7 +401,7 @@ Deno.test("`openHfShards()` reads a shard folder and cross-checks its index", as
   });
   const broken = async (
     edit: (index: { weight_map: Record<string, string> }, dir: string) => Promise<void> | void,
-    code: string,
+    code: ErrorCode,
   ) => {
     await withTempDir(async (dir) => {
       for (const e of Deno.readDirSync(join(FIXTURES, "sharded"))) {
@@ -529,7 +529,7 @@ Deno.test("`writeSafetensors()` refuses reserved names and impossible shapes bef
       shape,
       read: () => Promise.resolve(new Uint8Array(0)),
     });
-    const cases: [StateDict, string][] = [
+    const cases: [StateDict, ErrorCode][] = [
       [
         new StateDict([["__metadata__", tensorFromBytes("U8", [1], new Uint8Array(1))]]),
         "SAFETENSORS_NAME",

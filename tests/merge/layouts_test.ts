@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { isCkptError } from "../../errors.ts";
+import { type ErrorCode, isCkptError } from "../../errors.ts";
 import { factorA, factorB, planLayout, type PlanLayoutInput } from "../../merge/layouts.ts";
 
 const base: Omit<PlanLayoutInput, "weightShape" | "aShape" | "bShape"> = {
@@ -63,7 +63,7 @@ Deno.test("`planLayout()` handles embeddings and convolutions", () => {
 });
 
 Deno.test("`planLayout()` refuses shapes that do not fit, naming the module and the shapes", async (t) => {
-  const bad: [string, Partial<PlanLayoutInput>, string][] = [
+  const bad: [string, Partial<PlanLayoutInput>, ErrorCode][] = [
     ["A cols ≠ W", { weightShape: [6, 4], aShape: [2, 5], bShape: [6, 2] }, "LORA_SHAPE"],
     ["B rows ≠ W", { weightShape: [6, 4], aShape: [2, 4], bShape: [7, 2] }, "LORA_SHAPE"],
     ["ranks differ", { weightShape: [6, 4], aShape: [2, 4], bShape: [6, 3] }, "LORA_SHAPE"],

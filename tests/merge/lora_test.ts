@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { isCkptError } from "../../errors.ts";
+import { type ErrorCode, isCkptError } from "../../errors.ts";
 import { decodeF32, type DType, encodeF32 } from "../../formats/dtype.ts";
 import { type LoadedAdapter, parseLoraConfig } from "../../formats/peft.ts";
 import { StateDict, tensorFromBytes, type TensorRef } from "../../formats/state_dict.ts";
@@ -225,7 +225,7 @@ Deno.test("`mergeLora()` refuses bad input with coded errors before reading data
       ["i.weight", tensorFromBytes("I32", [4, 3], new Uint8Array(48))],
     ]);
   const A = (shape: number[]) => t("F32", shape, seq(shape.reduce((a, b) => a * b, 1), 5));
-  const cases: [string, string, LoadedAdapter, Record<string, unknown>?][] = [
+  const cases: [string, ErrorCode, LoadedAdapter, Record<string, unknown>?][] = [
     [
       "shape mismatch A/W",
       "LORA_SHAPE",

@@ -28,14 +28,14 @@ export const writeText: Stage = {
   },
 };
 
-/** Always fails with `FAKE_FAILURE` (after writing a partial file). */
+/** Always fails with `TENSOR_MISSING` (after writing a partial file). */
 export const fail: Stage = {
   name: "fail",
   summary: "fails",
   options: z.strictObject({}),
   async run(ctx) {
     if (!ctx.dryRun) await Deno.writeTextFile(`${ctx.outDir}/partial.bin`, "partial");
-    throw new CkptError("FAKE_FAILURE", "Cannot go on: told to fail");
+    throw new CkptError("TENSOR_MISSING", "Cannot go on: told to fail");
   },
 };
 

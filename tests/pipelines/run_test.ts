@@ -81,7 +81,7 @@ Deno.test("`runPipeline()` leaves no trace when a stage fails", async () => {
           output: "deep/er/out",
           stages: [{ use: "writeText", name: "a.txt" }, { use: "fail" }],
         }, { ...base, baseDir: dir, onEvent: (e) => events.push(e) }),
-      (e: unknown) => isCkptError(e, "FAKE_FAILURE"),
+      (e: unknown) => isCkptError(e, "TENSOR_MISSING"),
     );
     assert.deepEqual(await entries(dir), []);
     const last = events[events.length - 1]!;

@@ -36,7 +36,7 @@ function fakeRunner(runs: string, opts: {
       });
     }
     if (opts.fail?.(job)) {
-      throw new CkptError("FAKE_FAIL", `Cannot export ${job.vars.name}: broken`);
+      throw new CkptError("STAGE_FAILED", `Cannot export ${job.vars.name}: broken`);
     }
     const exists = await Deno.lstat(out).then(() => true, () => false);
     if (exists && !job.overwrite) {
@@ -129,7 +129,7 @@ Deno.test("`watchOnce()` marks a checkpoint failed after maxTries without blocki
     const rec = (await loadState(runs)).checkpoints["step-1"];
     assert.equal(rec?.status, "failed");
     assert.equal(rec?.tries, 2);
-    assert.equal(rec?.error?.code, "FAKE_FAIL");
+    assert.equal(rec?.error?.code, "STAGE_FAILED");
     const t3 = await watchOnce(o);
     assert.deepEqual(t3.failed, []);
     assert.equal(calls.filter((c) => c.vars.name === "step-1").length, 2);
@@ -228,7 +228,7 @@ Deno.test("`watchOnce()` records a failed verification and retries with overwrit
     let verifies = 0;
     const verify = (): Promise<void> =>
       ++verifies === 1
-        ? Promise.reject(new CkptError("VERIFY_HASH", "Cannot verify: hash differs"))
+        ? Promise.reject(new CkptError("WATCH_VERIFY_FILE", "Cannot verify: hash differs"))
         : Promise.resolve();
     const t1 = await watchOnce(options(runs, runner, {}, { verify }));
     assert.deepEqual(t1.failed, ["step-1"]);
@@ -301,7 +301,7 @@ Deno.test("`watchStatus()` summarizes the state file", async () => {
       ["step-1", "done"],
       ["step-2", "error"],
     ]);
-    assert.equal(s.checkpoints[1]?.error?.code, "FAKE_FAIL");
+    assert.equal(s.checkpoints[1]?.error?.code, "STAGE_FAILED");
   });
 });
 
