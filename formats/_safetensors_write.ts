@@ -1,0 +1,315 @@
+/**
+ * Private: the deterministic safetensors writer (the reference's order and padding): the header is
+ * planned before any data moves, tensor data streams in bounded blocks, and the file is renamed
+ * into place only when complete. Public API in `safetensors.ts`.
+ * @module
+ */
+import { CkptError } from "../errors.ts";
+import { DTYPES, isDType } from "./dtype.ts";
+import { MAX_HEADER_SIZE, planFile, type PlannedFile } from "./_safetensors_header.ts";
+import type { StateDict, TensorRef } from "./state_dict.ts";
+
+/** Default metadata of written files, as `save_pretrained` writes it. */
+export const DEFAULT_SAFETENSORS_METADATA: Readonly<Record<string, string>> = { format: "pt" };
+
+/** Bytes moved per read/write while streaming (rows are grouped up to this size). */
+export const STREAM_BLOCK_BYTES: number = 16 * 2 ** 20;
+
+/** Options of {@linkcode writeSafetensors}. */
+export interface WriteSafetensorsOptions {
+  /** `__metadata__` to write (strings only; `{}` writes no `__metadata__` key, as the reference
+   * does without metadata). Default `{"format": "pt"}`. */
+  metadata?: Record<string, string>;
+  /** Aborts between blocks; the temporary file is removed. */
+  signal?: AbortSignal;
+  /** Called after each block with bytes written so far and the file's total bytes. */
+  onProgress?: (bytesDone: number, bytesTotal: number) => void;
+  /**
+   * Called with every byte written, in file order, for each file written (`path` is the file's
+   * final path, not its temporary name): the header, then each data block, right after it is
+   * written. The writer reuses its buffers: copy the bytes before returning if they are kept. A
+   * returned promise is awaited before the writer goes on (backpressure). Not called for the
+   * index JSON.
+   */
+  onBytes?: (path: string, bytes: Uint8Array) => void | Promise<void>;
+}
+
+/** Result of {@linkcode writeSafetensors}. */
+export interface WriteSafetensorsResult {
+  /** Size of the written file in bytes. */
+  bytes: number;
+}
+
+export function checkMetadata(metadata: Record<string, string>): void {
+  for (const [k, v] of Object.entries(metadata)) {
+    if (typeof v !== "string") {
+      throw new CkptError(
+        "SAFETENSORS_METADATA",
+        `Cannot write safetensors metadata: value of "${k}" is ${typeof v}, not a string`,
+      );
+    }
+  }
+}
+
+export function planFor(
+  sd: StateDict,
+  names: Iterable<string>,
+  metadata: Record<string, string>,
+): PlannedFile {
+  const entries = [];
+  for (const name of names) {
+    const t = sd.require(name);
+    if (name === "__metadata__") {
+      throw new CkptError(
+        "SAFETENSORS_NAME",
+        `Cannot write tensor "__metadata__": the name is reserved for safetensors metadata`,
+        { tensor: name },
+      );
+    }
+    if (!isDType(t.dtype)) {
+      throw new CkptError(
+        "SAFETENSORS_DTYPE",
+        `Cannot write tensor "${name}": unknown dtype ${JSON.stringify(t.dtype)}`,
+        { tensor: name },
+      );
+    }
+    let bytes = DTYPES[t.dtype].size;
+    for (const d of t.shape) {
+      bytes *= d;
+      if (!Number.isSafeInteger(d) || d < 0 || !Number.isSafeInteger(bytes)) {
+        throw new CkptError(
+          "SAFETENSORS_SHAPE",
+          `Cannot write tensor "${name}": shape [${
+            t.shape.join(", ")
+          }] is not a list of non-negative integers with a safe byte size`,
+          { tensor: name },
+        );
+      }
+    }
+    entries.push({ name, dtype: t.dtype, shape: t.shape });
+  }
+  const plan = planFile(entries, metadata);
+  if (plan.headerBytes.length - 8 > MAX_HEADER_SIZE) {
+    throw new CkptError(
+      "SAFETENSORS_HEADER_TOO_LARGE",
+      `Cannot write safetensors: the header would be ${
+        plan.headerBytes.length - 8
+      } bytes, over the ${MAX_HEADER_SIZE}-byte limit`,
+    );
+  }
+  return plan;
+}
+
+/** One row range of one tensor, placed in a segment. */
+interface Part {
+  name: string;
+  ref: TensorRef;
+  rowStart: number;
+  rowEnd: number;
+  bytes: number;
+}
+
+/** A contiguous run of output bytes (whole rows of one or more tensors), written in one go. */
+interface Segment {
+  parts: Part[];
+  bytes: number;
+}
+
+/**
+ * Splits the planned data into segments of at most `block` bytes: small tensors are packed
+ * together, big ones split on row boundaries (a single row larger than `block` is a segment alone).
+ */
+function* segmentsOf(sd: StateDict, plan: PlannedFile, block: number): Generator<Segment> {
+  let seg: Segment = { parts: [], bytes: 0 };
+  for (const t of plan.tensors) {
+    const total = t.dataOffsets[1] - t.dataOffsets[0];
+    if (total === 0) continue;
+    const ref = sd.require(t.name);
+    const rows = t.shape.length === 0 ? 1 : t.shape[0]!;
+    const rowBytes = total / rows;
+    let row = 0;
+    while (row < rows) {
+      let fit = Math.floor((block - seg.bytes) / rowBytes);
+      if (fit <= 0 && seg.parts.length > 0) {
+        yield seg;
+        seg = { parts: [], bytes: 0 };
+        continue;
+      }
+      fit = Math.max(1, Math.min(fit, rows - row));
+      const bytes = fit * rowBytes;
+      seg.parts.push({ name: t.name, ref, rowStart: row, rowEnd: row + fit, bytes });
+      seg.bytes += bytes;
+      row += fit;
+    }
+  }
+  if (seg.parts.length > 0) yield seg;
+}
+
+/** `bytes` when it is the part's exact byte count, else `SAFETENSORS_WRITE_SIZE`. */
+function checkPart(p: Part, bytes: unknown, path: string): Uint8Array {
+  if (!(bytes instanceof Uint8Array) || bytes.byteLength !== p.bytes) {
+    throw new CkptError(
+      "SAFETENSORS_WRITE_SIZE",
+      `Cannot write tensor "${p.name}" to "${path}": rows [${p.rowStart}, ${p.rowEnd}) gave ${
+        bytes instanceof Uint8Array ? bytes.byteLength : "no"
+      } bytes, expected ${p.bytes}`,
+      { file: path, tensor: p.name },
+    );
+  }
+  return bytes;
+}
+
+/** Fills `buffer` with a segment's bytes (checking each part's byte count) and returns the view. */
+async function fillSegment(seg: Segment, buffer: Uint8Array, path: string): Promise<Uint8Array> {
+  // Bytes a ref returns are copied into our own buffer: the next read (which overlaps this
+  // segment's write) may reuse the memory a ref returned last time.
+  const target = seg.bytes <= buffer.length
+    ? buffer.subarray(0, seg.bytes)
+    : new Uint8Array(seg.bytes);
+  let at = 0;
+  for (const p of seg.parts) {
+    const view = target.subarray(at, at + p.bytes);
+    if (p.ref.readInto) {
+      const got = checkPart(p, await p.ref.readInto(p.rowStart, p.rowEnd, view), path);
+      if (got.buffer !== view.buffer || got.byteOffset !== view.byteOffset) view.set(got);
+    } else view.set(checkPart(p, await p.ref.read(p.rowStart, p.rowEnd), path));
+    at += p.bytes;
+  }
+  return target;
+}
+
+async function writeAll(file: Deno.FsFile, bytes: Uint8Array): Promise<void> {
+  let done = 0;
+  while (done < bytes.length) done += await file.write(bytes.subarray(done));
+}
+
+export function randomSuffix(): string {
+  return crypto.getRandomValues(new Uint32Array(2)).reduce((s, x) => s + x.toString(36), "");
+}
+
+/**
+ * Streams a planned file's data from `sd` into `path` (temp file + rename). Two block buffers
+ * alternate: the next segment is read into one while the other is being written.
+ */
+export async function writePlanned(
+  path: string,
+  sd: StateDict,
+  plan: PlannedFile,
+  signal: AbortSignal | undefined,
+  progress: ((n: number) => void) | undefined,
+  onBytes: ((path: string, bytes: Uint8Array) => void | Promise<void>) | undefined,
+): Promise<void> {
+  signal?.throwIfAborted();
+  const tmp = `${path}.tmp-${randomSuffix()}`;
+  let file: Deno.FsFile;
+  try {
+    file = await Deno.open(tmp, { write: true, createNew: true });
+  } catch (cause) {
+    throw new CkptError("FILE_WRITE", `Cannot create "${tmp}": ${(cause as Error).message}`, {
+      file: path,
+      cause,
+    });
+  }
+  let closed = false;
+  let pending: Promise<Uint8Array> | undefined;
+  try {
+    await writeAll(file, plan.headerBytes);
+    if (onBytes) await onBytes(path, plan.headerBytes);
+    progress?.(plan.headerBytes.length);
+    const block = Math.min(STREAM_BLOCK_BYTES, Math.max(plan.dataBytes, 1));
+    const buffers = [new Uint8Array(block), new Uint8Array(0)];
+    const segments = segmentsOf(sd, plan, block);
+    const start = (i: number): Promise<Uint8Array> | undefined => {
+      const next = segments.next();
+      if (next.done) return undefined;
+      if (i === 1 && buffers[1]!.length === 0) buffers[1] = new Uint8Array(block);
+      const p = fillSegment(next.value, buffers[i % 2]!, path);
+      p.catch(() => {}); // awaited below; no unhandled rejection when we stop early
+      return p;
+    };
+    let i = 0;
+    pending = start(i);
+    while (pending) {
+      const bytes = await pending;
+      signal?.throwIfAborted();
+      pending = start(++i);
+      await writeAll(file, bytes);
+      if (onBytes) await onBytes(path, bytes);
+      progress?.(bytes.byteLength);
+    }
+    file.close();
+    closed = true;
+    const { size } = await Deno.stat(tmp);
+    if (size !== plan.fileBytes) {
+      throw new CkptError(
+        "SAFETENSORS_WRITE_SIZE",
+        `Cannot write "${path}": wrote ${size} bytes, planned ${plan.fileBytes}`,
+        { file: path },
+      );
+    }
+    await Deno.rename(tmp, path);
+  } catch (err) {
+    await pending?.catch(() => {});
+    if (!closed) {
+      try {
+        file.close();
+      } catch { /* already closed */ }
+    }
+    await Deno.remove(tmp).catch(() => {});
+    if (err instanceof CkptError || (err instanceof DOMException && err.name === "AbortError")) {
+      throw err;
+    }
+    if (signal?.aborted && err === signal.reason) throw err;
+    throw new CkptError("FILE_WRITE", `Cannot write "${path}": ${(err as Error).message}`, {
+      file: path,
+      cause: err,
+    });
+  }
+}
+
+/**
+ * Writes `sd` as one safetensors file. The header is planned from names, dtypes and shapes first
+ * and laid out as the reference writer does (dtype alignment descending, then name; compact JSON,
+ * `__metadata__` first, padded with spaces to 8 bytes); then tensor data streams in blocks of about
+ * {@linkcode STREAM_BLOCK_BYTES}, each block's byte count checked (`SAFETENSORS_WRITE_SIZE`).
+ * The file is written as `<path>.tmp-<random>` and renamed to `path` only when complete; on
+ * failure or abort the temporary file is removed.
+ *
+ * @example
+ * ```ts
+ * import { readSafetensorsHeader, writeSafetensors } from "./safetensors.ts";
+ * import { StateDict, tensorFromBytes } from "./state_dict.ts";
+ * import assert from "node:assert/strict";
+ *
+ * const path = await Deno.makeTempFile();
+ * const sd = new StateDict([
+ *   ["a", tensorFromBytes("F16", [2], new Uint8Array(4))],
+ *   ["b", tensorFromBytes("F32", [1], new Uint8Array(4))],
+ * ]);
+ * const { bytes } = await writeSafetensors(path, sd, { metadata: { format: "pt", note: "x" } });
+ * const header = await readSafetensorsHeader(path);
+ * assert.deepEqual(header.tensors.map((t) => t.name), ["b", "a"]); // F32 before F16
+ * assert.equal(bytes, header.fileSize);
+ * await Deno.remove(path);
+ * ```
+ */
+export async function writeSafetensors(
+  path: string,
+  sd: StateDict,
+  options: WriteSafetensorsOptions = {},
+): Promise<WriteSafetensorsResult> {
+  const metadata = options.metadata ?? { ...DEFAULT_SAFETENSORS_METADATA };
+  checkMetadata(metadata);
+  const plan = planFor(sd, sd.keys(), metadata);
+  let done = 0;
+  const onProgress = options.onProgress;
+  await writePlanned(
+    path,
+    sd,
+    plan,
+    options.signal,
+    onProgress && ((n) => onProgress(done += n, plan.fileBytes)),
+    options.onBytes,
+  );
+  return { bytes: plan.fileBytes };
+}
