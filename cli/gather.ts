@@ -7,9 +7,10 @@
  * @module
  */
 import { dirname, join, resolve } from "node:path";
-import { isDcpFolder } from "../formats/dcp.ts";
 import { builtinStages, type RawConfig, validateConfig } from "../pipelines/config.ts";
+import { isDcpProbe } from "../readers/dcp.ts";
 import { inputKinds } from "../readers/kinds.ts";
+import { probeInput } from "../readers/probe.ts";
 import { parseCommand, stringOption, UsageError } from "./_args.ts";
 import { backendChoice, logStyle, runWithCli } from "./run.ts";
 
@@ -64,7 +65,8 @@ export async function findModelConfig(
 ): Promise<string | undefined> {
   if (explicit !== undefined) return resolve(explicit);
   if (await isFile(join(input, "config.json"))) return undefined; // gatherShards finds it itself
-  if (await isDcpFolder(input)) {
+  const probe = await probeInput(input).catch(() => undefined);
+  if (probe !== undefined && isDcpProbe(probe)) {
     const parent = join(dirname(resolve(input)), "config.json");
     if (await isFile(parent)) return parent;
   }
