@@ -8,10 +8,10 @@
  * `--quick` runs only r = 16 on 4096 × 4096.
  * @module
  */
-import { type CpuMergeBackend, createCpuBackend } from "../merge/cpu.ts";
+import { type CpuMergeBackend, createCpuBackend } from "../kernels/cpu/backend.ts";
 import { createWebGpuBackend, type WebGpuMergeBackend } from "../gpu/merge_webgpu.ts";
-import { mergeRowsReference } from "../merge/reference.ts";
-import type { MergeRowsRequest } from "../merge/types.ts";
+import { mergeRowsReference } from "../kernels/reference.ts";
+import type { MergeRowsRequest } from "../kernels/types.ts";
 import process from "node:process";
 import { markdownTable, seeded } from "./_util.ts";
 

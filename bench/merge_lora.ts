@@ -11,7 +11,7 @@ import { parseLoraConfig } from "../formats/peft.ts";
 import { StateDict, tensorFromBytes } from "../formats/state_dict.ts";
 import { createMergeBackend } from "../merge/backend.ts";
 import { mergeLora } from "../merge/lora.ts";
-import type { MergeBackend } from "../merge/types.ts";
+import type { MergeBackend } from "../kernels/types.ts";
 import { option, seeded } from "./_util.ts";
 
 const quick = Deno.args.includes("--quick");

@@ -4,7 +4,7 @@
  */
 import { resolve } from "node:path";
 import { CkptError } from "../errors.ts";
-import type { BackendChoice } from "../merge/types.ts";
+import type { BackendChoice } from "../merge/backend.ts";
 import { loadConfig, parseVarArgs, type PipelineConfig } from "../pipelines/config.ts";
 import { loadPreset, PRESETS } from "../pipelines/presets.ts";
 import { createRenderer, eventToJson, formatBytes, type LogStyle } from "../pipelines/progress.ts";

@@ -6,7 +6,7 @@
  */
 import { resolve } from "node:path";
 import { CkptError } from "../errors.ts";
-import type { BackendChoice } from "../merge/types.ts";
+import type { BackendChoice } from "../merge/backend.ts";
 import { parseVarArgs } from "../pipelines/config.ts";
 import type { WatchSettingsInput } from "../pipelines/watch/config.ts";
 import {

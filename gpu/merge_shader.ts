@@ -4,7 +4,7 @@
  * blocks to the adapter's binding and buffer limits and folds large dispatches into two
  * dimensions. Nothing here touches a GPU, so all of it is testable anywhere.
  *
- * Numerics are those of `merge/reference.ts`: f32 products and sums in the reference's k order,
+ * Numerics are those of `kernels/reference.ts`: f32 products and sums in the reference's k order,
  * `y = w + s·acc`, one RNE rounding into the output dtype done with integer bit operations (no
  * `pack2x16float`, whose rounding is implementation-defined), canonical NaNs; rank 0 copies W
  * (`y = w`, no scale term a compiler could fold differently). bf16 has no WGSL type:
@@ -43,7 +43,7 @@
  * @module
  */
 import { CkptError } from "../errors.ts";
-import type { MergeDType } from "../merge/types.ts";
+import { MERGE_DTYPE_SIZE, type MergeDType } from "../kernels/types.ts";
 
 /** Which kernel layout. */
 export type MergeKernelVariant = "aligned" | "flat" | "dora";
@@ -128,8 +128,6 @@ export interface MergePlanOptions {
   maxBlockBytes?: number;
 }
 
-const SIZE: Record<MergeDType, number> = { BF16: 2, F16: 2, F32: 4 };
-
 /** A stable string naming a kernel spec (the pipeline cache key). */
 export function pipelineKey(spec: MergeKernelSpec): string {
   return `merge:${spec.variant}:${spec.wDtype}>${spec.outDtype}:r${spec.rank}:rows${spec.rowsPerInvocation}:wg${spec.workgroupSize}`;
@@ -179,7 +177,7 @@ export function planMerge(
     );
   }
   const cap = Math.min(binding, options.maxBlockBytes ?? binding);
-  const elemBytes = Math.max(SIZE[wDtype], SIZE[outDtype]);
+  const elemBytes = Math.max(MERGE_DTYPE_SIZE[wDtype], MERGE_DTYPE_SIZE[outDtype]);
   // whole rows whose padded (to 4 elements) W / output fit the cap; B rows fit too
   let rowsMax = Math.floor((Math.floor(cap / elemBytes) - 4) / Math.max(cols, 1));
   if (rank > 0) rowsMax = Math.min(rowsMax, Math.floor(binding / (rank * 4)));
@@ -206,8 +204,8 @@ export function planMerge(
       row1,
       workgroups,
       dispatch: foldDispatch(workgroups, limits.maxComputeWorkgroupsPerDimension),
-      wBytes: Math.max(16, padded * SIZE[wDtype]),
-      outBytes: Math.max(16, padded * SIZE[outDtype]),
+      wBytes: Math.max(16, padded * MERGE_DTYPE_SIZE[wDtype]),
+      outBytes: Math.max(16, padded * MERGE_DTYPE_SIZE[outDtype]),
       bBytes: Math.max(16, (row1 - row0) * rank * 4),
     });
     if (rows === 0) break;

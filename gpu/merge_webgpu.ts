@@ -21,8 +21,8 @@
  * @module
  */
 import { CkptError } from "../errors.ts";
-import type { MergeBackend, MergeRowsRequest } from "../merge/types.ts";
-import { MERGE_DTYPE_SIZE, validateMergeRequest } from "../merge/validate.ts";
+import { MERGE_DTYPE_SIZE, type MergeBackend, type MergeRowsRequest } from "../kernels/types.ts";
+import { validateMergeRequest } from "../kernels/validate.ts";
 import { type AcquiredGpu, acquireGpu, type GpuInfo } from "./device.ts";
 import {
   type MergeBlockPlan,

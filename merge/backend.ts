@@ -25,9 +25,12 @@
  * @module
  */
 import { CkptError } from "../errors.ts";
-import type { BackendChoice, MergeBackend } from "./types.ts";
-import { type CpuBackendOptions, createCpuBackend } from "./cpu.ts";
+import type { MergeBackend } from "../kernels/types.ts";
+import { type CpuBackendOptions, createCpuBackend } from "../kernels/cpu/backend.ts";
 import type { WebGpuBackendOptions } from "../gpu/merge_webgpu.ts";
+
+/** Which backend to use: `auto` picks the faster one measured for the adapter at hand. */
+export type BackendChoice = "auto" | "webgpu" | "cpu";
 
 /** Options of {@linkcode createMergeBackend}. */
 export interface MergeBackendOptions extends CpuBackendOptions, Omit<WebGpuBackendOptions, "gpu"> {

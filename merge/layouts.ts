@@ -9,7 +9,7 @@
  * - `conv`: `ConvNd` `W[out, in, *k]`, `A[r, in, *k]`, `B[out, r, 1…]`: `ΔW[o, (i,k)] = s·Σ B[o,r]·A[r,(i,k)]`,
  *   i.e. a Linear on the flattened trailing dims. `groups > 1` is refused (PEFT raises too).
  *
- * Every layout is handed to the backends as the one row-major form of `merge/types.ts`: rows of the
+ * Every layout is handed to the backends as the one row-major form of `kernels/types.ts`: rows of the
  * stored weight, an `a` of `rank × cols` and `b` rows of `rows × rank`. For transposed layouts the
  * small factors swap roles: `a = Bᵀ`, `b = Aᵀ`.
  *

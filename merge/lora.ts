@@ -23,7 +23,7 @@
  *
  * ## Numerics
  * Factors are decoded to f32; the backend computes `f32(W) + s·Σ B·A` in f32 and rounds once (RNE)
- * into the output dtype (`merge/reference.ts` defines the order).
+ * into the output dtype (`kernels/reference.ts` defines the order).
  *
  * @example Merging a rank-1 adapter into a 2×2 weight
  * ```ts
@@ -63,7 +63,8 @@ import {
   type WrappedLoraOptions,
 } from "../formats/peft.ts";
 import { numel, rowCount, StateDict, type TensorRef } from "../formats/state_dict.ts";
-import type { BackendChoice, MergeBackend, MergeDType, MergeRowsRequest } from "./types.ts";
+import type { MergeBackend, MergeDType, MergeRowsRequest } from "../kernels/types.ts";
+import type { BackendChoice } from "./backend.ts";
 import { factorA, factorB, type LoraLayout, type LoraLayoutKind, planLayout } from "./layouts.ts";
 import {
   applyColumnFactors,

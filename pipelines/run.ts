@@ -38,7 +38,7 @@
  */
 import { basename, dirname, join, relative, resolve, sep } from "node:path";
 import { CkptError } from "../errors.ts";
-import type { BackendChoice } from "../merge/types.ts";
+import type { BackendChoice } from "../merge/backend.ts";
 import type { StateDict } from "../formats/state_dict.ts";
 import {
   builtinStages,

@@ -34,7 +34,7 @@ export type StageOptions<S extends OptionsSchema> = S extends { safeParse(input:
   : never;
 import { CkptError } from "../errors.ts";
 import type { StateDict } from "../formats/state_dict.ts";
-import type { BackendChoice } from "../merge/types.ts";
+import type { BackendChoice } from "../merge/backend.ts";
 
 /** One event a pipeline emits; the CLI renders them as a live line or as JSON lines. */
 export type PipelineEvent =

@@ -90,6 +90,7 @@ const targets = testArgs.length > 0 ? testArgs : [
   "tests/",
   "formats/",
   "readers/",
+  "kernels/",
   "gpu/",
   "merge/",
   "pipelines/",

@@ -37,7 +37,7 @@
  */
 import { join } from "node:path";
 import { CkptError } from "../../errors.ts";
-import type { BackendChoice } from "../../merge/types.ts";
+import type { BackendChoice } from "../../merge/backend.ts";
 import { parseJsonc, type RawConfig } from "../config.ts";
 import { verifyCheckpoint } from "../verify.ts";
 import { runPipeline } from "../run.ts";

@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import { createWebGpuBackend, type WebGpuMergeBackend } from "../../gpu/merge_webgpu.ts";
-import { mergeRowsReference } from "../../merge/reference.ts";
-import type { MergeDType, MergeRowsRequest } from "../../merge/types.ts";
-import { assertSameBytes, corpus, request, roundingEdges } from "../merge/_corpus.ts";
+import { mergeRowsReference } from "../../kernels/reference.ts";
+import type { MergeDType, MergeRowsRequest } from "../../kernels/types.ts";
+import { assertSameBytes, corpus, request, roundingEdges } from "../kernels/_corpus.ts";
 
 /** Distance in units in the last place between two encoded values (NaN == NaN counts as 0). */
 function ulps(dtype: MergeDType, x: number, y: number): number {

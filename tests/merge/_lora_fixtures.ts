@@ -10,10 +10,10 @@ import { decodeF32, type DType } from "../../formats/dtype.ts";
 import { openSafetensors } from "../../formats/safetensors.ts";
 import { numel, type StateDict } from "../../formats/state_dict.ts";
 import { type AdapterInput, mergeLora, type MergeReport } from "../../merge/lora.ts";
-import { mergeRowsReference } from "../../merge/reference.ts";
-import type { MergeBackend, MergeRowsRequest } from "../../merge/types.ts";
+import { mergeRowsReference } from "../../kernels/reference.ts";
+import type { MergeBackend, MergeRowsRequest } from "../../kernels/types.ts";
 
-/** The scalar reference (`merge/reference.ts`) as a backend: no workers to start, for unit tests. */
+/** The scalar reference (`kernels/reference.ts`) as a backend: no workers to start, for unit tests. */
 export function referenceBackend(): MergeBackend {
   return {
     kind: "cpu",

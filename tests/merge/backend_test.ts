@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { acquireGpu } from "../../gpu/device.ts";
 import { createMergeBackend } from "../../merge/backend.ts";
 import { evalWithoutGpu } from "../_helpers/gpu.ts";
-import { request } from "./_corpus.ts";
+import { request } from "../kernels/_corpus.ts";
 
 Deno.test("`createMergeBackend()` gives each choice and says why", async () => {
   const reqs = [request("BF16", "BF16", 9, 64, 16, 3), request("F16", "F32", 5, 33, 7, 4)];

@@ -5,7 +5,7 @@ import { type LoadedAdapter, parseLoraConfig } from "../../formats/peft.ts";
 import { StateDict, tensorFromBytes, type TensorRef } from "../../formats/state_dict.ts";
 import { mergeLora, mergeLoraTensor } from "../../merge/lora.ts";
 import { createMergeBackend } from "../../merge/backend.ts";
-import type { MergeBackend, MergeRowsRequest } from "../../merge/types.ts";
+import type { MergeBackend, MergeRowsRequest } from "../../kernels/types.ts";
 import { compareUlps, LORA_CASES, referenceBackend, runCase, ulpOf } from "./_lora_fixtures.ts";
 
 function t(dtype: DType, shape: number[], values: ArrayLike<number>): TensorRef {

@@ -3,7 +3,7 @@
  *
  * The exported `run(wPtr, aPtr, bPtr, outPtr, row0, row1, cols, colsVec, rank, scale)` merges rows
  * `row0 … row1-1` of a block laid out in a shared memory, columns `0 … colsVec-1` (`colsVec` a
- * multiple of 16), with exactly the numerics of `merge/reference.ts`: per 16-column tile it keeps
+ * multiple of 16), with exactly the numerics of `kernels/reference.ts`: per 16-column tile it keeps
  * four f32x4 accumulators in registers, walks the rank (`acc = B[i,0]·A[0,j]`, then
  * `acc += B[i,k]·A[k,j]`, separate multiply and add, no fusion), then `y = w + s·acc` and one
  * round-to-nearest-even into the output dtype, with bf16/f16 decode and encode done in SIMD lanes
@@ -12,14 +12,14 @@
  *
  * @example Generating and validating a kernel
  * ```ts
- * import { mergeKernelWasm } from "./cpu_kernel.ts";
+ * import { mergeKernelWasm } from "./kernel.ts";
  * import assert from "node:assert/strict";
  *
  * assert.ok(WebAssembly.validate(mergeKernelWasm("BF16", "BF16")));
  * ```
  * @module
  */
-import type { MergeDType } from "./types.ts";
+import { MERGE_DTYPE_SIZE, type MergeDType } from "../types.ts";
 import { F32, I32, op, V128, wasmModule } from "./wasm_emit.ts";
 
 /** Maximum pages of the shared memory the kernel imports (4 GiB, the wasm32 limit). */
@@ -36,7 +36,6 @@ const BB = 23, SV = 24, T_E = 25, T_S = 26, T_M = 27, T_Y = 28, T_B = 29, T_R = 
 const AK = 31; // element offset of the row, then the k-walking A pointer
 
 const splat = (u32: number) => op.v128Const([u32, u32, u32, u32]);
-const SIZE: Record<MergeDType, number> = { BF16: 2, F16: 2, F32: 4 };
 
 /** i32x4 of f16 bits on the stack -> f32x4 (exact; subnormals, Inf, NaN payload kept). */
 function f16Decode(): number[][] {
@@ -163,7 +162,7 @@ export function mergeKernelWasm(
   outDtype: MergeDType,
   unroll?: { rank: number; cols: number },
 ): Uint8Array<ArrayBuffer> {
-  const ws = SIZE[wDtype], os = SIZE[outDtype];
+  const ws = MERGE_DTYPE_SIZE[wDtype], os = MERGE_DTYPE_SIZE[outDtype];
   const body: number[][] = [];
   const add = (...ins: (number[] | readonly number[])[]) => {
     for (const x of ins) body.push([...x]);

@@ -18,14 +18,7 @@
  * @module
  */
 import { CkptError } from "../errors.ts";
-import type { MergeDType, MergeRowsRequest } from "./types.ts";
-
-/** Bytes per element of each merge dtype. */
-export const MERGE_DTYPE_SIZE: Readonly<Record<MergeDType, number>> = { BF16: 2, F16: 2, F32: 4 };
-
-function isMergeDType(d: unknown): d is MergeDType {
-  return d === "BF16" || d === "F16" || d === "F32";
-}
+import { isMergeDType, MERGE_DTYPE_SIZE, type MergeRowsRequest } from "./types.ts";
 
 /**
  * Throws a `CkptError` when the request is inconsistent: `MERGE_DTYPE` for a dtype other than

@@ -3,7 +3,7 @@
  * counts around the 4- and 16-column tiles, NaN/Inf/subnormal/huge weights, DoRA rows.
  * @module
  */
-import type { MergeDType, MergeRowsRequest } from "../../merge/types.ts";
+import { MERGE_DTYPE_SIZE, type MergeDType, type MergeRowsRequest } from "../../kernels/types.ts";
 
 /** Deterministic pseudo-random f32s in [-scale/2, scale/2). */
 export function seeded(n: number, seed: number, scale = 1): Float32Array {
@@ -16,11 +16,9 @@ export function seeded(n: number, seed: number, scale = 1): Float32Array {
   return out;
 }
 
-const SIZE: Record<MergeDType, number> = { BF16: 2, F16: 2, F32: 4 };
-
 /** W bytes of `dtype` from random bit patterns mixed with special values. */
 export function weights(dtype: MergeDType, n: number, seed: number): Uint8Array {
-  const bytes = new Uint8Array(n * SIZE[dtype]);
+  const bytes = new Uint8Array(n * MERGE_DTYPE_SIZE[dtype]);
   const f = seeded(n, seed, 4);
   const specials = dtype === "F32"
     ? [

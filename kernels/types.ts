@@ -10,10 +10,25 @@
  * the (small) factors, so backends only ever see this one layout.
  * @module
  */
-import type { DType } from "../formats/dtype.ts";
+import { type DType, DTYPES } from "../formats/dtype.ts";
 
 /** Float dtypes a merge reads and writes. */
 export type MergeDType = Extract<DType, "BF16" | "F16" | "F32">;
+
+/** The merge dtypes, in the order errors list them. */
+export const MERGE_DTYPES: readonly MergeDType[] = ["BF16", "F16", "F32"];
+
+/** Bytes per element of each merge dtype (from the dtype table, `formats/dtype.ts`). */
+export const MERGE_DTYPE_SIZE: Readonly<Record<MergeDType, number>> = {
+  BF16: DTYPES.BF16.size,
+  F16: DTYPES.F16.size,
+  F32: DTYPES.F32.size,
+};
+
+/** True when `d` is one of the {@linkcode MERGE_DTYPES}. */
+export function isMergeDType(d: unknown): d is MergeDType {
+  return typeof d === "string" && (MERGE_DTYPES as readonly string[]).includes(d);
+}
 
 /** One block of rows to merge. */
 export interface MergeRowsRequest {
@@ -53,6 +68,3 @@ export interface MergeBackend {
   /** Releases GPU objects / workers. */
   dispose(): Promise<void>;
 }
-
-/** Which backend to use: `auto` picks the faster one measured for the adapter at hand. */
-export type BackendChoice = "auto" | "webgpu" | "cpu";

@@ -34,8 +34,8 @@
  * @module
  */
 import { decodeF32, f32ToBf16, f32ToF16 } from "../formats/dtype.ts";
-import type { MergeDType, MergeRowsRequest } from "./types.ts";
-import { MERGE_DTYPE_SIZE, validateMergeRequest } from "./validate.ts";
+import { MERGE_DTYPE_SIZE, type MergeDType, type MergeRowsRequest } from "./types.ts";
+import { validateMergeRequest } from "./validate.ts";
 
 /** Number of partial sums of the DoRA row norm (see the module doc). */
 export const DORA_NORM_LANES = 256;

@@ -4,7 +4,7 @@
  * @module
  */
 /// <reference lib="deno.worker" />
-import { type CpuTask, KernelCache, runCpuTask } from "./_cpu_rows.ts";
+import { type CpuTask, KernelCache, runCpuTask } from "./_rows.ts";
 
 let mem: WebAssembly.Memory | undefined;
 let cache: KernelCache | undefined;

@@ -1,13 +1,13 @@
 /**
  * The part of a CPU merge that runs beside the SIMD kernel, on the main thread or in a worker:
- * the columns past the last 16-column tile (scalar formula of `merge/reference.ts`) and the DoRA
+ * the columns past the last 16-column tile (scalar formula of `kernels/reference.ts`) and the DoRA
  * row scaling. Private to the CPU backend.
  * @module
  */
-import { bf16ToF32, f16ToF32 } from "../formats/dtype.ts";
-import { doraSumOfSquares, encodeMergedRow } from "./reference.ts";
-import { KERNEL_MAX_UNROLL, KERNEL_TILE_COLS, mergeKernelWasm } from "./cpu_kernel.ts";
-import type { MergeDType } from "./types.ts";
+import { bf16ToF32, f16ToF32 } from "../../formats/dtype.ts";
+import { doraSumOfSquares, encodeMergedRow } from "../reference.ts";
+import { KERNEL_MAX_UNROLL, KERNEL_TILE_COLS, mergeKernelWasm } from "./kernel.ts";
+import { MERGE_DTYPE_SIZE, type MergeDType } from "../types.ts";
 
 /** One slice of a block for one thread: pointers into the shared memory and the row range. */
 export interface CpuTask {
@@ -30,7 +30,6 @@ export interface CpuTask {
   scale: number;
 }
 
-const SIZE: Record<MergeDType, number> = { BF16: 2, F16: 2, F32: 4 };
 type Kernel = (...args: number[]) => void;
 
 /** Rows per kernel call: keeps a call's B rows and W/output lines in L1 beside the A tile, and
@@ -129,7 +128,7 @@ export function runCpuTask(
   const outBytes = new Uint8Array(buf, t.outPtr);
   if (colsVec < cols) {
     const tail = new Float32Array(cols - colsVec);
-    const wsz = SIZE[t.wDtype];
+    const wsz = MERGE_DTYPE_SIZE[t.wDtype];
     const w = new DataView(buf, t.wPtr);
     const b = new Float32Array(buf, t.bPtr);
     const y = t.dora ? new Float32Array(buf, t.yPtr) : undefined;

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { bf16ToF32, decodeF32, f16ToF32 } from "../../formats/dtype.ts";
-import { doraSumOfSquares, mergeRowsReference } from "../../merge/reference.ts";
-import type { MergeDType } from "../../merge/types.ts";
+import { doraSumOfSquares, mergeRowsReference } from "../../kernels/reference.ts";
+import type { MergeDType } from "../../kernels/types.ts";
 import { request, seeded } from "./_corpus.ts";
 
 function ulp(dtype: MergeDType, x: number): number {

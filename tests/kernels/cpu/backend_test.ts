@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
-import { createCpuBackend } from "../../merge/cpu.ts";
-import { mergeRowsReference } from "../../merge/reference.ts";
-import { assertSameBytes, corpus, request, roundingEdges } from "./_corpus.ts";
+import { createCpuBackend } from "../../../kernels/cpu/backend.ts";
+import { mergeRowsReference } from "../../../kernels/reference.ts";
+import { assertSameBytes, corpus, request, roundingEdges } from "../_corpus.ts";
 
 Deno.test("`createCpuBackend()` equals the reference bit for bit over the corpus (inline)", async () => {
   const cpu = await createCpuBackend({ workers: 0 });

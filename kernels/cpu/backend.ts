@@ -1,7 +1,7 @@
 /**
- * The CPU merge backend: a WebAssembly SIMD kernel (`merge/cpu_kernel.ts`, generated at startup)
+ * The CPU merge backend: a WebAssembly SIMD kernel (`kernels/cpu/kernel.ts`, generated at startup)
  * run by workers that share one `WebAssembly.Memory`, each merging a contiguous range of the
- * block's rows. Results equal `merge/reference.ts` bit for bit.
+ * block's rows. Results equal `kernels/reference.ts` bit for bit.
  *
  * A block is copied into the shared memory, merged by the workers in parallel (one block at a
  * time: they already use every core) and copied out. The memory has two slots, so with calls in
@@ -11,8 +11,8 @@
  *
  * @example Merging on the CPU
  * ```ts
- * import { createCpuBackend } from "./cpu.ts";
- * import { mergeRowsReference } from "./reference.ts";
+ * import { createCpuBackend } from "./backend.ts";
+ * import { mergeRowsReference } from "../reference.ts";
  * import assert from "node:assert/strict";
  *
  * const cpu = await createCpuBackend({ workers: 2 });
@@ -26,7 +26,7 @@
  * ```
  * @module
  */
-import { CkptError } from "../errors.ts";
+import { CkptError } from "../../errors.ts";
 import {
   compileKernel,
   type CpuTask,
@@ -34,10 +34,10 @@ import {
   kernelKey,
   kernelKind,
   runCpuTask,
-} from "./_cpu_rows.ts";
-import { KERNEL_MAX_PAGES } from "./cpu_kernel.ts";
-import type { MergeBackend, MergeRowsRequest } from "./types.ts";
-import { MERGE_DTYPE_SIZE, validateMergeRequest } from "./validate.ts";
+} from "./_rows.ts";
+import { KERNEL_MAX_PAGES } from "./kernel.ts";
+import { MERGE_DTYPE_SIZE, type MergeBackend, type MergeRowsRequest } from "../types.ts";
+import { validateMergeRequest } from "../validate.ts";
 
 /** Options of {@linkcode createCpuBackend}. */
 export interface CpuBackendOptions {
@@ -92,7 +92,7 @@ class CpuBackend implements CpuMergeBackend {
     this.#workers = [];
     this.#sent = [];
     for (let n = 0; n < workers; n++) {
-      const w = new Worker(new URL("./cpu_worker.ts", import.meta.url).href, {
+      const w = new Worker(new URL("./worker.ts", import.meta.url).href, {
         type: "module",
         name: `ckpt-merge-cpu-${n}`,
       });
