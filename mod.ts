@@ -51,11 +51,13 @@
  */
 export * from "./errors.ts";
 export * from "./formats/dtype.ts";
+export * from "./formats/cast.ts";
 export * from "./formats/state_dict.ts";
 export * from "./formats/safetensors.ts";
 export * from "./formats/shards.ts";
 export * from "./formats/size.ts";
 export * from "./formats/peft.ts";
+export * from "./formats/peft_config.ts";
 export * from "./merge/layouts.ts";
 export * from "./merge/dora.ts";
 export * from "./merge/lora.ts";

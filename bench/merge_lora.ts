@@ -7,7 +7,7 @@
  * @module
  */
 import { encodeF32 } from "../formats/dtype.ts";
-import { parseLoraConfig } from "../formats/peft.ts";
+import { parseLoraConfig } from "../formats/peft_config.ts";
 import { StateDict, tensorFromBytes } from "../formats/state_dict.ts";
 import { createMergeBackend } from "../merge/backend.ts";
 import { mergeLora } from "../merge/lora.ts";

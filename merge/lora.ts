@@ -28,7 +28,7 @@
  * @example Merging a rank-1 adapter into a 2×2 weight
  * ```ts
  * import { mergeLora } from "./lora.ts";
- * import { parseLoraConfig } from "../formats/peft.ts";
+ * import { parseLoraConfig } from "../formats/peft_config.ts";
  * import { StateDict, tensorFromBytes } from "../formats/state_dict.ts";
  * import assert from "node:assert/strict";
  *
@@ -56,12 +56,15 @@ import {
   isWrappedStateDict,
   loadAdapter,
   type LoadedAdapter,
-  matchesTargetModule,
-  type ModuleScaling,
-  resolveModuleScaling,
   splitWrappedStateDict,
   type WrappedLoraOptions,
 } from "../formats/peft.ts";
+import {
+  matchesTargetModule,
+  type ModuleScaling,
+  resolveModuleScaling,
+} from "../formats/peft_config.ts";
+import { castBytes } from "../formats/cast.ts";
 import { numel, rowCount, StateDict, type TensorRef } from "../formats/state_dict.ts";
 import type { MergeBackend, MergeDType, MergeRowsRequest } from "../kernels/types.ts";
 import type { BackendChoice } from "./backend.ts";
@@ -1076,11 +1079,6 @@ function checkFinite(job: Job, bytes: Uint8Array, rowStart: number): void {
     }`,
     { tensor: job.name, details: { row, column: i % per } },
   );
-}
-
-function castBytes(from: DType, to: DType, bytes: Uint8Array): Uint8Array {
-  if (from === to) return bytes;
-  return encodeF32(to, decodeF32(from, bytes));
 }
 
 async function readJob(job: Job, ctx: ReadContext, r0: number, r1: number): Promise<Uint8Array> {

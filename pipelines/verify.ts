@@ -161,9 +161,8 @@ async function checkMerge(
   checks: VerifyCheck[],
   signal: AbortSignal | undefined,
 ): Promise<number> {
-  const { loadAdapter, classifyAdapterKey, resolveModuleScaling } = await import(
-    "../formats/peft.ts"
-  );
+  const { loadAdapter, classifyAdapterKey } = await import("../formats/peft.ts");
+  const { resolveModuleScaling } = await import("../formats/peft_config.ts");
   const out = await openModelWeights(folder);
   const baseSd = await openModelWeights(base);
   const adapter = await loadAdapter(adapterPath);

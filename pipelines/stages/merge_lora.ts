@@ -27,7 +27,9 @@ import { dirname } from "node:path";
 import { CkptError } from "../../errors.ts";
 import { isWrappedStateDict, loadAdapter } from "../../formats/peft.ts";
 import { type AdapterInput, mergeLora, type MergeLoraOptions } from "../../merge/lora.ts";
-import type { Stage, StageContext } from "../stage.ts";
+import { parseDType } from "../../formats/dtype.ts";
+import type { MergeDType } from "../../kernels/types.ts";
+import { defineStage, type Stage } from "../stage.ts";
 
 const adapterEntry = z.union([
   z.string().min(1),
@@ -41,7 +43,7 @@ const adapterEntry = z.union([
   }),
 ]);
 
-/** The mergeLora options schema (unknown keys rejected). */
+/** The mergeLora options schema (unknown keys rejected): the one declaration of the options. */
 const mergeLoraOptions = z.strictObject({
   /** Adapter(s): a path, or a list of paths / `{ path, weight, name }`, merged in order. */
   adapter: z.union([adapterEntry, z.array(adapterEntry).min(1)]).optional(),
@@ -51,7 +53,8 @@ const mergeLoraOptions = z.strictObject({
   safe: z.boolean().default(false),
   /** Report adapter keys that match nothing instead of failing. Default false. */
   allowUnmatched: z.boolean().default(false),
-  /** Dtype of merged tensors (one rounding); default: each base tensor's dtype. */
+  /** Dtype of merged tensors (`bf16`, `f16`, `f32`, ...; one rounding); default: each base tensor's
+   * dtype. The spellings are read by `formats/dtype.ts`'s `parseDType`. */
   outDtype: z.enum(["BF16", "F16", "F32", "bf16", "f16", "f32", "bfloat16", "float16", "float32"])
     .optional(),
   /** Rank of a PEFT-wrapped state dict's LoRA (HALOs `lora_r`); a numeric string (`--var`) too. */
@@ -69,43 +72,8 @@ const mergeLoraOptions = z.strictObject({
   useRslora: z.boolean().default(false),
 });
 
-/** One adapter of the mergeLora stage: a path, or a path with a weight and a name. */
-export type MergeLoraAdapterEntry = string | { path: string; weight?: number; name?: string };
-
-/** Options of the mergeLora stage, as a config writes them. */
-export interface MergeLoraStageOptions {
-  /** Adapter(s): a path, or a list of paths / `{ path, weight, name }`, merged in order. */
-  adapter?: MergeLoraAdapterEntry | MergeLoraAdapterEntry[] | undefined;
-  /** Merge backend; default: the run's `--backend`, else `"auto"`. */
-  backend?: "auto" | "webgpu" | "cpu" | undefined;
-  /** Refuse non-finite merged values (PEFT's `safe_merge`). Default false. */
-  safe?: boolean | undefined;
-  /** Report adapter keys that match nothing instead of failing. Default false. */
-  allowUnmatched?: boolean | undefined;
-  /** Dtype of merged tensors (`bf16`, `f16`, `f32`, ...; one rounding); default: each base tensor's dtype. */
-  outDtype?: string | undefined;
-  /** Rank of a PEFT-wrapped state dict's LoRA (HALOs `lora_r`); a numeric string (from `--var`) too. */
-  r?: number | string | undefined;
-  /** Alpha of a PEFT-wrapped state dict's LoRA (HALOs `lora_alpha`); a numeric string too. */
-  alpha?: number | string | undefined;
-  /** rsLoRA scaling for a wrapped state dict. Default false. */
-  useRslora?: boolean | undefined;
-}
-
-const OUT_DTYPES: Record<string, "BF16" | "F16" | "F32"> = {
-  BF16: "BF16",
-  bf16: "BF16",
-  bfloat16: "BF16",
-  F16: "F16",
-  f16: "F16",
-  float16: "F16",
-  F32: "F32",
-  f32: "F32",
-  float32: "F32",
-};
-
 /** The mergeLora stage (config name `mergeLora`). */
-export const mergeLoraStage: Stage = {
+export const mergeLoraStage: Stage = defineStage({
   name: "mergeLora",
   summary: "merge LoRA adapter(s) into the weights (W + s·B·A), lazily, on WebGPU or CPU",
   options: mergeLoraOptions,
@@ -114,7 +82,7 @@ export const mergeLoraStage: Stage = {
    * and a valid `adapter_config.json` (`PEFT_ADAPTER_MISSING`, `PEFT_CONFIG`, `PEFT_UNSUPPORTED`).
    * Whether the weights are PEFT-wrapped is only known once gathered, so `r`/`alpha` are checked then.
    */
-  async preflight(ctx: StageContext, options: z.output<typeof mergeLoraOptions>): Promise<void> {
+  async preflight(ctx, options) {
     const entries = options.adapter === undefined
       ? []
       : Array.isArray(options.adapter)
@@ -126,7 +94,7 @@ export const mergeLoraStage: Stage = {
       await adapter.tensors.close();
     }
   },
-  async run(ctx: StageContext, options: z.output<typeof mergeLoraOptions>): Promise<void> {
+  async run(ctx, options) {
     const base = ctx.stateDict;
     if (!base) {
       throw new CkptError(
@@ -167,7 +135,10 @@ export const mergeLoraStage: Stage = {
       backend: options.backend ?? ctx.backend ?? "auto",
       safe: options.safe,
       allowUnmatched: options.allowUnmatched,
-      ...(options.outDtype === undefined ? {} : { outDtype: OUT_DTYPES[options.outDtype]! }),
+      // the schema admits only spellings of BF16, F16 and F32
+      ...(options.outDtype === undefined
+        ? {}
+        : { outDtype: parseDType(options.outDtype) as MergeDType }),
       ...(wrapped
         ? { wrapped: { r: options.r!, alpha: options.alpha!, useRslora: options.useRslora } }
         : {}),
@@ -218,4 +189,4 @@ export const mergeLoraStage: Stage = {
       });
     }
   },
-};
+});

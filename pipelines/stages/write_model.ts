@@ -22,31 +22,13 @@
  * Adapter (`what: "adapter"`): `adapter_model.safetensors` + `adapter_config.json` from `adapter`
  * (a PEFT folder or weights file; default: the adapter folder of the run), or from the LoRA part of a
  * PEFT-wrapped state dict (`r` and `alpha` given; the config is generated).
- *
- * @example Casting a tensor lazily
- * ```ts
- * import { castRef } from "./write_model.ts";
- * import { tensorFromBytes } from "../../formats/state_dict.ts";
- * import assert from "node:assert/strict";
- *
- * const f32 = tensorFromBytes("F32", [2], new Uint8Array(new Float32Array([1, -2]).buffer));
- * const bf16 = castRef(f32, "BF16");
- * assert.equal(bf16.dtype, "BF16");
- * assert.deepEqual([...new Uint16Array((await bf16.read()).slice().buffer)], [0x3f80, 0xc000]);
- * ```
  * @module
  */
 import { z } from "zod";
 import { join, relative } from "node:path";
 import { CkptError } from "../../errors.ts";
-import {
-  decodeF32,
-  type DType,
-  DTYPES,
-  encodeF32,
-  isFloatDType,
-  parseDType,
-} from "../../formats/dtype.ts";
+import { type DType, DTYPES, isFloatDType, parseDType } from "../../formats/dtype.ts";
+import { castRef } from "../../formats/cast.ts";
 import { numel, rowCount, rowNumel, StateDict, type TensorRef } from "../../formats/state_dict.ts";
 import {
   planSafetensorsShards,
@@ -73,21 +55,6 @@ function outputBytesHook(
   const feed = ctx.onOutputBytes;
   if (!feed) return {};
   return { onBytes: (path, bytes) => feed(relative(ctx.outDir, path), bytes) };
-}
-
-/** A lazy ref that reads `ref` and converts float values to `to` (RNE); others are returned as is. */
-export function castRef(ref: TensorRef, to: DType): TensorRef {
-  if (ref.dtype === to || !isFloatDType(ref.dtype) || !isFloatDType(to)) return ref;
-  const from = ref.dtype;
-  return {
-    dtype: to,
-    shape: ref.shape,
-    source: `${ref.source ?? "memory"} as ${to}`,
-    async read(rowStart?: number, rowEnd?: number): Promise<Uint8Array> {
-      const bytes = await ref.read(rowStart, rowEnd);
-      return encodeF32(to, decodeF32(from, bytes));
-    },
-  };
 }
 
 /** transformers' name of a dtype (`"bfloat16"`). */

@@ -3,15 +3,17 @@ import { join } from "node:path";
 import { type ErrorCode, isCkptError } from "../../errors.ts";
 import {
   classifyAdapterKey,
-  getPatternKey,
   isWrappedStateDict,
   loadAdapter,
-  matchesTargetModule,
-  parseLoraConfig,
   readLoraConfig,
-  resolveModuleScaling,
   splitWrappedStateDict,
 } from "../../formats/peft.ts";
+import {
+  getPatternKey,
+  matchesTargetModule,
+  parseLoraConfig,
+  resolveModuleScaling,
+} from "../../formats/peft_config.ts";
 import { StateDict, tensorFromBytes } from "../../formats/state_dict.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
 import { LORA_FIXTURES } from "../merge/_lora_fixtures.ts";

@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { type ErrorCode, isCkptError } from "../../errors.ts";
 import { decodeF32, type DType, encodeF32 } from "../../formats/dtype.ts";
-import { type LoadedAdapter, parseLoraConfig } from "../../formats/peft.ts";
+import type { LoadedAdapter } from "../../formats/peft.ts";
+import { parseLoraConfig } from "../../formats/peft_config.ts";
 import { StateDict, tensorFromBytes, type TensorRef } from "../../formats/state_dict.ts";
 import { mergeLora, mergeLoraTensor } from "../../merge/lora.ts";
 import { createMergeBackend } from "../../merge/backend.ts";
