@@ -32,7 +32,7 @@ export const ERROR_CODES = {
   DTYPE_NOT_FLOAT: "An operation that needs a floating-point dtype got an integer or bool dtype.",
   JSON_PARSE: "A JSON input (metrics, config, tokenizer files) is not valid JSON.",
 
-  // safetensors (formats/safetensors.ts, formats/_safetensors_header.ts)
+  // safetensors (formats/)
   SAFETENSORS_HEADER_TOO_SMALL: "The file is shorter than the 8-byte header length field.",
   SAFETENSORS_HEADER_LENGTH: "The header length runs past the end of the file.",
   SAFETENSORS_HEADER_TOO_LARGE:
@@ -54,13 +54,13 @@ export const ERROR_CODES = {
   SAFETENSORS_NAME: 'A tensor to write is named "__metadata__", which safetensors reserves.',
   SAFETENSORS_WRITE_SIZE: "A tensor source produced a different number of bytes than planned.",
 
-  // Hugging Face shard indexes (formats/safetensors.ts)
+  // Hugging Face shard indexes (formats/)
   HF_INDEX: "A shard index (model.safetensors.index.json) is unreadable, malformed or too large.",
   HF_INDEX_DUPLICATE: "The same tensor is stored in two shards.",
   HF_INDEX_MISSING: "The index puts a tensor in a shard that does not hold it.",
   HF_INDEX_UNLISTED: "A shard holds a tensor the index does not list, or lists elsewhere.",
 
-  // torch.save zip archives (formats/torch/zip.ts)
+  // torch.save zip archives (formats/torch/)
   ZIP_EOCD: "The file is too short for a zip, or has no end-of-central-directory record.",
   ZIP_MALFORMED: "A zip directory entry or local header is malformed, truncated or encrypted.",
   ZIP_BAD_OFFSET: "A zip directory, entry or read range lies outside the archive or the entry.",
@@ -70,7 +70,7 @@ export const ERROR_CODES = {
   ZIP_OVERLAP: "The data of two zip entries overlap.",
   ZIP_COMPRESSED: "A zip entry is compressed; torch.save stores its records uncompressed.",
 
-  // The restricted unpickler (formats/torch/unpickle.ts)
+  // The restricted unpickler (formats/torch/)
   PICKLE_TRUNCATED: "The pickle ends in the middle of an opcode or a length runs past its end.",
   PICKLE_OPCODE: "The pickle uses an opcode or protocol the unpickler does not support.",
   PICKLE_STACK: "The pickle pops from an empty stack or a MARK that was never pushed.",
@@ -110,7 +110,7 @@ export const ERROR_CODES = {
   PY_TOO_DEEP: "A Python value is nested too deeply to pickle or to convert to JSON.",
   PY_TOO_LARGE: "A Python value has too many nodes to convert to JSON.",
 
-  // torch.distributed.checkpoint (formats/dcp*.ts)
+  // torch.distributed.checkpoint (formats/)
   DCP_METADATA_MISSING: "A DCP folder has no readable .metadata file.",
   DCP_METADATA: "A DCP .metadata file cannot be decoded or has an unexpected layout.",
   DCP_METADATA_CLASS: "A DCP .metadata pickle names a class outside the metadata allow-list.",
@@ -133,16 +133,16 @@ export const ERROR_CODES = {
   DCP_OPTIM_LAYOUT: "A DCP optimizer checkpoint does not have the layout torch's optimizer saves.",
   DCP_OPTIM_PARAM: "A DCP optimizer state entry cannot be matched to a parameter.",
 
-  // Input detection and inspection
+  // Input detection and inspection (readers/)
   INPUT_KIND: "A weights input is of no known kind, or an unknown input kind was named.",
   INSPECT_UNKNOWN: "ckpt inspect does not recognise the file or folder as a checkpoint.",
 
-  // PEFT adapters (formats/peft.ts)
+  // PEFT adapters (formats/)
   PEFT_ADAPTER_MISSING: "An adapter folder does not exist or holds no adapter weights file.",
   PEFT_CONFIG: "adapter_config.json is unreadable, not JSON, or has invalid fields or patterns.",
   PEFT_UNSUPPORTED: "The adapter uses a PEFT feature a weight merge does not implement.",
 
-  // Merge kernels and backends (merge/, gpu/)
+  // Merge kernels and backends (kernels/, gpu/, merge/)
   MERGE_BACKEND: 'The merge backend choice is not "auto", "cpu" or "webgpu".',
   MERGE_SHAPE: "A merge request's W, A, B or magnitude sizes do not agree.",
   MERGE_DTYPE: "A merge request's dtypes are not among BF16, F16, F32.",
@@ -178,7 +178,7 @@ export const ERROR_CODES = {
   LORA_WRAPPED_OPTIONS: "mergeLora got PEFT-wrapped weights but no r and alpha options.",
   LORA_NO_ADAPTER: "mergeLora got no adapter and the weights hold no PEFT-wrapped LoRA.",
 
-  // Pipeline configs (pipelines/config.ts, pipelines/presets.ts)
+  // Pipeline configs and presets (pipelines/)
   CONFIG_READ: "A pipeline config file cannot be read.",
   CONFIG_PARSE: "A pipeline config is not valid JSONC.",
   CONFIG_INVALID:
@@ -189,7 +189,7 @@ export const ERROR_CODES = {
   CONFIG_VAR_CYCLE: "Config variables refer to each other in a cycle.",
   PRESET_UNKNOWN: "No preset of that name exists (or it could not be fetched).",
 
-  // The runner (pipelines/run.ts)
+  // The runner (pipelines/)
   OUTPUT_EXISTS: "The output folder already exists (pass --overwrite) or appeared during the run.",
   OUTPUT_INSIDE_INPUT: "The output folder is inside an input folder, or contains one.",
   STAGE_ORDER: "A stage that needs weights runs before gatherShards.",
