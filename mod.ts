@@ -72,6 +72,7 @@ export * from "./pipelines/stage.ts";
 export * from "./pipelines/config.ts";
 export * from "./pipelines/run.ts";
 export * from "./pipelines/manifest.ts";
+export * from "./pipelines/hashing.ts";
 export * from "./pipelines/progress.ts";
 export * from "./pipelines/verify.ts";
 export * from "./pipelines/presets.ts";

@@ -12,19 +12,19 @@
  * @example Running a pipeline with a custom stage
  * ```ts
  * import { runPipeline } from "./run.ts";
- * import type { Stage } from "./stage.ts";
+ * import { defineStage } from "./stage.ts";
  * import { z } from "zod";
  * import assert from "node:assert/strict";
  *
- * const hello: Stage = {
+ * const hello = defineStage({
  *   name: "hello",
  *   summary: "writes hello.txt",
  *   options: z.strictObject({ text: z.string() }),
  *   async run(ctx, options) {
- *     await Deno.writeTextFile(`${ctx.outDir}/hello.txt`, (options as { text: string }).text);
+ *     await Deno.writeTextFile(`${ctx.outDir}/hello.txt`, options.text);
  *     ctx.report("hello", { files: [{ path: "hello.txt", bytes: 5 }] });
  *   },
- * };
+ * });
  * const dir = await Deno.makeTempDir();
  * const result = await runPipeline(
  *   { output: "out", stages: [{ use: "hello", text: "hello" }] },
@@ -36,10 +36,7 @@
  * ```
  * @module
  */
-import { basename, dirname, join, relative, resolve, sep } from "node:path";
 import { CkptError } from "../errors.ts";
-import type { BackendChoice } from "../merge/backend.ts";
-import type { StateDict } from "../formats/state_dict.ts";
 import {
   builtinStages,
   loadConfig,
@@ -49,17 +46,19 @@ import {
 } from "./config.ts";
 import {
   buildManifest,
-  hashFile,
-  type HashStream,
-  HashWorker,
-  listFiles,
   type Manifest,
-  type ManifestInput,
+  type ManifestInfo,
   type ManifestStage,
   toolInfo,
   writeManifest,
 } from "./manifest.ts";
-import type { PipelineEvent, Stage, StageContext } from "./stage.ts";
+import type { BackendChoice } from "../merge/backend.ts";
+import type { PipelineEvent, Stage } from "./stage.ts";
+import { checkOutputAgainst, createRunContext, declaredInputs } from "./_context.ts";
+import { OutputHasher } from "./_output_hasher.ts";
+import { abortError, round1, StageLoop } from "./_stage_loop.ts";
+import { exists, removeStaleStaging, StagingFolder } from "./_staging.ts";
+import { basename, dirname } from "node:path";
 
 /** Options of {@linkcode runPipeline}. */
 export interface RunOptions {
@@ -120,139 +119,112 @@ function isLoaded(config: unknown): config is PipelineConfig {
     (config as PipelineConfig).stages.every((s) => typeof s === "object" && "stage" in s);
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.lstat(path);
-    return true;
-  } catch (err) {
-    if (err instanceof Deno.errors.NotFound) return false;
-    throw err;
-  }
+/** The config to run: loaded from a path, validated from a raw object, or used as given. */
+async function resolveConfig(
+  config: PipelineConfig | RawConfig | string,
+  options: RunOptions,
+): Promise<PipelineConfig> {
+  if (isLoaded(config)) return config;
+  const configOptions = {
+    ...(options.vars ? { vars: options.vars } : {}),
+    stages: options.stages ?? await builtinStages(),
+    ...(options.env ? { env: options.env } : {}),
+  };
+  if (typeof config === "string") return await loadConfig(config, configOptions);
+  return validateConfig(config, {
+    ...configOptions,
+    ...(options.baseDir ? { baseDir: options.baseDir } : {}),
+  });
 }
 
-function isInside(child: string, parent: string): boolean {
-  const rel = relative(parent, child);
-  return rel === "" || (!rel.startsWith("..") && !rel.startsWith(sep) && rel !== "..");
+/** An event sink that ignores a broken renderer's exceptions. */
+function safeEmitter(onEvent: RunOptions["onEvent"]): (event: PipelineEvent) => void {
+  return (event) => {
+    try {
+      onEvent?.(event);
+    } catch {
+      // a broken renderer must not break the run
+    }
+  };
 }
 
-function collectStrings(value: unknown, out: string[]): void {
-  if (typeof value === "string") out.push(value);
-  else if (Array.isArray(value)) { for (const v of value) collectStrings(v, out); }
-  else if (value !== null && typeof value === "object") {
-    for (const v of Object.values(value)) collectStrings(v, out);
-  }
-}
-
-function checkOutputAgainst(output: string, input: string, what: string): void {
-  if (isInside(output, input) || isInside(input, output)) {
+/**
+ * The checks that need no writing, so a bad run leaves no trace: leftovers of dead runs cleaned
+ * up, `OUTPUT_EXISTS` (unless overwriting), `OUTPUT_INSIDE_INPUT` for every path the config names.
+ */
+async function checkOutput(
+  cfg: PipelineConfig,
+  dryRun: boolean,
+  overwrite: boolean,
+): Promise<void> {
+  const output = cfg.output;
+  if (!dryRun) await removeStaleStaging(dirname(output), basename(output));
+  if (!dryRun && !overwrite && await exists(output)) {
     throw new CkptError(
-      "OUTPUT_INSIDE_INPUT",
-      `Cannot write output "${output}": it ${
-        isInside(output, input) ? "is inside" : "contains"
-      } the input ${what} "${input}"`,
-      { file: output, details: { output, input } },
+      "OUTPUT_EXISTS",
+      `Cannot write output "${output}": it already exists (pass --overwrite to replace it)`,
+      { file: output },
     );
   }
+  for (const input of await declaredInputs(cfg)) checkOutputAgainst(output, input, "path");
 }
 
-/** Paths named in stage options that exist on disk: the inputs known before anything runs. */
-async function declaredInputs(config: PipelineConfig): Promise<string[]> {
-  const found = new Set<string>();
-  for (const s of config.stages) {
-    const strings: string[] = [];
-    collectStrings(s.options, strings);
-    for (const str of strings) {
-      if (str === "" || str.length > 4096 || str.includes("\n")) continue;
-      const p = resolve(config.baseDir, str);
-      if (await exists(p)) found.add(p);
+/** The files the stages reported (`report.files`), in stage order. */
+function reportedFiles(stages: readonly ManifestStage[]): PlannedFile[] {
+  const files: PlannedFile[] = [];
+  for (const s of stages) {
+    const list = s.report.files;
+    if (!Array.isArray(list)) continue;
+    for (const f of list) {
+      if (f && typeof f === "object" && typeof f.path === "string") {
+        files.push({ path: f.path, bytes: Number(f.bytes ?? f.size ?? 0), stage: s.name });
+      }
     }
   }
-  return [...found];
+  return files;
 }
 
-function pidAlive(pid: number): boolean {
-  if (Deno.build.os !== "linux") return true;
-  try {
-    Deno.statSync(`/proc/${pid}`);
-    return true;
-  } catch {
-    return false;
-  }
+/** The manifest of a dry run: the reports and timings, no files. */
+function dryRunManifest(
+  info: { output: string; config: Manifest["config"] & object; inputs: Manifest["inputs"] },
+  stages: ManifestStage[],
+  totalMs: number,
+): Manifest {
+  return {
+    format: "ckpt-manifest",
+    version: 1,
+    tool: toolInfo(),
+    createdAt: new Date().toISOString(),
+    output: info.output,
+    config: info.config,
+    inputs: info.inputs,
+    backend: "none",
+    timings: {
+      totalMs: Math.round(totalMs),
+      stages: stages.map((s) => ({ name: s.name, ms: s.ms })),
+    },
+    stages,
+    files: [],
+  };
 }
 
 /**
- * Cleans up after runs for `name` in `parent` whose process no longer exists: staging folders are
- * removed; an old output set aside by an interrupted `--overwrite` is put back when the output is
- * missing (the replacement never landed), else removed.
+ * Hashes the outputs into the manifest, writes it and renames the staging folder into place.
+ * Resolves to the manifest and the sha256 of its bytes.
  */
-async function removeStaleStaging(parent: string, name: string): Promise<void> {
-  const prefix = `.${name}.ckpt-`;
-  const entries: string[] = [];
-  try {
-    for await (const e of Deno.readDir(parent)) if (e.name.startsWith(prefix)) entries.push(e.name);
-  } catch {
-    return; // no parent yet
-  }
-  for (const entry of entries.sort()) {
-    const m = entry.slice(prefix.length).match(/^(staging|old)-(\d+)-/);
-    if (!m || Number(m[2]) === Deno.pid || pidAlive(Number(m[2]))) continue;
-    const path = join(parent, entry);
-    if (m[1] === "old" && !(await exists(join(parent, name)))) {
-      await Deno.rename(path, join(parent, name)).catch(() => {});
-    } else {
-      await Deno.remove(path, { recursive: true }).catch(() => {});
-    }
-  }
-}
-
-async function statInput(path: string, role: string): Promise<ManifestInput> {
-  try {
-    const st = await Deno.stat(path);
-    return {
-      path,
-      role,
-      ...(st.isFile ? { size: st.size } : {}),
-      ...(st.mtime ? { mtime: st.mtime.toISOString() } : {}),
-    };
-  } catch {
-    return { path, role };
-  }
-}
-
-function mergeReport(into: Record<string, unknown>, data: Record<string, unknown>): void {
-  for (const [k, v] of Object.entries(data)) {
-    const prev = into[k];
-    if (k === "files" && Array.isArray(prev) && Array.isArray(v)) into[k] = [...prev, ...v];
-    else into[k] = v;
-  }
-}
-
-/** Milliseconds rounded to 0.1 for events and reports. */
-function round1(ms: number): number {
-  return Math.round(ms * 10) / 10;
-}
-
-/** How long the runner waits for an abandoned stage to notice an abort before its final cleanup. */
-const STRAGGLER_MS = 2000;
-
-/**
- * Resolves with `work`, or rejects as soon as `signal` aborts, so a stage blocked in I/O that does
- * not watch the signal cannot hold an aborted run (its late writes land in a removed folder).
- */
-function untilAborted<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(signal.reason);
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
-    work.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
-  });
-}
-
-function abortError(signal: AbortSignal): CkptError {
-  const reason = signal.reason instanceof Error ? signal.reason.message : String(signal.reason);
-  return new CkptError("ABORTED", `Cannot finish the pipeline: aborted (${reason})`, {
-    cause: signal.reason,
-  });
+async function finish(
+  staging: StagingFolder,
+  hasher: OutputHasher,
+  info: ManifestInfo & { signal: AbortSignal },
+  options: { emit: (event: PipelineEvent) => void; overwrite: boolean },
+): Promise<{ manifest: Manifest; manifestSha256: string }> {
+  const manifest = await buildManifest(staging.path, { ...info, hasher: hasher.hash });
+  const how = hasher.summary();
+  if (how) options.emit(how);
+  const manifestSha256 = await writeManifest(staging.path, manifest);
+  if (info.signal.aborted) throw abortError(info.signal);
+  await staging.commit(options.overwrite);
+  return { manifest, manifestSha256 };
 }
 
 /**
@@ -265,372 +237,88 @@ export async function runPipeline(
   options: RunOptions = {},
 ): Promise<RunResult> {
   const t0 = performance.now();
-  const configOptions = {
-    ...(options.vars ? { vars: options.vars } : {}),
-    stages: options.stages ?? (isLoaded(config) ? {} : await builtinStages()),
-    ...(options.env ? { env: options.env } : {}),
-  };
-  const cfg: PipelineConfig = typeof config === "string"
-    ? await loadConfig(config, configOptions)
-    : isLoaded(config)
-    ? config
-    : validateConfig(config, {
-      ...configOptions,
-      ...(options.baseDir ? { baseDir: options.baseDir } : {}),
-    });
+  const cfg = await resolveConfig(config, options);
   const signal = options.signal ?? new AbortController().signal;
   const dryRun = options.dryRun ?? false;
-  const emit = (event: PipelineEvent): void => {
-    try {
-      options.onEvent?.(event);
-    } catch {
-      // a broken renderer must not break the run
-    }
-  };
-
+  const emit = safeEmitter(options.onEvent);
   const output = cfg.output;
-  const name = basename(output);
-  const parent = dirname(output);
-  const stageNames = cfg.stages.map((s) => s.use);
-  emit({ type: "pipeline-start", output, stages: stageNames });
+  emit({ type: "pipeline-start", output, stages: cfg.stages.map((s) => s.use) });
 
-  let staging: string | undefined;
-  let createdParent: string | undefined;
-  let inFlight: Promise<void> = Promise.resolve();
-  let current = -1; // index of the stage (or preflight) running, for reports and error events
-  // Outputs are hashed on a worker as soon as their stage ends, overlapping the next stages; the
-  // bytes a stage feeds to ctx.onOutputBytes are hashed while they are written.
-  const hashWorker = dryRun ? undefined : new HashWorker();
-  const early = new Map<
-    string,
-    { key: string; hash: Promise<{ size: number; sha256: string }>; streamed: boolean }
-  >();
-  const streams = new Map<string, HashStream>();
-  const streamed: string[] = [];
-  let reread = 0;
-  const statKey = async (abs: string): Promise<string> => {
-    const st = await Deno.stat(abs);
-    return `${st.size}:${st.mtime?.getTime()}:${st.ino}`;
-  };
-  const hashNewOutputs = async (dir: string): Promise<void> => {
-    if (!hashWorker) return;
-    for (const rel of await listFiles(dir)) {
-      const abs = join(dir, rel);
-      const st = await Deno.stat(abs);
-      const key = `${st.size}:${st.mtime?.getTime()}:${st.ino}`;
-      const stream = streams.get(rel);
-      if (stream) {
-        streams.delete(rel);
-        if (stream.size === st.size) {
-          const hash = stream.digest();
-          hash.catch(() => {});
-          early.set(abs, { key, hash, streamed: true });
-          continue;
-        }
-        stream.abort();
-      }
-      if (early.get(abs)?.key === key) continue;
-      const hash = hashWorker.hash(abs);
-      hash.catch(() => {});
-      early.set(abs, { key, hash, streamed: false });
-    }
-    // fed bytes for a file the stage did not leave behind
-    for (const stream of streams.values()) stream.abort();
-    streams.clear();
-  };
-  const hasher = async (abs: string): Promise<{ size: number; sha256: string }> => {
-    const e = early.get(abs);
-    if (e && e.key === await statKey(abs)) {
-      try {
-        const h = await e.hash;
-        if (e.streamed) streamed.push(abs);
-        else reread++;
-        return h;
-      } catch {
-        // the worker failed: hash here
-      }
-    }
-    reread++;
-    return await hashFile(abs, signal);
-  };
-  let stateDict: StateDict | undefined;
-  const stageTimes: ManifestStage[] = [];
+  const loop = new StageLoop(cfg, signal, emit);
+  let staging: StagingFolder | undefined;
+  let hasher: OutputHasher | undefined;
   try {
     if (signal.aborted) throw abortError(signal);
-    if (!dryRun) await removeStaleStaging(parent, name);
-    // Checks that need no writing come first: a bad run leaves no trace.
-    if (!dryRun && !options.overwrite && await exists(output)) {
-      throw new CkptError(
-        "OUTPUT_EXISTS",
-        `Cannot write output "${output}": it already exists (pass --overwrite to replace it)`,
-        { file: output },
-      );
-    }
-    for (const input of await declaredInputs(cfg)) checkOutputAgainst(output, input, "path");
-
-    const id = `${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
-    staging = join(parent, `.${name}.ckpt-staging-${id}`);
-    if (!dryRun) {
-      // Create missing parents, remembering the topmost one we made so a failure removes it.
-      let top: string | undefined;
-      for (let p = parent; !(await exists(p)); p = dirname(p)) top = p;
-      await Deno.mkdir(parent, { recursive: true });
-      createdParent = top;
-      await Deno.mkdir(staging);
-    }
-
-    const inputs: ManifestInput[] = [];
-    const pendingInputs: Array<Promise<void>> = [];
-    const reports = new Map<number, Record<string, unknown>>();
-    const stagingDir = staging;
-    const ctx: StageContext = {
-      outDir: staging,
-      baseDir: cfg.baseDir,
+    await checkOutput(cfg, dryRun, options.overwrite ?? false);
+    staging = await StagingFolder.create(output, { dryRun });
+    // Outputs are hashed as soon as their stage ends, or while written (ctx.onOutputBytes).
+    hasher = dryRun ? undefined : new OutputHasher(staging.path, signal);
+    const run = createRunContext({
+      cfg,
+      outDir: staging.path,
       signal,
       dryRun,
-      ...(options.backend ? { backend: options.backend } : {}),
-      ...(hashWorker
-        ? {
-          onOutputBytes: (path: string, bytes: Uint8Array): Promise<void> | void => {
-            const rel = relative(stagingDir, resolve(stagingDir, path)).split(sep).join("/");
-            let stream = streams.get(rel);
-            if (!stream) streams.set(rel, stream = hashWorker.stream());
-            return stream.update(bytes);
-          },
-        }
-        : {}),
-      stateDict: undefined,
-      modelConfig: undefined,
-      modelDir: undefined,
-      adapterDir: undefined,
-      resolve: (p: string): string => resolve(cfg.baseDir, p),
+      backend: options.backend,
+      onOutputBytes: hasher?.onOutputBytes,
       emit,
-      addInput(path: string, role: string): void {
-        const abs = resolve(cfg.baseDir, path);
-        checkOutputAgainst(output, abs, role);
-        pendingInputs.push(statInput(abs, role).then((i) => void inputs.push(i)));
-      },
-      report(_stage: string, data: Record<string, unknown>): void {
-        const r = reports.get(current) ?? {};
-        mergeReport(r, data);
-        reports.set(current, r);
-      },
-    };
-
-    for (const step of cfg.stages) {
-      if (!step.stage.preflight) continue;
-      current = step.index;
-      try {
-        await untilAborted(step.stage.preflight(ctx, step.options), signal);
-      } catch (err) {
-        if (signal.aborted) throw abortError(signal);
-        throw err;
-      }
-    }
-    reports.clear();
-
-    for (const step of cfg.stages) {
-      if (signal.aborted) throw abortError(signal);
-      current = step.index;
-      emit({ type: "stage-start", stage: step.use, index: step.index });
-      const ts = performance.now();
-      try {
-        const work = step.stage.run(ctx, step.options);
-        inFlight = work.then(() => {}, () => {});
-        await untilAborted(work, signal);
-      } catch (err) {
-        if (signal.aborted && !(err instanceof CkptError && err.code !== "ABORTED")) {
-          throw abortError(signal);
-        }
-        if (err instanceof CkptError) {
-          throw err;
-        }
-        throw new CkptError(
-          "STAGE_FAILED",
-          `Cannot run stage ${step.use} (stages[${step.index}]): ${
-            err instanceof Error ? err.message : String(err)
-          }`,
-          { cause: err, details: { stage: step.use, index: step.index } },
-        );
-      } finally {
-        stateDict = ctx.stateDict;
-      }
-      const ms = performance.now() - ts;
-      stageTimes.push({
-        name: step.use,
-        index: step.index,
-        ms: Math.round(ms * 10) / 10,
-        report: reports.get(step.index) ?? {},
-      });
-      emit({ type: "stage-end", stage: step.use, index: step.index, ms: round1(ms) });
-      if (!dryRun) await hashNewOutputs(staging);
-    }
-    await Promise.all(pendingInputs);
+      current: () => loop.current,
+    });
+    await loop.preflight(run.ctx);
+    run.clearReports();
+    await loop.run(run.ctx, run.reportOf, async () => await hasher?.stageEnded());
+    const inputs = await run.inputs();
     if (signal.aborted) throw abortError(signal);
 
-    const files: PlannedFile[] = [];
-    for (const s of stageTimes) {
-      const list = s.report.files;
-      if (!Array.isArray(list)) continue;
-      for (const f of list) {
-        if (f && typeof f === "object" && typeof f.path === "string") {
-          files.push({ path: f.path, bytes: Number(f.bytes ?? f.size ?? 0), stage: s.name });
-        }
-      }
-    }
-    const manifestInfo = {
+    const stages = loop.finished;
+    const files = reportedFiles(stages);
+    const info = {
       output,
       config: {
         ...(cfg.source === undefined ? {} : { source: cfg.source }),
         vars: { ...cfg.vars },
       },
       inputs,
-      stages: stageTimes,
-      signal,
     };
-
-    if (dryRun) {
-      const manifest = await buildManifestless(manifestInfo, performance.now() - t0);
+    const timings = stages.map((s) => ({ name: s.name, ms: s.ms }));
+    if (dryRun || !hasher) {
+      const manifest = dryRunManifest(info, stages, performance.now() - t0);
       const ms = performance.now() - t0;
       emit({ type: "pipeline-end", output, ms: round1(ms) });
-      return {
-        output,
-        dryRun,
-        manifestSha256: "",
-        manifest,
-        ms,
-        stages: stageTimes.map((s) => ({ name: s.name, ms: s.ms })),
-        files,
-      };
+      return { output, dryRun, manifestSha256: "", manifest, ms, stages: timings, files };
     }
 
-    const manifest = await buildManifest(staging, {
-      ...manifestInfo,
-      hasher,
+    const { manifest, manifestSha256 } = await finish(staging, hasher, {
+      ...info,
+      stages,
+      signal,
       totalMs: Math.round(performance.now() - t0),
-    });
-    // how the outputs were hashed, when a stage fed any bytes (ctx.onOutputBytes)
-    if (streamed.length > 0) {
-      emit({
-        type: "log",
-        level: "debug",
-        message:
-          `output hashes: ${streamed.length} computed while written, ${reread} by reading the file`,
-        data: {
-          streamed: streamed.map((abs) => relative(stagingDir, abs).split(sep).join("/")),
-          reread,
-        },
-      });
-    }
-    const manifestSha256 = await writeManifest(staging, manifest);
-    if (signal.aborted) throw abortError(signal);
-    await moveIntoPlace(staging, output, options.overwrite ?? false, id);
-    staging = undefined;
-    createdParent = undefined;
+    }, { emit, overwrite: options.overwrite ?? false });
     const ms = performance.now() - t0;
     emit({ type: "pipeline-end", output, ms: round1(ms), manifestSha256 });
+    const written = manifest.files.map((f) => ({ path: f.path, bytes: f.size, stage: "" }));
+    const plannedOrWritten = files.length > 0 ? files : written;
     return {
       output,
       dryRun,
       manifestSha256,
       manifest,
       ms,
-      stages: stageTimes.map((s) => ({ name: s.name, ms: s.ms })),
-      files: files.length > 0
-        ? files
-        : manifest.files.map((f) => ({ path: f.path, bytes: f.size, stage: "" })),
+      stages: timings,
+      files: plannedOrWritten,
     };
   } catch (err) {
     const e = signal.aborted && !(err instanceof CkptError) ? abortError(signal) : err;
+    const stage = loop.failedStage();
     emit({
       type: "pipeline-error",
       code: e instanceof CkptError ? e.code : "INTERNAL",
       message: e instanceof Error ? e.message : String(e),
-      ...(current >= 0 && stageTimes.length < cfg.stages.length
-        ? { stage: cfg.stages[current]?.use ?? "" }
-        : {}),
+      ...(stage === undefined ? {} : { stage }),
     });
     throw e;
   } finally {
-    hashWorker?.close();
-    await stateDict?.close().catch(() => {});
-    if (staging !== undefined && !dryRun) {
-      await Deno.remove(staging, { recursive: true }).catch(() => {});
-      // An abandoned stage may still write (and recreate the folder) until it notices the abort:
-      // give it a moment, then remove again.
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const settled = await Promise.race([
-        inFlight.then(() => true),
-        new Promise<boolean>((r) => (timer = setTimeout(() => r(false), STRAGGLER_MS))),
-      ]);
-      clearTimeout(timer);
-      if (settled || await exists(staging)) {
-        await Deno.remove(staging, { recursive: true }).catch(() => {});
-      }
-    }
-    if (createdParent !== undefined) {
-      await Deno.remove(createdParent, { recursive: true }).catch(() => {});
-    }
+    hasher?.close();
+    await loop.stateDict?.close().catch(() => {});
+    await staging?.discard(loop.inFlight);
   }
-}
-
-function buildManifestless(
-  info: {
-    output: string;
-    config: { source?: string; vars: Record<string, string> };
-    inputs: ManifestInput[];
-    stages: ManifestStage[];
-  },
-  totalMs: number,
-): Promise<Manifest> {
-  return Promise.resolve({
-    format: "ckpt-manifest",
-    version: 1,
-    tool: toolInfo(),
-    createdAt: new Date().toISOString(),
-    output: info.output,
-    config: info.config,
-    inputs: info.inputs,
-    backend: "none",
-    timings: {
-      totalMs: Math.round(totalMs),
-      stages: info.stages.map((s) => ({ name: s.name, ms: s.ms })),
-    },
-    stages: info.stages,
-    files: [],
-  });
-}
-
-/** Renames the finished staging folder to `output`, replacing an existing one only when allowed. */
-async function moveIntoPlace(
-  staging: string,
-  output: string,
-  overwrite: boolean,
-  id: string,
-): Promise<void> {
-  if (!(await exists(output))) {
-    try {
-      await Deno.rename(staging, output);
-      return;
-    } catch (err) {
-      // A concurrent writer may have created it between the check and the rename.
-      if (!(await exists(output))) throw err;
-    }
-  }
-  if (!overwrite) {
-    throw new CkptError(
-      "OUTPUT_EXISTS",
-      `Cannot write output "${output}": it appeared while the pipeline ran`,
-      { file: output },
-    );
-  }
-  const old = join(dirname(output), `.${basename(output)}.ckpt-old-${id}`);
-  await Deno.rename(output, old);
-  try {
-    await Deno.rename(staging, output);
-  } catch (err) {
-    await Deno.rename(old, output).catch(() => {});
-    throw err;
-  }
-  await Deno.remove(old, { recursive: true }).catch(() => {});
 }

@@ -1,0 +1,129 @@
+/**
+ * The runner's loop over a config's stages: every preflight first, then each stage in order,
+ * timed, its errors turned into coded ones (`STAGE_FAILED`, `ABORTED`), an abort honoured even
+ * while a stage is blocked in I/O.
+ * @module
+ */
+import { CkptError } from "../errors.ts";
+import type { StateDict } from "../formats/state_dict.ts";
+import type { PipelineConfig } from "./config.ts";
+import type { ManifestStage } from "./manifest.ts";
+import type { PipelineEvent, StageContext } from "./stage.ts";
+
+/** The `ABORTED` error of a run whose `signal` fired. */
+export function abortError(signal: AbortSignal): CkptError {
+  const reason = signal.reason instanceof Error ? signal.reason.message : String(signal.reason);
+  return new CkptError("ABORTED", `Cannot finish the pipeline: aborted (${reason})`, {
+    cause: signal.reason,
+  });
+}
+
+/**
+ * Resolves with `work`, or rejects as soon as `signal` aborts, so a stage blocked in I/O that does
+ * not watch the signal cannot hold an aborted run (its late writes land in a removed folder).
+ */
+function untilAborted<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    work.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+  });
+}
+
+/** Milliseconds rounded to 0.1 for events and reports. */
+export function round1(ms: number): number {
+  return Math.round(ms * 10) / 10;
+}
+
+/** The error a failed stage ends the run with. */
+function stageError(err: unknown, use: string, index: number, signal: AbortSignal): unknown {
+  if (signal.aborted && !(err instanceof CkptError && err.code !== "ABORTED")) {
+    return abortError(signal);
+  }
+  if (err instanceof CkptError) return err;
+  return new CkptError(
+    "STAGE_FAILED",
+    `Cannot run stage ${use} (stages[${index}]): ${
+      err instanceof Error ? err.message : String(err)
+    }`,
+    { cause: err, details: { stage: use, index } },
+  );
+}
+
+/** Runs a config's preflights and stages against one context; remembers where it is. */
+export class StageLoop {
+  /** Index of the stage (or preflight) running or last run; -1 before the first. */
+  current = -1;
+  /** The stage running (settled, never rejecting), for the cleanup after an abort. */
+  inFlight: Promise<void> = Promise.resolve();
+  /** Timings and reports of the stages that finished. */
+  readonly finished: ManifestStage[] = [];
+  /** The state dict the stages left in the context (closed by the runner at the end). */
+  stateDict: StateDict | undefined;
+  readonly #cfg: PipelineConfig;
+  readonly #signal: AbortSignal;
+  readonly #emit: (event: PipelineEvent) => void;
+
+  /** A loop over `cfg`'s stages. */
+  constructor(cfg: PipelineConfig, signal: AbortSignal, emit: (event: PipelineEvent) => void) {
+    this.#cfg = cfg;
+    this.#signal = signal;
+    this.#emit = emit;
+  }
+
+  /** Every stage's preflight, in order, before any stage runs. */
+  async preflight(ctx: StageContext): Promise<void> {
+    for (const step of this.#cfg.stages) {
+      if (!step.stage.preflight) continue;
+      this.current = step.index;
+      try {
+        await untilAborted(step.stage.preflight(ctx, step.options), this.#signal);
+      } catch (err) {
+        if (this.#signal.aborted) throw abortError(this.#signal);
+        throw err;
+      }
+    }
+  }
+
+  /**
+   * Every stage in order; `reportOf` gives a stage's report once it ended, `afterStage` runs after
+   * each (the output hashing).
+   */
+  async run(
+    ctx: StageContext,
+    reportOf: (index: number) => Record<string, unknown>,
+    afterStage: () => Promise<void>,
+  ): Promise<void> {
+    for (const step of this.#cfg.stages) {
+      if (this.#signal.aborted) throw abortError(this.#signal);
+      this.current = step.index;
+      this.#emit({ type: "stage-start", stage: step.use, index: step.index });
+      const ts = performance.now();
+      try {
+        const work = step.stage.run(ctx, step.options);
+        this.inFlight = work.then(() => {}, () => {});
+        await untilAborted(work, this.#signal);
+      } catch (err) {
+        throw stageError(err, step.use, step.index, this.#signal);
+      } finally {
+        this.stateDict = ctx.stateDict;
+      }
+      const ms = performance.now() - ts;
+      this.finished.push({
+        name: step.use,
+        index: step.index,
+        ms: round1(ms),
+        report: reportOf(step.index),
+      });
+      this.#emit({ type: "stage-end", stage: step.use, index: step.index, ms: round1(ms) });
+      await afterStage();
+    }
+  }
+
+  /** The name of the stage an error happened in, when it happened in one. */
+  failedStage(): string | undefined {
+    if (this.current < 0 || this.finished.length >= this.#cfg.stages.length) return undefined;
+    return this.#cfg.stages[this.current]?.use ?? "";
+  }
+}
