@@ -42,7 +42,7 @@
  */
 import { basename, dirname, join } from "node:path";
 import { RandomAccessFile } from "../../formats/_io.ts";
-import { globToRegExp, SIGNALS } from "./config.ts";
+import { globMatcher, SIGNALS } from "./config.ts";
 
 /** Why a folder is (in)complete; `reason` is a stable keyword, `detail` names the file. */
 export interface Completeness {
@@ -142,7 +142,7 @@ export async function checkComplete(
       const failure = await checkSignals(files);
       if (failure) return result(failure[0], failure[1]);
     } else {
-      const re = globToRegExp(rule);
+      const re = globMatcher(rule);
       if (!files.some((f) => re.test(f.rel)) && !dirs.has(rule)) {
         return result("missing-file", rule);
       }

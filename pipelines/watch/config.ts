@@ -30,6 +30,7 @@
  * ```
  * @module
  */
+import { Minimatch } from "minimatch";
 import { z } from "zod";
 import { CkptError } from "../../errors.ts";
 
@@ -121,27 +122,25 @@ export function parseWatchSettings(
   };
 }
 
+/** A compiled glob: {@linkcode GlobMatcher.test} says whether a path matches it. */
+export interface GlobMatcher {
+  /** True when `path` (`/`-separated, relative) matches the whole glob. */
+  test(path: string): boolean;
+}
+
 /**
- * A glob (`*`, `?`, `[abc]`, `[!abc]`) for one path segment as an anchored regular expression.
- * `*` never crosses `/`.
+ * Compiles a watch glob with `minimatch`: `*`, `?`, `[abc]`, `[!abc]`, `\` escapes the next
+ * character; `*` and `?` never cross `/` and match a leading dot. No braces, no extglobs, no `**`,
+ * no `!` negation: those characters match themselves.
  */
-export function globToRegExp(glob: string): RegExp {
-  let re = "^";
-  for (let i = 0; i < glob.length; i++) {
-    const c = glob[i]!;
-    if (c === "*") re += "[^/]*";
-    else if (c === "?") re += "[^/]";
-    else if (c === "[") {
-      const end = glob.indexOf("]", i + 2);
-      if (end < 0) {
-        re += "\\[";
-        continue;
-      }
-      let body = glob.slice(i + 1, end);
-      if (body.startsWith("!")) body = "^" + body.slice(1);
-      re += "[" + body.replace(/\\/g, "\\\\") + "]";
-      i = end;
-    } else re += c.replace(/[.+^${}()|\\\]]/g, "\\$&");
-  }
-  return new RegExp(re + "$");
+export function globMatcher(glob: string): GlobMatcher {
+  const m = new Minimatch(glob, {
+    dot: true,
+    nobrace: true,
+    noext: true,
+    noglobstar: true,
+    nonegate: true,
+    nocomment: true,
+  });
+  return { test: (path) => m.match(path) };
 }

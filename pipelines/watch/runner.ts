@@ -38,6 +38,7 @@
 import { join } from "node:path";
 import { CkptError } from "../../errors.ts";
 import type { BackendChoice } from "../../merge/backend.ts";
+import { readTextInput } from "../../formats/read_text.ts";
 import { parseJsonc, type RawConfig } from "../config.ts";
 import { verifyCheckpoint } from "../verify.ts";
 import { runPipeline } from "../run.ts";
@@ -112,16 +113,7 @@ export async function readWatchSettings(
   configPath: string,
   overrides: WatchSettingsInput = {},
 ): Promise<WatchSettings> {
-  let text: string;
-  try {
-    text = await Deno.readTextFile(configPath);
-  } catch (cause) {
-    throw new CkptError(
-      "CONFIG_READ",
-      `Cannot read config "${configPath}": ${(cause as Error).message}`,
-      { file: configPath, cause },
-    );
-  }
+  const text = await readTextInput(configPath, { code: "CONFIG_READ", what: "config" });
   const raw = parseJsonc(text, configPath) as { watch?: unknown } | null;
   return parseWatchSettings(
     typeof raw === "object" && raw !== null ? raw.watch : undefined,

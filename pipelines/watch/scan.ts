@@ -17,7 +17,7 @@
  */
 import { join, resolve } from "node:path";
 import { MANIFEST_NAME } from "../manifest.ts";
-import { globToRegExp } from "./config.ts";
+import { type GlobMatcher, globMatcher } from "./config.ts";
 
 /** Folder name of the watcher's own files (state, locks) inside the runs folder. */
 export const WATCH_DIR = ".ckpt-watch";
@@ -74,7 +74,7 @@ export async function scanCheckpoints(
   for (const pattern of patterns) {
     const segments = pattern.split("/").filter((s) => s !== "" && s !== ".");
     if (segments.length === 0) continue;
-    await walk(root, "", segments.map(globToRegExp), found, options);
+    await walk(root, "", segments.map(globMatcher), found, options);
   }
   return [...found.values()].sort(compareCheckpoints);
 }
@@ -82,7 +82,7 @@ export async function scanCheckpoints(
 async function walk(
   dir: string,
   rel: string,
-  segments: RegExp[],
+  segments: GlobMatcher[],
   found: Map<string, CheckpointFolder>,
   options: ScanOptions,
 ): Promise<void> {

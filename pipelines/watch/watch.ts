@@ -45,134 +45,30 @@
  * ```
  * @module
  */
-import { dirname, isAbsolute, join, relative, resolve } from "node:path";
+import { join, resolve } from "node:path";
 import { CkptError } from "../../errors.ts";
-import type { PipelineEvent } from "../stage.ts";
-import { MANIFEST_NAME } from "../manifest.ts";
 import { checkComplete } from "./complete.ts";
-import type { WatchSettings } from "./config.ts";
-import { FileLock, isLocked } from "./lock.ts";
 import {
-  type CheckpointFolder,
-  compareCheckpoints,
-  scanCheckpoints,
-  stepOf,
-  WATCH_DIR,
-} from "./scan.ts";
-import { type CheckpointRecord, loadState, updateState, type WatchState } from "./state.ts";
+  errorText,
+  type EventBody,
+  type TickSummary,
+  type WatchEvent,
+  type WatchOptions,
+} from "./events.ts";
+import { exportOne } from "./_export.ts";
+import { FileLock, isLocked } from "./lock.ts";
+import { compareCheckpoints, scanCheckpoints, stepOf, WATCH_DIR } from "./scan.ts";
+import { type CheckpointRecord, loadState, updateState } from "./state.ts";
 
-/** What the runner gets for one checkpoint. */
-export interface ExportJob {
-  /** The checkpoint folder. */
-  readonly checkpoint: CheckpointFolder;
-  /**
-   * Pipeline variables: `step` (the number in the folder's name, `step-64000` -> `64000`, or the
-   * whole name when it has none: `FINAL`), `name` (the folder's name), `run` (its parent folder),
-   * `checkpoint` (its absolute path), `counter` (the number in its name, or `""`).
-   */
-  readonly vars: Readonly<Record<string, string>>;
-  /** True when a dead earlier try may have left this checkpoint's output in place: replace it. */
-  readonly overwrite: boolean;
-  /** Aborted on SIGTERM; the runner must stop and clean up. */
-  readonly signal: AbortSignal;
-  /** Pipeline events of the export (stage timings are logged from them). */
-  readonly onEvent: (event: PipelineEvent) => void;
-}
-
-/** What a successful export returns. */
-export interface ExportResult {
-  /** Absolute path of the finished output folder. */
-  output: string;
-  /** sha256 of its manifest, if the runner wrote one. */
-  manifestSha256: string | undefined;
-}
-
-/** Runs the pipeline for one checkpoint (throws on failure). */
-export type ExportRunner = (job: ExportJob) => Promise<ExportResult>;
-
-/** Verifies a finished output folder (throws, preferably a CkptError, when it does not verify). */
-export type ExportVerifier = (output: string, signal: AbortSignal) => Promise<void>;
-
-/** One machine-readable log event (the CLI prints each as one JSON line). */
-export type WatchEvent =
-  & { ts: string }
-  & (
-    | { event: "tick-start"; runsDir: string }
-    | { event: "found"; checkpoint: string; step?: number }
-    | { event: "skipped-incomplete"; checkpoint: string; reason: string; detail?: string }
-    | { event: "skipped-locked"; checkpoint: string }
-    | { event: "started"; checkpoint: string; try: number; overwrite: boolean }
-    | { event: "stage"; checkpoint: string; stage: string; ms: number }
-    | {
-      event: "done";
-      checkpoint: string;
-      output: string;
-      manifestSha256: string | null;
-      ms: number;
-    }
-    | {
-      event: "failed";
-      checkpoint: string;
-      code: string;
-      message: string;
-      try: number;
-      final: boolean;
-    }
-    | { event: "aborted"; checkpoint: string }
-    | { event: "pruned"; checkpoint: string; output: string }
-    | { event: "prune-failed"; checkpoint: string; output: string; code: string; message: string }
-    | { event: "retry-failed"; checkpoints: string[] }
-    | { event: "tick-busy" }
-    | { event: "tick-error"; code: string; message: string }
-    | {
-      event: "tick-end";
-      ms: number;
-      exported: number;
-      failed: number;
-      incomplete: number;
-      locked: number;
-      aborted: boolean;
-    }
-  );
-
-/** Distributes `Omit` over the union of {@linkcode WatchEvent}. */
-type EventBody = WatchEvent extends infer E ? E extends unknown ? Omit<E, "ts"> : never : never;
-
-/** Options of {@linkcode watchOnce}. */
-export interface WatchOptions {
-  /** The runs folder (checkpoint folders are found under it; state is kept in it). */
-  runsDir: string;
-  /** Watch settings (see `config.ts`). */
-  settings: WatchSettings;
-  /** Runs the export of one checkpoint. */
-  runner: ExportRunner;
-  /** Verifies an output; used when `settings.verify` is true. */
-  verify?: ExportVerifier;
-  /** Aborts the tick (SIGTERM): the running export is stopped, no new one starts. */
-  signal?: AbortSignal;
-  /** Receives every log event. */
-  onEvent?: (event: WatchEvent) => void;
-  /** Clock in ms (tests). Default `Date.now`. */
-  now?: () => number;
-}
-
-/** What one tick did. */
-export interface TickSummary {
-  /** Checkpoints exported this tick, in order. */
-  exported: string[];
-  /** Checkpoints whose try failed this tick. */
-  failed: string[];
-  /** Checkpoints still incomplete. */
-  incomplete: string[];
-  /** Checkpoints skipped because another watcher holds them. */
-  locked: string[];
-  /** Checkpoints already done or failed before this tick. */
-  settled: number;
-  /** True when the tick was aborted. */
-  aborted: boolean;
-  /** Duration in ms. */
-  ms: number;
-}
+export type {
+  ExportJob,
+  ExportResult,
+  ExportRunner,
+  ExportVerifier,
+  TickSummary,
+  WatchEvent,
+  WatchOptions,
+} from "./events.ts";
 
 /** Lock file of a checkpoint (its name with `/` encoded). */
 export function checkpointLockPath(runsDir: string, name: string): string {
@@ -267,214 +163,6 @@ export async function watchOnce(options: WatchOptions): Promise<TickSummary> {
     aborted: summary.aborted,
   });
   return summary;
-}
-
-type Outcome = { result: "done" | "failed" | "aborted" | "settled"; state: WatchState };
-
-async function exportOne(
-  cp: CheckpointFolder,
-  runsDir: string,
-  options: WatchOptions,
-  signal: AbortSignal,
-  emit: (e: EventBody) => void,
-): Promise<Outcome> {
-  const { settings } = options;
-  const owner = { pid: Deno.pid, host: Deno.hostname() };
-  // Claim under the state lock: another watcher may have finished it since our scan.
-  let tries = 0;
-  let overwrite = false;
-  let settled = false;
-  let state = await updateState(runsDir, (s) => {
-    const prev = s.checkpoints[cp.name];
-    if (prev?.status === "done" || prev?.status === "failed") {
-      settled = true;
-      return s;
-    }
-    // We hold the lock, so a "running" record is a dead try; its output may be in place.
-    overwrite = prev?.status === "running" || prev?.status === "aborted" ||
-      prev?.error?.code === "WATCH_VERIFY";
-    tries = (prev?.tries ?? 0) + 1;
-    s.checkpoints[cp.name] = {
-      ...prev,
-      status: "running",
-      tries,
-      ...(cp.step === undefined ? {} : { step: cp.step }),
-      startedAt: new Date().toISOString(),
-      owner,
-    };
-    return s;
-  });
-  if (settled) return { result: "settled", state };
-
-  emit({ event: "started", checkpoint: cp.name, try: tries, overwrite });
-  const t0 = performance.now();
-  const folder = cp.name.split("/").pop()!;
-  const vars: Record<string, string> = {
-    step: cp.step === undefined ? folder : String(cp.step),
-    name: folder,
-    run: dirname(cp.path),
-    checkpoint: cp.path,
-    counter: cp.step === undefined ? "" : String(cp.step),
-  };
-  try {
-    signal.throwIfAborted();
-    const result = await options.runner({
-      checkpoint: cp,
-      vars,
-      overwrite,
-      signal,
-      onEvent: (e) => {
-        if (e.type === "stage-end") {
-          emit({ event: "stage", checkpoint: cp.name, stage: e.stage, ms: Math.round(e.ms) });
-        }
-      },
-    });
-    if (settings.verify && options.verify) {
-      try {
-        await options.verify(result.output, signal);
-      } catch (cause) {
-        if (signal.aborted) throw cause;
-        throw new CkptError(
-          "WATCH_VERIFY",
-          `Cannot verify export "${result.output}": ${errorText(cause).message}`,
-          { file: result.output, cause, details: { verifyCode: errorText(cause).code } },
-        );
-      }
-    }
-    const ms = Math.round(performance.now() - t0);
-    state = await updateState(runsDir, (s) => {
-      const rec: CheckpointRecord = {
-        status: "done",
-        tries,
-        ...(cp.step === undefined ? {} : { step: cp.step }),
-        startedAt: s.checkpoints[cp.name]?.startedAt ?? new Date().toISOString(),
-        finishedAt: new Date().toISOString(),
-        ms,
-        owner,
-        output: result.output,
-        ...(result.manifestSha256 === undefined ? {} : { manifestSha256: result.manifestSha256 }),
-      };
-      s.checkpoints[cp.name] = rec;
-      return s;
-    });
-    emit({
-      event: "done",
-      checkpoint: cp.name,
-      output: result.output,
-      manifestSha256: result.manifestSha256 ?? null,
-      ms,
-    });
-    if (settings.keep !== undefined) state = await prune(cp, runsDir, settings.keep, emit);
-    return { result: "done", state };
-  } catch (err) {
-    if (signal.aborted) {
-      state = await updateState(runsDir, (s) => {
-        const prev = s.checkpoints[cp.name];
-        s.checkpoints[cp.name] = {
-          ...prev,
-          status: "aborted",
-          tries: Math.max(0, tries - 1),
-          finishedAt: new Date().toISOString(),
-        };
-        return s;
-      });
-      emit({ event: "aborted", checkpoint: cp.name });
-      return { result: "aborted", state };
-    }
-    const { code, message } = errorText(err);
-    const final = tries >= settings.maxTries;
-    state = await updateState(runsDir, (s) => {
-      const prev = s.checkpoints[cp.name];
-      s.checkpoints[cp.name] = {
-        ...prev,
-        status: final ? "failed" : "error",
-        tries,
-        finishedAt: new Date().toISOString(),
-        error: { code, message },
-      };
-      return s;
-    });
-    emit({ event: "failed", checkpoint: cp.name, code, message, try: tries, final });
-    return { result: "failed", state };
-  }
-}
-
-function errorText(err: unknown): { code: string; message: string } {
-  if (err instanceof CkptError) return { code: err.code, message: err.message };
-  if (err instanceof Error) {
-    return { code: "EXPORT_FAILED", message: `${err.name}: ${err.message}` };
-  }
-  return { code: "EXPORT_FAILED", message: String(err) };
-}
-
-/**
- * Retention: keeps the `keep` newest done exports; deletes the outputs of older ones, but only
- * those older than `current` (a newer export was just verified), only folders that hold a
- * {@linkcode MANIFEST_NAME}, and never a folder that is or contains an input or the runs folder.
- */
-async function prune(
-  current: CheckpointFolder,
-  runsDir: string,
-  keep: number,
-  emit: (e: EventBody) => void,
-): Promise<WatchState> {
-  const victims: { name: string; output: string }[] = [];
-  const inputs: string[] = [];
-  const state = await updateState(runsDir, (s) => {
-    inputs.push(...Object.keys(s.checkpoints).map((name) => resolve(runsDir, name)));
-    const live = Object.entries(s.checkpoints)
-      .filter(([, r]) => r.status === "done" && r.output && !r.pruned)
-      .map(([name, r]) => ({ name, r, cp: { name, path: "", step: r.step ?? stepOf(name) } }))
-      .sort((a, b) => compareCheckpoints(a.cp, b.cp));
-    const old = live.slice(0, Math.max(0, live.length - keep));
-    const cur = { name: current.name, path: "", step: current.step };
-    for (const v of old) {
-      if (compareCheckpoints(v.cp, cur) >= 0) continue;
-      v.r.pruned = true;
-      v.r.prunedAt = new Date().toISOString();
-      victims.push({ name: v.name, output: v.r.output! });
-    }
-    return s;
-  });
-  for (const v of victims) {
-    try {
-      await removeExport(v.output, runsDir, inputs);
-      emit({ event: "pruned", checkpoint: v.name, output: v.output });
-    } catch (err) {
-      const { code, message } = errorText(err);
-      emit({ event: "prune-failed", checkpoint: v.name, output: v.output, code, message });
-    }
-  }
-  return state;
-}
-
-async function removeExport(output: string, runsDir: string, inputs: string[]): Promise<void> {
-  const out = resolve(output);
-  const contains = (parent: string, child: string): boolean => {
-    const rel = relative(parent, child);
-    return rel === "" || (!rel.startsWith("..") && !isAbsolute(rel));
-  };
-  const guarded = [resolve(runsDir), ...inputs].find((p) => contains(out, p));
-  if (guarded !== undefined) {
-    throw new CkptError("WATCH_PRUNE", `Cannot delete "${out}": it contains input "${guarded}"`, {
-      file: out,
-    });
-  }
-  try {
-    await Deno.lstat(join(out, MANIFEST_NAME));
-  } catch (err) {
-    if (err instanceof Deno.errors.NotFound) {
-      // Already gone (deleted by hand) is fine; a folder without a manifest is not ours to delete.
-      if (await Deno.lstat(out).then(() => true, () => false)) {
-        throw new CkptError("WATCH_PRUNE", `Cannot delete "${out}": it holds no ${MANIFEST_NAME}`, {
-          file: out,
-        });
-      }
-      return;
-    }
-    throw err;
-  }
-  await Deno.remove(out, { recursive: true });
 }
 
 /** Options of {@linkcode watchScheduled}. */
