@@ -25,7 +25,9 @@
 import { z } from "zod";
 import { join } from "node:path";
 import { CkptError } from "../../errors.ts";
-import type { Stage, StageContext } from "../stage.ts";
+import { readTextInput } from "../../formats/read_text.ts";
+import { defineStage, type Stage } from "../stage.ts";
+import type { Same } from "./_options.ts";
 import { asInt, dumpPyJson, fromPlain, isObject, parsePyJson, type PyJson } from "./_pyjson.ts";
 
 const intLike = z.union([
@@ -53,7 +55,7 @@ const writeMetricsOptions = z.strictObject({
   file: z.string().min(1).default("metrics.json"),
 });
 
-/** Options of the writeMetrics stage, as a config writes them. */
+/** Options of the writeMetrics stage, as a config writes them (the schema's input type). */
 export interface WriteMetricsOptions {
   /** JSON or JSONL file with the eval results (relative to the config). */
   from?: string | undefined;
@@ -70,6 +72,8 @@ export interface WriteMetricsOptions {
   /** Output file name. Default `metrics.json`. */
   file?: string | undefined;
 }
+
+const _sameOptions: Same<z.input<typeof writeMetricsOptions>, WriteMetricsOptions> = true;
 
 /** What {@linkcode buildMetrics} produced. */
 export interface MetricsResult {
@@ -104,15 +108,7 @@ async function readInput(
   path: string,
   options: z.output<typeof writeMetricsOptions>,
 ): Promise<Map<string, PyJson>> {
-  let text: string;
-  try {
-    text = await Deno.readTextFile(path);
-  } catch (cause) {
-    throw new CkptError("INPUT_MISSING", `Cannot read metrics "${path}": it does not exist`, {
-      file: path,
-      cause,
-    });
-  }
+  const text = await readTextInput(path, { code: "INPUT_MISSING", what: "metrics" });
   const trimmed = text.trim();
   // A single JSON document (possibly pretty-printed) versus JSON lines.
   const lines = trimmed.split(/\r?\n/).filter((l) => l.trim() !== "");
@@ -212,7 +208,7 @@ export async function writeMetricsFile(
 }
 
 /** The writeMetrics stage (config name `writeMetrics`). */
-export const writeMetricsStage: Stage = {
+export const writeMetricsStage: Stage = defineStage({
   name: "writeMetrics",
   summary: "write metrics.json (eval results + counter) as HALOs does, from JSON/JSONL or config",
   options: writeMetricsOptions,
@@ -221,13 +217,13 @@ export const writeMetricsStage: Stage = {
    * unresolvable counter fails before any stage runs (`INPUT_MISSING`, `JSON_PARSE`,
    * `METRICS_INPUT`, `METRICS_STEP`, `METRICS_COUNTER`).
    */
-  async preflight(ctx: StageContext, options: z.output<typeof writeMetricsOptions>): Promise<void> {
+  async preflight(ctx, options) {
     const input = options.from === undefined ? undefined : ctx.resolve(options.from);
     // A pipe or device is read once, by the stage: reading it here would consume its data.
     if (input !== undefined && !(await Deno.stat(input).then((s) => s.isFile, () => true))) return;
     await buildMetrics(input, options);
   },
-  async run(ctx: StageContext, options: z.output<typeof writeMetricsOptions>): Promise<void> {
+  async run(ctx, options) {
     const input = options.from === undefined ? undefined : ctx.resolve(options.from);
     if (input !== undefined) ctx.addInput(input, "metrics");
     const result = await buildMetrics(input, options);
@@ -237,4 +233,4 @@ export const writeMetricsStage: Stage = {
     await Deno.writeTextFile(join(ctx.outDir, options.file), result.text);
     ctx.emit({ type: "progress", stage: "writeMetrics", done: 1, total: 1, unit: "files" });
   },
-};
+});

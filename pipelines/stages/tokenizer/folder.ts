@@ -1,0 +1,206 @@
+/**
+ * A tokenizer folder read into memory: which files it has, and the JSON the edits change
+ * (`tokenizer.json`, `tokenizer_config.json`, `special_tokens_map.json`) plus the chat template.
+ * Reading checks only that the JSON parses and has the right shape.
+ * @module
+ */
+import { join } from "node:path";
+import { CkptError } from "../../../errors.ts";
+import { asInt, isObject, parsePyJson, type PyJson } from "../_pyjson.ts";
+
+/** Tokenizer and processor files copied when present (mergekit's list plus the vocab files). */
+export const TOKENIZER_FILES: readonly string[] = [
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "special_tokens_map.json",
+  "added_tokens.json",
+  "tokenizer.model",
+  "spiece.model",
+  "sentencepiece.bpe.model",
+  "vocab.json",
+  "vocab.txt",
+  "merges.txt",
+  "chat_template.jinja",
+  "chat_template.json",
+  "preprocessor_config.json",
+  "processor_config.json",
+  "video_preprocessor_config.json",
+];
+
+/** Files whose presence marks a folder as holding a tokenizer. */
+export const MARKERS = [
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "tokenizer.model",
+  "vocab.json",
+  "vocab.txt",
+];
+
+/** One entry of `tokenizer.json`'s `added_tokens`. */
+export interface AddedTokenJson {
+  /** Token id. */
+  id: number;
+  /** Token text. */
+  content: string;
+  /** True for special tokens. */
+  special?: boolean;
+  /** Other flags (`lstrip`, `normalized`, ...). */
+  [k: string]: unknown;
+}
+
+/** The parts of `tokenizer.json` the stage reads. */
+export interface TokenizerJson {
+  /** Added tokens. */
+  added_tokens?: AddedTokenJson[];
+  /** The model; its vocab is a map (BPE, WordPiece, WordLevel) or a list (Unigram). */
+  model?: { vocab?: Record<string, number> | [string, number][] };
+  /** Everything else. */
+  [k: string]: unknown;
+}
+
+/** A tokenizer folder in memory; the edits change it and record the files they changed. */
+export interface TokenizerDoc {
+  /** The folder. */
+  source: string;
+  /** Files found, by name, with their paths. */
+  present: Map<string, string>;
+  /** `tokenizer.json` as `JSON.parse` reads it (lookups, validation), if present. */
+  tokenizer: TokenizerJson | undefined;
+  /** `tokenizer.json` as an order-keeping tree, read only when an edit must rewrite it. */
+  tokenizerTree: Map<string, PyJson> | undefined;
+  /** `tokenizer_config.json` (empty when the folder has none). */
+  config: Map<string, PyJson>;
+  /** `special_tokens_map.json`, if present and an object. */
+  specialMap: Map<string, PyJson> | undefined;
+  /** Highest id + 1 of `vocab.json`, when there is no `tokenizer.json`. */
+  vocabJsonSize: number | undefined;
+  /** The chat template in effect, if any. */
+  template: string | undefined;
+  /** New contents of files other than the three JSON files (`chat_template.jinja`). */
+  rewritten: Map<string, Uint8Array>;
+  /** Names of the files changed so far. */
+  changed: Set<string>;
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The first of `sources` holding a tokenizer file; `TOKENIZER_MISSING` when none does. */
+export async function findTokenizerFolder(sources: readonly string[]): Promise<string> {
+  for (const dir of sources) {
+    for (const m of MARKERS) if (await exists(join(dir, m))) return dir;
+  }
+  const folders = sources.map((s) => `"${s}"`).join(", ") || "(no folders)";
+  throw new CkptError(
+    "TOKENIZER_MISSING",
+    `Cannot find a tokenizer: none of ${folders} holds ${MARKERS.join(", ")}`,
+    { details: { sources } },
+  );
+}
+
+async function readJson(path: string): Promise<PyJson> {
+  return parsePyJson(await Deno.readTextFile(path), path);
+}
+
+/** `tokenizer.json` parsed; its order-keeping tree too when `tree` is true. */
+async function readTokenizerJson(
+  path: string,
+  tree: boolean,
+): Promise<{ plain: TokenizerJson; tree: Map<string, PyJson> | undefined }> {
+  const text = await Deno.readTextFile(path);
+  let t: unknown;
+  try {
+    t = JSON.parse(text);
+  } catch (cause) {
+    throw new CkptError("JSON_PARSE", `Cannot parse "${path}": ${(cause as Error).message}`, {
+      file: path,
+      cause,
+    });
+  }
+  if (t === null || typeof t !== "object" || Array.isArray(t)) {
+    throw new CkptError("TOKENIZER_INVALID", `Cannot read "${path}": not a JSON object`, {
+      file: path,
+    });
+  }
+  return {
+    plain: t as TokenizerJson,
+    tree: tree ? parsePyJson(text, path) as Map<string, PyJson> : undefined,
+  };
+}
+
+/** The chat template a folder defines: `chat_template.jinja`, else the config's (or its "default"). */
+async function readTemplate(
+  jinjaPath: string | undefined,
+  config: Map<string, PyJson>,
+): Promise<string | undefined> {
+  if (jinjaPath) return await Deno.readTextFile(jinjaPath);
+  const t = config.get("chat_template");
+  if (typeof t === "string") return t;
+  let found: string | undefined;
+  if (Array.isArray(t)) {
+    for (const e of t) {
+      if (isObject(e) && e.get("name") === "default" && typeof e.get("template") === "string") {
+        found = e.get("template") as string;
+      }
+    }
+  }
+  return found;
+}
+
+/** Highest id + 1 in a `vocab.json` object. */
+function vocabJsonSize(v: PyJson): number | undefined {
+  if (!isObject(v)) return undefined;
+  let m = -1;
+  for (const x of v.values()) m = Math.max(m, asInt(x) ?? -1);
+  return m + 1;
+}
+
+/**
+ * Reads the tokenizer files of `source` (`TOKENIZER_FILES` plus `extraFiles`, when present).
+ * `tree`: also read `tokenizer.json` as an order-keeping tree (an edit will rewrite it; it is big,
+ * 11 MB for Qwen3). `JSON_PARSE`, `TOKENIZER_INVALID` for files that do not parse as objects.
+ */
+export async function readTokenizerFolder(
+  source: string,
+  options: { extraFiles?: readonly string[] | undefined; tree: boolean },
+): Promise<TokenizerDoc> {
+  const present = new Map<string, string>();
+  for (const n of [...TOKENIZER_FILES, ...(options.extraFiles ?? [])]) {
+    const p = join(source, n);
+    if (await exists(p)) present.set(n, p);
+  }
+  const tokPath = present.get("tokenizer.json");
+  const cfgPath = present.get("tokenizer_config.json");
+  const mapPath = present.get("special_tokens_map.json");
+  const tok = tokPath ? await readTokenizerJson(tokPath, options.tree) : undefined;
+  let config = new Map<string, PyJson>();
+  if (cfgPath) {
+    const c = await readJson(cfgPath);
+    if (!isObject(c)) {
+      throw new CkptError("TOKENIZER_INVALID", `Cannot read "${cfgPath}": not a JSON object`, {
+        file: cfgPath,
+      });
+    }
+    config = c;
+  }
+  const map = mapPath ? await readJson(mapPath) : undefined;
+  const vocabPath = present.get("vocab.json");
+  return {
+    source,
+    present,
+    tokenizer: tok?.plain,
+    tokenizerTree: tok?.tree,
+    config,
+    specialMap: map !== undefined && isObject(map) ? map : undefined,
+    vocabJsonSize: !tok && vocabPath ? vocabJsonSize(await readJson(vocabPath)) : undefined,
+    template: await readTemplate(present.get("chat_template.jinja"), config),
+    rewritten: new Map(),
+    changed: new Set(),
+  };
+}
