@@ -119,6 +119,40 @@ function textLine(e: WatchEvent): string {
   return `${ts} ${event} ${fields.join(" ")}`.trimEnd();
 }
 
+/** `ckpt watch --status`: the state of the runs folder, as JSON or as text lines. */
+async function printStatus(
+  runsDir: string,
+  log: string,
+  write: (line: string) => void,
+): Promise<void> {
+  const summary = await watchStatus(runsDir);
+  if (log === "json") return write(JSON.stringify(summary));
+  write(`${summary.runsDir} (state updated ${summary.updatedAt})`);
+  write(Object.entries(summary.counts).map(([k, v]) => `${k}: ${v}`).join(", ") || "nothing yet");
+  for (const c of summary.checkpoints) {
+    const extra = c.status === "done"
+      ? `${c.output ?? ""}${c.pruned ? " (pruned)" : ""} ${c.manifestSha256 ?? ""}`
+      : c.error
+      ? `[${c.error.code}] ${c.error.message}`
+      : "";
+    write(
+      `  ${c.checkpoint.padEnd(16)} ${c.status.padEnd(11)} tries=${c.tries} ${extra}`.trimEnd(),
+    );
+  }
+}
+
+/** The watch settings the command line overrides (flags not given stay undefined). */
+function settingOverrides(parsed: Parsed): WatchSettingsInput {
+  return {
+    pattern: listOption(parsed, "pattern"),
+    complete: listOption(parsed, "complete"),
+    quietSeconds: numberOption(parsed, "quiet-seconds", 0, false),
+    keep: numberOption(parsed, "keep", 1, true),
+    maxTries: numberOption(parsed, "max-tries", 1, true),
+    verify: parsed.values["no-verify"] ? false : undefined,
+  };
+}
+
 /** Runs `ckpt watch`; returns the exit code. */
 export async function run(args: string[]): Promise<number> {
   const parsed = parseCommand(args, OPTIONS, HELP);
@@ -135,24 +169,7 @@ export async function run(args: string[]): Promise<number> {
   const write = (line: string): void => void Deno.stdout.writeSync(enc.encode(line + "\n"));
 
   if (parsed.values.status) {
-    const summary = await watchStatus(runsDir);
-    if (log === "json") write(JSON.stringify(summary));
-    else {
-      write(`${summary.runsDir} (state updated ${summary.updatedAt})`);
-      write(
-        Object.entries(summary.counts).map(([k, v]) => `${k}: ${v}`).join(", ") || "nothing yet",
-      );
-      for (const c of summary.checkpoints) {
-        const extra = c.status === "done"
-          ? `${c.output ?? ""}${c.pruned ? " (pruned)" : ""} ${c.manifestSha256 ?? ""}`
-          : c.error
-          ? `[${c.error.code}] ${c.error.message}`
-          : "";
-        write(
-          `  ${c.checkpoint.padEnd(16)} ${c.status.padEnd(11)} tries=${c.tries} ${extra}`.trimEnd(),
-        );
-      }
-    }
+    await printStatus(runsDir, log, write);
     return 0;
   }
 
@@ -161,15 +178,7 @@ export async function run(args: string[]): Promise<number> {
   if (backend !== undefined && backend !== "auto" && backend !== "webgpu" && backend !== "cpu") {
     throw new UsageError(`--backend must be auto, webgpu or cpu (got "${backend}")`);
   }
-  const overrides: WatchSettingsInput = {
-    pattern: listOption(parsed, "pattern"),
-    complete: listOption(parsed, "complete"),
-    quietSeconds: numberOption(parsed, "quiet-seconds", 0, false),
-    keep: numberOption(parsed, "keep", 1, true),
-    maxTries: numberOption(parsed, "max-tries", 1, true),
-    verify: parsed.values["no-verify"] ? false : undefined,
-  };
-  const settings = await readWatchSettings(resolve(configPath), overrides);
+  const settings = await readWatchSettings(resolve(configPath), settingOverrides(parsed));
   const vars = parseVarArgs(listOption(parsed, "var") ?? []);
   const ac = new AbortController();
   const onSignal = () => ac.abort(new CkptError("ABORTED", "Cannot go on: received a signal"));

@@ -121,6 +121,85 @@ function countOf(n: number, unit: string): string {
   return `${n} ${n === 1 && unit.endsWith("s") ? unit.slice(0, -1) : unit}`;
 }
 
+const CLEAR = "\r\x1b[2K";
+
+/** The live line's state and drawing; {@linkcode createTtyRenderer} feeds it the events. */
+class TtyLine {
+  count = 0;
+  live: StageState | undefined;
+  #ticker: ReturnType<typeof setInterval> | undefined;
+
+  constructor(
+    readonly write: TextSink,
+    readonly now: () => number,
+    readonly refreshMs: number,
+    readonly tickMs: number,
+  ) {}
+
+  stopTicker(): void {
+    if (this.#ticker !== undefined) clearInterval(this.#ticker);
+    this.#ticker = undefined;
+  }
+
+  draw(s: StageState, t: number): void {
+    const first = s.samples[0] ?? [s.start, 0];
+    const dt = t - first[0];
+    const rate = dt > 0 ? (1000 * (s.done - first[1])) / dt : 0;
+    this.write(CLEAR + progressLine(s, this.count, t - s.start, rate));
+  }
+
+  stageStart(stage: string, index: number, t: number): void {
+    const live: StageState = {
+      name: stage,
+      index,
+      start: t,
+      done: 0,
+      total: 0,
+      unit: "bytes",
+      lastUpdate: -Infinity,
+      samples: [[t, 0]],
+    };
+    this.live = live;
+    this.draw(live, t);
+    if (this.tickMs <= 0) return;
+    // Keeps the elapsed time moving in stages that send no progress; never holds the process.
+    this.stopTicker();
+    const id = setInterval(() => {
+      if (this.live) this.draw(this.live, this.now());
+    }, this.tickMs);
+    Deno.unrefTimer(id);
+    this.#ticker = id;
+  }
+
+  progress(e: Extract<PipelineEvent, { type: "progress" }>, t: number): void {
+    const live = this.live;
+    if (!live || live.name !== e.stage) return;
+    live.done = e.done;
+    live.total = e.total;
+    live.unit = e.unit;
+    live.samples.push([t, e.done]);
+    while (live.samples.length > 2 && t - live.samples[0]![0] > 5000) live.samples.shift();
+    if (t - live.lastUpdate >= this.refreshMs || e.done >= e.total) {
+      live.lastUpdate = t;
+      this.draw(live, t);
+    }
+  }
+
+  stageEnd(e: Extract<PipelineEvent, { type: "stage-end" }>): void {
+    const live = this.live;
+    const total = live && live.total > 0
+      ? `  ${live.unit === "bytes" ? formatBytes(live.total) : countOf(live.total, live.unit)}`
+      : "";
+    this.stopTicker();
+    this.write(
+      `${CLEAR}[${e.index + 1}/${this.count}] ${e.stage}${total}  done in ${
+        formatDuration(e.ms)
+      }\n`,
+    );
+    this.live = undefined;
+  }
+}
+
 /**
  * A live terminal line per stage: rewritten in place (`\r`, clear-to-end) at most every
  * `refreshMs` (default 100), finished with the stage's time; logs and errors print on their own
@@ -133,92 +212,37 @@ export function createTtyRenderer(
   refreshMs = 100,
   tickMs = 500,
 ): EventRenderer {
-  let count = 0;
-  let live: StageState | undefined;
-  let ticker: ReturnType<typeof setInterval> | undefined;
-  const clear = "\r\x1b[2K";
-  const stopTicker = () => {
-    if (ticker !== undefined) clearInterval(ticker);
-    ticker = undefined;
-  };
-  const draw = (s: StageState, t: number) => {
-    const first = s.samples[0] ?? [s.start, 0];
-    const dt = t - first[0];
-    const rate = dt > 0 ? (1000 * (s.done - first[1])) / dt : 0;
-    write(clear + progressLine(s, count, t - s.start, rate));
-  };
+  const line = new TtyLine(write, now, refreshMs, tickMs);
   return (event) => {
     const t = now();
     switch (event.type) {
       case "pipeline-start":
-        count = event.stages.length;
-        write(`ckpt: ${count} stages -> ${event.output}\n`);
+        line.count = event.stages.length;
+        write(`ckpt: ${line.count} stages -> ${event.output}\n`);
         return;
       case "stage-start":
-        live = {
-          name: event.stage,
-          index: event.index,
-          start: t,
-          done: 0,
-          total: 0,
-          unit: "bytes",
-          lastUpdate: -Infinity,
-          samples: [[t, 0]],
-        };
-        draw(live, t);
-        if (tickMs > 0) {
-          // Keeps the elapsed time moving in stages that send no progress; never holds the process.
-          stopTicker();
-          const id = setInterval(() => {
-            if (live) draw(live, now());
-          }, tickMs);
-          Deno.unrefTimer(id);
-          ticker = id;
-        }
-        return;
-      case "progress": {
-        if (!live || live.name !== event.stage) return;
-        live.done = event.done;
-        live.total = event.total;
-        live.unit = event.unit;
-        live.samples.push([t, event.done]);
-        while (live.samples.length > 2 && t - live.samples[0]![0] > 5000) live.samples.shift();
-        if (t - live.lastUpdate >= refreshMs || event.done >= event.total) {
-          live.lastUpdate = t;
-          draw(live, t);
-        }
-        return;
-      }
-      case "stage-end": {
-        const total = live && live.total > 0
-          ? `  ${live.unit === "bytes" ? formatBytes(live.total) : countOf(live.total, live.unit)}`
-          : "";
-        stopTicker();
-        write(
-          `${clear}[${event.index + 1}/${count}] ${event.stage}${total}  done in ${
-            formatDuration(event.ms)
-          }\n`,
-        );
-        live = undefined;
-        return;
-      }
+        return line.stageStart(event.stage, event.index, t);
+      case "progress":
+        return line.progress(event, t);
+      case "stage-end":
+        return line.stageEnd(event);
       case "log":
         if (event.level === "debug") return;
-        write(`${clear}${event.level === "warn" ? "warning: " : ""}${event.message}\n`);
-        if (live) draw(live, t);
+        write(`${CLEAR}${event.level === "warn" ? "warning: " : ""}${event.message}\n`);
+        if (line.live) line.draw(line.live, t);
         return;
       case "pipeline-end":
-        stopTicker();
+        line.stopTicker();
         write(
-          `${clear}done in ${formatDuration(event.ms)}: ${event.output}${
+          `${CLEAR}done in ${formatDuration(event.ms)}: ${event.output}${
             event.manifestSha256 ? ` (manifest sha256 ${event.manifestSha256.slice(0, 16)}...)` : ""
           }\n`,
         );
         return;
       case "pipeline-error":
-        stopTicker();
+        line.stopTicker();
         write(
-          `${clear}failed${
+          `${CLEAR}failed${
             event.stage ? ` in ${event.stage}` : ""
           }: [${event.code}] ${event.message}\n`,
         );

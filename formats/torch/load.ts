@@ -87,17 +87,16 @@ export async function loadTorch(path: string, options: LoadTorchOptions = {}): P
   }
 }
 
-/**
- * Loads the torch.save archive at `[base, base + length)` of an already open file (a DCP
- * `.distcp` item). The file stays open; the returned `close()` does nothing.
- */
-export async function loadTorchFrom(
+/** The records of a torch.save zip, by name without the archive folder. */
+type Records = Map<string, ZipEntry>;
+
+/** Opens the zip at `[base, base + length)` and indexes its records under the archive folder. */
+async function openArchive(
   file: PositionalFile,
-  options: LoadTorchFromOptions = {},
-): Promise<TorchFile> {
+  base: number,
+  length: number,
+): Promise<{ zip: ZipReader; prefix: string; records: Records }> {
   const path = file.path;
-  const base = options.base ?? 0;
-  const length = options.length ?? file.size - base;
   const head = await file.readAt(base, Math.min(length, 512));
   const kind = detectTorchFormat(head);
   if (kind !== "zip") refuseTorchFormat(kind, path);
@@ -114,24 +113,34 @@ export async function loadTorchFrom(
     );
   }
   const prefix = first.name.slice(0, slash);
-  const records = new Map<string, ZipEntry>();
+  const records: Records = new Map();
   for (const e of zip.entries) {
     if (e.name.startsWith(`${prefix}/`)) records.set(e.name.slice(prefix.length + 1), e);
   }
-  const text = async (name: string): Promise<string | undefined> => {
-    const e = records.get(name);
-    if (!e) return undefined;
-    if (e.size > 4096) {
-      throw new CkptError(
-        "TORCH_ARCHIVE",
-        `Cannot read "${path}": record "${name}" is ${e.size} bytes`,
-        {
-          file: path,
-        },
-      );
-    }
-    return new TextDecoder().decode(await zip.read(e));
-  };
+  return { zip, prefix, records };
+}
+
+/** A small text record (`version`, `byteorder`), undefined when absent. */
+async function textRecord(
+  zip: ZipReader,
+  records: Records,
+  name: string,
+  path: string,
+): Promise<string | undefined> {
+  const e = records.get(name);
+  if (!e) return undefined;
+  if (e.size > 4096) {
+    throw new CkptError(
+      "TORCH_ARCHIVE",
+      `Cannot read "${path}": record "${name}" is ${e.size} bytes`,
+      { file: path },
+    );
+  }
+  return new TextDecoder().decode(await zip.read(e));
+}
+
+/** Refuses TorchScript archives, versions outside 1..10 and big-endian data. */
+async function checkArchive(zip: ZipReader, records: Records, path: string): Promise<void> {
   if (records.has("constants.pkl") || [...records.keys()].some((k) => k.startsWith("code/"))) {
     throw new CkptError(
       "TORCH_TORCHSCRIPT",
@@ -139,7 +148,8 @@ export async function loadTorchFrom(
       { file: path },
     );
   }
-  const version = (await text(".data/version")) ?? (await text("version"));
+  const version = (await textRecord(zip, records, ".data/version", path)) ??
+    (await textRecord(zip, records, "version", path));
   if (version === undefined) {
     throw new CkptError("TORCH_VERSION", `Cannot read "${path}": it has no "version" record`, {
       file: path,
@@ -155,7 +165,7 @@ export async function loadTorchFrom(
       { file: path },
     );
   }
-  const order = await text("byteorder");
+  const order = await textRecord(zip, records, "byteorder", path);
   if (order !== undefined && order !== "little") {
     throw new CkptError(
       "TORCH_BYTEORDER",
@@ -163,48 +173,69 @@ export async function loadTorchFrom(
       { file: path },
     );
   }
+}
+
+/** The bytes of `data.pkl`, at most `maxPickle` of them. */
+async function readDataPickle(
+  zip: ZipReader,
+  records: Records,
+  maxPickle: number,
+  path: string,
+): Promise<Uint8Array> {
   const pkl = records.get("data.pkl");
   if (!pkl) {
     throw new CkptError("TORCH_ARCHIVE", `Cannot read "${path}": it has no data.pkl record`, {
       file: path,
     });
   }
-  const maxPickle = options.maxPickleBytes ?? 1 << 30;
   if (pkl.size > maxPickle) {
     throw new CkptError(
       "TORCH_LIMIT",
       `Cannot read "${path}": data.pkl is ${pkl.size} bytes (limit ${maxPickle})`,
-      {
-        file: path,
-      },
+      { file: path },
     );
   }
-  const pickle = await zip.read(pkl);
+  return await zip.read(pkl);
+}
+
+/** The fields of a persistent id `('storage', class, key, location, numel)`, checked. */
+function storageId(
+  pid: PyValue,
+  path: string,
+): { cls: PyGlobal; key: string; location: string; n: number } {
+  const items = pid instanceof PyTuple ? pid.items : undefined;
+  if (!items || items[0] !== "storage" || items.length < 5) {
+    throw new CkptError(
+      "PICKLE_PERSID",
+      `Cannot load persistent id: expected ('storage', class, key, location, numel), got a ${
+        pyTypeName(pid)
+      }`,
+      { file: path },
+    );
+  }
+  const [, cls, key, location, n] = items;
+  if (
+    !(cls instanceof PyGlobal) || typeof key !== "string" || typeof location !== "string" ||
+    typeof n !== "number" || !Number.isSafeInteger(n) || n < 0
+  ) {
+    throw new CkptError(
+      "PICKLE_PERSID",
+      `Cannot load persistent id: its fields have the wrong types`,
+      { file: path },
+    );
+  }
+  return { cls, key, location, n };
+}
+
+/** The unpickler's `persistentLoad`: one {@linkcode StorageHandle} per `data/<key>` record. */
+function storageLoader(
+  zip: ZipReader,
+  records: Records,
+  path: string,
+): (pid: PyValue) => StorageHandle {
   const handles = new Map<string, StorageHandle>();
-  const persistentLoad = (pid: PyValue): StorageHandle => {
-    const items = pid instanceof PyTuple ? pid.items : undefined;
-    if (!items || items[0] !== "storage" || items.length < 5) {
-      throw new CkptError(
-        "PICKLE_PERSID",
-        `Cannot load persistent id: expected ('storage', class, key, location, numel), got a ${
-          pyTypeName(pid)
-        }`,
-        { file: path },
-      );
-    }
-    const [, cls, key, location, n] = items;
-    if (
-      !(cls instanceof PyGlobal) || typeof key !== "string" || typeof location !== "string" ||
-      typeof n !== "number" || !Number.isSafeInteger(n) || n < 0
-    ) {
-      throw new CkptError(
-        "PICKLE_PERSID",
-        `Cannot load persistent id: its fields have the wrong types`,
-        {
-          file: path,
-        },
-      );
-    }
+  return (pid) => {
+    const { cls, key, location, n } = storageId(pid, path);
     const known = handles.get(key);
     if (known) {
       if (known.storageClass !== cls.qualname) {
@@ -242,25 +273,41 @@ export async function loadTorchFrom(
     handles.set(key, h);
     return h;
   };
+}
+
+/**
+ * Loads the torch.save archive at `[base, base + length)` of an already open file (a DCP
+ * `.distcp` item). The file stays open; the returned `close()` does nothing.
+ */
+export async function loadTorchFrom(
+  file: PositionalFile,
+  options: LoadTorchFromOptions = {},
+): Promise<TorchFile> {
+  const path = file.path;
+  const base = options.base ?? 0;
+  const { zip, prefix, records } = await openArchive(
+    file,
+    base,
+    options.length ?? file.size - base,
+  );
+  await checkArchive(zip, records, path);
+  const pickle = await readDataPickle(zip, records, options.maxPickleBytes ?? 1 << 30, path);
   const value = unpickle(pickle, {
     file: path,
-    persistentLoad,
+    persistentLoad: storageLoader(zip, records, path),
     ...(options.records === undefined ? {} : { records: options.records }),
   });
-  const names = [...records.keys()];
   return {
     value,
     prefix,
-    records: names,
+    records: [...records.keys()],
     path,
     dict(): PyDict {
       if (!(value instanceof PyDict)) {
         throw new CkptError(
           "TORCH_NOT_DICT",
           `Cannot read "${path}" as a dict: its top level is a ${pyTypeName(value)}`,
-          {
-            file: path,
-          },
+          { file: path },
         );
       }
       return value;

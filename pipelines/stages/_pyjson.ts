@@ -33,128 +33,129 @@ export type PyJson =
 
 /** Parses JSON text (plus Python's NaN/Infinity) into a {@linkcode PyJson} tree; `JSON_PARSE` on errors. */
 export function parsePyJson(text: string, file?: string): PyJson {
-  let i = 0;
-  const name = file === undefined ? "JSON text" : `"${file}"`;
-  const fail = (what: string): never => {
+  const r = new PyJsonReader(text, file);
+  const v = r.value(0);
+  r.ws();
+  if (r.i !== text.length) r.fail("trailing characters");
+  return v;
+}
+
+/** A recursive-descent reader over one JSON text. */
+class PyJsonReader {
+  /** Next character. */
+  i = 0;
+  constructor(readonly text: string, readonly file: string | undefined) {}
+
+  fail(what: string): never {
+    const name = this.file === undefined ? "JSON text" : `"${this.file}"`;
     throw new CkptError(
       "JSON_PARSE",
-      `Cannot parse ${name}: ${what} at character ${i}`,
-      file === undefined ? { offset: i } : { file, offset: i },
+      `Cannot parse ${name}: ${what} at character ${this.i}`,
+      this.file === undefined ? { offset: this.i } : { file: this.file, offset: this.i },
     );
-  };
-  const ws = () => {
-    while (i < text.length) {
-      const c = text.charCodeAt(i);
-      if (c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09) i++;
+  }
+  ws(): void {
+    const text = this.text;
+    while (this.i < text.length) {
+      const c = text.charCodeAt(this.i);
+      if (c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09) this.i++;
       else break;
     }
-  };
-  const lit = (word: string): boolean => {
-    if (text.startsWith(word, i)) {
-      i += word.length;
-      return true;
-    }
-    return false;
-  };
-  const str = (): string => {
-    if (text[i] !== '"') fail("expected a string");
-    const start = i;
-    i++;
+  }
+  #lit(word: string): boolean {
+    if (!this.text.startsWith(word, this.i)) return false;
+    this.i += word.length;
+    return true;
+  }
+  /** The character at the cursor is `c`: consume it. */
+  #eat(c: string): boolean {
+    if (this.text[this.i] !== c) return false;
+    this.i++;
+    return true;
+  }
+  str(): string {
+    const text = this.text;
+    if (text[this.i] !== '"') this.fail("expected a string");
+    const start = this.i++;
     let simple = true;
-    while (i < text.length && text[i] !== '"') {
-      const c = text.charCodeAt(i);
-      if (c < 0x20) fail("control character in a string");
-      if (text[i] === "\\") {
+    while (this.i < text.length && text[this.i] !== '"') {
+      if (text.charCodeAt(this.i) < 0x20) this.fail("control character in a string");
+      if (text[this.i] === "\\") {
         simple = false;
-        i += 2;
-      } else i++;
+        this.i += 2;
+      } else this.i++;
     }
-    if (i >= text.length) fail("unterminated string");
-    i++;
-    const raw = text.slice(start, i);
+    if (this.i >= text.length) this.fail("unterminated string");
+    this.i++;
+    const raw = text.slice(start, this.i);
     if (simple) return raw.slice(1, -1);
     try {
       return JSON.parse(raw) as string;
     } catch {
-      return fail("bad escape in a string");
+      return this.fail("bad escape in a string");
     }
-  };
-  const num = (): PyJson => {
-    const m = /^-?(?:0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?/.exec(text.slice(i, i + 400));
-    if (!m) return fail("unexpected character");
-    i += m[0].length;
+  }
+  #num(): PyJson {
+    const m = /^-?(?:0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?/.exec(
+      this.text.slice(this.i, this.i + 400),
+    );
+    if (!m) return this.fail("unexpected character");
+    this.i += m[0].length;
     if (m[1] === undefined && m[2] === undefined) {
       const n = Number(m[0]);
       return Number.isSafeInteger(n) ? n : BigInt(m[0]);
     }
     return new JsonFloat(Number(m[0]));
-  };
-  const value = (depth: number): PyJson => {
-    if (depth > 512) fail("nesting deeper than 512");
-    ws();
-    const c = text[i];
+  }
+  #object(depth: number): Map<string, PyJson> {
+    const map = new Map<string, PyJson>();
+    this.ws();
+    if (this.#eat("}")) return map;
+    for (;;) {
+      this.ws();
+      const k = this.str();
+      this.ws();
+      if (!this.#eat(":")) this.fail("expected ':'");
+      map.set(k, this.value(depth + 1));
+      this.ws();
+      if (this.#eat(",")) continue;
+      if (this.#eat("}")) return map;
+      this.fail("expected ',' or '}'");
+    }
+  }
+  #array(depth: number): PyJson[] {
+    const arr: PyJson[] = [];
+    this.ws();
+    if (this.#eat("]")) return arr;
+    for (;;) {
+      arr.push(this.value(depth + 1));
+      this.ws();
+      if (this.#eat(",")) continue;
+      if (this.#eat("]")) return arr;
+      this.fail("expected ',' or ']'");
+    }
+  }
+  value(depth: number): PyJson {
+    if (depth > 512) this.fail("nesting deeper than 512");
+    this.ws();
+    const c = this.text[this.i];
     if (c === "{") {
-      i++;
-      const map = new Map<string, PyJson>();
-      ws();
-      if (text[i] === "}") {
-        i++;
-        return map;
-      }
-      for (;;) {
-        ws();
-        const k = str();
-        ws();
-        if (text[i] !== ":") fail("expected ':'");
-        i++;
-        map.set(k, value(depth + 1));
-        ws();
-        if (text[i] === ",") {
-          i++;
-          continue;
-        }
-        if (text[i] === "}") {
-          i++;
-          return map;
-        }
-        fail("expected ',' or '}'");
-      }
+      this.i++;
+      return this.#object(depth);
     }
     if (c === "[") {
-      i++;
-      const arr: PyJson[] = [];
-      ws();
-      if (text[i] === "]") {
-        i++;
-        return arr;
-      }
-      for (;;) {
-        arr.push(value(depth + 1));
-        ws();
-        if (text[i] === ",") {
-          i++;
-          continue;
-        }
-        if (text[i] === "]") {
-          i++;
-          return arr;
-        }
-        fail("expected ',' or ']'");
-      }
+      this.i++;
+      return this.#array(depth);
     }
-    if (c === '"') return str();
-    if (lit("true")) return true;
-    if (lit("false")) return false;
-    if (lit("null")) return null;
-    if (lit("NaN")) return new JsonFloat(NaN);
-    if (lit("Infinity")) return new JsonFloat(Infinity);
-    if (lit("-Infinity")) return new JsonFloat(-Infinity);
-    return num();
-  };
-  const v = value(0);
-  ws();
-  if (i !== text.length) fail("trailing characters");
-  return v;
+    if (c === '"') return this.str();
+    if (this.#lit("true")) return true;
+    if (this.#lit("false")) return false;
+    if (this.#lit("null")) return null;
+    if (this.#lit("NaN")) return new JsonFloat(NaN);
+    if (this.#lit("Infinity")) return new JsonFloat(Infinity);
+    if (this.#lit("-Infinity")) return new JsonFloat(-Infinity);
+    return this.#num();
+  }
 }
 
 /** Python's `repr(float)`: shortest round-trip digits, fixed for 1e-4 <= |x| < 1e16, else `1e-05`. */
