@@ -57,7 +57,13 @@ import {
 } from "./events.ts";
 import { exportOne } from "./_export.ts";
 import { FileLock, isLocked } from "./lock.ts";
-import { compareCheckpoints, scanCheckpoints, stepOf, WATCH_DIR } from "./scan.ts";
+import {
+  type CheckpointFolder,
+  compareCheckpoints,
+  scanCheckpoints,
+  stepOf,
+  WATCH_DIR,
+} from "./scan.ts";
 import { type CheckpointRecord, loadState, updateState } from "./state.ts";
 
 export type {
@@ -73,6 +79,40 @@ export type {
 /** Lock file of a checkpoint (its name with `/` encoded). */
 export function checkpointLockPath(runsDir: string, name: string): string {
   return join(runsDir, WATCH_DIR, "locks", `${encodeURIComponent(name)}.lock`);
+}
+
+/** Whether `cp` is complete by the settings' rules; logs `skipped-incomplete` when it is not. */
+async function isComplete(
+  cp: CheckpointFolder,
+  options: WatchOptions,
+  emit: (e: EventBody) => void,
+): Promise<boolean> {
+  const c = await checkComplete(cp.path, {
+    complete: options.settings.complete,
+    quietSeconds: options.settings.quietSeconds,
+    ...(options.now ? { now: options.now } : {}),
+  });
+  if (c.complete) return true;
+  emit({
+    event: "skipped-incomplete",
+    checkpoint: cp.name,
+    reason: c.reason,
+    ...(c.detail ? { detail: c.detail } : {}),
+  });
+  return false;
+}
+
+/** The `tick-end` event of a tick. */
+function tickEnd(summary: TickSummary): EventBody {
+  return {
+    event: "tick-end",
+    ms: Math.round(summary.ms * 10) / 10,
+    exported: summary.exported.length,
+    failed: summary.failed.length,
+    incomplete: summary.incomplete.length,
+    locked: summary.locked.length,
+    aborted: summary.aborted,
+  };
 }
 
 /** One tick: exports every complete, not yet exported checkpoint once, oldest first. */
@@ -118,19 +158,8 @@ export async function watchOnce(options: WatchOptions): Promise<TickSummary> {
       checkpoint: cp.name,
       ...(cp.step === undefined ? {} : { step: cp.step }),
     });
-    const c = await checkComplete(cp.path, {
-      complete: settings.complete,
-      quietSeconds: settings.quietSeconds,
-      ...(options.now ? { now: options.now } : {}),
-    });
-    if (!c.complete) {
+    if (!(await isComplete(cp, options, emit))) {
       summary.incomplete.push(cp.name);
-      emit({
-        event: "skipped-incomplete",
-        checkpoint: cp.name,
-        reason: c.reason,
-        ...(c.detail ? { detail: c.detail } : {}),
-      });
       continue;
     }
     const lock = await FileLock.tryAcquire(checkpointLockPath(runsDir, cp.name), cp.name);
@@ -153,15 +182,7 @@ export async function watchOnce(options: WatchOptions): Promise<TickSummary> {
     }
   }
   summary.ms = performance.now() - started;
-  emit({
-    event: "tick-end",
-    ms: Math.round(summary.ms * 10) / 10,
-    exported: summary.exported.length,
-    failed: summary.failed.length,
-    incomplete: summary.incomplete.length,
-    locked: summary.locked.length,
-    aborted: summary.aborted,
-  });
+  emit(tickEnd(summary));
   return summary;
 }
 
