@@ -208,6 +208,21 @@ function dryRunManifest(
   };
 }
 
+/** What the manifest records of the config: its file and the resolved variables. */
+function configInfo(cfg: PipelineConfig): { source?: string; vars: Record<string, string> } {
+  return { ...(cfg.source === undefined ? {} : { source: cfg.source }), vars: { ...cfg.vars } };
+}
+
+/** The `pipeline-error` event of a failed run (`stage`: the stage it failed in, if any). */
+function errorEvent(e: unknown, stage: string | undefined): PipelineEvent {
+  return {
+    type: "pipeline-error",
+    code: e instanceof CkptError ? e.code : "INTERNAL",
+    message: e instanceof Error ? e.message : String(e),
+    ...(stage === undefined ? {} : { stage }),
+  };
+}
+
 /**
  * Hashes the outputs into the manifest, writes it and renames the staging folder into place.
  * Resolves to the manifest and the sha256 of its bytes.
@@ -271,14 +286,7 @@ export async function runPipeline(
 
     const stages = loop.finished;
     const files = reportedFiles(stages);
-    const info = {
-      output,
-      config: {
-        ...(cfg.source === undefined ? {} : { source: cfg.source }),
-        vars: { ...cfg.vars },
-      },
-      inputs,
-    };
+    const info = { output, config: configInfo(cfg), inputs };
     const timings = stages.map((s) => ({ name: s.name, ms: s.ms }));
     if (dryRun || !hasher) {
       const manifest = dryRunManifest(info, stages, performance.now() - t0);
@@ -308,13 +316,7 @@ export async function runPipeline(
     };
   } catch (err) {
     const e = signal.aborted && !(err instanceof CkptError) ? abortError(signal) : err;
-    const stage = loop.failedStage();
-    emit({
-      type: "pipeline-error",
-      code: e instanceof CkptError ? e.code : "INTERNAL",
-      message: e instanceof Error ? e.message : String(e),
-      ...(stage === undefined ? {} : { stage }),
-    });
+    emit(errorEvent(e, loop.failedStage()));
     throw e;
   } finally {
     hasher?.close();
