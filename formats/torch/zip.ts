@@ -28,11 +28,10 @@
  * ```
  * @module
  */
-import { CkptError } from "../../errors.ts";
+import { CkptError, type ErrorCode } from "../../errors.ts";
 import {
   checkDirectoryBounds,
   checkNoOverlap,
-  type Fail,
   findCentralDirectory,
   parseCentralDirectory,
   type PositionalFile,
@@ -105,7 +104,7 @@ export class ZipReader {
   static async open(file: PositionalFile, options: ZipOpenOptions = {}): Promise<ZipReader> {
     const base = options.base ?? 0;
     const length = options.length ?? file.size - base;
-    const fail: Fail = (code, msg, offset) =>
+    const fail = (code: ErrorCode, msg: string, offset?: number): CkptError =>
       new CkptError(code, `Cannot read zip archive: ${msg}`, {
         file: file.path,
         ...(offset === undefined ? {} : { offset: base + offset }),

@@ -58,8 +58,27 @@ function escapeRegExp(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 }
 
-/** The code sites in one file's text. */
-export function scanCodeSites(text: string, file: string): CodeSite[] {
+/**
+ * Names of the helpers declared in `text` whose first parameter is a code: `#err(code: ErrorCode`,
+ * `const fail = (code: ErrorCode`.
+ */
+export function codeHelpers(text: string): Set<string> {
+  const helpers = new Set<string>();
+  const decl = /(#?[A-Za-z_$][\w$]*)\s*(?:=\s*(?:async\s*)?)?\(\s*code\s*:\s*ErrorCode\b/g;
+  for (const m of text.matchAll(decl)) helpers.add(m[1]!);
+  return helpers;
+}
+
+/**
+ * The code sites in one file's text. Helper calls are found for the helpers declared in the file
+ * and for `sharedHelpers` (declared in another source file, such as the unpickler's `err` method
+ * that its opcode modules call).
+ */
+export function scanCodeSites(
+  text: string,
+  file: string,
+  sharedHelpers: ReadonlySet<string> = new Set(),
+): CodeSite[] {
   const sites: CodeSite[] = [];
   const lineAt = (index: number): number => text.slice(0, index).split("\n").length;
   const add = (re: RegExp, kind: CodeSite["kind"]): void => {
@@ -70,9 +89,7 @@ export function scanCodeSites(text: string, file: string): CodeSite[] {
   };
   add(new RegExp(`\\bCkptError\\(\\s*${LIT}`, "g"), "throw");
   // Helpers whose first parameter is a code: `#err(code: ErrorCode`, `const fail = (code: ErrorCode`.
-  const helpers = new Set<string>();
-  const decl = /(#?[A-Za-z_$][\w$]*)\s*(?:=\s*(?:async\s*)?)?\(\s*code\s*:\s*ErrorCode\b/g;
-  for (const m of text.matchAll(decl)) helpers.add(m[1]!);
+  const helpers = new Set([...codeHelpers(text), ...sharedHelpers]);
   for (const name of helpers) {
     add(new RegExp(`(?<![\\w$#])${escapeRegExp(name)}\\(\\s*${LIT}`, "g"), "helper");
   }
@@ -90,11 +107,15 @@ export function scanCodeSites(text: string, file: string): CodeSite[] {
 
 /** Every code site in the library's sources under `root`. */
 export async function collectCodeSites(root: string = REPO_ROOT): Promise<CodeSite[]> {
-  const sites: CodeSite[] = [];
+  const texts = new Map<string, string>();
   for (const file of await sourceFiles(root)) {
-    if (file === CODES_FILE) continue;
-    sites.push(...scanCodeSites(await Deno.readTextFile(join(root, file)), file));
+    if (file !== CODES_FILE) texts.set(file, await Deno.readTextFile(join(root, file)));
   }
+  // Helpers are collected across files: one module may declare `err(code: ErrorCode, ...)` and
+  // the modules it is split into call it.
+  const shared = new Set([...texts.values()].flatMap((text) => [...codeHelpers(text)]));
+  const sites: CodeSite[] = [];
+  for (const [file, text] of texts) sites.push(...scanCodeSites(text, file, shared));
   return sites;
 }
 
