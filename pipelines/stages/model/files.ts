@@ -1,0 +1,152 @@
+/**
+ * The files of a merged model folder: the list a dry run plans (shards, index, configs, with their
+ * sizes), the writing itself (safetensors or `.bin` shards, hashed while written), and the guard
+ * that keeps adapter files out of a merged folder (`ADAPTER_IN_MERGED`).
+ * @module
+ */
+import { join, relative } from "node:path";
+import { CkptError } from "../../../errors.ts";
+import { DTYPES, isFloatDType } from "../../../formats/dtype.ts";
+import { planSafetensorsShards, writeSafetensorsSharded } from "../../../formats/safetensors.ts";
+import { planShards, shardFileName, shardIndexJson } from "../../../formats/shards.ts";
+import { numel } from "../../../formats/state_dict.ts";
+import { writeTorchSharded } from "../../../formats/torch/state_dict.ts";
+import type { StageContext } from "../../stage.ts";
+import type { ModelPlan } from "./plan.ts";
+
+/** One file of the output, with its size. */
+export type OutputFile = { path: string; bytes: number };
+
+/** The writers' `onBytes` option feeding {@linkcode StageContext.onOutputBytes} (paths made relative to `ctx.outDir`). */
+export function outputBytesHook(
+  ctx: StageContext,
+): { onBytes?: (path: string, bytes: Uint8Array) => void | Promise<void> } {
+  const feed = ctx.onOutputBytes;
+  if (!feed) return {};
+  return { onBytes: (path, bytes) => feed(relative(ctx.outDir, path), bytes) };
+}
+
+const ADAPTER_FILE = /^adapter_(config\.json|model\.(safetensors|bin))$/;
+
+async function adapterFilesIn(dir: string): Promise<string[]> {
+  const found: string[] = [];
+  try {
+    for await (const e of Deno.readDir(dir)) if (ADAPTER_FILE.test(e.name)) found.push(e.name);
+  } catch {
+    // folder missing: nothing there
+  }
+  return found;
+}
+
+/** `ADAPTER_IN_MERGED` when `dir` holds adapter files (transformers would load the adapter). */
+export async function refuseAdapterFiles(dir: string, when: "before" | "after"): Promise<void> {
+  const found = await adapterFilesIn(dir);
+  if (found.length === 0) return;
+  throw new CkptError(
+    "ADAPTER_IN_MERGED",
+    when === "before"
+      ? `Cannot write merged weights beside adapter files (${
+        found.join(", ")
+      }): transformers would load the adapter instead`
+      : `Cannot finish the merged folder: adapter files appeared (${found.join(", ")})`,
+    { file: join(dir, found[0]!) },
+  );
+}
+
+/** The shard index metadata transformers 4.57+ writes: the parameter count beside total_size. */
+export function indexMetadata(plan: ModelPlan): { total_parameters: number } {
+  let parameters = 0;
+  for (const [, r] of plan.stateDict) if (isFloatDType(r.dtype)) parameters += numel(r.shape);
+  return { total_parameters: parameters };
+}
+
+/** The files a model folder will have, with their sizes (`.bin` sizes are estimates). */
+export function plannedFiles(
+  plan: ModelPlan,
+  format: "safetensors" | "bin",
+  maxShardSize: number,
+): OutputFile[] {
+  const files: OutputFile[] = [];
+  if (format === "safetensors") {
+    const p = planSafetensorsShards(plan.stateDict, maxShardSize, {
+      indexMetadata: indexMetadata(plan),
+    });
+    for (const f of p.files) files.push({ path: f.file, bytes: f.fileBytes });
+    if (p.indexText) {
+      files.push({ path: p.indexFile, bytes: new TextEncoder().encode(p.indexText).byteLength });
+    }
+  } else {
+    const entries = [...plan.stateDict].map(([name, r]) => ({
+      name,
+      bytes: r.shape.reduce((a, b) => a * b, 1) * DTYPES[r.dtype].size,
+    }));
+    const p = planShards(entries, maxShardSize);
+    const names = p.shards.map((_, i) =>
+      shardFileName("pytorch_model", ".bin", i, p.shards.length)
+    );
+    p.shards.forEach((s, i) => files.push({ path: names[i]!, bytes: s.bytes }));
+    if (p.shards.length > 1) {
+      const { text } = shardIndexJson(p, names);
+      files.push({
+        path: "pytorch_model.bin.index.json",
+        bytes: new TextEncoder().encode(text).byteLength,
+      });
+    }
+  }
+  if (plan.config) files.push({ path: "config.json", bytes: plan.config.byteLength });
+  if (plan.generationConfig) {
+    files.push({ path: "generation_config.json", bytes: plan.generationConfig.byteLength });
+  }
+  return files;
+}
+
+/** Writes the weights (shards and index) and the configs; returns the paths written. */
+export async function writeModelFiles(
+  ctx: StageContext,
+  plan: ModelPlan,
+  format: "safetensors" | "bin",
+  maxShardSize: number,
+): Promise<string[]> {
+  const onProgress = (done: number, total: number) =>
+    ctx.emit({ type: "progress", stage: "writeModel", done, total, unit: "bytes" });
+  let written: string[];
+  if (format === "safetensors") {
+    written = (await writeSafetensorsSharded(ctx.outDir, plan.stateDict, {
+      maxShardSize,
+      indexMetadata: indexMetadata(plan),
+      signal: ctx.signal,
+      onProgress,
+      ...outputBytesHook(ctx),
+    })).files;
+  } else {
+    const r = await writeTorchSharded(ctx.outDir, plan.stateDict, {
+      maxShardSize,
+      signal: ctx.signal,
+      onProgress,
+      ...outputBytesHook(ctx),
+    });
+    written = [...r.files];
+    if (r.index && !written.some((f) => f.endsWith("pytorch_model.bin.index.json"))) {
+      written.push("pytorch_model.bin.index.json");
+    }
+  }
+  if (plan.config) {
+    await Deno.writeFile(join(ctx.outDir, "config.json"), plan.config);
+    written.push("config.json");
+  }
+  if (plan.generationConfig) {
+    await Deno.writeFile(join(ctx.outDir, "generation_config.json"), plan.generationConfig);
+    written.push("generation_config.json");
+  }
+  return written;
+}
+
+/** The sizes on disk of `paths` (absolute or relative to `outDir`), as output-relative files. */
+export async function writtenSizes(outDir: string, paths: string[]): Promise<OutputFile[]> {
+  const sizes: OutputFile[] = [];
+  for (const p of paths) {
+    const name = p.startsWith(outDir) ? p.slice(outDir.length).replace(/^\/+/, "") : p;
+    sizes.push({ path: name, bytes: (await Deno.stat(join(outDir, name))).size });
+  }
+  return sizes;
+}
