@@ -29,10 +29,10 @@ import {
   type MergeKernelSpec,
   type MergePlan,
   type MergePlanOptions,
-  mergeShaderSource,
   pipelineKey,
   planMerge,
-} from "./merge_shader.ts";
+} from "./merge_plan.ts";
+import { mergeShaderSource } from "./merge_shader.ts";
 
 /** Options of {@linkcode createWebGpuBackend}. */
 export interface WebGpuBackendOptions extends MergePlanOptions {
