@@ -9,7 +9,8 @@ import { fileURLToPath } from "node:url";
 import { decodeF32, type DType } from "../../formats/dtype.ts";
 import { openSafetensors } from "../../formats/safetensors.ts";
 import { numel, type StateDict } from "../../formats/state_dict.ts";
-import { type AdapterInput, mergeLora, type MergeReport } from "../../merge/lora.ts";
+import { mergeLora } from "../../merge/lora.ts";
+import type { AdapterInput, MergeReport } from "../../merge/lora_types.ts";
 import { mergeRowsReference } from "../../kernels/reference.ts";
 import type { MergeBackend, MergeRowsRequest } from "../../kernels/types.ts";
 

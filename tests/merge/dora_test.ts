@@ -3,7 +3,7 @@ import { isCkptError } from "../../errors.ts";
 import { decodeF32, encodeF32 } from "../../formats/dtype.ts";
 import { tensorFromBytes } from "../../formats/state_dict.ts";
 import { applyColumnFactors, checkMagnitude, ColumnNorms, doraModeFor } from "../../merge/dora.ts";
-import { mergeLoraTensor } from "../../merge/lora.ts";
+import { mergeLoraTensor } from "../../merge/lora_tensor.ts";
 import { referenceBackend } from "./_lora_fixtures.ts";
 
 Deno.test("`doraModeFor()` is per row for Linear/Conv and per column for transposed layouts", () => {

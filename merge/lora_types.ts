@@ -1,0 +1,127 @@
+/**
+ * The public shapes of a LoRA merge: what {@linkcode AdapterInput}s and {@linkcode MergeLoraOptions}
+ * `mergeLora` (`merge/lora.ts`) takes, and the {@linkcode MergeReport} it returns.
+ * @module
+ */
+import type { DType } from "../formats/dtype.ts";
+import type { LoadedAdapter, WrappedLoraOptions } from "../formats/peft.ts";
+import type { StateDict } from "../formats/state_dict.ts";
+import type { MergeBackend, MergeDType } from "../kernels/types.ts";
+import type { BackendChoice } from "./backend.ts";
+import type { DoraMode } from "./dora.ts";
+import type { LoraLayoutKind } from "./layouts.ts";
+
+/** An adapter to merge: a folder/file path, a path with a weight, or an already loaded adapter. */
+export type AdapterInput =
+  | string
+  | { path: string; weight?: number; name?: string }
+  | (LoadedAdapter & { weight?: number });
+
+/** Options of {@linkcode mergeLora}. Every field is optional. */
+export interface MergeLoraOptions {
+  /** Backend: `"auto"` (default), `"webgpu"`, `"cpu"`, or a backend instance (not disposed by us). */
+  backend?: BackendChoice | MergeBackend;
+  /** Refuse non-finite factors (checked before returning) and results (checked per block), like
+   * PEFT's `safe_merge`: `LORA_NONFINITE` naming the tensor. Default false. */
+  safe?: boolean;
+  /** Adapter keys that match no base tensor are reported instead of refused (`LORA_NO_BASE`,
+   * `LORA_UNMATCHED`); unmatched full tensors are then added as new tensors. Default false. */
+  allowUnmatched?: boolean;
+  /** Output dtype of the tensors this transform computes (merged weights, biases, token rows,
+   * replacements). Default: each base tensor's own dtype. Untouched tensors keep theirs. */
+  outDtype?: MergeDType;
+  /** `base` is a PEFT-wrapped state dict (HALOs convention: `.base_layer.`, `.lora_A.default.`);
+   * its LoRA part is merged with these hyper-parameters, before any `adapters`. */
+  wrapped?: WrappedLoraOptions;
+  /** Bytes of base weight per backend call. Default 8 MiB. */
+  blockBytes?: number;
+  /** Backend calls in flight per read (overlap of upload, compute, read-back). Default 3. */
+  concurrency?: number;
+  /** After a merged tensor's rows `[s, e)` are read, compute `[e, 2e − s)` ahead (writers read in
+   * order), so that the backend works while the writer writes. Default true. */
+  prefetch?: boolean;
+  /** Rename rules `[regex, replacement]` applied in order to the module paths adapter keys name
+   * (after `base_model.model.` is stripped), for adapters saved under other names than the base
+   * checkpoint uses (e.g. transformers' `model.language_model.` vs `model.`). Default none. */
+  renames?: [pattern: string, replacement: string][];
+  /** The model ties `lm_head.weight` to the input embedding (`tie_word_embeddings`): trainable-token
+   * rows of `embed_tokens` are applied to an `lm_head.weight` of the same shape too, as PEFT's tied
+   * token adapter does, and an `lm_head` LoRA goes into `…embed_tokens.weight` when the checkpoint
+   * has no `lm_head.weight` (the shared weight PEFT merges into). Default false. */
+  tieWordEmbeddings?: boolean;
+  /** Options passed to `createMergeBackend` when `backend` is a choice. */
+  backendOptions?: Record<string, unknown>;
+}
+
+/** One adapter's contribution to one module, in the report. */
+export interface ModuleAdapterReport {
+  /** Adapter name. */
+  name: string;
+  /** Rank (from the tensors, equal to the config's). */
+  r: number;
+  /** Alpha used. */
+  alpha: number;
+  /** PEFT scaling `alpha/r` (or `alpha/√r`). */
+  scale: number;
+  /** Adapter weight (default 1). */
+  weight: number;
+  /** rank_pattern key used, if any. */
+  rankPattern?: string;
+  /** alpha_pattern key used, if any. */
+  alphaPattern?: string;
+}
+
+/** One merged module in the report. */
+export interface ModuleReport {
+  /** Module path `M`. */
+  module: string;
+  /** Output tensor (`M.weight`). */
+  tensor: string;
+  /** Layout decided from the shapes. */
+  layout: LoraLayoutKind;
+  /** Weight shape. */
+  shape: number[];
+  /** Output dtype. */
+  dtype: DType;
+  /** DoRA norm mode, or false. */
+  dora: DoraMode | false;
+  /** Adapters applied, in order. */
+  adapters: ModuleAdapterReport[];
+}
+
+/** What {@linkcode mergeLora} did (planned; the arithmetic runs when tensors are read). */
+export interface MergeReport {
+  /** The backend that runs the merge (absent when nothing needs one). */
+  backend?: { kind: "webgpu" | "cpu"; description: string; reason: string };
+  /** The adapters, in order. */
+  adapters: { name: string; path?: string; weight: number; tensors: number; useDora: boolean }[];
+  /** Merged modules with the scaling used. */
+  modules: ModuleReport[];
+  /** Base tensors replaced by adapter copies (modules_to_save, saved biases/embeddings). */
+  replaced: string[];
+  /** Biases that received `lora_B.bias`. */
+  biases: string[];
+  /** Tensors whose rows were replaced by trainable tokens. */
+  trainableTokens: { tensor: string; rows: number }[];
+  /** Adapter keys that matched nothing (only non-empty with `allowUnmatched`). */
+  unmatchedKeys: string[];
+  /** Tensors added because the base lacked them (with `allowUnmatched`). */
+  added: string[];
+  /** `target_modules` entries that matched no module with LoRA tensors. */
+  unusedTargetModules: { adapter: string; target: string }[];
+  /** Base modules matched by `target_modules` that received no LoRA tensors. */
+  targetModulesWithoutTensors: { adapter: string; module: string }[];
+  /** Keys of a wrapped state dict dropped because they belong to another adapter name. */
+  otherAdapterKeys: string[];
+  /** With `tieWordEmbeddings`, the input embedding that received an `lm_head` LoRA because the
+   * checkpoint has no separate `lm_head.weight`. */
+  tiedLmHead?: string;
+}
+
+/** Result of {@linkcode mergeLora}. */
+export interface MergeLoraResult {
+  /** The merged lazy state dict; it owns the base's, the adapters' and the backend's resources. */
+  stateDict: StateDict;
+  /** What was (is being) merged. */
+  report: MergeReport;
+}
