@@ -31,6 +31,7 @@ import type { AdapterInput, MergeLoraOptions } from "../../merge/lora_types.ts";
 import { parseDType } from "../../formats/dtype.ts";
 import type { MergeDType } from "../../kernels/types.ts";
 import { defineStage, type Stage } from "../stage.ts";
+import type { Same } from "./_options.ts";
 
 const adapterEntry = z.union([
   z.string().min(1),
@@ -44,7 +45,7 @@ const adapterEntry = z.union([
   }),
 ]);
 
-/** The mergeLora options schema (unknown keys rejected): the one declaration of the options. */
+/** The mergeLora options schema (unknown keys rejected). */
 const mergeLoraOptions = z.strictObject({
   /** Adapter(s): a path, or a list of paths / `{ path, weight, name }`, merged in order. */
   adapter: z.union([adapterEntry, z.array(adapterEntry).min(1)]).optional(),
@@ -72,6 +73,48 @@ const mergeLoraOptions = z.strictObject({
   /** rsLoRA scaling for a wrapped state dict. Default false. */
   useRslora: z.boolean().default(false),
 });
+
+/** One adapter of the mergeLora stage: a path, or a path with a weight and a name. */
+export type MergeLoraAdapterEntry = string | {
+  /** Adapter folder or weights file. */
+  path: string;
+  /** Weight of this adapter's delta. Default 1. */
+  weight?: number | undefined;
+  /** Name for reports. */
+  name?: string | undefined;
+};
+
+/** Options of the mergeLora stage, as a config writes them (the schema's input type). */
+export interface MergeLoraStageOptions {
+  /** Adapter(s): a path, or a list of paths / `{ path, weight, name }`, merged in order. */
+  adapter?: MergeLoraAdapterEntry | MergeLoraAdapterEntry[] | undefined;
+  /** Merge backend; default: the run's `--backend`, else `"auto"`. */
+  backend?: "auto" | "webgpu" | "cpu" | undefined;
+  /** Refuse non-finite merged values (PEFT's `safe_merge`). Default false. */
+  safe?: boolean | undefined;
+  /** Report adapter keys that match nothing instead of failing. Default false. */
+  allowUnmatched?: boolean | undefined;
+  /** Dtype of merged tensors (one rounding); default: each base tensor's dtype. */
+  outDtype?:
+    | "BF16"
+    | "F16"
+    | "F32"
+    | "bf16"
+    | "f16"
+    | "f32"
+    | "bfloat16"
+    | "float16"
+    | "float32"
+    | undefined;
+  /** Rank of a PEFT-wrapped state dict's LoRA (HALOs `lora_r`); a numeric string (from `--var`) too. */
+  r?: number | string | undefined;
+  /** Alpha of a PEFT-wrapped state dict's LoRA (HALOs `lora_alpha`); a numeric string too. */
+  alpha?: number | string | undefined;
+  /** rsLoRA scaling for a wrapped state dict. Default false. */
+  useRslora?: boolean | undefined;
+}
+
+const _sameOptions: Same<z.input<typeof mergeLoraOptions>, MergeLoraStageOptions> = true;
 
 /** The mergeLora stage (config name `mergeLora`). */
 export const mergeLoraStage: Stage = defineStage({
