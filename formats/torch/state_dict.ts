@@ -28,6 +28,7 @@
  */
 import { join } from "node:path";
 import { CkptError } from "../../errors.ts";
+import { readTextInput } from "../read_text.ts";
 import { planShards, shardFileName, shardIndexJson } from "../shards.ts";
 import { StateDict } from "../state_dict.ts";
 import { loadTorch, type TorchFile } from "./load.ts";
@@ -108,9 +109,10 @@ export async function openTorchShards(indexPathOrFolder: string): Promise<StateD
     );
   }
   const dir = indexPath.slice(0, Math.max(0, indexPath.lastIndexOf("/"))) || ".";
+  const text = await readTextInput(indexPath, { code: "TORCH_INDEX", what: "shard index" });
   let weightMap: Record<string, unknown>;
   try {
-    const json = JSON.parse(await Deno.readTextFile(indexPath));
+    const json = JSON.parse(text);
     weightMap = json?.weight_map;
     if (weightMap === null || typeof weightMap !== "object" || Array.isArray(weightMap)) {
       throw new Error("no weight_map");
