@@ -5,6 +5,7 @@
  */
 const BENCHES: Record<string, string[]> = {
   io: ["./io.ts", "./io_torch.ts"],
+  pickle: ["./pickle.ts"],
   merge: ["./merge.ts"],
   merge_lora: ["./merge_lora.ts"],
   e2e: ["./e2e.ts"],
