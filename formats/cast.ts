@@ -37,9 +37,15 @@ export function castBytes(from: DType, to: DType, bytes: Uint8Array): Uint8Array
   return encodeF32(to, decodeF32(from, bytes));
 }
 
-/** A lazy ref that reads `ref` and converts float values to `to` (RNE); others are returned as is. */
+/**
+ * A lazy ref that reads `ref` and converts float values to `to` (RNE); others are returned as is.
+ * A ref that computes its values (one with {@linkcode TensorRef.cast}, such as a LoRA-merged
+ * weight) is asked for `to` directly, so that its values are rounded once, into `to`, not first
+ * into its own dtype and then again.
+ */
 export function castRef(ref: TensorRef, to: DType): TensorRef {
   if (ref.dtype === to || !isFloatDType(ref.dtype) || !isFloatDType(to)) return ref;
+  if (ref.cast) return ref.cast(to);
   const from = ref.dtype;
   return {
     dtype: to,

@@ -39,6 +39,14 @@ export interface TensorRef {
    * (positional file reads, chunk assembly) implement it; writers use it to skip one copy.
    */
   readInto?(rowStart: number, rowEnd: number, into: Uint8Array): Promise<Uint8Array>;
+  /**
+   * Optional: this tensor as the float dtype `dtype`, computed from its unrounded values with one
+   * round-to-nearest-even. Computed tensors implement it (a LoRA-merged weight rounds `W + s·B·A`
+   * straight into `dtype`) so that a later cast (`castRef` in `formats/cast.ts`,
+   * writeModel's `dtype`) rounds once, to the final dtype, instead of rounding to this ref's dtype
+   * and then again. Called only for float `dtype` different from this ref's.
+   */
+  cast?(dtype: DType): TensorRef;
 }
 
 /** Number of elements of a shape (1 for `[]`). */

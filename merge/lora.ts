@@ -23,7 +23,11 @@
  *
  * ## Numerics
  * Factors are decoded to f32; the backend computes `f32(W) + s·Σ B·A` in f32 and rounds once (RNE)
- * into the output dtype (`kernels/reference.ts` defines the order).
+ * into the output dtype (`kernels/reference.ts` defines the order). The output dtype is
+ * `outDtype` (default: the base tensor's), or the dtype a later cast asks for: the merged refs
+ * implement `TensorRef.cast`, so `castRef(ref, "F32")` (writeModel's `dtype`) computes the merge
+ * again straight into F32 instead of widening the bf16-rounded values. One rounding, to the final
+ * dtype, whatever the entry point.
  *
  * ## Where the parts live
  * `merge/lora_load.ts` (unwrapping a PEFT-wrapped base, loading and naming adapters),

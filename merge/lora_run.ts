@@ -11,7 +11,12 @@ import { CkptError } from "../errors.ts";
 import { decodeF32, type DType, DTYPES, encodeF32, isFloatDType } from "../formats/dtype.ts";
 import { castBytes } from "../formats/cast.ts";
 import { numel, rowCount, type TensorRef } from "../formats/state_dict.ts";
-import type { MergeBackend, MergeDType, MergeRowsRequest } from "../kernels/types.ts";
+import {
+  isMergeDType,
+  type MergeBackend,
+  type MergeDType,
+  type MergeRowsRequest,
+} from "../kernels/types.ts";
 import type { Job, Plan } from "./_lora_job.ts";
 import { applyColumnFactors, ColumnNorms } from "./dora.ts";
 import { factorA, factorB } from "./layouts.ts";
@@ -68,7 +73,7 @@ export interface ReadContext {
   concurrency: number;
   cache: Map<string, Promise<Prepared>>;
   prefetch: boolean;
-  /** Row ranges computed ahead of the reader, per tensor. */
+  /** Row ranges computed ahead of the reader, per tensor and output dtype. */
   ahead: Map<string, { s: number; e: number; p: Promise<Uint8Array> }>;
   /** Work in flight that nobody awaits yet (waited for on close). */
   pending: Set<Promise<unknown>>;
@@ -274,16 +279,34 @@ async function readJob(job: Job, ctx: ReadContext, r0: number, r1: number): Prom
   return out;
 }
 
-/** The lazy merged tensor of `job`. */
+/**
+ * The lazy merged tensor of `job`. Its {@linkcode TensorRef.cast} is the same job with another
+ * output dtype: the merge (or the replacement, bias sum, token rows) rounds once, straight into the
+ * dtype a writer asks for. The kernels write BF16, F16 and F32; another float dtype takes the f32
+ * result and converts it (exact for F64).
+ */
 export function jobRef(job: Job, ctx: ReadContext): TensorRef {
   const shape = [...job.source.shape];
   const note = job.terms.length > 0
     ? `merged ${job.terms.map((t) => t.adapter).join("+")} into ${job.source.source ?? "base"}`
     : `from ${job.source.source ?? "adapter"}`;
+  const key = `${job.name}\0${job.outDtype}`; // computed-ahead rows are bytes of one dtype
   return {
     dtype: job.outDtype,
     shape,
     source: note,
+    cast(dtype: DType): TensorRef {
+      if (job.terms.length === 0 || isMergeDType(dtype)) {
+        return jobRef({ ...job, outDtype: dtype }, ctx);
+      }
+      const f32 = jobRef({ ...job, outDtype: "F32" }, ctx);
+      return {
+        dtype,
+        shape,
+        source: `${note} as ${dtype}`,
+        read: async (s?: number, e?: number) => castBytes("F32", dtype, await f32.read(s, e)),
+      };
+    },
     async read(rowStart?: number, rowEnd?: number): Promise<Uint8Array> {
       const rows = rowCount(shape);
       const s = rowStart ?? 0;
@@ -295,23 +318,23 @@ export function jobRef(job: Job, ctx: ReadContext): TensorRef {
           { tensor: job.name },
         );
       }
-      const ahead = ctx.ahead.get(job.name);
+      const ahead = ctx.ahead.get(key);
       let p: Promise<Uint8Array>;
       if (ahead && ahead.s === s && ahead.e === e) {
-        ctx.ahead.delete(job.name);
+        ctx.ahead.delete(key);
         p = ahead.p;
       } else p = readJob(job, ctx, s, e);
       // A writer reads row ranges in order: compute the next range of the same size while this
       // one is finished and written (queued behind it, so it does not delay it).
       if (ctx.prefetch && job.terms.length > 0 && e > s && e < rows) {
-        const next = ctx.ahead.get(job.name);
+        const next = ctx.ahead.get(key);
         if (!next || next.s !== e) {
           const ne = Math.min(rows, e + (e - s));
           const np = readJob(job, ctx, e, ne);
           const settled = np.then(() => {}, () => {});
           ctx.pending.add(settled);
           void settled.then(() => ctx.pending.delete(settled));
-          ctx.ahead.set(job.name, { s: e, e: ne, p: np });
+          ctx.ahead.set(key, { s: e, e: ne, p: np });
         }
       }
       return await p;

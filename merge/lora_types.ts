@@ -28,7 +28,9 @@ export interface MergeLoraOptions {
    * `LORA_UNMATCHED`); unmatched full tensors are then added as new tensors. Default false. */
   allowUnmatched?: boolean;
   /** Output dtype of the tensors this transform computes (merged weights, biases, token rows,
-   * replacements). Default: each base tensor's own dtype. Untouched tensors keep theirs. */
+   * replacements). Default: each base tensor's own dtype. Untouched tensors keep theirs. A later
+   * cast of a computed tensor (`castRef`, writeModel's `dtype`) replaces it: the merge then rounds
+   * once, into the cast's dtype. */
   outDtype?: MergeDType;
   /** `base` is a PEFT-wrapped state dict (HALOs convention: `.base_layer.`, `.lora_A.default.`);
    * its LoRA part is merged with these hyper-parameters, before any `adapters`. */

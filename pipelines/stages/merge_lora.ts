@@ -207,6 +207,8 @@ export const mergeLoraStage: Stage = defineStage({
         : {}),
       adapters: report.adapters,
       modules: report.modules.length,
+      // merged values are rounded once, into writeModel's dtype when it asks for one, else this
+      outDtype: mergeOptions.outDtype ?? "base",
       scaling: [...new Set(report.modules.flatMap((m) => m.adapters.map((a) => a.scale)))],
       replaced: report.replaced,
       biases: report.biases.length,

@@ -9,7 +9,8 @@
  *   `save_pretrained(safe_serialization=False)` (HALOs' final save) writes;
  * - `maxShardSize` (default `"5GB"`, decimal units as transformers);
  * - `dtype`: floating-point tensors are cast on the fly (lazy converting refs, round to nearest
- *   even); integer tensors are kept;
+ *   even); merged tensors are computed straight into it (one rounding, `TensorRef.cast`); integer
+ *   tensors are kept;
  * - tied embeddings as transformers: with `tie_word_embeddings` and an `lm_head.weight` equal to
  *   the input embedding, safetensors output omits `lm_head.weight` (a `.bin` keeps both, sharing one
  *   storage, and a tied model without `lm_head.weight` gets one, as `model.state_dict()` has it); when they differ (a LoRA merged into one of them) both are written and
@@ -129,6 +130,7 @@ export const writeModelStage: Stage = defineStage({
       dtype: plan.dtype ?? null,
       tied: plan.tied,
       tensors: plan.stateDict.size,
+      recomputedInDtype: plan.recomputedInDtype,
     };
     if (ctx.dryRun) {
       ctx.report("writeModel", { ...report, files, estimated: options.format === "bin" });

@@ -89,6 +89,9 @@ export interface ModelPlan {
   generationConfig?: Uint8Array;
   /** What happened to tied embeddings. */
   tied: "none" | "dropped-lm-head" | "kept-both" | "untied";
+  /** Computed tensors (merged weights, replacements) that `dtype` recomputes straight into it
+   * (one rounding) instead of casting their values (`TensorRef.cast`). */
+  recomputedInDtype: number;
 }
 
 /** What {@linkcode planModel} takes besides the weights. */
@@ -242,11 +245,19 @@ function configBytes(
   return new TextEncoder().encode(dumpPyJson(config, { indent: 2, ensureAscii: false }) + "\n");
 }
 
-/** Prepares a merged model: casts, tie decision, config.json text. Reads the embeddings only to compare them. */
+/**
+ * Prepares a merged model: casts (a computed tensor is recomputed in the output dtype, one
+ * rounding), tie decision, config.json text. Reads the embeddings only to compare them.
+ */
 export async function planModel(sd: StateDict, options: PlanModelOptions): Promise<ModelPlan> {
   const out = new StateDict();
   out.metadata = { ...sd.metadata };
-  for (const [k, r] of sd) out.set(k, options.dtype ? castRef(r, options.dtype) : r);
+  let recomputedInDtype = 0;
+  for (const [k, r] of sd) {
+    const cast = options.dtype ? castRef(r, options.dtype) : r;
+    if (cast !== r && r.cast) recomputedInDtype++;
+    out.set(k, cast);
+  }
   const fileText = options.modelDir
     ? await readFileIfAny(join(options.modelDir, "config.json"))
     : undefined;
@@ -265,5 +276,6 @@ export async function planModel(sd: StateDict, options: PlanModelOptions): Promi
     ...(cfgBytes ? { config: cfgBytes } : {}),
     ...(generationConfig ? { generationConfig } : {}),
     tied,
+    recomputedInDtype,
   };
 }
