@@ -27,10 +27,17 @@ Options:
   --format <f>             safetensors (default) or bin (pytorch_model.bin)
   --max-shard-size <size>  shard size like 5GB (default 5GB, as transformers)
   --backend <b>            merge backend: auto (default), webgpu or cpu
+  --tied-embeddings <t>    untie (default) or refuse: what to do when the model ties lm_head to
+                           embed_tokens and the adapter changes only one of them (see below)
   --overwrite              replace an existing output
   --dry-run                print the plan and write nothing
   --log <style>            auto, tty, json or quiet
   -h, --help               this help
+
+Tied embeddings: a LoRA on embed_tokens of a model with tie_word_embeddings changes the input
+embedding only; the trained model's lm_head still uses the original weight (and the reverse for a
+LoRA on lm_head). The export unties them (both written, tie_word_embeddings false) with a warning;
+--tied-embeddings refuse fails with LORA_TIED_EMBEDDINGS instead.
 
 Exit codes: 0 ok, 1 failed, 2 usage error, 130 interrupted`;
 
@@ -55,6 +62,7 @@ export async function mergeConfig(flags: {
   dtype?: string | undefined;
   format?: string | undefined;
   maxShardSize?: string | undefined;
+  tiedEmbeddings?: string | undefined;
 }): Promise<RawConfig> {
   const writeModel: Record<string, unknown> = { use: "writeModel" };
   if (flags.dtype !== undefined) writeModel.dtype = flags.dtype;
@@ -62,13 +70,23 @@ export async function mergeConfig(flags: {
   if (flags.maxShardSize !== undefined) writeModel.maxShardSize = flags.maxShardSize;
   const stages: RawConfig["stages"] = [
     { use: "gatherShards", from: resolve(flags.base) },
-    { use: "mergeLora", adapter: resolve(flags.adapter) },
+    {
+      use: "mergeLora",
+      adapter: resolve(flags.adapter),
+      ...(flags.tiedEmbeddings === undefined ? {} : { tiedEmbeddings: flags.tiedEmbeddings }),
+    },
     writeModel as RawConfig["stages"][number],
   ];
   if (await hasTokenizer(resolve(flags.adapter)) || await hasTokenizer(resolve(flags.base))) {
     stages.push({ use: "writeTokenizer" });
   }
   return { output: resolve(flags.out), stages };
+}
+
+/** `--tied-embeddings`: `untie` or `refuse` (a usage error otherwise). */
+function tiedEmbeddingsFlag(value: string | undefined): string | undefined {
+  if (value === undefined || value === "untie" || value === "refuse") return value;
+  throw new UsageError(`--tied-embeddings must be untie or refuse, not "${value}"`);
 }
 
 /** Entry point of `ckpt merge`. */
@@ -81,6 +99,7 @@ export async function run(args: string[]): Promise<number> {
     format: { type: "string" },
     "max-shard-size": { type: "string" },
     backend: { type: "string" },
+    "tied-embeddings": { type: "string" },
     overwrite: { type: "boolean" },
     "dry-run": { type: "boolean" },
     log: { type: "string" },
@@ -102,6 +121,7 @@ export async function run(args: string[]): Promise<number> {
     dtype: stringOption(parsed, "dtype"),
     format: stringOption(parsed, "format"),
     maxShardSize: stringOption(parsed, "max-shard-size"),
+    tiedEmbeddings: tiedEmbeddingsFlag(stringOption(parsed, "tied-embeddings")),
   });
   const config = validateConfig(raw, {
     stages: await builtinStages(),

@@ -177,6 +177,8 @@ export const ERROR_CODES = {
   LORA_WRAPPED: "PEFT-wrapped weights were given without r and alpha to merge them.",
   LORA_WRAPPED_OPTIONS: "mergeLora got PEFT-wrapped weights but no r and alpha options.",
   LORA_NO_ADAPTER: "mergeLora got no adapter and the weights hold no PEFT-wrapped LoRA.",
+  LORA_TIED_EMBEDDINGS:
+    "An adapter changes tied embeddings differently and untying them was refused (tiedEmbeddings: refuse).",
 
   // Pipeline configs and presets (pipelines/)
   CONFIG_READ: "A pipeline config file cannot be read.",

@@ -77,6 +77,7 @@ const LoraConfigSchema = z.looseObject({
   trainable_token_indices: z.union([intArray, z.record(z.string(), intArray)]).nullable()
     .default(null),
   init_lora_weights: z.union([z.boolean(), z.string()]).default(true),
+  ensure_weight_tying: z.boolean().default(false),
   base_model_name_or_path: z.string().nullable().optional(),
   task_type: z.string().nullable().optional(),
 });
@@ -111,6 +112,9 @@ export interface LoraConfig {
   trainable_token_indices: number[] | Record<string, number[]> | null;
   /** `true`/`false`/`"gaussian"` etc.; base-mutating values are refused. */
   init_lora_weights: boolean | string;
+  /** PEFT ≥ 0.18: the adapter keeps tied embeddings tied (its `lm_head` LoRA or copy is tied to
+   * the `embed_tokens` one). Default false. */
+  ensure_weight_tying?: boolean;
   /** Base model id or path, if recorded. */
   base_model_name_or_path?: string | null | undefined;
   /** Task type, if recorded. */

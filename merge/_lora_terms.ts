@@ -30,8 +30,8 @@ function tokenIndicesFor(
 }
 
 /**
- * Trainable-token rows of `<module>.weight` (and of a tied `lm_head.weight` with
- * `tieWordEmbeddings`). `LORA_TOKENS` for missing indices or rows that do not fit, `LORA_CONFLICT`
+ * Trainable-token rows of `<module>.weight` (a tied `lm_head.weight` gets the embedding's rows in
+ * `merge/_lora_tied.ts`). `LORA_TOKENS` for missing indices or rows that do not fit, `LORA_CONFLICT`
  * when the weight already has token rows, `LORA_DTYPE` for non-float tensors.
  */
 export function planTokens(
@@ -64,16 +64,6 @@ export function planTokens(
   job.tokens = { key: tokens.key, indices: [...indices], values: tokens.ref };
   job.modified = true;
   planner.report.trainableTokens.push({ tensor: target, rows: indices.length });
-  // A tied lm_head shares the rows (PEFT's tied token adapter saves nothing for it).
-  const tied = planner.options.tieWordEmbeddings ?? false;
-  if (tied && module.endsWith("embed_tokens") && target !== "lm_head.weight") {
-    const head = planner.jobFor("lm_head.weight");
-    if (head && head.source.shape.join() === job.source.shape.join() && !head.tokens) {
-      head.tokens = { key: tokens.key, indices: [...indices], values: tokens.ref };
-      head.modified = true;
-      planner.report.trainableTokens.push({ tensor: "lm_head.weight", rows: indices.length });
-    }
-  }
 }
 
 /** `LORA_TOKENS` unless the values are `[indices, hidden]` rows of a 2-D weight, indices in range. */

@@ -21,6 +21,7 @@ import {
   type WeightedAdapter,
 } from "./_lora_job.ts";
 import { planLoraBias, planLoraTerm, planTokens } from "./_lora_terms.ts";
+import { findTiedPair, settleTiedPair, type TiedPair } from "./_lora_tied.ts";
 import type { MergeLoraOptions, MergeReport } from "./lora_types.ts";
 
 /**
@@ -33,12 +34,15 @@ export function planLoraMerge(
   options: MergeLoraOptions,
   report: MergeReport,
 ): Plan {
-  const planner = createPlanner(base, options, report);
+  const pair = findTiedPair(base, options);
+  const planner = createPlanner(base, options, report, pair);
   // Pass 1: replacements, per adapter in order.
   const replacedBy = new Map<string, string>();
   for (const { adapter } of loaded) planReplacements(planner, adapter, replacedBy);
   // Pass 2: LoRA parts, grouped by adapter and module.
   for (const { adapter, weight } of loaded) planAdapter(planner, adapter, weight);
+  // Tied embeddings changed differently: untie them (merge/_lora_tied.ts).
+  if (pair) settleTiedPair(planner, pair, loaded, replacedBy);
   return { order: planner.order, jobs: planner.jobs };
 }
 
@@ -57,7 +61,12 @@ function compileRenames(
   });
 }
 
-function createPlanner(base: StateDict, options: MergeLoraOptions, report: MergeReport): Planner {
+function createPlanner(
+  base: StateDict,
+  options: MergeLoraOptions,
+  report: MergeReport,
+  pair: TiedPair | undefined,
+): Planner {
   const allowUnmatched = options.allowUnmatched ?? false;
   const order = [...base.keys()];
   const jobs = new Map<string, Job>();
@@ -80,7 +89,12 @@ function createPlanner(base: StateDict, options: MergeLoraOptions, report: Merge
     jobFor(name: string): Job | undefined {
       let job = jobs.get(name);
       if (job) return job;
-      const src = base.get(name);
+      let src = base.get(name);
+      if (!src && pair?.implicit && name === pair.output) {
+        // a checkpoint that stores tied embeddings once: the output starts as the input's weight
+        src = base.require(pair.input);
+        order.push(name);
+      }
       if (!src) return undefined;
       job = {
         name,
@@ -226,7 +240,7 @@ function planModule(
   if (p.tokens) planTokens(planner, module, p.tokens, adapter);
   const pair = factorPair(module, p);
   if (!pair) return false;
-  const job = targetJob(planner, module);
+  const job = planner.jobFor(`${module}.weight`);
   if (!job) {
     planner.unmatched(pair.a.key, `the base has no weight "${module}.weight"`, "LORA_NO_BASE");
     planner.report.unmatchedKeys.push(pair.b.key);
@@ -273,21 +287,6 @@ function factorPair(module: string, p: Parts): { a: Part; b: Part } | undefined 
     );
   }
   return { a: p.a, b: p.b };
-}
-
-/**
- * The job of `<module>.weight`; with `tieWordEmbeddings`, an `lm_head` LoRA on a checkpoint without
- * `lm_head.weight` goes into the input embedding.
- */
-function targetJob(planner: Planner, module: string): Job | undefined {
-  const job = planner.jobFor(`${module}.weight`);
-  if (job || !planner.options.tieWordEmbeddings || module !== "lm_head") return job;
-  // A tied checkpoint stores the output embedding once, as the input embedding: PEFT merges
-  // the lm_head delta into that shared weight.
-  const emb = [...planner.base.keys()].find((k) => /(^|\.)embed_tokens\.weight$/.test(k));
-  if (emb === undefined) return undefined;
-  planner.report.tiedLmHead = emb;
-  return planner.jobFor(emb);
 }
 
 /** Reports `target_modules` entries that matched nothing and targeted modules without tensors. */

@@ -46,11 +46,17 @@ export interface MergeLoraOptions {
    * (after `base_model.model.` is stripped), for adapters saved under other names than the base
    * checkpoint uses (e.g. transformers' `model.language_model.` vs `model.`). Default none. */
   renames?: [pattern: string, replacement: string][];
-  /** The model ties `lm_head.weight` to the input embedding (`tie_word_embeddings`): trainable-token
-   * rows of `embed_tokens` are applied to an `lm_head.weight` of the same shape too, as PEFT's tied
-   * token adapter does, and an `lm_head` LoRA goes into `…embed_tokens.weight` when the checkpoint
-   * has no `lm_head.weight` (the shared weight PEFT merges into). Default false. */
+  /** The model ties `lm_head.weight` to the input embedding (`tie_word_embeddings`). An adapter
+   * that changes the two differently (a LoRA or `modules_to_save` copy on one of them) unties
+   * them, as the trained PeftModel computes: the changed side merged, the other the original
+   * weight (added as `lm_head.weight` when the checkpoint stores the pair once); see
+   * `tiedEmbeddings`. Trainable-token rows of the embedding apply to a separate `lm_head.weight`
+   * too (PEFT's tied token adapter). An `lm_head` that is the same torch tensor as the embedding
+   * counts as tied without this. Default false. */
   tieWordEmbeddings?: boolean;
+  /** What to do when tied embeddings must be untied to export what was trained: `"untie"`
+   * (default; reported in `MergeReport.tiedEmbeddings`) or `"refuse"` (`LORA_TIED_EMBEDDINGS`). */
+  tiedEmbeddings?: "untie" | "refuse";
   /** Options passed to `createMergeBackend` when `backend` is a choice. */
   backendOptions?: Record<string, unknown>;
 }
@@ -115,9 +121,25 @@ export interface MergeReport {
   targetModulesWithoutTensors: { adapter: string; module: string }[];
   /** Keys of a wrapped state dict dropped because they belong to another adapter name. */
   otherAdapterKeys: string[];
-  /** With `tieWordEmbeddings`, the input embedding that received an `lm_head` LoRA because the
-   * checkpoint has no separate `lm_head.weight`. */
-  tiedLmHead?: string;
+  /** Tied embeddings this merge unties (absent when none are, or they stay tied). */
+  tiedEmbeddings?: TiedEmbeddingsReport;
+}
+
+/** How the adapters change one side of a tied embedding pair. */
+export type TiedEmbeddingChange = "none" | "lora" | "copy" | "lora+copy";
+
+/** Tied embeddings a merge unties to export what was trained (`MergeReport.tiedEmbeddings`). */
+export interface TiedEmbeddingsReport {
+  /** The input embedding (`model.embed_tokens.weight`). */
+  input: string;
+  /** The output embedding (`lm_head.weight`). */
+  output: string;
+  /** What the adapters do to the input embedding (`copy`: a `modules_to_save` copy). */
+  inputChange: TiedEmbeddingChange;
+  /** What the adapters do to the output embedding. */
+  outputChange: TiedEmbeddingChange;
+  /** The warning, in words. */
+  message: string;
 }
 
 /** Result of {@linkcode mergeLora}. */

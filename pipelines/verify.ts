@@ -25,7 +25,7 @@
 import { join } from "node:path";
 import { CkptError } from "../errors.ts";
 import { decodeF32, type DType } from "../formats/dtype.ts";
-import type { StateDict } from "../formats/state_dict.ts";
+import type { StateDict, TensorRef } from "../formats/state_dict.ts";
 import { loadTorch } from "../formats/torch/load.ts";
 import { openInput } from "../readers/kinds.ts";
 import { stripStateDict } from "../readers/names.ts";
@@ -153,6 +153,12 @@ export function sampleRows(rows: number, n: number): number[] {
   return [...out].sort((a, b) => a - b);
 }
 
+/** The input embedding of a checkpoint without `lm_head.weight` (a tied model), if any. */
+function tiedInput(sd: StateDict): TensorRef | undefined {
+  const key = [...sd.keys()].find((k) => /(^|\.)embed_tokens\.weight$/.test(k));
+  return key === undefined ? undefined : sd.get(key);
+}
+
 async function checkMerge(
   folder: string,
   base: string,
@@ -193,7 +199,8 @@ async function checkMerge(
         continue;
       }
       const target = m.target;
-      const w = baseSd.get(target);
+      // a tied base stores lm_head once, as the input embedding: that is the head's original
+      const w = baseSd.get(target) ?? (target === "lm_head.weight" ? tiedInput(baseSd) : undefined);
       const o = out.get(target);
       if (!w || !o) {
         checks.push({
@@ -227,7 +234,7 @@ async function checkMerge(
       let worst = 0;
       let bad = 0;
       for (const i of sampleRows(outF, samples)) {
-        const wRow = await decodeRow(baseSd, target, i);
+        const wRow = decodeF32(w.dtype, await w.read(i, i + 1));
         const oRow = await decodeRow(out, target, i);
         const bRow = decodeF32(bRef.dtype, await bRef.read(i, i + 1));
         for (let j = 0; j < inF; j++) {

@@ -7,6 +7,13 @@
  * Sets `ctx.adapterDir` (tokenizer files are looked up there first) and reports the merge plan and
  * the backend used.
  *
+ * Tied embeddings (config.json's `tie_word_embeddings`; without it, a checkpoint with no
+ * `lm_head.weight`) that an adapter changes differently (a LoRA or `modules_to_save` copy on
+ * `embed_tokens` or on `lm_head`) are untied to export what the trained PeftModel computes: the
+ * changed side merged, the other the original weight, `tie_word_embeddings: false`; a warning is
+ * logged and the report gets `tiedEmbeddings` and `warnings`. `tiedEmbeddings: "refuse"` fails with
+ * `LORA_TIED_EMBEDDINGS` instead (`merge/_lora_tied.ts` has the reasoning).
+ *
  * @example Options as a config writes them
  * ```ts
  * import { mergeLoraStage } from "./merge_lora.ts";
@@ -28,9 +35,10 @@ import { CkptError } from "../../errors.ts";
 import { isWrappedStateDict, loadAdapter } from "../../formats/peft.ts";
 import { mergeLora } from "../../merge/lora.ts";
 import type { AdapterInput, MergeLoraOptions } from "../../merge/lora_types.ts";
+import type { StateDict } from "../../formats/state_dict.ts";
 import { parseDType } from "../../formats/dtype.ts";
 import type { MergeDType } from "../../kernels/types.ts";
-import { defineStage, type Stage } from "../stage.ts";
+import { defineStage, type Stage, type StageContext } from "../stage.ts";
 import type { Same } from "./_options.ts";
 
 const adapterEntry = z.union([
@@ -72,6 +80,9 @@ const mergeLoraOptions = z.strictObject({
   ]).optional(),
   /** rsLoRA scaling for a wrapped state dict. Default false. */
   useRslora: z.boolean().default(false),
+  /** Tied embeddings the adapter changes differently: `"untie"` them (default; a warning) or
+   * `"refuse"` (`LORA_TIED_EMBEDDINGS`). */
+  tiedEmbeddings: z.enum(["untie", "refuse"]).default("untie"),
 });
 
 /** One adapter of the mergeLora stage: a path, or a path with a weight and a name. */
@@ -112,9 +123,42 @@ export interface MergeLoraStageOptions {
   alpha?: number | string | undefined;
   /** rsLoRA scaling for a wrapped state dict. Default false. */
   useRslora?: boolean | undefined;
+  /** Tied embeddings the adapter changes differently: `"untie"` them (default; a warning) or
+   * `"refuse"` (`LORA_TIED_EMBEDDINGS`). */
+  tiedEmbeddings?: "untie" | "refuse" | undefined;
 }
 
 const _sameOptions: Same<z.input<typeof mergeLoraOptions>, MergeLoraStageOptions> = true;
+
+/** `tie_word_embeddings` of a config.json (top level, else `text_config`), if it says. */
+function tieFlag(config: Record<string, unknown> | undefined): boolean | undefined {
+  const text = config?.text_config;
+  for (const holder of [config, text]) {
+    if (holder && typeof holder === "object") {
+      const v = (holder as Record<string, unknown>).tie_word_embeddings;
+      if (typeof v === "boolean") return v;
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Whether the model ties its output head to the input embedding: as config.json says; without a
+ * word on it, when the checkpoint has no `lm_head` tensor (a causal LM without one loads only
+ * tied).
+ */
+function tiesEmbeddings(config: Record<string, unknown> | undefined, weights: StateDict): boolean {
+  return tieFlag(config) ?? ![...weights.keys()].some((k) => k.startsWith("lm_head."));
+}
+
+/**
+ * After untying: a config.json that does not say `tie_word_embeddings` gets `false` (one that says
+ * `true` is set to false by writeModel, which sees the two tensors differ).
+ */
+function untieConfig(ctx: StageContext): void {
+  if (!ctx.modelConfig || tieFlag(ctx.modelConfig) !== undefined) return;
+  ctx.modelConfig = { ...ctx.modelConfig, tie_word_embeddings: false };
+}
 
 /** The mergeLora stage (config name `mergeLora`). */
 export const mergeLoraStage: Stage = defineStage({
@@ -186,6 +230,8 @@ export const mergeLoraStage: Stage = defineStage({
       ...(wrapped
         ? { wrapped: { r: options.r!, alpha: options.alpha!, useRslora: options.useRslora } }
         : {}),
+      tieWordEmbeddings: tiesEmbeddings(ctx.modelConfig, base),
+      tiedEmbeddings: options.tiedEmbeddings,
     };
     const { stateDict, report } = await mergeLora(base, adapters, mergeOptions);
     ctx.stateDict = stateDict;
@@ -215,7 +261,11 @@ export const mergeLoraStage: Stage = defineStage({
       unmatchedKeys: report.unmatchedKeys,
       added: report.added,
       targetModulesWithoutTensors: report.targetModulesWithoutTensors.length,
+      ...(report.tiedEmbeddings
+        ? { tiedEmbeddings: report.tiedEmbeddings, warnings: [report.tiedEmbeddings.message] }
+        : {}),
     });
+    if (report.tiedEmbeddings) untieConfig(ctx);
     ctx.emit({
       type: "log",
       level: "info",
@@ -225,6 +275,15 @@ export const mergeLoraStage: Stage = defineStage({
       }`,
       data: { backend: report.backend ?? null },
     });
+    if (report.tiedEmbeddings) {
+      ctx.emit({
+        type: "log",
+        level: "warn",
+        stage: "mergeLora",
+        message: report.tiedEmbeddings.message,
+        data: { tiedEmbeddings: report.tiedEmbeddings },
+      });
+    }
     if (report.unmatchedKeys.length > 0) {
       ctx.emit({
         type: "log",

@@ -33,3 +33,31 @@ Deno.test("`ckpt merge` prints help and exits 2 without its required flags", asy
   assert.equal(bad.code, 2);
   assert.match(bad.stderr, /missing --adapter/);
 });
+
+Deno.test("`ckpt merge --tied-embeddings` passes untie/refuse to mergeLora and rejects other values", async () => {
+  await withTempDir(async (dir) => {
+    const flags = { base: join(dir, "b"), adapter: join(dir, "a"), out: join(dir, "o") };
+    const refuse = await mergeConfig({ ...flags, tiedEmbeddings: "refuse" });
+    assert.deepEqual(refuse.stages[1], {
+      use: "mergeLora",
+      adapter: flags.adapter,
+      tiedEmbeddings: "refuse",
+    });
+    assert.deepEqual(Object.keys((await mergeConfig(flags)).stages[1]!), ["use", "adapter"]);
+  });
+  const bad = await ckpt([
+    "merge",
+    "--base",
+    "b",
+    "--adapter",
+    "a",
+    "--out",
+    "o",
+    "--tied-embeddings",
+    "drop",
+  ]);
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /--tied-embeddings must be untie or refuse/);
+  const help = await ckpt(["merge", "--help"]);
+  assert.match(help.stdout, /--tied-embeddings <t>/);
+});

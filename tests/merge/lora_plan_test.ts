@@ -301,28 +301,3 @@ Deno.test("`mergeLora()` mixes a Linear and a Conv1D adapter on one square weigh
   assert.deepEqual(await values(stateDict.require("m.weight")), [20, 120, 120, 400]);
   assert.equal(report.modules[0]!.adapters.length, 2);
 });
-
-Deno.test("`mergeLora()` merges an lm_head LoRA into the shared embedding of a tied checkpoint", async () => {
-  const base = () =>
-    new StateDict([["model.embed_tokens.weight", t("F32", [3, 2], [1, 1, 1, 1, 1, 1])]]);
-  const ad = adapter([
-    [`${P}lm_head.lora_A.weight`, t("F32", [1, 2], [1, 2])],
-    [`${P}lm_head.lora_B.weight`, t("F32", [3, 1], [1, 0, -1])],
-  ], { r: 1, lora_alpha: 1 });
-  await assert.rejects(mergeLora(base(), [ad]), (e) => isCkptError(e, "LORA_NO_BASE"));
-  const { stateDict, report } = await mergeLora(base(), [ad], {
-    tieWordEmbeddings: true,
-    backend: referenceBackend(),
-  });
-  assert.deepEqual([...stateDict.keys()], ["model.embed_tokens.weight"]);
-  assert.deepEqual(await values(stateDict.require("model.embed_tokens.weight")), [
-    2,
-    3,
-    1,
-    1,
-    0,
-    -1,
-  ]);
-  assert.equal(report.tiedLmHead, "model.embed_tokens.weight");
-  assert.equal(report.modules[0]!.module, "lm_head");
-});
