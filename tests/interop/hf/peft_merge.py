@@ -7,8 +7,16 @@ Peer side of tests/interop/hf_merge_test.ts, run with the current Hugging Face s
                                   the input embedding, saved by PEFT) and PEFT's own merges:
                                   DIR/f32/peft_f32.safetensors (base loaded in f32,
                                   merge_and_unload()) and DIR/f32/peft_bf16.safetensors
+                                  and DIR/tied/{base,emb,head}: a tiny tied Qwen2 in bf16 with a
+                                  LoRA on embed_tokens (emb) or on lm_head (head)
   peft_merge.py check-f32 DIR OUT compares OUT (ckpt merge --dtype float32 of DIR/f32) and PEFT's
                                   f32 merge with the float64 merge of the same files
+  peft_merge.py check-tied DIR    loads DIR/ours-{emb,head}-{bf16,f32} (ckpt's exports of the tied
+                                  cases) with AutoModelForCausalLM.from_pretrained and compares
+                                  their logits and greedy next tokens with the unmerged PeftModel's,
+                                  beside the spread of PEFT's own bf16/f32 merges (of the model
+                                  untied first, as PEFT's warning advises) and PEFT's merge of the
+                                  tied model
 
 Prints one JSON line. Seconds on 2 cores.
 """
@@ -97,7 +105,65 @@ def make(root):
     for name, dtype in (("peft_f32", torch.float32), ("peft_bf16", torch.bfloat16)):
         save_file(peft_merge(os.path.join(d, "base"), os.path.join(d, "adapter"), dtype),
                   os.path.join(d, name + ".safetensors"))
-    return {"made": ["f32"]}
+    t = os.path.join(root, "tied")
+    make_base(os.path.join(t, "base"), tied=True, seed=1)
+    for name, module in (("emb", "embed_tokens"), ("head", "lm_head")):
+        make_adapter(os.path.join(t, "base"), os.path.join(t, name), [module], seed=3, scale=0.1)
+    return {"made": ["f32", "tied"]}
+
+
+IDS = torch.randint(0, 256, (4, 12), generator=torch.Generator().manual_seed(7))  # 48 next tokens
+
+
+def logits(model):
+    with torch.no_grad():
+        return model(input_ids=IDS).logits.float()
+
+
+def load_tied_base(base, dtype, untie):
+    if not untie:
+        return AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    # what PEFT's tied-merge warning advises: load untied, lm_head a clone of the embedding
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, tie_word_embeddings=False)
+    model.lm_head.weight.data = model.model.embed_tokens.weight.data.clone()
+    return model
+
+
+def check_tied(root):
+    t = os.path.join(root, "tied")
+    base = os.path.join(t, "base")
+    res = {}
+    for name in ("emb", "head"):
+        adapter = os.path.join(t, name)
+        trained = logits(PeftModel.from_pretrained(load_tied_base(base, torch.float32, False), adapter))
+        tokens = trained.argmax(-1)
+        agree = lambda x: int((x.argmax(-1) == tokens).sum())
+        err = lambda x: float((x - trained).abs().max())
+        merged = lambda dtype, untie: logits(
+            PeftModel.from_pretrained(load_tied_base(base, dtype, untie), adapter).merge_and_unload().float())
+        peft32, peft16, peft_tied = merged(torch.float32, True), merged(torch.bfloat16, True), merged(torch.float32, False)
+        top2 = trained.topk(2, dim=-1).values
+        r = {
+            "positions": int(tokens.numel()),
+            "trained_max_logit": float(trained.abs().max()),
+            "min_margin": float((top2[..., 0] - top2[..., 1]).min()),
+            "peft_spread": float((peft16 - peft32).abs().max()),
+            "peft_f32": err(peft32),
+            "peft_bf16": err(peft16),
+            "peft_tied": err(peft_tied),
+            "peft_tied_agree": agree(peft_tied),
+        }
+        for dt in ("bf16", "f32"):
+            out = os.path.join(root, f"ours-{name}-{dt}")
+            model, info = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, output_loading_info=True)
+            ours = logits(model)
+            r[f"ours_{dt}"] = err(ours)
+            r[f"ours_{dt}_agree"] = agree(ours)
+            r[f"ours_{dt}_load_clean"] = not any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+            r[f"ours_{dt}_untied"] = (not model.config.tie_word_embeddings) and (
+                model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr())
+        res[name] = r
+    return res
 
 
 def check_f32(root, ours_dir):
@@ -126,6 +192,8 @@ if __name__ == "__main__":
         out = make(sys.argv[2])
     elif cmd == "check-f32":
         out = check_f32(sys.argv[2], sys.argv[3])
+    elif cmd == "check-tied":
+        out = check_tied(sys.argv[2])
     else:
         raise SystemExit(f"unknown command {cmd}")
     print(json.dumps(out))
