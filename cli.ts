@@ -8,10 +8,14 @@
  * ```
  *
  * Exit codes: 0 success, 1 a run failed (a {@linkcode CkptError} or verification failure),
- * 2 wrong usage (unknown command or option), 130 interrupted.
+ * 2 wrong usage (unknown command or option), 130 interrupted. Every failure prints one line
+ * `ckpt <command>: [CODE] message`; an operating-system error that reached this far is coded
+ * from its errno (`errors/os.ts`), anything else is `[INTERNAL]` (a bug), with its stack only
+ * when `CKPT_DEBUG=1`.
  * @module
  */
 import { CkptError } from "./errors.ts";
+import { isOsError, osErrorFromMessage } from "./errors/os.ts";
 import { UsageError } from "./cli/_args.ts";
 import denoJson from "./deno.json" with { type: "json" };
 
@@ -95,7 +99,23 @@ export async function main(args: string[]): Promise<number> {
       console.error(`ckpt ${name}: ${err.message}\n(see ckpt ${name} --help)`);
       return 2;
     }
-    throw err;
+    if (isOsError(err)) {
+      const coded = osErrorFromMessage(err);
+      console.error(`ckpt ${name}: [${coded.code}] ${coded.message}`);
+      return 1;
+    }
+    // A bug: say so in one line; the stack only when asked for (CKPT_DEBUG=1).
+    console.error(`ckpt ${name}: [INTERNAL] ${err instanceof Error ? err.message : String(err)}`);
+    if (debugRequested() && err instanceof Error && err.stack) console.error(err.stack);
+    return 1;
+  }
+}
+
+function debugRequested(): boolean {
+  try {
+    return Deno.env.get("CKPT_DEBUG") === "1";
+  } catch {
+    return false;
   }
 }
 

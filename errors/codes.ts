@@ -32,6 +32,15 @@ export const ERROR_CODES = {
   DTYPE_NOT_FLOAT: "An operation that needs a floating-point dtype got an integer or bool dtype.",
   JSON_PARSE: "A JSON input (metrics, config, tokenizer files) is not valid JSON.",
 
+  // File-system operations (errors/os.ts: the operation and path are in the message)
+  FS_READ_ONLY: "The file system is read-only (EROFS): the output cannot be written there.",
+  FS_PERMISSION: "No permission (EACCES), or not permitted (EPERM: an immutable file or folder).",
+  FS_NO_SPACE: "The device is full or the disk quota is exceeded (ENOSPC, EDQUOT).",
+  FS_NAME_TOO_LONG: "A file name or path is longer than the file system allows (ENAMETOOLONG).",
+  FS_NOT_EMPTY: "A folder that had to be replaced or removed is not empty (ENOTEMPTY).",
+  FS_EXISTS: "A file or folder that had to be created already exists (EEXIST).",
+  FS_ERROR: "Any other operating-system error of a file operation (the errno is in the message).",
+
   // safetensors (formats/)
   SAFETENSORS_HEADER_TOO_SMALL: "The file is shorter than the 8-byte header length field.",
   SAFETENSORS_HEADER_LENGTH: "The header length runs past the end of the file.",
@@ -189,6 +198,7 @@ export const ERROR_CODES = {
   CONFIG_VAR_SYNTAX: "A --var argument is not name=value.",
   CONFIG_VAR_UNDEFINED: "A ${name} or ${env:NAME} variable is not defined.",
   CONFIG_VAR_CYCLE: "Config variables refer to each other in a cycle.",
+  CONFIG_VAR_TOO_LARGE: "Substituting ${variables} makes a string longer than the 1 MiB limit.",
   PRESET_UNKNOWN: "No preset of that name exists (or it could not be fetched).",
 
   // The runner (pipelines/)

@@ -6,6 +6,7 @@
  */
 import { dirname, isAbsolute, join, normalize, sep } from "node:path";
 import { CkptError } from "../errors.ts";
+import { osError } from "../errors/os.ts";
 import { RandomAccessFile } from "./_io.ts";
 import { readTextInput } from "./read_text.ts";
 import { DTYPES } from "./dtype.ts";
@@ -207,10 +208,7 @@ export async function writeSafetensorsSharded(
       await Deno.rename(tmp, path);
     } catch (cause) {
       await Deno.remove(tmp).catch(() => {});
-      throw new CkptError("FILE_WRITE", `Cannot write "${path}": ${(cause as Error).message}`, {
-        file: path,
-        cause,
-      });
+      throw osError(cause, "write", path, { code: "FILE_WRITE" });
     }
     written.push(path);
     result.index = plan.index;

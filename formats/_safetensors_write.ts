@@ -5,6 +5,7 @@
  * @module
  */
 import { CkptError } from "../errors.ts";
+import { osError } from "../errors/os.ts";
 import { DTYPES, isDType } from "./dtype.ts";
 import { MAX_HEADER_SIZE, planFile, type PlannedFile } from "./_safetensors_header.ts";
 import type { StateDict, TensorRef } from "./state_dict.ts";
@@ -205,10 +206,7 @@ export async function writePlanned(
   try {
     file = await Deno.open(tmp, { write: true, createNew: true });
   } catch (cause) {
-    throw new CkptError("FILE_WRITE", `Cannot create "${tmp}": ${(cause as Error).message}`, {
-      file: path,
-      cause,
-    });
+    throw osError(cause, "create", tmp, { code: "FILE_WRITE" });
   }
   let closed = false;
   let pending: Promise<Uint8Array> | undefined;
@@ -260,10 +258,7 @@ export async function writePlanned(
       throw err;
     }
     if (signal?.aborted && err === signal.reason) throw err;
-    throw new CkptError("FILE_WRITE", `Cannot write "${path}": ${(err as Error).message}`, {
-      file: path,
-      cause: err,
-    });
+    throw osError(err, "write", path, { code: "FILE_WRITE" });
   }
 }
 

@@ -7,6 +7,9 @@
 import { CkptError } from "../errors.ts";
 import { formatJsonPath } from "./_config_errors.ts";
 
+/** Longest string a substitution may produce (a guard against `${a}${a}` doubling chains). */
+export const MAX_SUBSTITUTED_CHARS = 1 << 20;
+
 /** Resolves variables and substitutes `${name}` in every string of a JSON value. */
 export class Substituter {
   #resolved = new Map<string, string | number | boolean>();
@@ -73,10 +76,23 @@ export class Substituter {
   substitute(text: string, path: string): string | number | boolean {
     const whole = text.match(/^\$\{([^}]+)\}$/);
     if (whole) return this.lookup(whole[1]!, path);
-    return text.replace(/\$(\$)?\{([^}]*)\}/g, (_m, escape: string | undefined, name: string) => {
-      if (escape) return `\${${name}}`;
-      return String(this.lookup(name, path));
+    let length = text.length;
+    return text.replace(/\$(\$)?\{([^}]*)\}/g, (m, escape: string | undefined, name: string) => {
+      const piece = escape ? `\${${name}}` : String(this.lookup(name, path));
+      length += piece.length - m.length;
+      if (length > MAX_SUBSTITUTED_CHARS) this.#tooLarge(name, path);
+      return piece;
     });
+  }
+
+  #tooLarge(name: string, path: string): never {
+    throw new CkptError(
+      "CONFIG_VAR_TOO_LARGE",
+      `Cannot substitute \${${name}} at ${path} in ${this.source}: the result would be longer ` +
+        `than ${MAX_SUBSTITUTED_CHARS} characters (variables that repeat each other grow ` +
+        `exponentially)`,
+      { file: this.source, details: { path, variable: name, limit: MAX_SUBSTITUTED_CHARS } },
+    );
   }
 
   walk(value: unknown, path: PropertyKey[]): unknown {

@@ -326,7 +326,12 @@ export async function verifyCheckpoint(
       });
     } catch (err) {
       if (!(err instanceof CkptError)) throw err;
-      checks.push({ kind: "manifest", file: MANIFEST_NAME, ok: false, message: err.message });
+      checks.push({
+        kind: "manifest",
+        file: MANIFEST_NAME,
+        ok: false,
+        message: `[${err.code}] ${err.message}`,
+      });
       listed = (await listFiles(folder).catch(() => [])).filter((f) => f !== MANIFEST_NAME);
     }
 

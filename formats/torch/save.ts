@@ -27,6 +27,7 @@
  */
 import { basename, dirname, join } from "node:path";
 import { CkptError } from "../../errors.ts";
+import { osError } from "../../errors/os.ts";
 import { DTYPES } from "../dtype.ts";
 import type { StateDict } from "../state_dict.ts";
 import { pickleValue } from "./pickle.ts";
@@ -157,10 +158,7 @@ export async function saveTorch(
     const onBytes = options.onBytes;
     w = await TorchZipWriter.create(tmp, prefix, onBytes && ((b) => onBytes(path, b)));
   } catch (cause) {
-    throw new CkptError("FILE_WRITE", `Cannot create "${tmp}": ${(cause as Error).message}`, {
-      file: path,
-      cause,
-    });
+    throw osError(cause, "create", tmp, { code: "FILE_WRITE" });
   }
   try {
     await w.add("data.pkl", pickle);
@@ -189,10 +187,7 @@ export async function saveTorch(
     w.abort();
     await Deno.remove(tmp).catch(() => {});
     if (err instanceof CkptError || (signal?.aborted && err === signal.reason)) throw err;
-    throw new CkptError("FILE_WRITE", `Cannot write "${path}": ${(err as Error).message}`, {
-      file: path,
-      cause: err,
-    });
+    throw osError(err, "write", path, { code: "FILE_WRITE" });
   }
 }
 

@@ -28,6 +28,7 @@
  */
 import { join } from "node:path";
 import { CkptError } from "../../errors.ts";
+import { osError } from "../../errors/os.ts";
 import { readTextInput } from "../read_text.ts";
 import { planShards, shardFileName, shardIndexJson } from "../shards.ts";
 import { StateDict } from "../state_dict.ts";
@@ -248,10 +249,7 @@ export async function writeTorchSharded(
     await Deno.rename(tmp, indexPath);
   } catch (cause) {
     await Deno.remove(tmp).catch(() => {});
-    throw new CkptError("FILE_WRITE", `Cannot write "${indexPath}": ${(cause as Error).message}`, {
-      file: indexPath,
-      cause,
-    });
+    throw osError(cause, "write", indexPath, { code: "FILE_WRITE" });
   }
   return { files, index };
 }

@@ -178,3 +178,18 @@ Deno.test("`parseJsonc()` locates an error after true/false/null literals", () =
     assert.match(err.message, /line 4, column 14/);
   }
 });
+
+Deno.test("`validateConfig()` bounds a ${var} expansion that grows exponentially", () => {
+  const vars: Record<string, string> = { v0: "x".repeat(16) };
+  for (let i = 1; i <= 60; i++) vars[`v${i}`] = `\${v${i - 1}}\${v${i - 1}}`;
+  const t0 = performance.now();
+  assert.equal(
+    code(() => validateConfig({ vars, output: "/o/${v60}", stages: [{ use: "fail" }] }, opts)),
+    "CONFIG_VAR_TOO_LARGE",
+  );
+  assert.ok(performance.now() - t0 < 2000, "fails fast, without building the string");
+  // Below the limit is fine (every var is resolved, used or not: only v0..v12 here).
+  const small = Object.fromEntries(Object.entries(vars).filter(([k]) => Number(k.slice(1)) <= 12));
+  const ok = validateConfig({ vars: small, output: "/o/${v12}", stages: [{ use: "fail" }] }, opts);
+  assert.equal(ok.output.length, "/o/".length + 16 * 2 ** 12);
+});
