@@ -27,7 +27,9 @@
  *   summary: "writes note.txt",
  *   options: z.strictObject({ text: z.string() }),
  *   async run(ctx, options) {
- *     await Deno.writeTextFile(`${ctx.outDir}/note.txt`, (options as { text: string }).text);
+ *     const text = (options as { text: string }).text;
+ *     await Deno.writeTextFile(`${ctx.outDir}/note.txt`, text);
+ *     ctx.report("note", { files: [{ path: "note.txt", bytes: new TextEncoder().encode(text).length }] });
  *   },
  * };
  * const dir = await Deno.makeTempDir();

@@ -12,7 +12,7 @@ import { isDcpProbe } from "../readers/dcp.ts";
 import { inputKinds } from "../readers/kinds.ts";
 import { probeInput } from "../readers/probe.ts";
 import { parseCommand, stringOption, UsageError } from "./_args.ts";
-import { backendChoice, logStyle, runWithCli } from "./run.ts";
+import { RUN_FLAG_OPTIONS, runFlags, runWithCli } from "./run.ts";
 
 const HELP = `ckpt gather: gather sharded weights into one model folder
 
@@ -38,7 +38,9 @@ Options:
   --lora-r <r>            merge PEFT-wrapped LoRA weights with rank r (with --lora-alpha)
   --lora-alpha <a>        LoRA alpha for that merge
   --backend <b>           merge backend: auto (default), webgpu or cpu
-  --overwrite             replace an existing output
+  --overwrite             replace an existing ckpt output (one with ckpt-manifest.json)
+  --force                 with --overwrite: replace it even if ckpt did not write it
+  --wait                  wait for another run writing the same output (default: OUTPUT_LOCKED)
   --dry-run               print the plan (files, sizes) and write nothing
   --log <style>           auto, tty, json or quiet
   -h, --help              this help
@@ -122,10 +124,7 @@ export async function run(args: string[]): Promise<number> {
     config: { type: "string" },
     "lora-r": { type: "string" },
     "lora-alpha": { type: "string" },
-    backend: { type: "string" },
-    overwrite: { type: "boolean" },
-    "dry-run": { type: "boolean" },
-    log: { type: "string" },
+    ...RUN_FLAG_OPTIONS,
   }, help);
   if (!parsed) return 0;
   if (parsed.positionals.length !== 1) {
@@ -148,12 +147,7 @@ export async function run(args: string[]): Promise<number> {
     ...(lora === undefined ? {} : { lora }),
   });
   const cfg = validateConfig(raw, { stages, baseDir: Deno.cwd(), source: "ckpt gather" });
-  return await runWithCli(cfg, {
-    overwrite: parsed.values.overwrite === true,
-    dryRun: parsed.values["dry-run"] === true,
-    backend: backendChoice(stringOption(parsed, "backend")),
-    log: logStyle(stringOption(parsed, "log")),
-  });
+  return await runWithCli(cfg, runFlags(parsed));
 }
 
 /** `--lora-r` and `--lora-alpha`: both or neither, positive numbers (r an integer). */

@@ -8,7 +8,7 @@ import { validateConfig } from "../pipelines/config.ts";
 import type { RawConfig } from "../pipelines/config.ts";
 import { builtinStages } from "../pipelines/config.ts";
 import { parseCommand, stringOption, UsageError } from "./_args.ts";
-import { backendChoice, logStyle, runWithCli } from "./run.ts";
+import { RUN_FLAG_OPTIONS, runFlags, runWithCli } from "./run.ts";
 
 const HELP = `ckpt merge: merge a LoRA adapter into its base model
 
@@ -29,7 +29,9 @@ Options:
   --backend <b>            merge backend: auto (default), webgpu or cpu
   --tied-embeddings <t>    untie (default) or refuse: what to do when the model ties lm_head to
                            embed_tokens and the adapter changes only one of them (see below)
-  --overwrite              replace an existing output
+  --overwrite              replace an existing ckpt output (one with ckpt-manifest.json)
+  --force                  with --overwrite: replace it even if ckpt did not write it
+  --wait                   wait for another run writing the same output (default: OUTPUT_LOCKED)
   --dry-run                print the plan and write nothing
   --log <style>            auto, tty, json or quiet
   -h, --help               this help
@@ -98,22 +100,14 @@ export async function run(args: string[]): Promise<number> {
     dtype: { type: "string" },
     format: { type: "string" },
     "max-shard-size": { type: "string" },
-    backend: { type: "string" },
     "tied-embeddings": { type: "string" },
-    overwrite: { type: "boolean" },
-    "dry-run": { type: "boolean" },
-    log: { type: "string" },
+    ...RUN_FLAG_OPTIONS,
   }, HELP);
   if (!parsed) return 0;
   if (parsed.positionals.length > 0) {
     throw new UsageError(`unexpected argument "${parsed.positionals[0]}"`);
   }
-  const flags = {
-    overwrite: parsed.values.overwrite === true,
-    dryRun: parsed.values["dry-run"] === true,
-    backend: backendChoice(stringOption(parsed, "backend")),
-    log: logStyle(stringOption(parsed, "log")),
-  };
+  const flags = runFlags(parsed);
   const raw = await mergeConfig({
     base: stringOption(parsed, "base", true),
     adapter: stringOption(parsed, "adapter", true),

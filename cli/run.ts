@@ -9,7 +9,7 @@ import { loadConfig, parseVarArgs, type PipelineConfig } from "../pipelines/conf
 import { loadPreset, PRESETS } from "../pipelines/presets.ts";
 import { createRenderer, eventToJson, formatBytes, type LogStyle } from "../pipelines/progress.ts";
 import { runPipeline, type RunResult } from "../pipelines/run.ts";
-import { parseCommand, stringOption, UsageError } from "./_args.ts";
+import { parseCommand, type Parsed, stringOption, UsageError } from "./_args.ts";
 
 const HELP = `ckpt run: run a pipeline config (JSONC) end to end
 
@@ -27,7 +27,11 @@ ${Object.entries(PRESETS).map(([n, p]) => `  ${n.padEnd(19)} ${p.summary}`).join
 
 Options:
   --var name=value     set a config variable (repeatable; overrides CKPT_VAR_<name> and "vars")
-  --overwrite          replace an existing output (old one removed only after the new one is in place)
+  --overwrite          replace an existing ckpt output (old one removed only after the new one is in
+                       place); a folder without ckpt-manifest.json is refused unless --force
+  --force              with --overwrite: replace the output even if ckpt did not write it
+  --wait               when another run is writing the same output, wait for it (default: fail
+                       with OUTPUT_LOCKED naming it)
   --dry-run            print the plan (files, sizes) and write nothing
   --backend <b>        merge backend: auto (default), webgpu or cpu
   --log <style>        auto (live line on a terminal, JSON lines otherwise), tty, plain, json, quiet
@@ -102,16 +106,52 @@ export function printPlan(result: RunResult): void {
   );
 }
 
+/** The flags every command that runs a pipeline takes. */
+export interface RunFlags {
+  overwrite: boolean;
+  force: boolean;
+  wait: boolean;
+  dryRun: boolean;
+  backend: BackendChoice | undefined;
+  log: LogStyle;
+}
+
+/** The options of {@linkcode runFlags}, for `parseCommand`. */
+export const RUN_FLAG_OPTIONS = {
+  overwrite: { type: "boolean" },
+  force: { type: "boolean" },
+  wait: { type: "boolean" },
+  "dry-run": { type: "boolean" },
+  backend: { type: "string" },
+  log: { type: "string" },
+} as const;
+
+/** Reads {@linkcode RunFlags} from parsed arguments; `--force` needs `--overwrite`. */
+export function runFlags(parsed: Parsed): RunFlags {
+  const flags = {
+    overwrite: parsed.values.overwrite === true,
+    force: parsed.values.force === true,
+    wait: parsed.values.wait === true,
+    dryRun: parsed.values["dry-run"] === true,
+    backend: backendChoice(stringOption(parsed, "backend")),
+    log: logStyle(stringOption(parsed, "log")),
+  };
+  if (flags.force && !flags.overwrite) throw new UsageError("--force goes with --overwrite");
+  return flags;
+}
+
 /** Runs a pipeline with signals wired, a renderer, and the result printed; returns the exit code. */
 export async function runWithCli(
   config: PipelineConfig,
-  flags: { overwrite: boolean; dryRun: boolean; backend: BackendChoice | undefined; log: LogStyle },
+  flags: RunFlags,
 ): Promise<number> {
   const render = createRenderer(flags.log, stderrWriter(), Deno.stderr.isTerminal());
   try {
     const result = await withSignals((signal) =>
       runPipeline(config, {
         overwrite: flags.overwrite,
+        force: flags.force,
+        wait: flags.wait,
         dryRun: flags.dryRun,
         signal,
         onEvent: render,
@@ -128,8 +168,9 @@ export async function runWithCli(
       console.error(`ckpt: ${err.message}`);
       return 130;
     }
-    if (err instanceof CkptError && flags.log !== "quiet") {
-      // Already rendered as a pipeline-error event; the exit code says the rest.
+    if ((err instanceof CkptError && flags.log !== "quiet") || flags.log === "json") {
+      // Already rendered as a pipeline-error event (JSON logs stay JSON, whatever failed); the exit
+      // code says the rest.
       return 1;
     }
     throw err;
@@ -140,22 +181,14 @@ export async function runWithCli(
 export async function run(args: string[]): Promise<number> {
   const parsed = parseCommand(args, {
     var: { type: "string", multiple: true },
-    overwrite: { type: "boolean" },
-    "dry-run": { type: "boolean" },
-    backend: { type: "string" },
-    log: { type: "string" },
+    ...RUN_FLAG_OPTIONS,
   }, HELP);
   if (!parsed) return 0;
   if (parsed.positionals.length !== 1) {
     throw new UsageError(`expected one config file or preset, got ${parsed.positionals.length}`);
   }
   const varList = (parsed.values.var ?? []) as string[];
-  const flags = {
-    overwrite: parsed.values.overwrite === true,
-    dryRun: parsed.values["dry-run"] === true,
-    backend: backendChoice(stringOption(parsed, "backend")),
-    log: logStyle(stringOption(parsed, "log")),
-  };
+  const flags = runFlags(parsed);
   let config: PipelineConfig;
   try {
     config = await loadConfigOrPreset(parsed.positionals[0]!, parseVarArgs(varList));

@@ -204,6 +204,12 @@ export const ERROR_CODES = {
   // The runner (pipelines/)
   OUTPUT_EXISTS: "The output folder already exists (pass --overwrite) or appeared during the run.",
   OUTPUT_INSIDE_INPUT: "The output folder is inside an input folder, or contains one.",
+  OUTPUT_LOCKED: "Another run holds the output's lock (the message names its pid, host and start).",
+  OUTPUT_NOT_CKPT:
+    "The output to overwrite has no ckpt-manifest.json (ckpt did not write it); add --force.",
+  STAGING_UNREPORTED: "A stage left a file or folder in staging that no stage reported writing.",
+  STAGING_MISMATCH:
+    "A file a stage reported writing is missing, or its size differs from the report.",
   STAGE_ORDER: "A stage that needs weights runs before gatherShards.",
   STAGE_FAILED: "A stage failed with an error that is not a CkptError (the message wraps it).",
   ABORTED: "The run or verification was aborted (signal or AbortSignal); staging is removed.",

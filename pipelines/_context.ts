@@ -4,7 +4,7 @@
  * the inputs (`OUTPUT_INSIDE_INPUT`).
  * @module
  */
-import { relative, resolve, sep } from "node:path";
+import { basename, dirname, join, relative, resolve, sep } from "node:path";
 import { CkptError } from "../errors.ts";
 import type { BackendChoice } from "../merge/backend.ts";
 import type { PipelineConfig } from "./config.ts";
@@ -17,17 +17,74 @@ function isInside(child: string, parent: string): boolean {
   return rel === "" || (!rel.startsWith("..") && !rel.startsWith(sep) && rel !== "..");
 }
 
-/** `OUTPUT_INSIDE_INPUT` when `output` is inside `input` or contains it. */
-export function checkOutputAgainst(output: string, input: string, what: string): void {
-  if (isInside(output, input) || isInside(input, output)) {
-    throw new CkptError(
-      "OUTPUT_INSIDE_INPUT",
-      `Cannot write output "${output}": it ${
-        isInside(output, input) ? "is inside" : "contains"
-      } the input ${what} "${input}"`,
-      { file: output, details: { output, input } },
-    );
+/** The real path of `p`: symlinks resolved in its nearest existing ancestor, the rest appended. */
+export function realPathOf(p: string): string {
+  const rest: string[] = [];
+  for (let cur = resolve(p);; cur = dirname(cur)) {
+    try {
+      return join(Deno.realPathSync(cur), ...rest.reverse());
+    } catch {
+      if (dirname(cur) === cur) return resolve(p);
+      rest.push(basename(cur));
+    }
   }
+}
+
+/** `dev:ino` of `p` and of every existing folder above it (symlinks followed). */
+function identities(p: string): Set<string> {
+  const ids = new Set<string>();
+  for (let cur = realPathOf(p);; cur = dirname(cur)) {
+    try {
+      const st = Deno.statSync(cur);
+      ids.add(`${st.dev}:${st.ino}`);
+    } catch {
+      // not there (yet): its parents still count
+    }
+    if (dirname(cur) === cur) return ids;
+  }
+}
+
+function identity(p: string): string | undefined {
+  try {
+    const st = Deno.statSync(p);
+    return `${st.dev}:${st.ino}`;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Where `output` stands to `input`: "is inside", "contains" or undefined. Compares the path text,
+ * the real paths (symlinked parents resolved) and device/inode pairs (bind mounts, hard-linked
+ * paths), so no spelling of a path lets an output replace an input.
+ */
+function relation(output: string, input: string): "is inside" | "contains" | undefined {
+  if (isInside(output, input)) return "is inside";
+  if (isInside(input, output)) return "contains";
+  const [realOut, realIn] = [realPathOf(output), realPathOf(input)];
+  if (isInside(realOut, realIn)) return "is inside";
+  if (isInside(realIn, realOut)) return "contains";
+  const inId = identity(input);
+  if (inId !== undefined && identities(output).has(inId)) return "is inside";
+  const outId = identity(output);
+  if (outId !== undefined && identities(input).has(outId)) return "contains";
+  return undefined;
+}
+
+/**
+ * `OUTPUT_INSIDE_INPUT` when `output` is inside `input` or contains it, by path text, real path
+ * or device/inode.
+ */
+export function checkOutputAgainst(output: string, input: string, what: string): void {
+  const how = relation(output, input);
+  if (how === undefined) return;
+  const real = realPathOf(output);
+  throw new CkptError(
+    "OUTPUT_INSIDE_INPUT",
+    `Cannot write output "${output}"${real === output ? "" : ` (really "${real}")`}: it ${how} ` +
+      `the input ${what} "${input}"`,
+    { file: output, details: { output, input, realOutput: real, realInput: realPathOf(input) } },
+  );
 }
 
 function collectStrings(value: unknown, out: string[]): void {
@@ -47,7 +104,8 @@ export async function declaredInputs(config: PipelineConfig): Promise<string[]> 
     for (const str of strings) {
       if (str === "" || str.length > 4096 || str.includes("\n")) continue;
       const p = resolve(config.baseDir, str);
-      if (await exists(p)) found.add(p);
+      // An option that is no path at all (too long a name, say) is simply not an input.
+      if (await exists(p).catch(() => false)) found.add(p);
     }
   }
   return [...found];

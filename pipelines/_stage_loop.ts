@@ -5,10 +5,12 @@
  * @module
  */
 import { CkptError } from "../errors.ts";
+import { isOsError, osErrorFromMessage } from "../errors/os.ts";
 import type { StateDict } from "../formats/state_dict.ts";
 import type { PipelineConfig } from "./config.ts";
 import type { ManifestStage } from "./manifest.ts";
 import type { PipelineEvent, StageContext } from "./stage.ts";
+import { fsStep } from "./_faults.ts";
 
 /** The `ABORTED` error of a run whose `signal` fired. */
 export function abortError(signal: AbortSignal): CkptError {
@@ -36,12 +38,24 @@ export function round1(ms: number): number {
   return Math.round(ms * 10) / 10;
 }
 
-/** The error a failed stage ends the run with. */
-function stageError(err: unknown, use: string, index: number, signal: AbortSignal): unknown {
+/** The error a failed stage ends the run with (an OS error coded, naming the folder). */
+function stageError(
+  err: unknown,
+  step: { use: string; index: number },
+  signal: AbortSignal,
+  outDir: string,
+): unknown {
+  const { use, index } = step;
   if (signal.aborted && !(err instanceof CkptError && err.code !== "ABORTED")) {
     return abortError(signal);
   }
   if (err instanceof CkptError) return err;
+  if (isOsError(err)) {
+    return osErrorFromMessage(err, {
+      action: `run stage ${use} (stages[${index}]) writing into`,
+      path: outDir,
+    });
+  }
   return new CkptError(
     "STAGE_FAILED",
     `Cannot run stage ${use} (stages[${index}]): ${
@@ -98,6 +112,7 @@ export class StageLoop {
     for (const step of this.#cfg.stages) {
       if (this.#signal.aborted) throw abortError(this.#signal);
       this.current = step.index;
+      fsStep("stage", step.use);
       this.#emit({ type: "stage-start", stage: step.use, index: step.index });
       const ts = performance.now();
       try {
@@ -105,7 +120,7 @@ export class StageLoop {
         this.inFlight = work.then(() => {}, () => {});
         await untilAborted(work, this.#signal);
       } catch (err) {
-        throw stageError(err, step.use, step.index, this.#signal);
+        throw stageError(err, step, this.#signal, ctx.outDir);
       } finally {
         this.stateDict = ctx.stateDict;
       }

@@ -21,6 +21,8 @@
 import { join, relative, sep } from "node:path";
 import { z } from "zod";
 import { CkptError } from "../errors.ts";
+import { osError } from "../errors/os.ts";
+import { fsStep } from "./_faults.ts";
 import denoJson from "../deno.json" with { type: "json" };
 import { readTextInput } from "../formats/read_text.ts";
 import { hashFile, sha256Hex } from "./hashing.ts";
@@ -144,6 +146,11 @@ export interface ManifestInfo {
   totalMs?: number;
   /** Aborts hashing. */
   signal?: AbortSignal;
+  /**
+   * The files to list (relative paths, sorted); default every regular file in the folder. The
+   * runner passes the files the stages reported, after checking the folder holds nothing else.
+   */
+  files?: readonly string[];
   /** Hashes one file (absolute path); default {@linkcode hashFile}. The runner passes one that
    * reuses hashes computed while later stages ran. */
   hasher?: (path: string) => Promise<{ size: number; sha256: string }>;
@@ -163,7 +170,7 @@ function pickString(stages: ManifestStage[], key: string): string | undefined {
  */
 export async function buildManifest(dir: string, info: ManifestInfo): Promise<Manifest> {
   const files: ManifestFile[] = [];
-  for (const path of await listFiles(dir)) {
+  for (const path of info.files ?? await listFiles(dir)) {
     if (path === MANIFEST_NAME) continue;
     info.signal?.throwIfAborted();
     const abs = join(dir, path);
@@ -194,10 +201,28 @@ export async function buildManifest(dir: string, info: ManifestInfo): Promise<Ma
   return manifest;
 }
 
-/** Writes `ckpt-manifest.json` into `dir`; returns the sha256 of the bytes written. */
+/**
+ * Writes `ckpt-manifest.json` into `dir` and fsyncs it; returns the sha256 of the bytes written.
+ * A file-system error is a coded one (`FS_NO_SPACE`, `FS_READ_ONLY`, ...).
+ */
 export async function writeManifest(dir: string, manifest: Manifest): Promise<string> {
   const bytes = new TextEncoder().encode(JSON.stringify(manifest, null, 2) + "\n");
-  await Deno.writeFile(join(dir, MANIFEST_NAME), bytes);
+  const path = join(dir, MANIFEST_NAME);
+  fsStep("write-manifest", path);
+  try {
+    const file = await Deno.open(path, { write: true, create: true, truncate: true });
+    try {
+      let off = 0;
+      while (off < bytes.length) off += await file.write(bytes.subarray(off));
+      fsStep("fsync", path);
+      await file.sync();
+    } finally {
+      file.close();
+    }
+  } catch (err) {
+    await Deno.remove(path).catch(() => {});
+    throw osError(err, "write the manifest", path);
+  }
   return sha256Hex(bytes);
 }
 

@@ -1,12 +1,15 @@
 /**
  * The pipeline runner: runs a config's stages in order, each timed, writing everything into a
- * staging folder beside the output (`.<name>.ckpt-staging-<pid>-<id>`), adds the manifest, and
- * renames the folder into place only when every stage succeeded. An existing output is never
- * replaced unless `overwrite` is set (then: old renamed aside, new renamed in, old deleted). A
- * failed or aborted run removes its staging folder and leaves no other trace.
+ * staging folder beside the output (`.ckpt-staging-<key>-<id>`, locked for the run's life), checks
+ * that the folder holds exactly the files the stages reported, with their sizes, adds the
+ * manifest, fsyncs, and renames the folder into place only when every stage succeeded. The output
+ * path is locked for the whole run (`OUTPUT_LOCKED`, or `wait`). An existing output is never
+ * replaced unless `overwrite` is set, and then only when it holds a ckpt manifest (or `force`):
+ * old renamed aside, new renamed in, old deleted. A failed or aborted run removes its staging
+ * folder and leaves no other trace; see `_staging.ts` for the names and the locks.
  *
- * The API `ckpt watch` builds on (stable): `runPipeline(configOrPath, { vars, overwrite, dryRun,
- * signal, onEvent, backend })` resolves to a {@linkcode RunResult} with `output` and
+ * The API `ckpt watch` builds on (stable): `runPipeline(configOrPath, { vars, overwrite, force,
+ * wait, dryRun, signal, onEvent, backend })` resolves to a {@linkcode RunResult} with `output` and
  * `manifestSha256`; it rejects with a {@linkcode CkptError} (`ABORTED` when `signal` fired).
  *
  * @example Running a pipeline with a custom stage
@@ -37,6 +40,7 @@
  * @module
  */
 import { CkptError } from "../errors.ts";
+import { isOsError, osError } from "../errors/os.ts";
 import {
   builtinStages,
   loadConfig,
@@ -57,7 +61,15 @@ import type { PipelineEvent, Stage } from "./stage.ts";
 import { checkOutputAgainst, createRunContext, declaredInputs } from "./_context.ts";
 import { OutputHasher } from "./_output_hasher.ts";
 import { abortError, round1, StageLoop } from "./_stage_loop.ts";
-import { exists, removeStaleStaging, StagingFolder } from "./_staging.ts";
+import {
+  checkReplaceable,
+  exists,
+  removeStaleStaging,
+  type ReportedFile,
+  StagingFolder,
+} from "./_staging.ts";
+import { makeParents, OutputLock, removeCreatedParents } from "./_output_lock.ts";
+import { fsStep } from "./_faults.ts";
 import { basename, dirname } from "node:path";
 
 /** Options of {@linkcode runPipeline}. */
@@ -67,8 +79,18 @@ export interface RunOptions {
    * Used when the config is a path or a raw object; a {@linkcode PipelineConfig} is already resolved.
    */
   vars?: Record<string, string>;
-  /** Replace an existing output (safely: old aside, new in, old deleted). Default false. */
+  /**
+   * Replace an existing output (safely: old aside, new in, old deleted), when it holds a ckpt
+   * manifest (see `force`). Default false.
+   */
   overwrite?: boolean;
+  /** With `overwrite`, replace an output even without a ckpt manifest. Default false. */
+  force?: boolean;
+  /**
+   * When another run holds the output's lock: wait for it (the signal aborts the wait) instead of
+   * failing with `OUTPUT_LOCKED`. Default false.
+   */
+  wait?: boolean;
   /** Plan only: stages describe their files, nothing is written. Default false. */
   dryRun?: boolean;
   /** Aborts the run; the staging folder is removed and the promise rejects with `ABORTED`. */
@@ -149,35 +171,40 @@ function safeEmitter(onEvent: RunOptions["onEvent"]): (event: PipelineEvent) => 
 }
 
 /**
- * The checks that need no writing, so a bad run leaves no trace: leftovers of dead runs cleaned
- * up, `OUTPUT_EXISTS` (unless overwriting), `OUTPUT_INSIDE_INPUT` for every path the config names.
+ * The checks that need no writing, so a bad run leaves no trace: `OUTPUT_INSIDE_INPUT` for every
+ * path the config names (real paths compared, before any folder is created).
  */
-async function checkOutput(
-  cfg: PipelineConfig,
-  dryRun: boolean,
-  overwrite: boolean,
-): Promise<void> {
-  const output = cfg.output;
-  if (!dryRun) await removeStaleStaging(dirname(output), basename(output));
-  if (!dryRun && !overwrite && await exists(output)) {
+async function checkInputs(cfg: PipelineConfig): Promise<void> {
+  for (const input of await declaredInputs(cfg)) checkOutputAgainst(cfg.output, input, "path");
+}
+
+/** `OUTPUT_EXISTS` unless overwriting; `OUTPUT_NOT_CKPT` when overwriting what ckpt did not write. */
+async function checkExisting(output: string, options: RunOptions): Promise<void> {
+  if (!(await exists(output))) return;
+  if (!options.overwrite) {
     throw new CkptError(
       "OUTPUT_EXISTS",
       `Cannot write output "${output}": it already exists (pass --overwrite to replace it)`,
       { file: output },
     );
   }
-  for (const input of await declaredInputs(cfg)) checkOutputAgainst(output, input, "path");
+  await checkReplaceable(output, options.force ?? false);
 }
 
 /** The files the stages reported (`report.files`), in stage order. */
-function reportedFiles(stages: readonly ManifestStage[]): PlannedFile[] {
-  const files: PlannedFile[] = [];
+function reportedFiles(stages: readonly ManifestStage[]): ReportedFile[] {
+  const files: ReportedFile[] = [];
   for (const s of stages) {
     const list = s.report.files;
     if (!Array.isArray(list)) continue;
     for (const f of list) {
       if (f && typeof f === "object" && typeof f.path === "string") {
-        files.push({ path: f.path, bytes: Number(f.bytes ?? f.size ?? 0), stage: s.name });
+        const bytes = f.bytes ?? f.size;
+        files.push({
+          path: f.path,
+          bytes: bytes === undefined ? undefined : Number(bytes),
+          stage: s.name,
+        });
       }
     }
   }
@@ -224,28 +251,39 @@ function errorEvent(e: unknown, stage: string | undefined): PipelineEvent {
 }
 
 /**
- * Hashes the outputs into the manifest, writes it and renames the staging folder into place.
- * Resolves to the manifest and the sha256 of its bytes.
+ * Checks the staging folder against the reported files, hashes them into the manifest, writes it,
+ * fsyncs everything and renames the staging folder into place. Resolves to the manifest and the
+ * sha256 of its bytes.
  */
 async function finish(
   staging: StagingFolder,
   hasher: OutputHasher,
   info: ManifestInfo & { signal: AbortSignal },
-  options: { emit: (event: PipelineEvent) => void; overwrite: boolean },
+  options: { emit: (event: PipelineEvent) => void; overwrite: boolean; force: boolean },
 ): Promise<{ manifest: Manifest; manifestSha256: string }> {
-  const manifest = await buildManifest(staging.path, { ...info, hasher: hasher.hash });
+  const files = await staging.seal(reportedFiles(info.stages ?? []));
+  const manifest = await buildManifest(staging.path, { ...info, files, hasher: hasher.hash });
   const how = hasher.summary();
   if (how) options.emit(how);
   const manifestSha256 = await writeManifest(staging.path, manifest);
+  await staging.syncFolders(files);
   if (info.signal.aborted) throw abortError(info.signal);
-  await staging.commit(options.overwrite);
+  await staging.commit(options);
   return { manifest, manifestSha256 };
+}
+
+/** The error a failed run ends with: aborts as `ABORTED`, OS errors coded (`errors/os.ts`). */
+function runError(err: unknown, signal: AbortSignal, output: string): unknown {
+  if (signal.aborted && !(err instanceof CkptError)) return abortError(signal);
+  if (isOsError(err)) return osError(err, "write the output", output);
+  return err;
 }
 
 /**
  * Loads (when given a path or a raw object) and runs a pipeline. See the module doc for the
- * guarantees. Errors: any config error, `OUTPUT_EXISTS`, `OUTPUT_INSIDE_INPUT`, `ABORTED`, and
- * whatever a stage throws (always before the output appears).
+ * guarantees. Errors: any config error, `OUTPUT_EXISTS`, `OUTPUT_INSIDE_INPUT`, `OUTPUT_LOCKED`,
+ * `OUTPUT_NOT_CKPT`, `STAGING_UNREPORTED`, `STAGING_MISMATCH`, `ABORTED`, an `FS_*` code for an
+ * operating-system error, and whatever a stage throws (always before the output appears).
  */
 export async function runPipeline(
   config: PipelineConfig | RawConfig | string,
@@ -262,19 +300,31 @@ export async function runPipeline(
   const loop = new StageLoop(cfg, signal, emit);
   let staging: StagingFolder | undefined;
   let hasher: OutputHasher | undefined;
+  let lock: OutputLock | undefined;
+  let createdParent: string | undefined;
   try {
     if (signal.aborted) throw abortError(signal);
-    await checkOutput(cfg, dryRun, options.overwrite ?? false);
+    await checkInputs(cfg);
+    if (!dryRun) {
+      createdParent = await makeParents(output);
+      lock = await OutputLock.acquire(output, { wait: options.wait ?? false, signal });
+      await removeStaleStaging(dirname(output), basename(output));
+    }
+    await checkExisting(output, options);
     staging = await StagingFolder.create(output, { dryRun });
     // Outputs are hashed as soon as their stage ends, or while written (ctx.onOutputBytes).
-    hasher = dryRun ? undefined : new OutputHasher(staging.path, signal);
+    const outputHasher = hasher = dryRun ? undefined : new OutputHasher(staging.path, signal);
     const run = createRunContext({
       cfg,
       outDir: staging.path,
       signal,
       dryRun,
       backend: options.backend,
-      onOutputBytes: hasher?.onOutputBytes,
+      onOutputBytes: outputHasher &&
+        ((path, bytes) => {
+          fsStep("write", path);
+          return outputHasher.onOutputBytes(path, bytes);
+        }),
       emit,
       current: () => loop.current,
     });
@@ -285,7 +335,7 @@ export async function runPipeline(
     if (signal.aborted) throw abortError(signal);
 
     const stages = loop.finished;
-    const files = reportedFiles(stages);
+    const files = reportedFiles(stages).map((f) => ({ ...f, bytes: f.bytes ?? 0 }));
     const info = { output, config: configInfo(cfg), inputs };
     const timings = stages.map((s) => ({ name: s.name, ms: s.ms }));
     if (dryRun || !hasher) {
@@ -300,27 +350,25 @@ export async function runPipeline(
       stages,
       signal,
       totalMs: Math.round(performance.now() - t0),
-    }, { emit, overwrite: options.overwrite ?? false });
+    }, { emit, overwrite: options.overwrite ?? false, force: options.force ?? false });
     const ms = performance.now() - t0;
     emit({ type: "pipeline-end", output, ms: round1(ms), manifestSha256 });
-    const written = manifest.files.map((f) => ({ path: f.path, bytes: f.size, stage: "" }));
-    const plannedOrWritten = files.length > 0 ? files : written;
-    return {
-      output,
-      dryRun,
-      manifestSha256,
-      manifest,
-      ms,
-      stages: timings,
-      files: plannedOrWritten,
-    };
+    const stageOf = new Map(files.map((f) => [f.path, f.stage]));
+    const written = manifest.files.map((f) => ({
+      path: f.path,
+      bytes: f.size,
+      stage: stageOf.get(f.path) ?? "",
+    }));
+    return { output, dryRun, manifestSha256, manifest, ms, stages: timings, files: written };
   } catch (err) {
-    const e = signal.aborted && !(err instanceof CkptError) ? abortError(signal) : err;
+    const e = runError(err, signal, output);
     emit(errorEvent(e, loop.failedStage()));
     throw e;
   } finally {
     hasher?.close();
     await loop.stateDict?.close().catch(() => {});
     await staging?.discard(loop.inFlight);
+    await lock?.release().catch(() => {});
+    await removeCreatedParents(output, createdParent);
   }
 }

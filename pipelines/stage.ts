@@ -60,7 +60,14 @@ export type PipelineEvent =
 
 /** What every stage receives. */
 export interface StageContext {
-  /** Staging folder: every output file is written here and renamed into place by the runner. */
+  /**
+   * Staging folder: every output file is written here and renamed into place by the runner. Every
+   * file a stage writes must be listed in a report (`ctx.report(stage, { files: [{ path, bytes }] })`,
+   * `path` relative to this folder, `bytes` its final size): before the rename, the runner checks
+   * the folder holds exactly the reported files with those sizes (`STAGING_UNREPORTED` for
+   * anything else, `STAGING_MISMATCH` for a missing file or another size), and the manifest lists
+   * them.
+   */
   readonly outDir: string;
   /** Folder relative input paths resolve against (the config file's folder). */
   readonly baseDir: string;
@@ -155,7 +162,9 @@ export interface StageSpec<S extends OptionsSchema> {
  *   summary: "writes note.txt",
  *   options: z.strictObject({ text: z.string(), times: z.number().default(1) }),
  *   async run(ctx, options) {
- *     await Deno.writeTextFile(`${ctx.outDir}/note.txt`, options.text.repeat(options.times));
+ *     const text = options.text.repeat(options.times);
+ *     await Deno.writeTextFile(`${ctx.outDir}/note.txt`, text);
+ *     ctx.report("note", { files: [{ path: "note.txt", bytes: text.length }] });
  *   },
  * });
  * assert.deepEqual(parseStageOptions(note, { text: "hi" }), { text: "hi", times: 1 });

@@ -15,6 +15,7 @@
  *   options: z.strictObject({ text: z.string() }),
  *   async run(ctx, options) {
  *     await Deno.writeTextFile(`${ctx.outDir}/step.txt`, (options as { text: string }).text);
+ *     ctx.report("note", { files: [{ path: "step.txt" }] });
  *   },
  * };
  * const dir = await Deno.makeTempDir();

@@ -104,7 +104,7 @@ Deno.test("`ckpt run` stopped by SIGTERM exits 130 and leaves no staging folder"
       seen += value;
     }
     assert.ok(
-      (await entries(dir)).some((n) => n.startsWith(".out.ckpt-staging-")),
+      (await entries(dir)).some((n) => n.startsWith(".ckpt-staging-")),
       "staging exists midway",
     );
     child.kill("SIGTERM");

@@ -46,6 +46,7 @@ export const wait: Stage = {
   options: z.strictObject({ ms: z.number().default(10_000) }),
   async run(ctx, raw) {
     const { ms } = raw as { ms: number };
+    ctx.report("wait", { files: [{ path: "started.txt", bytes: 1 }] });
     if (!ctx.dryRun) await Deno.writeTextFile(`${ctx.outDir}/started.txt`, "x");
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(resolve, ms);

@@ -56,6 +56,9 @@ const feedWrong: Stage = {
     await ctx.onOutputBytes?.("gone.txt", enc.encode("xyz"));
     await Deno.writeTextFile(join(ctx.outDir, "ok.txt"), "12345");
     await ctx.onOutputBytes?.(join(ctx.outDir, "ok.txt"), enc.encode("12345"));
+    ctx.report("feedWrong", {
+      files: [{ path: "short.txt", bytes: 6 }, { path: "ok.txt", bytes: 5 }],
+    });
   },
 };
 

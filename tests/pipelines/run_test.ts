@@ -3,6 +3,7 @@ import { join } from "node:path";
 import { CkptError, isCkptError } from "../../errors.ts";
 import { readManifest } from "../../pipelines/manifest.ts";
 import { runPipeline } from "../../pipelines/run.ts";
+import { outputKey } from "../../pipelines/_staging.ts";
 import type { PipelineEvent } from "../../pipelines/stage.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
 import { FAKE_STAGES } from "./_fake_stages.ts";
@@ -66,8 +67,20 @@ Deno.test("`runPipeline()` refuses an existing output unless overwrite, then rep
     );
     assert.deepEqual(await entries(join(dir, "out")), ["old.txt"]);
     assert.deepEqual(await entries(dir), ["out"]);
-    await runPipeline(cfg, { ...base, baseDir: dir, overwrite: true });
+    // A folder ckpt did not write (no manifest) is replaced only with force.
+    await assert.rejects(
+      () => runPipeline(cfg, { ...base, baseDir: dir, overwrite: true }),
+      (e: unknown) => isCkptError(e, "OUTPUT_NOT_CKPT"),
+    );
+    assert.deepEqual(await entries(join(dir, "out")), ["old.txt"]);
+    assert.deepEqual(await entries(dir), ["out"]);
+    await runPipeline(cfg, { ...base, baseDir: dir, overwrite: true, force: true });
     assert.deepEqual(await entries(join(dir, "out")), ["ckpt-manifest.json", "new.txt"]);
+    assert.deepEqual(await entries(dir), ["out"]);
+    // A ckpt output is replaced with overwrite alone.
+    const next = { output: "out", stages: [{ use: "writeText", name: "next.txt" }] };
+    await runPipeline(next, { ...base, baseDir: dir, overwrite: true });
+    assert.deepEqual(await entries(join(dir, "out")), ["ckpt-manifest.json", "next.txt"]);
     assert.deepEqual(await entries(dir), ["out"]);
   });
 });
@@ -166,16 +179,34 @@ Deno.test("`runPipeline()` records inputs and config vars in the manifest", asyn
   });
 });
 
-Deno.test("`runPipeline()` removes staging folders left by dead processes", async () => {
+Deno.test("`runPipeline()` removes staging folders of dead runs, never a locked one", async () => {
   await withTempDir(async (dir) => {
-    // pid 2^22+1 is above Linux's pid_max default, so it is never alive.
-    const stale = join(dir, `.out.ckpt-staging-4194305-deadbeef`);
+    // Liveness is the folder's lock, not a PID: an unlocked folder is a dead run's...
+    const key = outputKey("out");
+    const stale = join(dir, `.ckpt-staging-${key}-deadbeef`);
     await Deno.mkdir(stale);
-    await runPipeline({ output: "out", stages: [{ use: "writeText", name: "a" }] }, {
-      ...base,
-      baseDir: dir,
-    });
-    assert.deepEqual(await entries(dir), ["out"]);
+    await Deno.writeTextFile(join(stale, "part.bin"), "x");
+    // ...and one whose lock is held (here by this process) is live, whatever its PID.
+    const live = join(dir, `.ckpt-staging-${key}-0badf00d`);
+    await Deno.mkdir(live);
+    const held = await Deno.open(live, { read: true });
+    assert.equal(await held.tryLock(true), true);
+    // Another output's staging folder is not this run's business.
+    const other = join(dir, `.ckpt-staging-${outputKey("other")}-deadbeef`);
+    await Deno.mkdir(other);
+    try {
+      await runPipeline({ output: "out", stages: [{ use: "writeText", name: "a" }] }, {
+        ...base,
+        baseDir: dir,
+      });
+      assert.deepEqual(await entries(dir), [
+        `.ckpt-staging-${key}-0badf00d`,
+        `.ckpt-staging-${outputKey("other")}-deadbeef`,
+        "out",
+      ]);
+    } finally {
+      held.close();
+    }
   });
 });
 
@@ -302,10 +333,10 @@ Deno.test("`runPipeline()` names the stage whose preflight failed in the error e
 Deno.test("`runPipeline()` restores an output an interrupted overwrite set aside", async () => {
   await withTempDir(async (dir) => {
     // A killed `--overwrite` run renamed the old output aside and died before renaming the new in.
-    const aside = join(dir, ".out.ckpt-old-4194305-deadbeef");
+    const aside = join(dir, `.ckpt-old-${outputKey("out")}-deadbeef`);
     await Deno.mkdir(aside);
     await Deno.writeTextFile(join(aside, "old.txt"), "previous export");
-    await Deno.mkdir(join(dir, ".out.ckpt-staging-4194305-deadbeef"));
+    await Deno.mkdir(join(dir, `.ckpt-staging-${outputKey("out")}-deadbeef`));
     await assert.rejects(
       () =>
         runPipeline({ output: "out", stages: [{ use: "writeText", name: "a" }] }, {

@@ -1,0 +1,94 @@
+/**
+ * The run's exclusive hold on its output path ({@linkcode OutputLock}): `.ckpt-lock-<key>` beside
+ * the output, a `flock`ed file (`lock.ts`) taken before anything is written and removed when the
+ * run ends; and the output's parent folders, created before the lock (the lock file lives there)
+ * and removed again, when empty, after a failed run.
+ * @module
+ */
+import { basename, dirname, join } from "node:path";
+import { CkptError } from "../errors.ts";
+import { describeHolder, FileLock, readLockHolder } from "./lock.ts";
+import { exists, fsCall, outputKey } from "./_staging.ts";
+
+/** The lock file of `output`. */
+export function outputLockPath(output: string): string {
+  return join(dirname(output), `.ckpt-lock-${outputKey(basename(output))}`);
+}
+
+/**
+ * Creates the output's missing parent folders; resolves to the topmost one it created (to be
+ * removed again by {@linkcode removeCreatedParents} when the run fails), or undefined.
+ */
+export async function makeParents(output: string): Promise<string | undefined> {
+  const parent = dirname(output);
+  let top: string | undefined;
+  for (let p = parent; !(await exists(p)); p = dirname(p)) top = p;
+  if (top === undefined) return undefined;
+  await fsCall(
+    "mkdir",
+    "create the output's folder",
+    parent,
+    () => Deno.mkdir(parent, { recursive: true }),
+  );
+  return top;
+}
+
+/** Removes the empty folders from the output's parent up to `top` (never anything in them). */
+export async function removeCreatedParents(output: string, top: string | undefined): Promise<void> {
+  if (top === undefined) return;
+  for (let p = dirname(output); p.length >= top.length; p = dirname(p)) {
+    try {
+      await Deno.remove(p); // fails when not empty: another run may be writing there
+    } catch {
+      return;
+    }
+    if (p === top) return;
+  }
+}
+
+/** The run's exclusive hold on its output path, taken before anything is written. */
+export class OutputLock {
+  readonly #lock: FileLock;
+
+  private constructor(lock: FileLock) {
+    this.#lock = lock;
+  }
+
+  /**
+   * Takes the lock of `output`; `OUTPUT_LOCKED` naming the holder when another run has it, or with
+   * `wait`, waits until it is free (the signal aborts the wait).
+   */
+  static async acquire(
+    output: string,
+    options: { wait: boolean; signal: AbortSignal },
+  ): Promise<OutputLock> {
+    const path = outputLockPath(output);
+    const purpose = `writing ${output}`;
+    const lockOptions = { code: "OUTPUT_LOCKED", mkdir: false } as const;
+    if (options.wait) {
+      return new OutputLock(
+        await FileLock.acquire(path, {
+          ...lockOptions,
+          purpose,
+          timeoutMs: Infinity,
+          pollMs: 100,
+          signal: options.signal,
+        }),
+      );
+    }
+    const lock = await FileLock.tryAcquire(path, purpose, lockOptions);
+    if (lock) return new OutputLock(lock);
+    const holder = await readLockHolder(path);
+    throw new CkptError(
+      "OUTPUT_LOCKED",
+      `Cannot write output "${output}": another run is writing it: ${describeHolder(holder)} ` +
+        `(lock file "${path}"; pass --wait to wait for it)`,
+      { file: output, details: { lock: path, ...(holder ?? {}) } },
+    );
+  }
+
+  /** Releases the lock and removes its file. */
+  async release(): Promise<void> {
+    await this.#lock.release({ remove: true });
+  }
+}
