@@ -267,6 +267,31 @@ Deno.test("faults: a folder that appears at the output before the final rename (
   });
 });
 
+Deno.test("faults: an output inside its input through a bind mount is refused (device/inode)", async () => {
+  await withTempDir(async (dir) => {
+    const run = await makeSmallRun(join(dir, "run"));
+    // The same folder at a second path: no symlink to resolve, only device/inode say it is the base.
+    const alias = join(dir, "alias");
+    await Deno.mkdir(alias);
+    await sh("mount", "--bind", run.base, alias);
+    try {
+      for (
+        const [out, extra] of [[join(alias, "merged"), []], [alias, ["--overwrite", "--force"]]]
+      ) {
+        const r = await ckptChild(mergeArgs(run, out as string, ...(extra as string[])));
+        assertCoded(r, ["OUTPUT_INSIDE_INPUT"], `--out ${out}`);
+      }
+      assert.deepEqual(await entries(run.base), [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+      ]);
+    } finally {
+      await unmount(alias);
+    }
+  });
+});
+
 Deno.test("faults: a ${var} expansion that grows exponentially is CONFIG_VAR_TOO_LARGE", async () => {
   await withTempDir(async (dir) => {
     const vars: Record<string, string> = { v0: "xxxxxxxxxxxxxxxx" };
