@@ -117,3 +117,82 @@ Deno.test("`openSafetensors()` reads a file the real library wrote byte for byte
   }
   await assert.rejects(() => sd.require("f32").read(2, 9), (e) => isCkptError(e, "ROW_RANGE"));
 });
+
+Deno.test("`readSafetensorsHeader()` checks the data size at the exact edge: one byte short, exact, one long", async () => {
+  // Two tensors, 6 data bytes: "a" U8[2] at [0, 2], "b" I16[2] at [2, 6].
+  const header = '{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},' +
+    '"b":{"dtype":"I16","shape":[2],"data_offsets":[2,6]}}';
+  const data = new Uint8Array([1, 2, 3, 4, 5, 6, 7]);
+  await withTempDir(async (dir) => {
+    const outcomes: string[] = [];
+    for (const size of [0, 5, 6, 7]) {
+      const path = join(dir, `d${size}.safetensors`);
+      await Deno.writeFile(path, rawFile(header, data.subarray(0, size)));
+      for (const open of [readSafetensorsHeader, openSafetensors]) {
+        const err = await open(path).then(async (r) => {
+          if ("close" in r) {
+            // The exact file reads its last tensor's bytes back.
+            assert.deepEqual([...(await r.require("b").read())], [3, 4, 5, 6]);
+            await r.close();
+          } else {
+            assert.equal(r.fileSize, 8 + new TextEncoder().encode(header).length + 6);
+            assert.equal(r.dataStart, 8 + new TextEncoder().encode(header).length);
+          }
+          return undefined;
+        }, (e: unknown) => e);
+        if (err === undefined) {
+          outcomes.push(`${size}:ok`);
+          continue;
+        }
+        assert.ok(isCkptError(err), String(err));
+        outcomes.push(`${size}:${err.code}`);
+        assert.equal(err.file, path);
+        if (size < 6) {
+          assert.equal(err.tensor, "b");
+          assert.ok(
+            err.message.includes(`ends at data byte 6 but the file holds ${size} data bytes`),
+            err.message,
+          );
+        } else {
+          assert.ok(err.message.includes(`${size - 6} bytes after the last tensor`), err.message);
+        }
+      }
+    }
+    assert.deepEqual(outcomes, [
+      "0:SAFETENSORS_TRUNCATED",
+      "0:SAFETENSORS_TRUNCATED",
+      "5:SAFETENSORS_TRUNCATED",
+      "5:SAFETENSORS_TRUNCATED",
+      "6:ok",
+      "6:ok",
+      "7:SAFETENSORS_TRAILING",
+      "7:SAFETENSORS_TRAILING",
+    ]);
+  });
+});
+
+Deno.test("`readSafetensorsHeader()` checks the header length at the exact edge of the file", async () => {
+  const header = new TextEncoder().encode('{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}');
+  await withTempDir(async (dir) => {
+    const outcomes: string[] = [];
+    // The prefix claims `header.length + d` bytes of header; the file holds the header and one byte.
+    for (const d of [-1, 0, 1, 2]) {
+      const bytes = new Uint8Array(8 + header.length + 1);
+      new DataView(bytes.buffer).setBigUint64(0, BigInt(header.length + d), true);
+      bytes.set(header, 8);
+      if (d === -1) bytes[8 + header.length - 1] = 0x20; // header one byte shorter: a space
+      const path = join(dir, `h${d}.safetensors`);
+      await Deno.writeFile(path, bytes);
+      const err = await readSafetensorsHeader(path).then(() => undefined, (e: unknown) => e);
+      outcomes.push(
+        err === undefined ? `${d}:ok` : isCkptError(err) ? `${d}:${err.code}` : `${err}`,
+      );
+    }
+    assert.deepEqual(outcomes, [
+      "-1:SAFETENSORS_HEADER_JSON", // the header ends inside the JSON object
+      "0:ok",
+      "1:SAFETENSORS_HEADER_JSON", // the header then holds the data byte, not JSON
+      "2:SAFETENSORS_HEADER_LENGTH", // runs one byte past the end of the file
+    ]);
+  });
+});

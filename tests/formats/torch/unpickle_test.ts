@@ -5,8 +5,14 @@ import { isCkptError } from "../../../errors.ts";
 import { RandomAccessFile } from "../../../formats/_io.ts";
 import { loadTorchSlice } from "../../../formats/torch/load.ts";
 import { encodeLong, pickleValue } from "../../../formats/torch/pickle.ts";
-import { isAllowedGlobal, unpickle } from "../../../formats/torch/unpickle.ts";
 import {
+  isAllowedGlobal,
+  storageClassDType,
+  StorageHandle,
+  unpickle,
+} from "../../../formats/torch/unpickle.ts";
+import {
+  bytesSource,
   PyDict,
   pyDict,
   PyFloat,
@@ -235,4 +241,54 @@ Deno.test("pickleValue() writes the same tensor object once and memoizes it", ()
   d.set("y", d.get("x")!);
   const back = unpickle(pickleValue(d)) as PyDict;
   assert.equal(back.get("x"), back.get("y"));
+});
+
+Deno.test("unpickle() rebuilds plain tensors and parameters through _rebuild_from_type_v2 and refuses subclasses", () => {
+  const storages: StorageHandle[] = [];
+  const persistentLoad = (pid: PyValue) => {
+    const [, cls, key, , n] = (pid as PyTuple).items;
+    const h = new StorageHandle({
+      key: key as string,
+      storageClass: (cls as PyGlobal).qualname,
+      location: "cpu",
+      numel: n as number,
+      dtype: storageClassDType((cls as PyGlobal).qualname),
+      source: bytesSource(new Uint8Array(new Float32Array([1.5, -2]).buffer)),
+      file: "x",
+    });
+    storages.push(h);
+    return h;
+  };
+  // What torch.save writes for a tensor of class `type`:
+  // _rebuild_from_type_v2(_rebuild_tensor_v2, type, (storage, 0, (2,), (1,), False, OrderedDict()), {})
+  const pickleOf = (type: string) =>
+    bytes(
+      "\x80\x02ctorch._tensor\n_rebuild_from_type_v2\n(ctorch._utils\n_rebuild_tensor_v2\n" +
+        `c${type}\n` +
+        "((X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x02tQ" +
+        "K\x00K\x02\x85K\x01\x85\x89ccollections\nOrderedDict\n)Rt}tR.",
+    );
+  const plain = unpickle(pickleOf("torch\nTensor"), { persistentLoad });
+  assert.ok(plain instanceof TorchTensor);
+  assert.deepEqual([plain.dtype, plain.shape, plain.parameter], ["F32", [2], false]);
+  const param = unpickle(pickleOf("torch.nn.parameter\nParameter"), { persistentLoad });
+  assert.ok(param instanceof TorchTensor);
+  assert.deepEqual([param.shape, param.parameter], [[2], true]);
+  assert.equal(storages.length, 2);
+  // An allowed global other than torch.Tensor or Parameter names a subclass: refused, named.
+  for (const sub of ["torch\nFloatTensor", "torch.cuda\nFloatTensor", "torch\nSize"]) {
+    const qualname = sub.replace("\n", ".");
+    assert.throws(
+      () => unpickle(pickleOf(sub), { persistentLoad }),
+      (e) =>
+        isCkptError(e, "PICKLE_REDUCE") && e.message.includes(`tensor subclass ${qualname}`) &&
+        e.details?.global === qualname,
+      qualname,
+    );
+  }
+  // A class outside the allowlist stops at the GLOBAL itself.
+  assert.throws(
+    () => unpickle(pickleOf("my_lib\nQuantTensor"), { persistentLoad }),
+    (e) => isCkptError(e, "PICKLE_GLOBAL") && e.message.includes("my_lib.QuantTensor"),
+  );
 });
