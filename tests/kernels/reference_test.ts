@@ -99,19 +99,55 @@ Deno.test("`mergeRowsReference()` rounds once, to nearest even, and writes canon
 });
 
 Deno.test("`mergeRowsReference()` scales DoRA rows by magnitude over the merged row norm", () => {
-  const req = request("F32", "F32", 3, 300, 4, 11, { dora: true });
-  const plain = decodeF32("F32", mergeRowsReference({ ...req, magnitude: undefined } as never));
+  const rows = 3, cols = 300, rank = 4;
+  const req = request("F32", "F32", rows, cols, rank, 11, { dora: true });
+  // Finite weights only, so that every row is checked: W from plain random values.
+  const w = seeded(rows * cols, 5, 6);
+  req.w = new Uint8Array(w.buffer);
   const dora = decodeF32("F32", mergeRowsReference(req));
-  for (let i = 0; i < 3; i++) {
-    const row = plain.subarray(i * 300, (i + 1) * 300);
-    if (!row.every(Number.isFinite)) continue;
-    const norm = Math.sqrt(row.reduce((s, v) => s + v * v, 0));
-    for (let j = 0; j < 300; j += 17) {
-      const want = (req.magnitude![i]! / norm) * row[j]!;
-      assert.ok(Math.abs(dora[i * 300 + j]! - want) <= 1e-5 * Math.abs(want) + 1e-30);
+  const s = Math.fround(req.scale);
+  let checked = 0;
+  for (let i = 0; i < rows; i++) {
+    // float64: y = W + s·B·A, norm = ||y||, out = m / norm · y
+    const y = new Float64Array(cols);
+    for (let j = 0; j < cols; j++) {
+      let sum = 0;
+      for (let k = 0; k < rank; k++) sum += req.b[i * rank + k]! * req.a[k * cols + j]!;
+      y[j] = w[i * cols + j]! + s * sum;
+    }
+    const norm = Math.sqrt(y.reduce((acc, v) => acc + v * v, 0));
+    const f = req.magnitude![i]! / norm;
+    assert.ok(Number.isFinite(f) && Math.abs(Math.abs(f) - 1) > 0.1, `row ${i}: factor ${f}`);
+    const big = Math.max(...y.map(Math.abs));
+    for (let j = 0; j < cols; j++) {
+      const want = f * y[j]!;
+      const got = dora[i * cols + j]!;
+      // f32 rounding of the k-sum, the norm over 300 squares and the two products.
+      const tol = 2 ** -24 * (Math.abs(want) * 8 + Math.abs(f) * big * (rank + 4));
+      assert.ok(Math.abs(got - want) <= tol, `[${i},${j}]: ${got} vs float64 ${want}`);
+      checked++;
     }
   }
+  assert.equal(checked, rows * cols);
+});
+
+Deno.test("`doraSumOfSquares()` is the float64 sum of squares up to f32 rounding, over all 256 lanes", () => {
   assert.equal(doraSumOfSquares(new Float32Array([3, 4])), 25);
+  for (const n of [1, 255, 256, 257, 1000, 4099]) {
+    const y = seeded(n, n, 8);
+    const exact = y.reduce((acc, v) => acc + v * v, 0);
+    const got = doraSumOfSquares(y);
+    assert.ok(
+      Math.abs(got - exact) <= exact * 2 ** -24 * (n / 256 + 10),
+      `n=${n}: ${got} vs ${exact}`,
+    );
+    // A change in any one element moves the sum (no lane is dropped).
+    for (const at of [0, n - 1, Math.floor(n / 2)]) {
+      const z = y.slice();
+      z[at] = 64;
+      assert.ok(doraSumOfSquares(z) > got + 4000, `n=${n}: element ${at} ignored`);
+    }
+  }
 });
 
 Deno.test("`mergeRowsReference()` validates shapes before computing", () => {
