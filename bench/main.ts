@@ -11,6 +11,7 @@ const BENCHES: Record<string, string[]> = {
   e2e: ["./e2e.ts"],
   gather: ["./gather.ts"],
   watch: ["./watch.ts"],
+  latency: ["./latency.ts"],
 };
 
 const names = Deno.args.filter((a) => !a.startsWith("-"));

@@ -82,16 +82,61 @@ Deno.test("`createPlainRenderer()` prints one escape-free line per finished stag
   assert.equal(out, "[1/2] a  10 files  1.5s\nfailed in b: [X] Cannot go on: no\n");
 });
 
+/** Replaces setInterval/clearInterval/Deno.unrefTimer while `fn` runs; the test fires the ticks. */
+async function withFakeIntervals(
+  fn: (
+    timers: { fns: Map<number, [() => void, number]>; cleared: number[]; unref: number[] },
+  ) => void | Promise<void>,
+): Promise<void> {
+  const timers = {
+    fns: new Map<number, [() => void, number]>(),
+    cleared: [] as number[],
+    unref: [] as number[],
+  };
+  const saved = [globalThis.setInterval, globalThis.clearInterval, Deno.unrefTimer] as const;
+  let next = 1000;
+  globalThis.setInterval = ((f: () => void, ms: number) => {
+    timers.fns.set(++next, [f, ms]);
+    return next;
+  }) as unknown as typeof setInterval;
+  globalThis.clearInterval =
+    ((id: number) => void timers.cleared.push(id)) as unknown as typeof clearInterval;
+  Deno.unrefTimer = (id) => void timers.unref.push(id as number);
+  try {
+    await fn(timers);
+  } finally {
+    [globalThis.setInterval, globalThis.clearInterval, Deno.unrefTimer] = saved;
+  }
+}
+
 Deno.test("`createTtyRenderer()` keeps a silent stage's elapsed time moving, then stops", async () => {
-  const writes: string[] = [];
-  const render = createTtyRenderer((s) => writes.push(s), undefined, 100, 10);
-  render({ type: "pipeline-start", output: "/o", stages: ["slow"] });
-  render({ type: "stage-start", stage: "slow", index: 0 });
-  await new Promise((r) => setTimeout(r, 80));
-  const during = writes.length;
-  assert.ok(during >= 4, `redrawn ${during} times`);
-  render({ type: "stage-end", stage: "slow", index: 0, ms: 80 });
-  const after = writes.length;
-  await new Promise((r) => setTimeout(r, 40));
-  assert.equal(writes.length, after);
+  await withFakeIntervals(({ fns, cleared, unref }) => {
+    const writes: string[] = [];
+    let t = 0;
+    const render = createTtyRenderer((s) => writes.push(s), () => t, 100, 10);
+    render({ type: "pipeline-start", output: "/o", stages: ["slow"] });
+    render({ type: "stage-start", stage: "slow", index: 0 });
+    assert.equal(writes.length, 2);
+    // One unref'd interval of tickMs; each tick redraws the line with the elapsed time.
+    assert.equal(fns.size, 1);
+    const [id, [tick, ms]] = [...fns][0]!;
+    assert.deepEqual([ms, unref], [10, [id]]);
+    for (const at of [1500, 2500, 3500, 4500]) {
+      t = at;
+      tick();
+    }
+    assert.deepEqual(
+      writes.slice(2),
+      [1.5, 2.5, 3.5, 4.5].map((x) => `\r\x1b[2K[1/1] slow  ${x}s`),
+    );
+    render({ type: "stage-end", stage: "slow", index: 0, ms: 4500 });
+    assert.deepEqual(cleared, [id]);
+    const after = writes.length;
+    tick(); // a tick already queued when the stage ended draws nothing
+    assert.equal(writes.length, after);
+  });
+  await withFakeIntervals(({ fns }) => {
+    createTtyRenderer(() => {}, () => 0, 100, 0)({ type: "stage-start", stage: "a", index: 0 });
+    assert.equal(fns.size, 0, "tickMs 0 starts no ticker");
+  });
 });
