@@ -161,12 +161,9 @@ export async function runCase(
   const { stateDict, report } = await mergeLora(base, adapters, options);
   await using expected = await openSafetensors(join(dir, "expected.safetensors"));
   await using plainBase = await openSafetensors(join(dir, "base.safetensors"));
-  let exact: StateDict | undefined;
-  try {
-    exact = await openSafetensors(join(dir, "exact.safetensors"));
-  } catch {
-    exact = undefined;
-  }
+  // Every case has its float64 expectation: a missing file fails here, it does not skip the check.
+  await using exact = await openSafetensors(join(dir, "exact.safetensors"));
+  const exactChecked = new Set<string>();
   const result: CaseResult = {
     case: name,
     report,
@@ -212,8 +209,9 @@ export async function runCase(
         if (d === 0) result.equal++;
         if (d > result.maxUlpTorch) result.maxUlpTorch = d;
       }
-      const ex = exact?.get(key);
+      const ex = exact.get(key);
       if (ex) {
+        exactChecked.add(key);
         const e = new Float64Array((await ex.read()).slice().buffer);
         const g = decodeF32(got.dtype, gb);
         const b0 = plainBase.get(key);
@@ -240,9 +238,16 @@ export async function runCase(
     for (const key of stateDict.keys()) {
       if (!expected.has(key)) result.problems.push(`unexpected ${key}`);
     }
+    // Every merged tensor has a float64 expectation, and every expectation was compared.
+    for (const m of report.modules) {
+      if (!exact.has(m.tensor)) result.problems.push(`no float64 expectation for ${m.tensor}`);
+    }
+    for (const key of exact.keys()) {
+      if (!exactChecked.has(key)) result.problems.push(`float64 expectation ${key} not compared`);
+    }
+    if (exactChecked.size === 0) result.problems.push("no tensor compared with float64");
   } finally {
     await stateDict.close();
-    await exact?.close();
   }
   return result;
 }

@@ -1,8 +1,9 @@
 import assert from "node:assert/strict";
+import { join } from "node:path";
 import { isCkptError } from "../../errors.ts";
 import { StateDict, type TensorRef } from "../../formats/state_dict.ts";
 import { mergeLora } from "../../merge/lora.ts";
-import { referenceBackend, runCase } from "./_lora_fixtures.ts";
+import { LORA_CASES, LORA_FIXTURES, referenceBackend, runCase } from "./_lora_fixtures.ts";
 import { adapter, P, recording, seq, t, values } from "./_lora_helpers.ts";
 
 Deno.test("`mergeLora()` gives the same bytes for any block size", async () => {
@@ -10,6 +11,17 @@ Deno.test("`mergeLora()` gives the same bytes for any block size", async () => {
   const b = await runCase("dora", undefined, 1 << 20);
   assert.deepEqual([...a.bytes.keys()], [...b.bytes.keys()]);
   for (const [k, v] of a.bytes) assert.deepEqual(v, b.bytes.get(k), k);
+});
+
+Deno.test("every folder of tests/fixtures/lora is a case of LORA_CASES, and each has its expectations", async () => {
+  const folders: string[] = [];
+  for await (const e of Deno.readDir(LORA_FIXTURES)) if (e.isDirectory) folders.push(e.name);
+  assert.deepEqual([...LORA_CASES].sort(), folders.sort());
+  for (const name of LORA_CASES) {
+    for (const f of ["case.json", "expected.safetensors", "exact.safetensors"]) {
+      assert.ok((await Deno.stat(join(LORA_FIXTURES, name, f))).isFile, `${name}/${f}`);
+    }
+  }
 });
 
 Deno.test("`mergeLora()` reads nothing before a tensor is read, and splits reads into blocks", async () => {
