@@ -4,11 +4,12 @@
  * literal). The scan looks at every place a code is written:
  *
  * - `new CkptError("CODE", ...)` (also `CkptError("CODE"` split over lines);
- * - calls of a helper declared in the same file with a first parameter `code: ErrorCode`
- *   (`this.#err("PICKLE_MEMO", ...)`, `fail("ZIP_EOCD", ...)`);
+ * - calls of a helper declared in any source file with a parameter `code: ErrorCode` or a union
+ *   of code literals, in that parameter's position (`this.#err("PICKLE_MEMO", ...)`,
+ *   `fail("ZIP_EOCD", ...)`, `unmatched(key, what, "LORA_NO_BASE")`);
  * - `code: "CODE"` properties and parameters, including literal unions
  *   (`code: "LORA_NO_BASE" | "LORA_UNMATCHED"`, `readTextInput(p, { code: "INPUT_MISSING" })`);
- * - comparisons: `.code === "CODE"`, `isCkptError(e, "CODE")`.
+ * - comparisons: `.code === "CODE"`, `code !== "CODE"`, `isCkptError(e, "CODE")`.
  *
  * ```sh
  * deno run -A tests/_helpers/error_codes.ts   # every code with the files that use it
@@ -59,13 +60,78 @@ function escapeRegExp(s: string): string {
 }
 
 /**
- * Names of the helpers declared in `text` whose first parameter is a code: `#err(code: ErrorCode`,
- * `const fail = (code: ErrorCode`.
+ * The top-level arguments (or parameters) of the parenthesis opened at `open`, as text, or
+ * undefined when it does not close. Strings, template literals (with `${}`), comments and nested
+ * brackets are skipped over.
  */
-export function codeHelpers(text: string): Set<string> {
-  const helpers = new Set<string>();
-  const decl = /(#?[A-Za-z_$][\w$]*)\s*(?:=\s*(?:async\s*)?)?\(\s*code\s*:\s*ErrorCode\b/g;
-  for (const m of text.matchAll(decl)) helpers.add(m[1]!);
+export function splitArgs(text: string, open: number): string[] | undefined {
+  const args: string[] = [];
+  let depth = 0;
+  let start = open + 1;
+  for (let i = open; i < text.length; i++) {
+    const c = text[i]!;
+    if (c === '"' || c === "'") {
+      for (i++; i < text.length && text[i] !== c; i++) if (text[i] === "\\") i++;
+    } else if (c === "`") {
+      i = skipTemplate(text, i);
+    } else if (c === "/" && text[i + 1] === "/") {
+      i = text.indexOf("\n", i);
+      if (i < 0) return undefined;
+    } else if (c === "/" && text[i + 1] === "*") {
+      i = text.indexOf("*/", i + 2) + 1;
+      if (i <= 0) return undefined;
+    } else if (c === "(" || c === "[" || c === "{") {
+      depth++;
+    } else if (c === ")" || c === "]" || c === "}") {
+      depth--;
+      if (depth === 0) {
+        const last = text.slice(start, i).trim();
+        if (last !== "" || args.length > 0) args.push(last);
+        return args;
+      }
+    } else if (c === "," && depth === 1) {
+      args.push(text.slice(start, i).trim());
+      start = i + 1;
+    }
+  }
+  return undefined;
+}
+
+/** The index of the closing backtick of the template literal opened at `open`. */
+function skipTemplate(text: string, open: number): number {
+  for (let i = open + 1; i < text.length; i++) {
+    if (text[i] === "\\") i++;
+    else if (text[i] === "`") return i;
+    else if (text[i] === "$" && text[i + 1] === "{") {
+      let depth = 0;
+      for (i++; i < text.length; i++) {
+        if (text[i] === "`") i = skipTemplate(text, i);
+        else if (text[i] === "{") depth++;
+        else if (text[i] === "}" && --depth === 0) break;
+      }
+    }
+  }
+  return text.length;
+}
+
+const CODE_PARAM = new RegExp(
+  `^code\\??\\s*:\\s*(?:ErrorCode\\b|["'\`]${"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*"}["'\`](?:\\s*\\|\\s*["'\`][A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*["'\`])*\\s*$)`,
+);
+
+/**
+ * The helpers declared in `text` with a parameter `code` typed `ErrorCode` or a union of code
+ * literals, each with the position of that parameter: `#err(code: ErrorCode, ...)` (0),
+ * `const fail = (code: ErrorCode, ...) =>` (0), `unmatched = (key, what, code: "A" | "B") =>` (2).
+ */
+export function codeHelpers(text: string): Map<string, number> {
+  const helpers = new Map<string, number>();
+  const decl = /(#?[A-Za-z_$][\w$]*)\s*(?::\s*[A-Za-z_$][\w$]*\s*)?(?:=\s*(?:async\s*)?)?\(/g;
+  for (const m of text.matchAll(decl)) {
+    if (!/\bcode\??\s*:/.test(text.slice(m.index!, m.index! + 400))) continue;
+    const params = splitArgs(text, m.index! + m[0].length - 1);
+    const at = params?.findIndex((p) => CODE_PARAM.test(p)) ?? -1;
+    if (at >= 0) helpers.set(m[1]!, at);
+  }
   return helpers;
 }
 
@@ -77,7 +143,7 @@ export function codeHelpers(text: string): Set<string> {
 export function scanCodeSites(
   text: string,
   file: string,
-  sharedHelpers: ReadonlySet<string> = new Set(),
+  sharedHelpers: ReadonlyMap<string, number> = new Map(),
 ): CodeSite[] {
   const sites: CodeSite[] = [];
   const lineAt = (index: number): number => text.slice(0, index).split("\n").length;
@@ -88,10 +154,21 @@ export function scanCodeSites(
     }
   };
   add(new RegExp(`\\bCkptError\\(\\s*${LIT}`, "g"), "throw");
-  // Helpers whose first parameter is a code: `#err(code: ErrorCode`, `const fail = (code: ErrorCode`.
-  const helpers = new Set([...codeHelpers(text), ...sharedHelpers]);
-  for (const name of helpers) {
-    add(new RegExp(`(?<![\\w$#])${escapeRegExp(name)}\\(\\s*${LIT}`, "g"), "helper");
+  // Calls of helpers with a code parameter: the literal passed in that position.
+  const helpers = new Map([...sharedHelpers, ...codeHelpers(text)]);
+  for (const [name, at] of helpers) {
+    for (const m of text.matchAll(new RegExp(`(?<![\\w$#])${escapeRegExp(name)}\\(`, "g"))) {
+      const arg = splitArgs(text, m.index! + m[0].length - 1)?.[at];
+      const lit = arg?.match(new RegExp(`^${LIT}$`));
+      if (lit) {
+        sites.push({
+          code: lit[1]!,
+          file,
+          line: lineAt(text.indexOf(arg!, m.index!)),
+          kind: "helper",
+        });
+      }
+    }
   }
   // `code: "A"`, `code?: "A" | "B"` (every literal of the union), `code: cond ? x : "A"`.
   const prop = `\\bcode\\??\\s*:\\s*(?:[^,;\\n{}?]*\\?[^,;\\n{}]*:\\s*)?`;
@@ -100,7 +177,7 @@ export function scanCodeSites(
       sites.push({ code: lit[1]!, file, line: lineAt(m.index! + lit.index!), kind: "property" });
     }
   }
-  add(new RegExp(`\\.code\\s*[!=]==?\\s*${LIT}`, "g"), "compare");
+  add(new RegExp(`\\bcode\\s*[!=]==?\\s*${LIT}`, "g"), "compare");
   add(new RegExp(`\\bisCkptError\\([^,()]*,\\s*${LIT}`, "g"), "compare");
   return sites;
 }
@@ -113,7 +190,7 @@ export async function collectCodeSites(root: string = REPO_ROOT): Promise<CodeSi
   }
   // Helpers are collected across files: one module may declare `err(code: ErrorCode, ...)` and
   // the modules it is split into call it.
-  const shared = new Set([...texts.values()].flatMap((text) => [...codeHelpers(text)]));
+  const shared = new Map([...texts.values()].flatMap((text) => [...codeHelpers(text)]));
   const sites: CodeSite[] = [];
   for (const [file, text] of texts) sites.push(...scanCodeSites(text, file, shared));
   return sites;
