@@ -1,17 +1,23 @@
 /**
  * `deno task test`: the one gate. Runs format check, lint, type check, every test (unit, interop
  * and doc examples), `deno doc --lint` and `deno publish --dry-run`, then prints
- * "N passed, N failed" from the JUnit report. Exits non-zero when anything failed.
+ * "N passed, N failed, N skipped" counted from the JUnit report's test cases (steps included;
+ * ignored and filtered-out tests are skipped, never passed). Exits non-zero when anything failed,
+ * and when no test ran at all (a filter that matches nothing).
  *
  * Extra arguments are passed to `deno test` (for example a file filter):
  * `deno task test tests/formats/`.
  *
  * One platform flake is handled explicitly: the `deno test` process has been seen (once, in CI) to
  * abort with a glibc heap error during its own teardown, after it had printed a summary with every
- * test passed and written a complete JUnit report. When exactly that happens, the crash is printed
- * loudly and the test run is repeated once; a second crash, or any failed test, fails the gate.
+ * test passed and written a complete JUnit report. When exactly that happens (SIGABRT, a clean
+ * summary, nothing after it but glibc's heap-corruption message; see `tools/_gate.ts`), the crash
+ * is printed loudly and the test run is repeated once; a second crash, any other non-zero exit, or
+ * any failed test fails the gate.
  * @module
  */
+import { countJunit, type Counts, isTeardownHeapAbort, summaryLine } from "./_gate.ts";
+
 const args = Deno.args;
 const quick = args.includes("--quick");
 const testArgs = args.filter((a) => a !== "--quick");
@@ -29,8 +35,10 @@ async function step(name: string, cmd: string[]): Promise<boolean> {
   return code === 0;
 }
 
-/** Runs `deno <cmd>` with its output passed through; returns the exit code and the output's tail. */
-async function runTeed(cmd: string[]): Promise<{ code: number; tail: string }> {
+/** Runs `deno <cmd>` with its output passed through; returns the exit status and the output's tail. */
+async function runTeed(
+  cmd: string[],
+): Promise<{ status: { code: number; signal: string | null }; tail: string }> {
   const child = new Deno.Command(Deno.execPath(), { args: cmd, stdout: "piped", stderr: "piped" })
     .spawn();
   let tail = "";
@@ -45,36 +53,16 @@ async function runTeed(cmd: string[]): Promise<{ code: number; tail: string }> {
     }
   };
   await Promise.all([pump(child.stdout, Deno.stdout), pump(child.stderr, Deno.stderr)]);
-  return { code: (await child.status).code, tail };
-}
-
-interface Counts {
-  tests: number;
-  failed: number;
+  const { code, signal } = await child.status;
+  return { status: { code, signal }, tail };
 }
 
 async function readJunit(path: string): Promise<Counts | undefined> {
   try {
-    const xml = await Deno.readTextFile(path);
-    const root = xml.match(/<testsuites[^>]*>/)?.[0] ?? "";
-    const tests = Number(root.match(/\btests="(\d+)"/)?.[1] ?? NaN);
-    const fail = Number(root.match(/\bfailures="(\d+)"/)?.[1] ?? NaN);
-    const err = Number(root.match(/\berrors="(\d+)"/)?.[1] ?? 0);
-    return Number.isFinite(tests) && Number.isFinite(fail)
-      ? { tests, failed: fail + err }
-      : undefined;
+    return countJunit(await Deno.readTextFile(path));
   } catch {
     return undefined;
   }
-}
-
-/** Deno's own closing line with no failures, followed only by a native abort message. */
-function crashedAfterCleanSummary(tail: string, counts: Counts | undefined): boolean {
-  // deno-lint-ignore no-control-regex
-  const text = tail.replace(/\x1b\[[0-9;]*m/g, "");
-  const summary = text.lastIndexOf("ok | ");
-  return counts !== undefined && counts.failed === 0 && counts.tests > 0 && summary >= 0 &&
-    / \| 0 failed/.test(text.slice(summary).split("\n")[0] ?? "");
 }
 
 const sources = ["mod.ts", "cli.ts"];
@@ -105,28 +93,30 @@ for (let attempt = 1; attempt <= 2 && !testsOk; attempt++) {
   const junit = await Deno.makeTempFile({ prefix: "ckpt-junit-", suffix: ".xml" });
   const cmd = ["test", "-A", "--doc", `--junit-path=${junit}`, ...targets];
   console.log(`\n== tests${attempt > 1 ? " (repeated once)" : ""}: deno ${cmd.join(" ")}`);
-  const { code, tail } = await runTeed(cmd);
+  const { status, tail } = await runTeed(cmd);
   counts = await readJunit(junit);
   await Deno.remove(junit).catch(() => {});
-  testsOk = code === 0;
-  if (!testsOk && attempt === 1 && crashedAfterCleanSummary(tail, counts)) {
+  testsOk = status.code === 0;
+  if (!testsOk && attempt === 1 && isTeardownHeapAbort(status, tail, counts)) {
     console.log(
-      `\n!! deno test exited with code ${code} AFTER reporting ${counts?.tests} tests and 0 failures ` +
-        `(a crash in the process's teardown; its last output is above). Repeating the test run once.`,
+      `\n!! deno test aborted (${
+        status.signal ?? `exit ${status.code}`
+      }) with a glibc heap error ` +
+        `AFTER reporting ${counts?.passed} passed and 0 failed (a crash in the process's teardown; ` +
+        `its last output is above). Repeating the test run once.`,
     );
     continue;
   }
   break;
 }
 if (!testsOk) failures.push("tests");
+if (!counts) failures.push("junit report missing or incomplete");
+else if (counts.passed + counts.failed === 0) failures.push("no test ran");
 
-const passed = counts ? counts.tests - counts.failed : 0;
-const failed = counts ? counts.failed : 0;
-if (!counts) failures.push("junit report missing");
 // Gate steps that failed count as failures too, so the summary never reads green when a step broke;
 // a test run that broke before reporting a failure counts as one.
-const gateFailures = failures.filter((f) => f !== "tests").length +
-  (failures.includes("tests") && failed === 0 ? 1 : 0);
+const stepFailures = failures.filter((f) => f !== "tests").length +
+  (failures.includes("tests") && (counts?.failed ?? 0) === 0 ? 1 : 0);
 if (failures.length > 0) console.log(`\nfailed steps: ${failures.join(", ")}`);
-console.log(`${passed} passed, ${failed + gateFailures} failed`);
+console.log(summaryLine(counts, stepFailures));
 Deno.exit(failures.length > 0 ? 1 : 0);
