@@ -76,13 +76,22 @@ async function writeCheckpoint(dir: string, files: Record<string, Uint8Array>): 
   for (const [name, bytes] of Object.entries(files)) await Deno.writeFile(join(dir, name), bytes);
 }
 
-/** Writes a checkpoint the way a slow save does: small files, then the weights in pieces. */
-async function writeSlowly(dir: string, files: Record<string, Uint8Array>): Promise<void> {
+/**
+ * Writes a checkpoint the way a slow save does: small files, then the weights in pieces; the last
+ * piece waits for `beforeLast` (a watcher has seen the save unfinished), so that a watcher slow to
+ * start on a loaded machine still finds it being written.
+ */
+async function writeSlowly(
+  dir: string,
+  files: Record<string, Uint8Array>,
+  beforeLast: Promise<void>,
+): Promise<void> {
   const { "model.safetensors": weights, ...rest } = files;
   await writeCheckpoint(dir, rest);
   const file = await Deno.open(join(dir, "model.safetensors"), { write: true, create: true });
   const piece = Math.ceil(weights!.length / 6);
   for (let off = 0; off < weights!.length; off += piece) {
+    if (off + piece >= weights!.length) await beforeLast;
     await file.write(weights!.subarray(off, off + piece));
     await new Promise((r) => setTimeout(r, 250));
   }
@@ -118,7 +127,18 @@ Deno.test("`ckpt watch` exports every complete checkpoint exactly once across ov
       "optimizer.pt": torchZipBytes(),
     });
     await age(runs, 60);
-    const slow = writeSlowly(join(runs, "step-128"), checkpointFiles(128, 1000));
+    const deadline = Date.now() + 40_000;
+    // Released when a watcher reports step-128 unfinished, or at the deadline (the assertion on
+    // that report below then fails).
+    let seen128 = () => {};
+    const seen = new Promise<void>((resolve) => {
+      const t = setTimeout(resolve, 40_000);
+      seen128 = () => {
+        clearTimeout(t);
+        resolve();
+      };
+    });
+    const slow = writeSlowly(join(runs, "step-128"), checkpointFiles(128, 1000), seen);
     let finalWritten = false;
     const training = slow.then(async () => {
       await writeCheckpoint(join(runs, "FINAL"), checkpointFiles(256, 1000));
@@ -127,9 +147,9 @@ Deno.test("`ckpt watch` exports every complete checkpoint exactly once across ov
 
     const all: Watcher[] = [];
     let killed: Watcher | undefined;
-    const deadline = Date.now() + 40_000;
     for (let round = 0; Date.now() < deadline; round++) {
       const onLine = (line: Record<string, unknown>, w: Watcher) => {
+        if (line.checkpoint === "step-128" && line.event === "skipped-incomplete") seen128();
         if (round === 0 && !killed && line.event === "started") {
           killed = w;
           w.child.kill("SIGKILL");
