@@ -12,6 +12,7 @@ const DOCS = [
   "errors",
   "benchmarks",
   "compatibility",
+  "testing",
 ];
 
 Deno.test("README starts with what ckpt is, then the demo and test commands", () => {
