@@ -1,7 +1,9 @@
 /**
  * What `deno task mutate` mutates: the safety-critical modules, each with the test files that may
  * kill its mutants (a mutant runs only the ones whose coverage reaches its line). Interop tests
- * (the torch peer) are left out for speed; the unit tests must kill the mutants on their own.
+ * (the torch peer) are left out for speed, and the fault-injection suite (`tests/faults/`: mounts
+ * and process kills as root) because sandboxes run side by side; the unit tests must kill the
+ * mutants on their own.
  * @module
  */
 
@@ -57,12 +59,15 @@ export const TARGETS: MutationTarget[] = [
     files: [
       "pipelines/run.ts",
       "pipelines/_staging.ts",
+      "pipelines/_staging_contents.ts",
+      "pipelines/_output_lock.ts",
       "pipelines/_stage_loop.ts",
       "pipelines/_output_hasher.ts",
       "pipelines/_context.ts",
     ],
     tests: [
       "tests/pipelines/run_test.ts",
+      "tests/pipelines/staging_test.ts",
       "tests/pipelines/bad_input_test.ts",
       "tests/pipelines/hash_stream_test.ts",
       "tests/pipelines/manifest_test.ts",
