@@ -123,7 +123,8 @@ export const ERROR_CODES = {
   DCP_METADATA_MISSING: "A DCP folder has no readable .metadata file.",
   DCP_METADATA: "A DCP .metadata file cannot be decoded or has an unexpected layout.",
   DCP_METADATA_CLASS: "A DCP .metadata pickle names a class outside the metadata allow-list.",
-  DCP_UNSUPPORTED: "A DCP item uses transforms (compressed or safetensors-format DCP).",
+  DCP_UNSUPPORTED:
+    "A DCP item uses transforms (compressed DCP), or HuggingFaceStorageWriter shards hold non-tensor values.",
   DCP_DTYPE: "A DCP tensor has a dtype ckpt does not support.",
   DCP_KEY_MISSING: "A DCP checkpoint has no entry of the requested name.",
   DCP_NOT_TENSOR: "A DCP entry read as a tensor is a bytes value.",

@@ -30,6 +30,7 @@ import type {
 } from "./_dcp_types.ts";
 import { unpickle } from "./torch/unpickle.ts";
 import { loadTorchSlice } from "./torch/load.ts";
+import { itemEncoding, openBlobChunk } from "./_dcp_safetensors.ts";
 
 /** Class names the `.metadata` unpickler turns into records; anything else is refused. */
 export const DCP_METADATA_CLASSES: readonly string[] = [
@@ -329,14 +330,24 @@ async function loadRecord(file: RandomAccessFile, at: RecordPlace, key: string):
   }
 }
 
+/** Where a tensor chunk's record lives, and the chunk's offsets in the full tensor. */
+export interface ChunkPlace extends RecordPlace {
+  /** The chunk's offsets in the full tensor (checked against a safetensors blob's record). */
+  readonly offsets: readonly number[];
+}
+
 /**
- * Opens the record at `place` (a `torch.save` zip of one tensor) and returns its dtype, shape and
- * a row reader that reopens the file through the pool on every read. `DCP_RECORD` when it is not
- * a single tensor.
+ * Opens the record of a tensor chunk and returns its dtype, shape and a row reader that reopens
+ * the file through the pool on every read. The record is a `torch.save` zip of one tensor (torch's
+ * default), or the chunk's entry in the file's safetensors blob (`SerializationFormat.SAFETENSORS`,
+ * `HuggingFaceStorageWriter`; see `_dcp_safetensors.ts`). `DCP_RECORD` when it is neither, or not a
+ * single tensor.
  */
-export function openChunkRecord(place: RecordPlace, key: string): Promise<ResolvedChunk> {
+export async function openChunkRecord(place: ChunkPlace, key: string): Promise<ResolvedChunk> {
   const { pool } = place;
-  return pool.use(place.file, async (file) => {
+  const encoding = await pool.use(place.file, (file) => itemEncoding(file, place.offset));
+  if (encoding === "safetensors") return await openBlobChunk(place, key);
+  return await pool.use(place.file, async (file) => {
     const value = await loadRecord(file, place, key);
     if (!(value instanceof TorchTensor)) {
       throw new CkptError(

@@ -69,4 +69,9 @@ export interface DcpMetadata {
   readonly saveId?: string;
   /** `StorageMeta.checkpoint_id` as a string, if present. */
   readonly checkpointId?: string;
+  /**
+   * `"huggingface"` when there is no `.metadata` and the entries were put together from the
+   * safetensors headers of `HuggingFaceStorageWriter` shards; undefined for a `.metadata` folder.
+   */
+  readonly layout?: "huggingface";
 }

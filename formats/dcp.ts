@@ -123,7 +123,19 @@ export class DcpCheckpoint implements AsyncDisposable {
         { file: metaPath, cause },
       );
     }
-    const metadata = decodeDcpMetadata(metaBytes, metaPath);
+    return await DcpCheckpoint.fromMetadata(dir, decodeDcpMetadata(metaBytes, metaPath), options);
+  }
+
+  /**
+   * Opens the checkpoint in `dir` described by `metadata` (decoded from `.metadata`, or put together
+   * from the files of a layout that has none, such as `HuggingFaceStorageWriter` shards) with the
+   * checks of {@linkcode DcpCheckpoint.open}.
+   */
+  static async fromMetadata(
+    dir: string,
+    metadata: DcpMetadata,
+    options: DcpOpenOptions = {},
+  ): Promise<DcpCheckpoint> {
     const files = new DcpFilePool(dir, options.maxOpenFiles ?? DCP_OPEN_FILES);
     const ckpt = new DcpCheckpoint(dir, metadata, files);
     try {
@@ -173,7 +185,9 @@ export class DcpCheckpoint implements AsyncDisposable {
         checkChunkCoverage(e.shape, e.chunks, {
           tensor: e.key,
           fileOf: (i) => this.#fileOf(e.chunks[i]!),
-          metadataFile: join(this.dir, ".metadata"),
+          metadataFile: this.metadata.layout === "huggingface"
+            ? this.dir
+            : join(this.dir, ".metadata"),
         });
       }
     }
@@ -318,7 +332,17 @@ export async function openDcpStateDict(
   dir: string,
   options: DcpStateDictOptions = {},
 ): Promise<StateDict> {
-  const ckpt = await DcpCheckpoint.open(dir, options);
+  return dcpStateDict(await DcpCheckpoint.open(dir, options), options);
+}
+
+/**
+ * The tensors of an open checkpoint as a lazy {@linkcode StateDict} that owns it (see
+ * {@linkcode openDcpStateDict}); the checkpoint is closed when this throws (`DCP_NO_TENSORS`).
+ */
+export async function dcpStateDict(
+  ckpt: DcpCheckpoint,
+  options: DcpNameOptions = {},
+): Promise<StateDict> {
   try {
     const sd = new StateDict();
     for (const [name, entry] of dcpTensorNames(ckpt.metadata, options)) {
@@ -327,10 +351,10 @@ export async function openDcpStateDict(
     if (sd.size === 0) {
       throw new CkptError(
         "DCP_NO_TENSORS",
-        `Cannot gather "${dir}": it holds no tensors${
+        `Cannot gather "${ckpt.dir}": it holds no tensors${
           options.root ? ` under "${options.root}"` : ""
         }`,
-        { file: dir },
+        { file: ckpt.dir },
       );
     }
     sd.own(ckpt);

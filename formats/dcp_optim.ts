@@ -75,7 +75,7 @@ export interface DcpOptimizerState {
 /** Per-parameter state keys in the order torch's Adam/AdamW write them; others follow. */
 const STATE_ORDER = ["step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer"];
 /** Param group keys in torch 2.6 AdamW order; unknown keys follow, `params` is last. */
-const GROUP_ORDER = [
+const GROUP_ORDER_26 = [
   "lr",
   "betas",
   "eps",
@@ -87,6 +87,28 @@ const GROUP_ORDER = [
   "differentiable",
   "fused",
 ];
+/**
+ * Param group keys in torch 2.7+ Adam/AdamW order (AdamW became Adam with
+ * `decoupled_weight_decay`, pytorch/pytorch#118857; seen in torch 2.13's `state_dict()`).
+ */
+const GROUP_ORDER_27 = [
+  "lr",
+  "betas",
+  "eps",
+  "weight_decay",
+  "amsgrad",
+  "maximize",
+  "foreach",
+  "capturable",
+  "differentiable",
+  "fused",
+  "decoupled_weight_decay",
+];
+
+/** The key order of a param group: torch 2.7+'s when the group has 2.7's new key, else 2.6's. */
+function groupOrder(g: PyDict): readonly string[] {
+  return g.has("decoupled_weight_decay") ? GROUP_ORDER_27 : GROUP_ORDER_26;
+}
 
 function ordered(d: PyDict, order: readonly string[], last?: string): PyDict {
   const keys = [...d.keys()];
@@ -222,7 +244,7 @@ export async function optimizerFromDcp(
     const names = g.get("params") as string[];
     const copy = new PyDict(g.entries());
     copy.set("params", intKeyed ? names.map((n) => index.get(n)!) : names);
-    return ordered(copy, GROUP_ORDER, "params");
+    return ordered(copy, groupOrder(copy), "params");
   });
   const value = new PyDict([["state", stateOut], ["param_groups", groupsOut]]);
   return { value, paramNames };

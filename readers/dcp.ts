@@ -22,8 +22,15 @@
  * @module
  */
 import { basename, join } from "node:path";
+import { CkptError } from "../errors.ts";
 import { byteLength } from "../formats/state_dict.ts";
 import { DcpCheckpoint, openDcpStateDict } from "../formats/dcp.ts";
+import {
+  DCP_HF_SHARD_NAME,
+  isDcpHfListing,
+  openDcpHf,
+  openDcpHfStateDict,
+} from "../formats/dcp_hf.ts";
 import { readDcpOptimizer } from "../formats/dcp_optim.ts";
 import { toJSONish } from "../formats/torch/values.ts";
 import type { InputKind, OptimizerSource } from "./types.ts";
@@ -35,10 +42,23 @@ export function isDcpProbe(p: InputProbe): boolean {
   return p.isDirectory && p.files.has(".metadata");
 }
 
-/** Rank of a `__<rank>_<n>.distcp` file name, or undefined. */
+/**
+ * True when the probe is a folder of `HuggingFaceStorageWriter` shards
+ * (`shard-<n>-model-<i>-of-<n>.safetensors`, no `.metadata`).
+ */
+export function isDcpHfProbe(p: InputProbe): boolean {
+  return p.isDirectory && isDcpHfListing(p.files);
+}
+
+/**
+ * Rank of a `__<rank>_<n>.distcp` file name, or of a `shard-<rank+1>-model-<i>-of-<n>.safetensors`
+ * one; undefined for other names.
+ */
 export function dcpRankOf(file: string): number | undefined {
   const m = /^__(\d+)_\d+\.distcp$/.exec(basename(file));
-  return m ? Number(m[1]) : undefined;
+  if (m) return Number(m[1]);
+  const hf = DCP_HF_SHARD_NAME.exec(basename(file));
+  return hf ? Number(hf[1]) - 1 : undefined;
 }
 
 function rangeText(xs: number[]): string {
@@ -57,6 +77,20 @@ function shardingSummary(ranks: number[], chunks: number, empty: number, dims: n
 /** Describes the DCP checkpoint folder `path` (see the module doc). */
 export async function inspectDcp(path: string): Promise<InspectReport> {
   await using ckpt = await DcpCheckpoint.open(path, { verifyRecords: false });
+  return await describeDcp(ckpt, path, "dcp");
+}
+
+/** Describes the `HuggingFaceStorageWriter` shard folder `path` (see the module doc). */
+export async function inspectDcpHf(path: string): Promise<InspectReport> {
+  await using ckpt = await openDcpHf(path, { verifyRecords: false });
+  return await describeDcp(ckpt, path, "dcp-hf");
+}
+
+async function describeDcp(
+  ckpt: DcpCheckpoint,
+  path: string,
+  kind: string,
+): Promise<InspectReport> {
   const tensors: InspectTensor[] = [];
   const values: Record<string, unknown> = {};
   const perFile = new Map<string, number>();
@@ -106,14 +140,16 @@ export async function inspectDcp(path: string): Promise<InspectReport> {
     files.push({ file, bytes: (await Deno.stat(join(path, file))).size, tensors: count });
   }
   const metadata: Record<string, unknown> = {
-    format: "torch.distributed.checkpoint",
+    format: ckpt.metadata.layout === "huggingface"
+      ? "torch.distributed.checkpoint, HuggingFaceStorageWriter shards (no .metadata)"
+      : "torch.distributed.checkpoint",
     ranks: new Set(files.map((f) => dcpRankOf(f.file))).size,
   };
   if (ckpt.metadata.version !== undefined) metadata.version = ckpt.metadata.version;
   if (ckpt.metadata.saveId !== undefined) metadata.saveId = ckpt.metadata.saveId;
   if (ckpt.metadata.checkpointId !== undefined) metadata.checkpointId = ckpt.metadata.checkpointId;
   const report: InspectReport = {
-    kind: "dcp",
+    kind,
     path,
     tensors,
     totalBytes: tensors.reduce((n, t) => n + t.bytes, 0),
@@ -134,6 +170,20 @@ export const DCP_INPUT_KIND: InputKind = {
   inspect: (p) => inspectDcp(p.path),
 };
 
+/**
+ * The `HuggingFaceStorageWriter` shard layout (`save_distributed=True`, no consolidation):
+ * `shard-<rank+1>-model-<i>-of-<n>.safetensors` files and no `.metadata`.
+ */
+export const DCP_HF_INPUT_KIND: InputKind = {
+  name: "dcp-hf",
+  summary:
+    "torch.distributed.checkpoint HuggingFaceStorageWriter shards (shard-<n>-model-<i>-of-<n>.safetensors, no .metadata)",
+  detect: isDcpHfProbe,
+  open: (p, options) =>
+    openDcpHfStateDict(p.path, options.signal ? { signal: options.signal } : {}),
+  inspect: (p) => inspectDcpHf(p.path),
+};
+
 /** Optimizer state from a torch.distributed.checkpoint folder (FSDP/FSDP2 `optimizer_0/`). */
 export const DCP_OPTIMIZER_SOURCE: OptimizerSource = {
   name: "dcp",
@@ -141,5 +191,24 @@ export const DCP_OPTIMIZER_SOURCE: OptimizerSource = {
   async load(path, options) {
     const r = await readDcpOptimizer(path, { keyed: options.keys });
     return { value: r.value, paramNames: r.paramNames, close: () => r.close() };
+  },
+};
+
+/**
+ * Optimizer state saved through `HuggingFaceStorageWriter`: recognised so that writeOptim says
+ * why it cannot be used (the param_groups values are torch.save records ahead of the safetensors
+ * header whose names the layout keeps nowhere) instead of mistaking the folder for something else.
+ */
+export const DCP_HF_OPTIMIZER_SOURCE: OptimizerSource = {
+  name: "dcp-hf",
+  detect: isDcpHfProbe,
+  async load(path) {
+    // Opening reads every header: files with torch.save records are refused there.
+    await using ckpt = await openDcpHf(path, { verifyRecords: false });
+    throw new CkptError(
+      "DCP_UNSUPPORTED",
+      `Cannot read optimizer state from "${path}": HuggingFaceStorageWriter shards hold tensors only (${ckpt.metadata.entries.length} here), no param_groups; save optimizer state with FileSystemWriter`,
+      { file: path },
+    );
   },
 };

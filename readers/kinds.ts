@@ -2,7 +2,10 @@
  * The one table of weights inputs ckpt reads, and the lookups every caller shares (gatherShards,
  * writeValueHead, `ckpt inspect`, `ckpt verify`):
  *
- * - `dcp`: a torch.distributed.checkpoint folder (`.metadata` + `__<rank>_<n>.distcp`);
+ * - `dcp`: a torch.distributed.checkpoint folder (`.metadata` + `__<rank>_<n>.distcp`, each item a
+ *   torch.save zip or, from `SerializationFormat.SAFETENSORS`, a safetensors blob);
+ * - `dcp-hf`: a folder of `HuggingFaceStorageWriter` shards written with `save_distributed=True`
+ *   and no consolidation (`shard-<rank+1>-model-<i>-of-<n>.safetensors`, no `.metadata`);
  * - `hf-shards`: a folder with `model.safetensors.index.json`, or that index file itself;
  * - `safetensors`: a `.safetensors` file (or any file starting like one), or a folder with
  *   `model.safetensors`;
@@ -36,7 +39,7 @@
  */
 import { CkptError } from "../errors.ts";
 import type { StateDict } from "../formats/state_dict.ts";
-import { DCP_INPUT_KIND } from "./dcp.ts";
+import { DCP_HF_INPUT_KIND, DCP_INPUT_KIND } from "./dcp.ts";
 import { type InputProbe, probeInput } from "./probe.ts";
 import { HF_SHARDS_KIND, SAFETENSORS_KIND } from "./safetensors.ts";
 import { TORCH_KIND, TORCH_SHARDS_KIND } from "./torch.ts";
@@ -47,6 +50,7 @@ export type { InputKind, InputOpenOptions } from "./types.ts";
 /** The built-in input kinds, in detection order. */
 export const BUILTIN_INPUT_KINDS: readonly InputKind[] = [
   DCP_INPUT_KIND,
+  DCP_HF_INPUT_KIND,
   HF_SHARDS_KIND,
   SAFETENSORS_KIND,
   TORCH_SHARDS_KIND,

@@ -14,14 +14,17 @@
  * ```
  * @module
  */
-import { DCP_OPTIMIZER_SOURCE } from "./dcp.ts";
+import { DCP_HF_OPTIMIZER_SOURCE, DCP_OPTIMIZER_SOURCE } from "./dcp.ts";
 import { probeInput } from "./probe.ts";
 import type { OptimizerSource } from "./types.ts";
 
 export type { LoadedValue, OptimizerSource } from "./types.ts";
 
 /** The built-in optimizer sources, asked in order. */
-export const BUILTIN_OPTIMIZER_SOURCES: readonly OptimizerSource[] = [DCP_OPTIMIZER_SOURCE];
+export const BUILTIN_OPTIMIZER_SOURCES: readonly OptimizerSource[] = [
+  DCP_OPTIMIZER_SOURCE,
+  DCP_HF_OPTIMIZER_SOURCE,
+];
 
 /** The sources in the order they are asked: `extra` first, then the built-ins not named in `extra`. */
 export function optimizerSources(

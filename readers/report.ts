@@ -6,7 +6,13 @@
  */
 
 /** The kinds of checkpoint the built-in readers describe. */
-export type InspectKind = "safetensors" | "hf-shards" | "torch" | "torch-shards" | "dcp";
+export type InspectKind =
+  | "safetensors"
+  | "hf-shards"
+  | "torch"
+  | "torch-shards"
+  | "dcp"
+  | "dcp-hf";
 
 /** One tensor of an {@linkcode InspectReport}. */
 export interface InspectTensor {

@@ -164,7 +164,7 @@ export async function gatherShards(
 const gatherShardsOptions = z.strictObject({
   /** Weights file or folder (relative to the config). */
   from: z.string().min(1),
-  /** Input kind; default: detected (`dcp`, `hf-shards`, `safetensors`, `torch-shards`, `torch`, or an extra kind the stage was built with). */
+  /** Input kind; default: detected (`dcp`, `dcp-hf`, `hf-shards`, `safetensors`, `torch-shards`, `torch`, or an extra kind the stage was built with). */
   kind: z.string().min(1).optional(),
   /** Leading prefixes to strip, or `false` for none (default `module.`, `_orig_mod.`). */
   stripPrefixes: z.union([z.array(z.string()), z.literal(false)]).optional(),

@@ -10,43 +10,13 @@ import {
 } from "../../formats/dcp.ts";
 import { readDcpOptimizer } from "../../formats/dcp_optim.ts";
 import { loadTorch } from "../../formats/torch/load.ts";
-import { PyDict, type PyValue, toJSONish, TorchTensor } from "../../formats/torch/values.ts";
+import { type PyDict, toJSONish } from "../../formats/torch/values.ts";
 import { type ErrorCode, isCkptError } from "../../errors.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
+import { flatTensors, withBytes } from "../_helpers/torch.ts";
 
 const FIX = new URL("../fixtures/dcp/", import.meta.url).pathname;
 const CASES = ["f32_w2", "bf16_w4", "dtensor_w4", "lora_w2", "files_w2"];
-
-/** Every tensor of a value tree, keyed by its path (dict keys / list positions joined with "."). */
-function flatTensors(v: PyValue, prefix = "", out = new Map<string, TorchTensor>()) {
-  if (v instanceof TorchTensor) out.set(prefix, v);
-  else if (v instanceof PyDict) {
-    for (const [k, x] of v) flatTensors(x, prefix === "" ? String(k) : `${prefix}.${k}`, out);
-  } else if (Array.isArray(v)) {
-    v.forEach((x, i) => flatTensors(x, prefix === "" ? String(i) : `${prefix}.${i}`, out));
-  }
-  return out;
-}
-
-/** JSON-ish view with tensors replaced by their dtype, shape and bytes (hex). */
-async function withBytes(v: PyValue, sortKeys = false): Promise<unknown> {
-  if (v instanceof TorchTensor) {
-    const b = await v.read();
-    return {
-      dtype: v.dtype,
-      shape: [...v.shape],
-      hex: Array.from(b, (x) => x.toString(16)).join(","),
-    };
-  }
-  if (v instanceof PyDict) {
-    const o: [unknown, unknown][] = [];
-    for (const [k, x] of v) o.push([k, await withBytes(x, sortKeys)]);
-    if (sortKeys) o.sort((a, b) => String(a[0]) < String(b[0]) ? -1 : 1);
-    return { kind: v.kind, entries: o };
-  }
-  if (Array.isArray(v)) return Promise.all(v.map((x) => withBytes(x, sortKeys)));
-  return toJSONish(v);
-}
 
 Deno.test("openDcpStateDict() equals torch's dcp_to_torch_save byte for byte on every fixture", async () => {
   for (const c of CASES) {

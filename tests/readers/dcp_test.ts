@@ -27,3 +27,28 @@ Deno.test("inspectPath() describes a DCP folder: sharding per tensor, values, fi
   ]);
   assert.equal(report.metadata?.ranks, 4);
 });
+
+Deno.test("the dcp-hf kind: HuggingFaceStorageWriter shards detected and described per rank", async () => {
+  const { detectInputKind } = await import("../../readers/kinds.ts");
+  const { findOptimizerSource } = await import("../../readers/optimizer.ts");
+  const dir = join(FIX, "hf_w3", "model");
+  assert.equal((await detectInputKind(dir)).name, "dcp-hf");
+  // A SAFETENSORS-format DCP folder has a .metadata: it stays a `dcp` folder.
+  assert.equal((await detectInputKind(join(FIX, "st_w3", "model"))).name, "dcp");
+  const report = await inspectPath(dir);
+  assert.equal(report.kind, "dcp-hf");
+  assert.match(String(report.metadata?.format), /HuggingFaceStorageWriter/);
+  assert.equal(report.metadata?.ranks, 3);
+  const w = report.tensors.find((t) => t.name === "1.weight")!;
+  assert.deepEqual(w.shape, [8, 5]);
+  assert.equal(w.file, "ranks 0-2: 3 chunks along dim 0");
+  assert.equal(report.files?.length, 6);
+  // The optimizer saved the same way is recognised, and refused with the reason.
+  const optim = join(FIX, "hf_w3", "optim");
+  const source = await findOptimizerSource(optim);
+  assert.equal(source?.name, "dcp-hf");
+  await assert.rejects(
+    source!.load(optim, { keys: "int" }),
+    (e) => (e as { code?: string }).code === "DCP_UNSUPPORTED",
+  );
+});
