@@ -18,6 +18,7 @@ import { openDcpStateDict } from "../formats/dcp.ts";
 import { writeSafetensorsSharded } from "../formats/safetensors.ts";
 import { formatSize } from "../formats/size.ts";
 import { BLOCK, copyPlain, markdownTable, measureChild, option, peakRssBytes } from "./_util.ts";
+import { findPeer } from "../tools/peers/peers.ts";
 
 async function distcpFiles(dir: string): Promise<string[]> {
   const out: string[] = [];
@@ -76,8 +77,8 @@ async function ensureInput(dir: string): Promise<string> {
   if (ready && !Deno.args.includes("--regen")) return dcp;
   await Deno.remove(dcp, { recursive: true }).catch(() => {});
   await Deno.mkdir(dir, { recursive: true });
-  const peer = Deno.env.get("CKPT_TORCH_PEER") ??
-    new URL("../../shared/tools/torch-peer", import.meta.url).pathname;
+  const peer = findPeer("torch26")?.path;
+  if (!peer) throw new Error("the torch26 peer is missing: run 'deno task peers'");
   const script = new URL("./gather_make.py", import.meta.url).pathname;
   console.log(`writing the 4-rank DCP input with torch (${peer}) ...`);
   const proc = new Deno.Command(peer, {
