@@ -5,6 +5,12 @@
  * from (a `CKPT_*_PEER` launcher, `../shared/tools`, or the repository's own build in
  * `~/.cache/ckpt/peers`). Tests that need a peer fail loudly when it is missing: a silent skip
  * would hide an interop break.
+ *
+ * Scripts run in one long-lived Python process per peer ({@linkcode PeerSession}), so the test run
+ * imports torch (and transformers, peft) once per peer instead of once per script; each script gets
+ * fresh globals, its own `sys.argv` and working folder, and the interpreter's `sys.path`,
+ * environment and warning filters are restored after it. `fresh: true` runs a script in a process
+ * of its own; {@linkcode runPeer} runs any command.
  * @module
  */
 import { dirname, resolve } from "node:path";
@@ -37,44 +43,14 @@ export interface PeerResult {
 export interface RunPythonOptions {
   /** The peer (default `torch26`). */
   peer?: PeerName;
-  /** Seconds before the run is killed (default: none). */
-  timeoutSeconds?: number;
+  /** Run in a Python process of its own instead of the peer's shared session. */
+  fresh?: boolean;
 }
 
 /**
- * Runs `python3 -c <script> ...args` with a peer, with the current folder set to `cwd` (default: the
- * repo root; the torch26 chroot sees it and /tmp at the same paths). Throws with stderr when Python
- * fails.
- */
-export async function runPython(
-  script: string,
-  args: string[] = [],
-  cwd: string = REPO_ROOT,
-  options: RunPythonOptions = {},
-): Promise<PeerResult> {
-  const peer = options.peer ?? "torch26";
-  const launcher = peerPath(peer);
-  const signal = options.timeoutSeconds === undefined
-    ? undefined
-    : AbortSignal.timeout(options.timeoutSeconds * 1000);
-  const out = await new Deno.Command(launcher, {
-    args: ["python3", "-c", script, ...args],
-    cwd,
-    stdout: "piped",
-    stderr: "piped",
-    ...(signal ? { signal } : {}),
-  }).output();
-  const stdout = new TextDecoder().decode(out.stdout);
-  const stderr = new TextDecoder().decode(out.stderr);
-  if (!out.success) {
-    throw new Error(`${peer} peer failed (exit ${out.code}):\n${stderr}\n${stdout}`);
-  }
-  return { stdout, stderr };
-}
-
-/**
- * Runs `argv` (`["python3", "script.py", ...]`) with a peer in `cwd` (default: the repo root).
- * Throws with stderr when it fails.
+ * Runs `argv` (`["python3", "script.py", ...]`) with a peer, in a process of its own, in `cwd`
+ * (default: the repo root; the torch26 chroot sees it and /tmp at the same paths). Throws with
+ * stderr when it fails.
  */
 export async function runPeer(
   peer: PeerName,
@@ -95,7 +71,23 @@ export async function runPeer(
   return { stdout, stderr };
 }
 
-/** Runs a peer script and parses the last stdout line as JSON. */
+/**
+ * Runs `python3 -c <script> ...args` with a peer (default `torch26`) in `cwd` (default: the repo
+ * root): in the peer's shared session, or in a process of its own with `fresh`. Throws with the
+ * traceback when Python fails.
+ */
+export async function runPython(
+  script: string,
+  args: string[] = [],
+  cwd: string = REPO_ROOT,
+  options: RunPythonOptions = {},
+): Promise<PeerResult> {
+  const peer = options.peer ?? "torch26";
+  if (options.fresh) return await runPeer(peer, ["python3", "-c", script, ...args], cwd);
+  return { stdout: await peerSession(peer).run(script, args, cwd), stderr: "" };
+}
+
+/** Runs a peer script (see {@linkcode runPython}) and parses the last stdout line as JSON. */
 export async function runPythonJson<T = unknown>(
   script: string,
   args: string[] = [],
@@ -103,8 +95,7 @@ export async function runPythonJson<T = unknown>(
   options: RunPythonOptions = {},
 ): Promise<T> {
   const { stdout } = await runPython(script, args, cwd, options);
-  const lines = stdout.trim().split("\n");
-  return JSON.parse(lines[lines.length - 1] ?? "null") as T;
+  return lastJson<T>(stdout);
 }
 
 /** {@linkcode runPythonJson} with the `hf` peer (torch 2.13 and the current Hugging Face stack). */
@@ -116,32 +107,52 @@ export function runHfJson<T = unknown>(
   return runPythonJson<T>(script, args, cwd, { peer: "hf" });
 }
 
+function lastJson<T>(stdout: string): T {
+  const lines = stdout.trim().split("\n");
+  return JSON.parse(lines[lines.length - 1] ?? "null") as T;
+}
+
+const sessions = new Map<PeerName, PeerSession>();
+
+/** The shared session of `peer` (one per peer in this test process, started on first use). */
+export function peerSession(peer: PeerName): PeerSession {
+  let s = sessions.get(peer);
+  if (!s) sessions.set(peer, s = new PeerSession(peer));
+  return s;
+}
+
 /** The Python side of {@linkcode PeerSession}: runs one script per stdin line, answers one line. */
 const SESSION_SERVER = String.raw`
-import contextlib, io, json, sys, traceback
+import contextlib, io, json, os, sys, traceback, warnings
 out = sys.stdout
+cwd0, path0, env0 = os.getcwd(), list(sys.path), dict(os.environ)
 for line in sys.stdin:
     req = json.loads(line)
     buf = io.StringIO()
     resp = {"ok": True}
     try:
+        os.chdir(req.get("cwd") or cwd0)
         sys.argv = ["-c", *req["args"]]
-        with contextlib.redirect_stdout(buf):
+        with contextlib.redirect_stdout(buf), warnings.catch_warnings():
             exec(compile(req["script"], "<peer script>", "exec"), {"__name__": "__main__"})
     except SystemExit as e:
         if e.code not in (None, 0): resp = {"ok": False, "error": "SystemExit(%r)" % (e.code,)}
     except BaseException:
         resp = {"ok": False, "error": traceback.format_exc()}
+    finally:
+        os.chdir(cwd0)
+        sys.path[:] = path0
+        os.environ.clear(); os.environ.update(env0)
     resp["stdout"] = buf.getvalue()
     out.write(json.dumps(resp) + "\n")
     out.flush()
 `;
 
 /**
- * One long-lived Python process of a peer that runs many scripts, so that a test file pays for
- * importing torch (and transformers, peft) once. Scripts run one at a time, each in a fresh global
- * namespace with `sys.argv` set; modules stay imported. The process ends when the test process does
- * (it is unref'd and reads EOF), or at {@linkcode PeerSession.close}.
+ * One long-lived Python process of a peer that runs many scripts, one at a time (see the module
+ * doc). The process is started on the first run and ends when the test process does (it is
+ * unref'd while idle and reads EOF), or at {@linkcode PeerSession.close}; if it dies, the next run
+ * starts a new one.
  */
 export class PeerSession {
   readonly #peer: PeerName;
@@ -166,6 +177,7 @@ export class PeerSession {
     }).spawn();
     child.unref();
     this.#child = child;
+    this.#stderr = "";
     this.#writer = child.stdin.getWriter();
     this.#lines = child.stdout.pipeThrough(new TextDecoderStream()).pipeThrough(lineSplitter())
       [Symbol.asyncIterator]();
@@ -176,25 +188,32 @@ export class PeerSession {
     })().catch(() => {});
   }
 
-  /** Runs `script` with `args`; resolves with what it printed. Throws with the traceback. */
-  run(script: string, args: string[] = []): Promise<string> {
+  /** Runs `script` with `args` in `cwd`; resolves with what it printed. Throws with the traceback. */
+  run(script: string, args: string[] = [], cwd?: string): Promise<string> {
     const next = this.#queue.then(async () => {
       if (!this.#child) this.#start();
-      const line = JSON.stringify({ script, args }) + "\n";
+      const line = JSON.stringify({ script, args, cwd: cwd ?? null }) + "\n";
       this.#child!.ref(); // keeps the test process alive while the script runs
       let got: IteratorResult<string>;
       try {
         await this.#writer!.write(new TextEncoder().encode(line));
         got = await this.#lines!.next();
+      } catch (err) {
+        got = { done: true, value: String(err) };
       } finally {
         this.#child?.unref();
       }
       if (got.done) {
+        this.#child = undefined; // the next run starts a new process
         throw new Error(`${this.#peer} peer session ended:\n${this.#stderr}`);
       }
       const resp = JSON.parse(got.value) as { ok: boolean; error?: string; stdout: string };
       if (!resp.ok) {
-        throw new Error(`${this.#peer} peer script failed:\n${resp.error}\n${resp.stdout}`);
+        throw new Error(
+          `${this.#peer} peer script failed:\n${resp.error}\n${resp.stdout}\n${
+            this.#stderr.slice(-4000)
+          }`,
+        );
       }
       return resp.stdout;
     });
@@ -203,9 +222,8 @@ export class PeerSession {
   }
 
   /** {@linkcode PeerSession.run}, parsing the last printed line as JSON. */
-  async json<T = unknown>(script: string, args: string[] = []): Promise<T> {
-    const lines = (await this.run(script, args)).trim().split("\n");
-    return JSON.parse(lines[lines.length - 1] ?? "null") as T;
+  async json<T = unknown>(script: string, args: string[] = [], cwd?: string): Promise<T> {
+    return lastJson<T>(await this.run(script, args, cwd));
   }
 
   /** Ends the Python process. */

@@ -15,12 +15,12 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { gatherConfig } from "../../cli/gather.ts";
 import { runPipeline } from "../../pipelines/run.ts";
-import { PeerSession, REPO_ROOT, runPeer } from "../_helpers/peer.ts";
+import { peerSession, REPO_ROOT, runPeer } from "../_helpers/peer.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
 
 const FIX = join(REPO_ROOT, "tests", "fixtures", "dcp");
 const GENERATE = join(FIX, "generate_torch213.py");
-const hf = new PeerSession("hf");
+const hf = peerSession("hf");
 
 /** Python: the fresh references against what ckpt wrote; AdamW resumed from both. */
 const CHECK_FRESH = String.raw`

@@ -14,10 +14,10 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { mergeConfig } from "../../cli/merge.ts";
 import { runPipeline } from "../../pipelines/run.ts";
-import { PeerSession, REPO_ROOT } from "../_helpers/peer.ts";
+import { peerSession, REPO_ROOT } from "../_helpers/peer.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
 
-const hf = new PeerSession("hf");
+const hf = peerSession("hf");
 const SCRIPT = await Deno.readTextFile(join(REPO_ROOT, "tests", "interop", "hf_peft.py"));
 
 /** Extra output formats, written for two of the cases (one plain LoRA, one DoRA). */

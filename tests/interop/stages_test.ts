@@ -1,8 +1,10 @@
 /**
- * The stages' outputs handed to real PyTorch 2.6 and safetensors through the torch peer: a HALOs
- * final save (merged .bin + safetensors, optimizer, scheduler, metrics, value head) built by the
- * stages from inputs torch wrote, then loaded with `torch.load(weights_only=True)` and compared.
- * Fails (does not skip) when the peer is missing.
+ * The stages' outputs handed to real PyTorch and safetensors, both versions users run (torch 2.6 +
+ * safetensors 0.4.5 in the torch26 peer, torch 2.13 + safetensors 0.8 in the hf peer): a HALOs final
+ * save (merged .bin + safetensors, optimizer, scheduler, metrics, value head) built by the stages
+ * from inputs that torch version wrote (its own AdamW and LambdaLR state), then loaded with
+ * `torch.load(weights_only=True)`, compared, and trained on. Fails (does not skip) when a peer is
+ * missing.
  */
 import { parseStageOptions } from "../../pipelines/stage.ts";
 import assert from "node:assert/strict";
@@ -13,7 +15,7 @@ import { writeModelStage } from "../../pipelines/stages/write_model.ts";
 import { writeOptimStage } from "../../pipelines/stages/write_optim.ts";
 import { writeMetricsStage } from "../../pipelines/stages/write_metrics.ts";
 import { writeValueHeadStage } from "../../pipelines/stages/write_value_head.ts";
-import { REPO_ROOT, runPython, runPythonJson } from "../_helpers/peer.ts";
+import { type PeerName, REPO_ROOT, runPython, runPythonJson } from "../_helpers/peer.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
 import { fakeContext } from "../pipelines/_context.ts";
 
@@ -132,6 +134,10 @@ out['st_keys'] = sorted(st.keys())
 out['st_equal_bin'] = all(torch.equal(v, b[k]) for k, v in st.items())
 cfg = json.load(open(f'{d}/out_st/config.json'))
 out['st_config'] = [cfg['tie_word_embeddings'], cfg['torch_dtype'], cfg['vocab_size'], type(cfg['rope_theta']).__name__]
+import glob
+written = sorted(glob.glob(f'{d}/out*/*.pt') + glob.glob(f'{d}/out*/*.bin'))
+out['mmap_same'] = len(written) >= 6 and all(
+    same(torch.load(p, weights_only=True), torch.load(p, weights_only=True, mmap=True)) for p in written)
 ev = json.load(open(f'{d}/eval.json'))['results']
 ev['counter'] = 64
 out['metrics_text_equal'] = open(f'{d}/out/metrics.json').read() == json.dumps(ev)
@@ -158,110 +164,120 @@ interface CheckResult {
   st_equal_bin: boolean;
   st_config: [boolean, string, number, string];
   metrics_text_equal: boolean;
+  mmap_same: boolean;
 }
 
-Deno.test("stages write HALOs final and intermediate saves that real torch 2.6 and safetensors load as the inputs", async () => {
-  await withTempDir(async (dir) => {
-    await runPython(MAKE, [dir]);
-    for (const [outName, format] of [["out", "bin"], ["out_st", "safetensors"]] as const) {
-      const out = join(dir, outName);
-      await Deno.mkdir(out);
-      const ctx = fakeContext(out, { baseDir: dir });
-      await gatherShardsStage.run(ctx, parseStageOptions(gatherShardsStage, { from: "base" }));
-      await mergeLoraStage.run(
-        ctx,
-        parseStageOptions(mergeLoraStage, { adapter: "adapter", backend: "cpu" }),
-      );
-      await writeModelStage.run(ctx, parseStageOptions(writeModelStage, { format }));
-      if (format === "bin") {
-        await writeOptimStage.run(
-          ctx,
-          parseStageOptions(writeOptimStage, {
-            optimizer: "optimizer_in.pt",
-            scheduler: "scheduler_in.pt",
-          }),
-        );
-        await writeMetricsStage.run(
-          ctx,
-          parseStageOptions(writeMetricsStage, {
-            from: "eval.json",
-            field: "results",
-            counter: 64,
-          }),
-        );
-        await writeValueHeadStage.run(
-          ctx,
-          parseStageOptions(writeValueHeadStage, {
-            from: "heads.safetensors",
-            prefix: "v_head.",
-            safetensors: true,
-          }),
-        );
-      }
-      await ctx.stateDict?.close();
-      assert.equal(ctx.adapterDir, join(dir, "adapter"));
-    }
-    // the JSON + safetensors description of the same optimizer, and the adapter-only save
-    const outJson = join(dir, "out_json");
-    await Deno.mkdir(outJson);
-    await writeOptimStage.run(
-      fakeContext(outJson, { baseDir: dir }),
-      parseStageOptions(writeOptimStage, { optimizer: "optim_desc.json" }),
+Deno.test("stages write HALOs final and intermediate saves that real torch 2.6 and 2.13 and safetensors load as the inputs", async (t) => {
+  for (const peer of ["torch26", "hf"] as const) {
+    await t.step(
+      peer === "hf" ? "torch 2.13, safetensors 0.8" : "torch 2.6, safetensors 0.4",
+      () => withTempDir((dir) => stagesRoundTrip(dir, peer)),
     );
-    const outAdapter = join(dir, "out_adapter");
-    await Deno.mkdir(outAdapter);
-    const actx = fakeContext(outAdapter, { baseDir: dir });
-    await gatherShardsStage.run(actx, parseStageOptions(gatherShardsStage, { from: "base" }));
-    await writeModelStage.run(
-      actx,
-      parseStageOptions(writeModelStage, { what: "adapter", adapter: "adapter" }),
-    );
-    await actx.stateDict?.close();
-    // an FSDP2 LoRA run saved with torch.distributed.checkpoint (fixtures made by torch 2.6)
-    const outDcp = join(dir, "out_dcp");
-    await Deno.mkdir(outDcp);
-    const dctx = fakeContext(outDcp, { baseDir: join(REPO_ROOT, "tests", "fixtures", "dcp") });
-    await gatherShardsStage.run(
-      dctx,
-      parseStageOptions(gatherShardsStage, { from: "lora_w2/model" }),
-    );
-    await mergeLoraStage.run(
-      dctx,
-      parseStageOptions(mergeLoraStage, { r: 2, alpha: 4, backend: "cpu" }),
-    );
-    await writeOptimStage.run(
-      dctx,
-      parseStageOptions(writeOptimStage, { optimizer: "lora_w2/optim" }),
-    );
-    await dctx.stateDict?.close();
-    const r = await runPythonJson<CheckResult>(CHECK, [dir, REPO_ROOT]);
-    assert.equal(r.optimizer_equal, true);
-    assert.equal(r.optimizer_json_equal, true);
-    assert.equal(r.optimizer_dcp_equal, true);
-    assert.equal(r.adapter_equal, true);
-    assert.equal(r.adapter_config_equal, true);
-    assert.equal(r.optimizer_resumes, true);
-    assert.equal(r.scheduler_equal, true);
-    assert.equal(r.v_head_type, "OrderedDict");
-    assert.equal(r.v_head_equal, true);
-    assert.equal(r.v_head_safetensors_equal, true);
-    assert.equal(r.bin_type, "OrderedDict");
-    assert.deepEqual(r.bin_keys, [
-      "lm_head.weight",
-      "model.embed_tokens.weight",
-      "model.layers.0.mlp.down_proj.weight",
-      "model.layers.0.self_attn.q_proj.weight",
-      "model.norm.weight",
-    ]);
-    assert.equal(r.bin_tied_shared, true);
-    assert.ok(
-      r.merge_max_ulps <= 0.5001,
-      `merged weights are ${r.merge_max_ulps} bf16 ulps from float64`,
-    );
-    assert.equal(r.untouched_equal, true);
-    assert.deepEqual(r.st_keys, r.bin_keys.filter((k) => k !== "lm_head.weight"));
-    assert.equal(r.st_equal_bin, true);
-    assert.deepEqual(r.st_config, [true, "bfloat16", 16, "float"]);
-    assert.equal(r.metrics_text_equal, true);
-  });
+  }
 });
+
+/** The inputs written by `peer`'s torch, the stages run on them, the outputs checked by it. */
+async function stagesRoundTrip(dir: string, peer: PeerName): Promise<void> {
+  await runPython(MAKE, [dir], undefined, { peer });
+  for (const [outName, format] of [["out", "bin"], ["out_st", "safetensors"]] as const) {
+    const out = join(dir, outName);
+    await Deno.mkdir(out);
+    const ctx = fakeContext(out, { baseDir: dir });
+    await gatherShardsStage.run(ctx, parseStageOptions(gatherShardsStage, { from: "base" }));
+    await mergeLoraStage.run(
+      ctx,
+      parseStageOptions(mergeLoraStage, { adapter: "adapter", backend: "cpu" }),
+    );
+    await writeModelStage.run(ctx, parseStageOptions(writeModelStage, { format }));
+    if (format === "bin") {
+      await writeOptimStage.run(
+        ctx,
+        parseStageOptions(writeOptimStage, {
+          optimizer: "optimizer_in.pt",
+          scheduler: "scheduler_in.pt",
+        }),
+      );
+      await writeMetricsStage.run(
+        ctx,
+        parseStageOptions(writeMetricsStage, {
+          from: "eval.json",
+          field: "results",
+          counter: 64,
+        }),
+      );
+      await writeValueHeadStage.run(
+        ctx,
+        parseStageOptions(writeValueHeadStage, {
+          from: "heads.safetensors",
+          prefix: "v_head.",
+          safetensors: true,
+        }),
+      );
+    }
+    await ctx.stateDict?.close();
+    assert.equal(ctx.adapterDir, join(dir, "adapter"));
+  }
+  // the JSON + safetensors description of the same optimizer, and the adapter-only save
+  const outJson = join(dir, "out_json");
+  await Deno.mkdir(outJson);
+  await writeOptimStage.run(
+    fakeContext(outJson, { baseDir: dir }),
+    parseStageOptions(writeOptimStage, { optimizer: "optim_desc.json" }),
+  );
+  const outAdapter = join(dir, "out_adapter");
+  await Deno.mkdir(outAdapter);
+  const actx = fakeContext(outAdapter, { baseDir: dir });
+  await gatherShardsStage.run(actx, parseStageOptions(gatherShardsStage, { from: "base" }));
+  await writeModelStage.run(
+    actx,
+    parseStageOptions(writeModelStage, { what: "adapter", adapter: "adapter" }),
+  );
+  await actx.stateDict?.close();
+  // an FSDP2 LoRA run saved with torch.distributed.checkpoint (fixtures made by torch 2.6)
+  const outDcp = join(dir, "out_dcp");
+  await Deno.mkdir(outDcp);
+  const dctx = fakeContext(outDcp, { baseDir: join(REPO_ROOT, "tests", "fixtures", "dcp") });
+  await gatherShardsStage.run(
+    dctx,
+    parseStageOptions(gatherShardsStage, { from: "lora_w2/model" }),
+  );
+  await mergeLoraStage.run(
+    dctx,
+    parseStageOptions(mergeLoraStage, { r: 2, alpha: 4, backend: "cpu" }),
+  );
+  await writeOptimStage.run(
+    dctx,
+    parseStageOptions(writeOptimStage, { optimizer: "lora_w2/optim" }),
+  );
+  await dctx.stateDict?.close();
+  const r = await runPythonJson<CheckResult>(CHECK, [dir, REPO_ROOT], undefined, { peer });
+  assert.equal(r.optimizer_equal, true);
+  assert.equal(r.optimizer_json_equal, true);
+  assert.equal(r.optimizer_dcp_equal, true);
+  assert.equal(r.adapter_equal, true);
+  assert.equal(r.adapter_config_equal, true);
+  assert.equal(r.optimizer_resumes, true);
+  assert.equal(r.scheduler_equal, true);
+  assert.equal(r.v_head_type, "OrderedDict");
+  assert.equal(r.v_head_equal, true);
+  assert.equal(r.v_head_safetensors_equal, true);
+  assert.equal(r.bin_type, "OrderedDict");
+  assert.deepEqual(r.bin_keys, [
+    "lm_head.weight",
+    "model.embed_tokens.weight",
+    "model.layers.0.mlp.down_proj.weight",
+    "model.layers.0.self_attn.q_proj.weight",
+    "model.norm.weight",
+  ]);
+  assert.equal(r.bin_tied_shared, true);
+  assert.ok(
+    r.merge_max_ulps <= 0.5001,
+    `merged weights are ${r.merge_max_ulps} bf16 ulps from float64`,
+  );
+  assert.equal(r.untouched_equal, true);
+  assert.deepEqual(r.st_keys, r.bin_keys.filter((k) => k !== "lm_head.weight"));
+  assert.equal(r.st_equal_bin, true);
+  assert.deepEqual(r.st_config, [true, "bfloat16", 16, "float"]);
+  assert.equal(r.metrics_text_equal, true);
+  assert.equal(r.mmap_same, true, "every .pt/.bin written loads the same with mmap=True");
+}

@@ -1,8 +1,10 @@
 /**
- * Interop with real torch 2.6 (through the torch peer): what ckpt writes, `torch.load(weights_only=True)`
- * loads and compares equal, Python types included; AdamW/LambdaLR accept our optimizer.pt and
- * scheduler.pt and keep training; sharded pytorch_model.bin folders load. Fails (never skips)
- * when the peer is missing.
+ * Interop with real torch 2.6 (the torch26 peer) and, where users of the current stack meet the same
+ * files, torch 2.13 (the hf peer): what ckpt writes, `torch.load(weights_only=True)` loads (also with
+ * `mmap=True`) and compares equal, Python types included; AdamW/LambdaLR accept our optimizer.pt
+ * and scheduler.pt and keep training; sharded pytorch_model.bin folders load. Byte-for-byte
+ * equality with `torch.save` is torch 2.6's (2.7+ writes a newer record layout). Fails (never
+ * skips) when a peer is missing.
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
@@ -23,12 +25,15 @@ import {
 } from "../../formats/torch/values.ts";
 import { DTYPE_NAMES, DTYPES } from "../../formats/dtype.ts";
 import { StateDict, tensorFromBytes } from "../../formats/state_dict.ts";
-import { runPython, runPythonJson } from "../_helpers/peer.ts";
+import { type PeerName, runPython, runPythonJson } from "../_helpers/peer.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
 import { hex } from "../_helpers/hex.ts";
 import { pyTree, TORCH_FIX, TORCH_SAVED } from "../_helpers/torch.ts";
 
-/** Loads each path with weights_only=True; returns describe() plus storage-sharing groups. */
+/**
+ * Loads each path with weights_only=True (and again with mmap=True: `mmap_same`); returns describe()
+ * plus storage-sharing groups; re-saves the pairs of argv[2] with torch.save.
+ */
 const LOAD_ALL = `
 import json, sys, collections
 sys.dont_write_bytecode = True
@@ -40,6 +45,8 @@ for p in json.loads(sys.argv[1]):
     # values_p4.pt is torch's own protocol-4 file, which torch's weights_only loader refuses (FRAME)
     v = torch.load(p, weights_only=not p.endswith('fixtures/torch/values_p4.pt'))
     d = describe(v)
+    if not p.endswith('fixtures/torch/values_p4.pt'):
+        d['mmap_same'] = describe(torch.load(p, weights_only=True, mmap=True)) == d
     groups = collections.defaultdict(list)
     def walk(x, path, seen):
         if isinstance(x, torch.Tensor):
@@ -60,6 +67,10 @@ for p, q in resave.items():
     torch.save(torch.load(p, weights_only=True), q)
 print(json.dumps(out))
 `;
+
+/** Both torch versions users run: 2.6 (the torch26 peer) and 2.13 (the hf peer). */
+const PEERS: readonly PeerName[] = ["torch26", "hf"];
+const TORCH_OF: Record<PeerName, string> = { torch26: "2.6", hf: "2.13" };
 
 /** Our own view of a value, in the same form the Python side produces. */
 async function ours(
@@ -119,6 +130,7 @@ Deno.test("saveTorch() re-writes every torch-written fixture so that torch loads
       assert.equal(JSON.stringify(b.tree), JSON.stringify(a.tree), `${name}: key order`);
       assert.deepEqual(sortKeys(b.tensors), sortKeys(a.tensors), `${name}: tensors`);
       assert.deepEqual(b.shared, a.shared, `${name}: storage sharing`);
+      assert.equal(b.mmap_same, true, `${name}: mmap=True loads the same`);
     }
   });
 });
@@ -131,7 +143,7 @@ function seeded(seed: number): () => number {
   };
 }
 
-Deno.test("saveTorch() writes values torch loads with their Python types and every dtype", async () => {
+Deno.test("saveTorch() writes values torch 2.6 and 2.13 load (also with mmap=True) with their Python types and every dtype", async (t) => {
   await withTempDir(async (dir) => {
     const rnd = seeded(42);
     const tensors: [string, PyValue][] = [];
@@ -210,28 +222,85 @@ Deno.test("saveTorch() writes values torch loads with their Python types and eve
     // ckpt writes _codecs.encode("", "latin1") instead, so that one value is not byte-compared.
     const empty = join(dir, "empty_bytes.pt");
     await saveTorch(empty, pyDict([["b", new Uint8Array(0)]]));
-    const got = await runPythonJson<
-      Record<string, { tree: unknown; tensors: Record<string, string>; shared: string[][] }>
-    >(
-      LOAD_ALL,
-      [JSON.stringify([path, empty]), JSON.stringify({ [path]: join(dir, "torch", "values.pt") })],
-    );
-    assert.deepEqual(
-      await Deno.readFile(join(dir, "torch", "values.pt")),
-      await Deno.readFile(path),
-      "torch re-saves what it loaded from our file byte for byte",
-    );
-    assert.deepEqual(got[empty]!.tree, { b: { __bytes__: "" } });
     const want = await ours(value);
-    const b = got[path]!;
-    assert.deepEqual(b.tree, want.tree);
-    assert.equal(JSON.stringify(b.tree), JSON.stringify(want.tree));
-    assert.deepEqual(sortKeys(b.tensors), sortKeys(want.tensors));
-    assert.deepEqual(b.shared, want.shared);
+    for (const peer of PEERS) {
+      await t.step(`torch ${TORCH_OF[peer]}`, async () => {
+        await Deno.mkdir(join(dir, `torch_${peer}`));
+        const resaved = join(dir, `torch_${peer}`, "values.pt"); // the archive prefix is the file name
+        const got = await runPythonJson<
+          Record<
+            string,
+            {
+              tree: unknown;
+              tensors: Record<string, string>;
+              shared: string[][];
+              mmap_same: boolean;
+            }
+          >
+        >(
+          LOAD_ALL,
+          [JSON.stringify([path, empty]), JSON.stringify({ [path]: resaved })],
+          undefined,
+          {
+            peer,
+          },
+        );
+        if (peer === "torch26") {
+          // torch 2.7+ writes its own newer record layout, so only 2.6 re-saves our bytes exactly.
+          assert.deepEqual(
+            await Deno.readFile(resaved),
+            await Deno.readFile(path),
+            "torch re-saves what it loaded from our file byte for byte",
+          );
+        }
+        assert.deepEqual(got[empty]!.tree, { b: { __bytes__: "" } });
+        const b = got[path]!;
+        assert.deepEqual(b.tree, want.tree);
+        assert.equal(JSON.stringify(b.tree), JSON.stringify(want.tree));
+        assert.deepEqual(sortKeys(b.tensors), sortKeys(want.tensors));
+        assert.deepEqual(b.shared, want.shared);
+        assert.equal(b.mmap_same, true, "mmap=True loads the same");
+        assert.equal(got[empty]!.mmap_same, true);
+      });
+    }
   });
 });
 
-Deno.test("saveTorch() writes a HALOs optimizer.pt and a LambdaLR scheduler.pt that torch resumes from", async () => {
+/** Python: loads our optimizer.pt and scheduler.pt (plain and mmap), re-saves them, resumes training. */
+const RESUME = `
+import json, os, sys, torch
+d, resaved = sys.argv[1], sys.argv[2]
+o = torch.load(d + '/optimizer.pt', weights_only=True)
+s = torch.load(d + '/scheduler.pt', weights_only=True)
+om = torch.load(d + '/optimizer.pt', weights_only=True, mmap=True)
+sm = torch.load(d + '/scheduler.pt', weights_only=True, mmap=True)
+def same(a, b):
+    if type(a) is not type(b): return False
+    if isinstance(a, torch.Tensor): return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict): return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)): return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b
+mmap_same = same(o, om) and same(s, sm)  # before load_state_dict, which may edit what it is given
+os.mkdir(resaved)
+torch.save(o, resaved + '/optimizer.pt')
+torch.save(s, resaved + '/scheduler.pt')
+assert type(o) is dict and o['class'] == 'AdamW' and type(o['state_dict']['state']) is dict
+assert list(o['state_dict']['state'].keys()) == [0, 1, 2, 3]
+g = o['state_dict']['param_groups'][0]
+assert type(g['lr']) is float and type(g['params'][0]) is int and type(g['betas']) is tuple and g['foreach'] is None
+net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.01)
+sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10))
+opt.load_state_dict(om['state_dict'])
+sched.load_state_dict(sm)
+net(torch.randn(5, 4)).pow(2).mean().backward()
+opt.step(); sched.step()
+print(json.dumps({'step': float(opt.state_dict()['state'][0]['step']), 'lr': opt.param_groups[0]['lr'],
+                  'last_epoch': sched.last_epoch, 'exp_avg0': float(opt.state_dict()['state'][0]['exp_avg'][0, 1]),
+                  'mmap_same': mmap_same}))
+`;
+
+Deno.test("saveTorch() writes a HALOs optimizer.pt and a LambdaLR scheduler.pt that torch 2.6 and 2.13 resume from", async (t) => {
   await withTempDir(async (dir) => {
     const f32 = (shape: number[], fill: (i: number) => number) => {
       const n = shape.reduce((a, b) => a * b, 1);
@@ -278,47 +347,53 @@ Deno.test("saveTorch() writes a HALOs optimizer.pt and a LambdaLR scheduler.pt t
     ]);
     await saveTorch(join(dir, "optimizer.pt"), optim);
     await saveTorch(join(dir, "scheduler.pt"), sched);
-    const result = await runPythonJson<Record<string, unknown>>(
-      `
-import json, sys, torch
-d = sys.argv[1]
-o = torch.load(d + '/optimizer.pt', weights_only=True)
-s = torch.load(d + '/scheduler.pt', weights_only=True)
-import os
-os.mkdir(d + '/torch')
-torch.save(o, d + '/torch/optimizer.pt')
-torch.save(s, d + '/torch/scheduler.pt')
-assert type(o) is dict and o['class'] == 'AdamW' and type(o['state_dict']['state']) is dict
-assert list(o['state_dict']['state'].keys()) == [0, 1, 2, 3]
-g = o['state_dict']['param_groups'][0]
-assert type(g['lr']) is float and type(g['params'][0]) is int and type(g['betas']) is tuple and g['foreach'] is None
-net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
-opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.01)
-sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10))
-opt.load_state_dict(o['state_dict'])
-sched.load_state_dict(s)
-net(torch.randn(5, 4)).pow(2).mean().backward()
-opt.step(); sched.step()
-print(json.dumps({'step': float(opt.state_dict()['state'][0]['step']), 'lr': opt.param_groups[0]['lr'],
-                  'last_epoch': sched.last_epoch, 'exp_avg0': float(opt.state_dict()['state'][0]['exp_avg'][0, 1])}))
-`,
-      [dir],
-    );
-    for (const f of ["optimizer.pt", "scheduler.pt"]) {
-      assert.deepEqual(
-        await Deno.readFile(join(dir, "torch", f)),
-        await Deno.readFile(join(dir, f)),
-        `${f}: bytes`,
-      );
+    for (const peer of PEERS) {
+      await t.step(`torch ${TORCH_OF[peer]}`, async () => {
+        const resaved = join(dir, `torch_${peer}`);
+        const result = await runPythonJson<Record<string, unknown>>(
+          RESUME,
+          [dir, resaved],
+          undefined,
+          { peer },
+        );
+        if (peer === "torch26") {
+          for (const f of ["optimizer.pt", "scheduler.pt"]) {
+            assert.deepEqual(
+              await Deno.readFile(join(resaved, f)),
+              await Deno.readFile(join(dir, f)),
+              `${f}: bytes`,
+            );
+          }
+        }
+        assert.equal(result.mmap_same, true);
+        assert.equal(result.step, 3);
+        assert.equal(result.last_epoch, 3);
+        assert.ok(Math.abs((result.lr as number) - 0.0004) < 1e-12); // lambda(3) = 4/10
+        assert.equal(typeof result.exp_avg0, "number");
+      });
     }
-    assert.equal(result.step, 3);
-    assert.equal(result.last_epoch, 3);
-    assert.ok(Math.abs((result.lr as number) - 0.0004) < 1e-12); // lambda(3) = 4/10
-    assert.equal(typeof result.exp_avg0, "number");
   });
 });
 
-Deno.test("writeTorchSharded() writes pytorch_model shards and index that torch and json load", async () => {
+/** Python: a pytorch_model.bin shard folder and a single file, loaded plain and with mmap=True. */
+const LOAD_SHARDS = `
+import json, sys, torch, os
+d = sys.argv[1]
+idx = json.load(open(os.path.join(d, 'pytorch_model.bin.index.json')))
+out, mmap_same = {}, True
+for name, f in idx['weight_map'].items():
+    t = torch.load(os.path.join(d, f), weights_only=True)[name]
+    m = torch.load(os.path.join(d, f), weights_only=True, mmap=True)[name]
+    mmap_same = mmap_same and t.dtype == m.dtype and torch.equal(t, m)
+    out[name] = [f, str(t.dtype), list(t.shape), t.flatten().view(torch.uint8)[0].item()]
+single = torch.load(os.path.join(d, 'single', 'pytorch_model.bin'), weights_only=True)
+single_m = torch.load(os.path.join(d, 'single', 'pytorch_model.bin'), weights_only=True, mmap=True)
+mmap_same = mmap_same and list(single) == list(single_m) and all(torch.equal(v, single_m[k]) for k, v in single.items())
+print(json.dumps({'map': out, 'total': idx['metadata']['total_size'], 'files': sorted(set(idx['weight_map'].values())),
+                  'single_type': type(single).__name__, 'single_keys': list(single), 'mmap_same': mmap_same}))
+`;
+
+Deno.test("writeTorchSharded() writes pytorch_model shards and index that torch 2.6 and 2.13 (and json) load", async (t) => {
   await withTempDir(async (dir) => {
     const sd = new StateDict();
     for (let i = 0; i < 5; i++) {
@@ -329,28 +404,21 @@ Deno.test("writeTorchSharded() writes pytorch_model shards and index that torch 
     const single = join(dir, "single");
     await Deno.mkdir(single);
     await saveTorchStateDict(join(single, "pytorch_model.bin"), sd);
-    const got = await runPythonJson<Record<string, unknown>>(
-      `
-import json, sys, torch, os
-d = sys.argv[1]
-idx = json.load(open(os.path.join(d, 'pytorch_model.bin.index.json')))
-out = {}
-for name, f in idx['weight_map'].items():
-    t = torch.load(os.path.join(d, f), weights_only=True)[name]
-    out[name] = [f, str(t.dtype), list(t.shape), t.flatten().view(torch.uint8)[0].item()]
-single = torch.load(os.path.join(d, 'single', 'pytorch_model.bin'), weights_only=True)
-print(json.dumps({'map': out, 'total': idx['metadata']['total_size'], 'files': sorted(set(idx['weight_map'].values())),
-                  'single_type': type(single).__name__, 'single_keys': list(single)}))
-`,
-      [dir],
-    );
-    assert.deepEqual(got.files, files);
-    assert.equal(got.total, 5 * 32 + 160);
-    assert.equal(got.single_type, "OrderedDict");
-    assert.deepEqual(got.single_keys, [...sd.keys()]);
-    const map = got.map as Record<string, [string, string, number[], number]>;
-    assert.deepEqual(map["big"], [files[1], "torch.float32", [40], 9]);
-    assert.deepEqual(map["layers.3.weight"]!.slice(1), ["torch.bfloat16", [4, 4], 4]);
+    for (const peer of PEERS) {
+      await t.step(`torch ${TORCH_OF[peer]}`, async () => {
+        const got = await runPythonJson<Record<string, unknown>>(LOAD_SHARDS, [dir], undefined, {
+          peer,
+        });
+        assert.deepEqual(got.files, files);
+        assert.equal(got.total, 5 * 32 + 160);
+        assert.equal(got.single_type, "OrderedDict");
+        assert.deepEqual(got.single_keys, [...sd.keys()]);
+        assert.equal(got.mmap_same, true);
+        const map = got.map as Record<string, [string, string, number[], number]>;
+        assert.deepEqual(map["big"], [files[1], "torch.float32", [40], 9]);
+        assert.deepEqual(map["layers.3.weight"]!.slice(1), ["torch.bfloat16", [4, 4], 4]);
+      });
+    }
   });
 });
 
