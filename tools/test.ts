@@ -1,6 +1,7 @@
 /**
  * `deno task test`: the one gate. Runs format check, lint, type check, every test (unit, interop
- * and doc examples), `deno doc --lint` and `deno publish --dry-run`, then prints
+ * and doc examples; the interop tests' Python peers are provided first when missing, see
+ * `tools/peers/peers.ts`), `deno doc --lint` and `deno publish --dry-run`, then prints
  * "N passed, N failed, N skipped" counted from the JUnit report's test cases (steps included;
  * ignored and filtered-out tests are skipped, never passed). Exits non-zero when anything failed,
  * and when no test ran at all (a filter that matches nothing).
@@ -17,6 +18,7 @@
  * @module
  */
 import { countJunit, type Counts, isTeardownHeapAbort, summaryLine } from "./_gate.ts";
+import { ensurePeers } from "./peers/peers.ts";
 
 const args = Deno.args;
 const quick = args.includes("--quick");
@@ -72,6 +74,13 @@ if (!quick && testArgs.length === 0) {
   await step("type check", ["check", "."]);
   await step("doc lint", ["doc", "--lint", ...sources]);
   await step("publish dry run", ["publish", "--dry-run", "--allow-dirty", "--quiet"]);
+}
+
+// The interop tests need the Python peers: provide any that is missing (deno task peers).
+if (testArgs.length === 0 || testArgs.some((a) => a.includes("interop"))) {
+  console.log("\n== peers: deno task peers");
+  const missing = await ensurePeers();
+  if (missing.size > 0) failures.push(`peers (${[...missing.keys()].join(", ")})`);
 }
 
 const targets = testArgs.length > 0 ? testArgs : [
