@@ -98,13 +98,24 @@ export async function runPythonJson<T = unknown>(
   return lastJson<T>(stdout);
 }
 
-/** {@linkcode runPythonJson} with the `hf` peer (torch 2.13 and the current Hugging Face stack). */
-export function runHfJson<T = unknown>(
-  script: string,
+/**
+ * Runs a committed Python file (path relative to the repo root, or absolute) with `args` in a peer's
+ * shared session (as `python3 FILE ARGS`: `__name__` is `"__main__"`, `__file__` the path) and
+ * parses the last stdout line as JSON.
+ */
+export async function runPythonFile<T = unknown>(
+  peer: PeerName,
+  file: string,
   args: string[] = [],
-  cwd?: string,
 ): Promise<T> {
-  return runPythonJson<T>(script, args, cwd, { peer: "hf" });
+  const path = resolve(REPO_ROOT, file);
+  const script = await Deno.readTextFile(path);
+  return lastJson<T>(await peerSession(peer).run(script, args, undefined, path));
+}
+
+/** {@linkcode runPythonFile} with the `hf` peer (torch 2.13 and the current Hugging Face stack). */
+export function runHfPython<T = unknown>(file: string, args: string[] = []): Promise<T> {
+  return runPythonFile<T>("hf", file, args);
 }
 
 function lastJson<T>(stdout: string): T {
@@ -132,9 +143,11 @@ for line in sys.stdin:
     resp = {"ok": True}
     try:
         os.chdir(req.get("cwd") or cwd0)
-        sys.argv = ["-c", *req["args"]]
+        sys.argv = [req.get("file") or "-c", *req["args"]]
         with contextlib.redirect_stdout(buf), warnings.catch_warnings():
-            exec(compile(req["script"], "<peer script>", "exec"), {"__name__": "__main__"})
+            g = {"__name__": "__main__"}
+            if req.get("file"): g["__file__"] = req["file"]
+            exec(compile(req["script"], req.get("file") or "<peer script>", "exec"), g)
     except SystemExit as e:
         if e.code not in (None, 0): resp = {"ok": False, "error": "SystemExit(%r)" % (e.code,)}
     except BaseException:
@@ -188,11 +201,14 @@ export class PeerSession {
     })().catch(() => {});
   }
 
-  /** Runs `script` with `args` in `cwd`; resolves with what it printed. Throws with the traceback. */
-  run(script: string, args: string[] = [], cwd?: string): Promise<string> {
+  /**
+   * Runs `script` with `args` in `cwd` (`file`: the path it was read from, its `__file__`);
+   * resolves with what it printed. Throws with the traceback.
+   */
+  run(script: string, args: string[] = [], cwd?: string, file?: string): Promise<string> {
     const next = this.#queue.then(async () => {
       if (!this.#child) this.#start();
-      const line = JSON.stringify({ script, args, cwd: cwd ?? null }) + "\n";
+      const line = JSON.stringify({ script, args, cwd: cwd ?? null, file: file ?? null }) + "\n";
       this.#child!.ref(); // keeps the test process alive while the script runs
       let got: IteratorResult<string>;
       try {

@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { runHfPython } from "../_helpers/hf_peer.ts";
+import { runHfPython } from "../_helpers/peer.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
 import { ckpt } from "../cli/_cli.ts";
 

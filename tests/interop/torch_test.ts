@@ -72,6 +72,15 @@ print(json.dumps(out))
 const PEERS: readonly PeerName[] = ["torch26", "hf"];
 const TORCH_OF: Record<PeerName, string> = { torch26: "2.6", hf: "2.13" };
 
+/** What LOAD_ALL reports per file. */
+interface Loaded {
+  tree: unknown;
+  tensors: Record<string, string>;
+  shared: string[][];
+  /** Loading again with mmap=True gave the same (absent for files torch refuses weights_only). */
+  mmap_same?: boolean;
+}
+
 /** Our own view of a value, in the same form the Python side produces. */
 async function ours(
   v: PyValue,
@@ -103,9 +112,7 @@ Deno.test("saveTorch() re-writes every torch-written fixture so that torch loads
     }
     await Deno.mkdir(join(dir, "torch"));
     const resave = Object.fromEntries(names.map((n) => [join(dir, n), join(dir, "torch", n)]));
-    const got = await runPythonJson<
-      Record<string, { tree: unknown; tensors: Record<string, string>; shared: string[][] }>
-    >(
+    const got = await runPythonJson<Record<string, Loaded>>(
       LOAD_ALL,
       [JSON.stringify(paths), JSON.stringify(resave)],
     );
@@ -227,17 +234,7 @@ Deno.test("saveTorch() writes values torch 2.6 and 2.13 load (also with mmap=Tru
       await t.step(`torch ${TORCH_OF[peer]}`, async () => {
         await Deno.mkdir(join(dir, `torch_${peer}`));
         const resaved = join(dir, `torch_${peer}`, "values.pt"); // the archive prefix is the file name
-        const got = await runPythonJson<
-          Record<
-            string,
-            {
-              tree: unknown;
-              tensors: Record<string, string>;
-              shared: string[][];
-              mmap_same: boolean;
-            }
-          >
-        >(
+        const got = await runPythonJson<Record<string, Loaded>>(
           LOAD_ALL,
           [JSON.stringify([path, empty]), JSON.stringify({ [path]: resaved })],
           undefined,
