@@ -141,10 +141,10 @@ async function capture(cmd: string[]): Promise<string> {
  * The index options for pip: the `file://` indexes pip's configuration names, as the only indexes
  * (offline), or nothing (pip's own configuration, PyPI by default).
  */
-async function indexArgs(python: string): Promise<string[]> {
+async function indexArgs(pip: string[]): Promise<string[]> {
   const urls: string[] = [];
   for (const key of ["global.index-url", "global.extra-index-url"]) {
-    const v = await capture([python, "-m", "pip", "config", "get", key]);
+    const v = await capture([...pip, "config", "get", key]);
     urls.push(...v.split(/\s+/).filter((u) => u.startsWith("file://")));
   }
   return urls.flatMap((u, i) => [i === 0 ? "--index-url" : "--extra-index-url", u]);
@@ -165,11 +165,19 @@ exec "$@"
 /** pip-installs a peer into `<dir>/venv`; false when pip cannot provide its torch. */
 async function buildVenv(name: PeerName, dir: string, log: string): Promise<boolean> {
   const pins = PEER_PINS[name];
-  await Deno.remove(join(dir, "venv"), { recursive: true }).catch(() => {});
-  if ((await sh([python(), "-m", "venv", join(dir, "venv")], log)) !== 0) return false;
-  const py = join(dir, "venv", "bin", "python");
-  const idx = await indexArgs(py);
-  const pip = [py, "-m", "pip", "install", "-q", "--disable-pip-version-check"];
+  const venv = join(dir, "venv");
+  const py = join(venv, "bin", "python");
+  await Deno.remove(venv, { recursive: true }).catch(() => {});
+  // A venv with its own pip; where Python has no ensurepip (Debian without python3-venv), a venv
+  // without pip that the system's pip installs into (pip --python, pip >= 22.3).
+  let pipCmd = [py, "-m", "pip"];
+  if ((await sh([python(), "-m", "venv", venv], log)) !== 0) {
+    await Deno.remove(venv, { recursive: true }).catch(() => {});
+    if ((await sh([python(), "-m", "venv", "--without-pip", venv], log)) !== 0) return false;
+    pipCmd = [python(), "-m", "pip", "--python", py];
+  }
+  const idx = await indexArgs(pipCmd);
+  const pip = [...pipCmd, "install", "-q", "--disable-pip-version-check"];
   // torch: the CPU wheel from the configured index, else from PyTorch's CPU index.
   const torchOk = (await sh([...pip, ...idx, `torch==${pins.torch}+cpu`], log)) === 0 ||
     (await sh([
