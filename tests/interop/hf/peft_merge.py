@@ -1,6 +1,6 @@
 """
 Peer side of tests/interop/hf_merge_test.ts, run with the current Hugging Face stack
-(../shared/tools/hf-peer: torch 2.13, transformers 5.17, PEFT 0.21):
+(the hf peer, `deno task peers hf ...`: torch 2.13, transformers 5.17, PEFT 0.21):
 
   peft_merge.py make DIR          writes DIR/f32/{base,adapter} (a tiny untied Qwen2 in bf16, built
                                   from a config, no download, and a LoRA on every linear layer and
