@@ -217,7 +217,13 @@ Deno.test("`runPipeline()` abandons a stage that ignores the abort signal", asyn
     const stuck = {
       ...FAKE_STAGES.fakeMerge!,
       name: "stuck",
-      run: () => new Promise<void>((r) => (release = r)),
+      // The abort comes once the stage runs: a timer started with the pipeline could fire during
+      // the preflight on a busy machine, before the stage (and `release`) ever existed.
+      run: () =>
+        new Promise<void>((r) => {
+          release = r;
+          setTimeout(() => ac.abort(new Error("SIGTERM")), 20);
+        }),
     };
     const run = runPipeline({ output: "out", stages: [{ use: "stuck" }] }, {
       ...base,
@@ -225,7 +231,6 @@ Deno.test("`runPipeline()` abandons a stage that ignores the abort signal", asyn
       baseDir: dir,
       signal: ac.signal,
     });
-    setTimeout(() => ac.abort(new Error("SIGTERM")), 20);
     await assert.rejects(() => run, (e: unknown) => isCkptError(e, "ABORTED"));
     assert.deepEqual(await entries(dir), []);
     release();
