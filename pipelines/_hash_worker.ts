@@ -8,7 +8,7 @@
  * @module
  */
 import { createHash, type Hash } from "node:crypto";
-import { hashFile } from "./hashing.ts";
+import { hashFile } from "./hash_file.ts";
 
 type HashRequest =
   | { id: number; path: string; op?: undefined }

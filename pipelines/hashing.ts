@@ -23,30 +23,9 @@
  * @module
  */
 import { createHash } from "node:crypto";
-import { RandomAccessFile } from "../formats/_io.ts";
+import { hashFile } from "./hash_file.ts";
 
-/** Block size for streamed hashing. */
-const HASH_BLOCK = 4 * 1024 * 1024;
-
-/** Streams a file through sha256; returns its size and hex digest. `signal` aborts between blocks. */
-export async function hashFile(
-  path: string,
-  signal?: AbortSignal,
-): Promise<{ size: number; sha256: string }> {
-  const file = await RandomAccessFile.open(path);
-  try {
-    const hash = createHash("sha256");
-    const buf = new Uint8Array(Math.min(HASH_BLOCK, Math.max(file.size, 1)));
-    for (let off = 0; off < file.size; off += buf.length) {
-      signal?.throwIfAborted();
-      const len = Math.min(buf.length, file.size - off);
-      hash.update(await file.readAt(off, len, buf));
-    }
-    return { size: file.size, sha256: hash.digest("hex") };
-  } finally {
-    await file.close();
-  }
-}
+export { hashFile };
 
 /**
  * A sha256 over bytes fed in order (a file's bytes as they are written), computed on the hash
