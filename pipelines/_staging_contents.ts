@@ -74,7 +74,8 @@ async function checkEntries(
     const p = rel === "" ? e.name : `${rel}/${e.name}`;
     if (p === MANIFEST_NAME) continue; // written by the runner itself, after this check
     if (e.isDirectory && folders.has(p)) await checkEntries(folder, p, reported, folders);
-    else if (!(e.isFile && reported.has(p))) {
+    else if (reported.has(p)) continue; // a reported symlink, folder or FIFO: STAGING_MISMATCH below
+    else {
       const kind = e.isSymlink ? "symlink" : e.isDirectory ? "folder" : e.isFile ? "file" : "entry";
       throw new CkptError(
         "STAGING_UNREPORTED",

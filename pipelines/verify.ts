@@ -22,7 +22,7 @@
  * ```
  * @module
  */
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { CkptError } from "../errors.ts";
 import { decodeF32, type DType } from "../formats/dtype.ts";
 import type { StateDict, TensorRef } from "../formats/state_dict.ts";
@@ -30,6 +30,7 @@ import { loadTorch } from "../formats/torch/load.ts";
 import { openInput } from "../readers/kinds.ts";
 import { stripStateDict } from "../readers/names.ts";
 import { hashFile, listFiles, MANIFEST_NAME, readManifest } from "./manifest.ts";
+import { parsePyJson } from "./stages/_pyjson.ts";
 
 /** Options of {@linkcode verifyCheckpoint}. */
 export interface VerifyOptions {
@@ -75,6 +76,46 @@ export interface VerifyResult {
   rowsChecked: number;
 }
 
+/** What a folder holds: its regular files, and every other entry with its kind. */
+interface FolderEntries {
+  /** Regular files, relative, `/`-separated. */
+  files: string[];
+  /** Symlinks, FIFOs, sockets, devices and empty folders: relative path -> kind. */
+  others: Map<string, string>;
+}
+
+/**
+ * Every entry under `folder`, symlinks not followed: regular files, and everything else
+ * (a symlink, a FIFO, a socket, a device, an empty folder) with its kind.
+ */
+async function folderEntries(folder: string): Promise<FolderEntries> {
+  const files: string[] = [];
+  const others = new Map<string, string>();
+  async function walk(rel: string): Promise<void> {
+    let n = 0;
+    for await (const e of Deno.readDir(rel === "" ? folder : join(folder, rel))) {
+      n++;
+      const p = rel === "" ? e.name : `${rel}/${e.name}`;
+      if (e.isSymlink) others.set(p, "symlink");
+      else if (e.isDirectory) await walk(p);
+      else if (e.isFile) files.push(p);
+      else others.set(p, await specialKind(join(folder, p)));
+    }
+    if (n === 0 && rel !== "") others.set(rel, "empty folder");
+  }
+  await walk("");
+  return { files: files.sort(), others };
+}
+
+/** The kind of a special file, in words. */
+async function specialKind(path: string): Promise<string> {
+  const st = await Deno.lstat(path).catch(() => undefined);
+  if (st?.isFifo) return "FIFO";
+  if (st?.isSocket) return "socket";
+  if (st?.isBlockDevice || st?.isCharDevice) return "device";
+  return "special file";
+}
+
 const WEIGHT_FILES = /^(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)$/;
 
 /** Opens `path` with the input kind called `kind` and counts its tensors (headers only). */
@@ -98,12 +139,14 @@ async function loadFile(folder: string, rel: string): Promise<string> {
     return `shard index consistent with its shards, ${n} tensors`;
   }
   if (rel.endsWith(".json")) {
-    JSON.parse(await Deno.readTextFile(path));
+    // Python's json module (HALOs' json.dump of eval results) writes NaN and ±Infinity: the
+    // grammar accepted is exactly what json.loads reads, no more.
+    parsePyJson(await Deno.readTextFile(path), rel);
     return "JSON parses";
   }
   if (rel.endsWith(".jsonl")) {
     const lines = (await Deno.readTextFile(path)).split("\n").filter((l) => l.trim() !== "");
-    for (const l of lines) JSON.parse(l);
+    for (const l of lines) parsePyJson(l, rel);
     return `${lines.length} JSON lines parse`;
   }
   if (rel.endsWith(".safetensors")) {
@@ -290,10 +333,27 @@ export async function verifyCheckpoint(
     let listed: string[] = [];
     try {
       const manifest = await readManifest(folder);
-      const present = new Set((await listFiles(folder)).filter((f) => f !== MANIFEST_NAME));
+      const tree = await folderEntries(folder);
       listed = manifest.files.map((f) => f.path);
+      const present = new Set(tree.files);
+      const listedFolders = new Set<string>();
+      for (const p of listed) {
+        for (let d = dirname(p); d !== "."; d = dirname(d)) listedFolders.add(d);
+      }
       for (const f of manifest.files) {
         signal?.throwIfAborted();
+        const other = tree.others.get(f.path);
+        if (other !== undefined) {
+          // never opened: a FIFO would block, a symlink points anywhere
+          checks.push({
+            kind: "hash",
+            file: f.path,
+            ok: false,
+            message: `${article(other)} ${other}, not a regular file`,
+          });
+          tree.others.delete(f.path);
+          continue;
+        }
         if (!present.has(f.path)) {
           checks.push({ kind: "hash", file: f.path, ok: false, message: "missing" });
           continue;
@@ -313,8 +373,19 @@ export async function verifyCheckpoint(
             : `sha256 ${got.sha256}, manifest says ${f.sha256}`,
         });
       }
+      present.delete(MANIFEST_NAME);
       for (const extra of present) {
         checks.push({ kind: "hash", file: extra, ok: false, message: "not in the manifest" });
+      }
+      for (const [extra, kind] of tree.others) {
+        // an empty folder on the way to a listed file cannot be: it would hold that file
+        if (kind === "empty folder" && listedFolders.has(extra)) continue;
+        checks.push({
+          kind: "hash",
+          file: extra,
+          ok: false,
+          message: `not in the manifest (${article(kind)} ${kind})`,
+        });
       }
       checks.push({
         kind: "manifest",
@@ -338,11 +409,9 @@ export async function verifyCheckpoint(
     if (!options.hashesOnly) {
       for (const rel of listed) {
         signal?.throwIfAborted();
-        try {
-          await Deno.stat(join(folder, rel));
-        } catch {
-          continue;
-        }
+        // only a regular file is opened (a symlink or FIFO was reported above)
+        const st = await Deno.lstat(join(folder, rel)).catch(() => undefined);
+        if (!st?.isFile) continue;
         try {
           const message = await loadFile(folder, rel);
           filesLoaded++;
@@ -405,4 +474,9 @@ export async function verifyCheckpoint(
     filesLoaded,
     rowsChecked,
   };
+}
+
+/** "a" or "an" before `word`. */
+function article(word: string): string {
+  return /^[aeiouAEIOU]/.test(word) ? "an" : "a";
 }

@@ -252,7 +252,15 @@ export function toPlain(v: PyJson): unknown {
   if (Array.isArray(v)) return v.map(toPlain);
   if (v instanceof Map) {
     const o: Record<string, unknown> = {};
-    for (const [k, x] of v) o[k] = toPlain(x);
+    for (const [k, x] of v) {
+      // an own "__proto__" key, as JSON.parse makes it (an assignment would set the prototype)
+      Object.defineProperty(o, k, {
+        value: toPlain(x),
+        enumerable: true,
+        writable: true,
+        configurable: true,
+      });
+    }
     return o;
   }
   return v;

@@ -36,6 +36,7 @@ import {
   stripStateDict,
 } from "../../readers/names.ts";
 import { defineStage, type Stage, type StageContext } from "../stage.ts";
+import { parsePyJson, toPlain } from "./_pyjson.ts";
 
 export {
   DEFAULT_STRIP_PREFIXES,
@@ -92,7 +93,8 @@ export async function readModelConfig(configPath: string): Promise<Record<string
   const text = await readTextInput(configPath, { code: "INPUT_MISSING", what: "model config" });
   let parsed: unknown;
   try {
-    parsed = JSON.parse(text);
+    // as Python's json.loads reads it (transformers writes NaN/Infinity as json.dumps does)
+    parsed = toPlain(parsePyJson(text));
   } catch (cause) {
     throw new CkptError(
       "CONFIG_JSON",

@@ -116,6 +116,22 @@ Deno.test("a reported file missing, of another size or outside the folder is STA
   });
 });
 
+Deno.test("a symlink a stage reported writing is STAGING_MISMATCH: no output holds a symlink", async () => {
+  await withTempDir(async (dir) => {
+    const target = join(dir, "elsewhere.json");
+    await Deno.writeTextFile(target, "{}");
+    const stage = custom(async (d) => {
+      await Deno.writeTextFile(join(d, "a.txt"), "a");
+      await Deno.symlink(target, join(d, "adapter_config.json"));
+    }, [{ path: "a.txt", bytes: 1 }, { path: "adapter_config.json", bytes: 2 }]);
+    await assert.rejects(
+      () => runCustom(dir, stage),
+      (e: unknown) => isCkptError(e, "STAGING_MISMATCH") && /not a regular file/.test(e.message),
+    );
+    assert.deepEqual(await entries(dir), ["elsewhere.json"]);
+  });
+});
+
 Deno.test("a second run on a locked output fails with OUTPUT_LOCKED naming the holder, or waits", async () => {
   await withTempDir(async (dir) => {
     const out = join(dir, "out");

@@ -9,6 +9,7 @@ import {
 import { StateDict, tensorFromBytes } from "../../formats/state_dict.ts";
 import { buildManifest, writeManifest } from "../../pipelines/manifest.ts";
 import { sampleRows, verifyCheckpoint } from "../../pipelines/verify.ts";
+import { runPipeline } from "../../pipelines/run.ts";
 import { makeDemoRun } from "../../examples/_demo_run.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
 
@@ -173,5 +174,134 @@ Deno.test("`verifyCheckpoint()` checks a shard index against its shards", async 
       bad.checks.filter((c) => !c.ok).map((c) => [c.kind, c.file]),
       [["load", "model.safetensors.index.json"]],
     );
+  });
+});
+
+Deno.test("`verifyCheckpoint()` reads JSON as Python writes it: NaN and ±Infinity, nothing looser", async () => {
+  await withTempDir(async (dir) => {
+    // json.dump({"loss": float("nan"), "max": float("inf"), "min": float("-inf")}) writes this
+    await Deno.writeTextFile(
+      join(dir, "metrics.json"),
+      '{"loss": NaN, "max": Infinity, "min": -Infinity, "counter": 64}',
+    );
+    await Deno.writeTextFile(join(dir, "log.jsonl"), '{"loss": NaN}\n{"loss": -Infinity}\n');
+    await sealed(dir);
+    const good = await verifyCheckpoint(dir);
+    assert.equal(good.ok, true, JSON.stringify(good.checks));
+    assert.equal(good.filesLoaded, 2);
+  });
+  // what json.loads refuses, verify refuses
+  for (const text of ['{"a": nan}', '{"a": -NaN}', '{"a": +Infinity}', '{"a": inf}', '{"a": 1,}']) {
+    await withTempDir(async (dir) => {
+      await Deno.writeTextFile(join(dir, "metrics.json"), text);
+      await sealed(dir);
+      const r = await verifyCheckpoint(dir);
+      assert.deepEqual(
+        r.checks.filter((c) => !c.ok).map((c) => [c.kind, c.file, c.message.slice(0, 12)]),
+        [["load", "metrics.json", "[JSON_PARSE]"]],
+        text,
+      );
+    });
+  }
+});
+
+Deno.test("a run whose eval.json holds NaN and ±Infinity writes metrics.json that its verify passes", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.writeTextFile(
+      join(dir, "eval.json"),
+      '{"loss": NaN, "rewards/margin": -Infinity, "kl": Infinity, "counter": 8}',
+    );
+    await runPipeline(
+      { output: "out", stages: [{ use: "writeMetrics", from: "eval.json" }] },
+      { baseDir: dir, backend: "cpu" },
+    );
+    assert.equal(
+      await Deno.readTextFile(join(dir, "out", "metrics.json")),
+      '{"loss": NaN, "rewards/margin": -Infinity, "kl": Infinity, "counter": 8}',
+    );
+    const r = await verifyCheckpoint(join(dir, "out"));
+    assert.equal(r.ok, true, JSON.stringify(r.checks.filter((c) => !c.ok)));
+  });
+});
+
+Deno.test("a base config.json with NaN (as transformers' json.dumps writes it) is read, kept and verified", async () => {
+  await withTempDir(async (dir) => {
+    const run = await makeDemoRun(join(dir, "run"), {
+      size: { hidden: 16, intermediate: 32, layers: 1, heads: 2, kvHeads: 1, vocab: 64, rank: 2 },
+    });
+    const cfgPath = join(run.base, "config.json");
+    const text = await Deno.readTextFile(cfgPath);
+    await Deno.writeTextFile(cfgPath, text.replace(/^\{/, '{\n  "rope_scaling_factor": NaN,'));
+    await runPipeline(
+      {
+        output: "out",
+        stages: [
+          { use: "gatherShards", from: run.base },
+          { use: "writeModel", dtype: "float32" },
+        ],
+      },
+      { baseDir: dir, backend: "cpu" },
+    );
+    assert.match(
+      await Deno.readTextFile(join(dir, "out", "config.json")),
+      /"rope_scaling_factor": NaN/,
+    );
+    const r = await verifyCheckpoint(join(dir, "out"));
+    assert.equal(r.ok, true, JSON.stringify(r.checks.filter((c) => !c.ok)));
+  });
+});
+
+Deno.test("`verifyCheckpoint()` reports every entry the manifest does not list, of any type", async () => {
+  await withTempDir(async (root) => {
+    const dir = join(root, "out");
+    await Deno.mkdir(join(dir, "sub"), { recursive: true });
+    await Deno.writeTextFile(join(dir, "config.json"), '{"a": 1}');
+    await Deno.writeTextFile(join(dir, "sub", "x.txt"), "x");
+    await sealed(dir);
+    assert.equal((await verifyCheckpoint(dir)).ok, true);
+    // a symlinked adapter_config.json makes transformers load the folder as an adapter
+    await Deno.writeTextFile(join(root, "adapter_config.json"), '{"peft_type": "LORA"}');
+    await Deno.symlink(join(root, "adapter_config.json"), join(dir, "adapter_config.json"));
+    await Deno.symlink("config.json", join(dir, "sub", "dangling.json"));
+    await new Deno.Command("mkfifo", { args: [join(dir, "pipe")] }).output();
+    await Deno.mkdir(join(dir, "empty"));
+    await Deno.mkdir(join(dir, "sub", "deeper", "empty"), { recursive: true });
+    const r = await verifyCheckpoint(dir);
+    assert.equal(r.ok, false);
+    assert.deepEqual(
+      r.checks.filter((c) => !c.ok).map((c) => `${c.file}: ${c.message}`).sort(),
+      [
+        "adapter_config.json: not in the manifest (a symlink)",
+        "empty: not in the manifest (an empty folder)",
+        "pipe: not in the manifest (a FIFO)",
+        "sub/dangling.json: not in the manifest (a symlink)",
+        "sub/deeper/empty: not in the manifest (an empty folder)",
+      ],
+    );
+  });
+});
+
+Deno.test("`verifyCheckpoint()` never opens a listed file that became a symlink or a FIFO", async () => {
+  await withTempDir(async (root) => {
+    const dir = join(root, "out");
+    await Deno.mkdir(dir);
+    await Deno.writeTextFile(join(dir, "config.json"), '{"a": 1}');
+    await Deno.writeTextFile(join(dir, "b.txt"), "b");
+    await sealed(dir);
+    // same bytes, reached through a link: still not what was written
+    await Deno.rename(join(dir, "config.json"), join(root, "config.json"));
+    await Deno.symlink(join(root, "config.json"), join(dir, "config.json"));
+    await Deno.remove(join(dir, "b.txt"));
+    await new Deno.Command("mkfifo", { args: [join(dir, "b.txt")] }).output();
+    const r = await verifyCheckpoint(dir); // a FIFO opened for reading would block here
+    assert.deepEqual(
+      r.checks.filter((c) => !c.ok).map((c) => `${c.kind} ${c.file}: ${c.message}`).sort(),
+      [
+        "hash b.txt: a FIFO, not a regular file",
+        "hash config.json: a symlink, not a regular file",
+      ],
+    );
+    assert.equal(r.filesHashed, 0);
+    assert.equal(r.filesLoaded, 0);
   });
 });
