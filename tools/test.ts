@@ -1,7 +1,8 @@
 /**
  * `deno task test`: the one gate. Runs format check, lint, type check, every test (unit, interop
  * and doc examples; the interop tests' Python peers are provided first when missing, see
- * `tools/peers/peers.ts`), `deno doc --lint` and `deno publish --dry-run`, then prints
+ * `tools/peers/peers.ts`), `deno doc --lint` (`mod.ts` alone, then every entry point of deno.json's
+ * exports together) and `deno publish --dry-run`, then prints
  * "N passed, N failed, N skipped" counted from the JUnit report's test cases (steps included;
  * ignored and filtered-out tests are skipped, never passed). Exits non-zero when anything failed,
  * and when no test ran at all (a filter that matches nothing).
@@ -19,6 +20,7 @@
  */
 import { countJunit, type Counts, isTeardownHeapAbort, summaryLine } from "./_gate.ts";
 import { ensurePeers } from "./peers/peers.ts";
+import denoJson from "../deno.json" with { type: "json" };
 
 const args = Deno.args;
 const quick = args.includes("--quick");
@@ -67,12 +69,14 @@ async function readJunit(path: string): Promise<Counts | undefined> {
   }
 }
 
-const sources = ["mod.ts", "cli.ts"];
+/** The package's entry points (deno.json exports): the root and its sub-paths. */
+const entryPoints = Object.values(denoJson.exports);
 if (!quick && testArgs.length === 0) {
   await step("format", ["fmt", "--check"]);
   await step("lint", ["lint"]);
   await step("type check", ["check", "."]);
-  await step("doc lint", ["doc", "--lint", ...sources]);
+  await step("doc lint (root)", ["doc", "--lint", "mod.ts"]);
+  await step("doc lint (entry points)", ["doc", "--lint", ...entryPoints]);
   await step("publish dry run", ["publish", "--dry-run", "--allow-dirty", "--quiet"]);
 }
 
