@@ -46,6 +46,8 @@ export const ERROR_CODES = {
   SAFETENSORS_HEADER_LENGTH: "The header length runs past the end of the file.",
   SAFETENSORS_HEADER_TOO_LARGE:
     "The header is larger than the 100 MB limit safetensors sets (reading or writing).",
+  SAFETENSORS_TOO_MANY_ENTRIES:
+    "The header holds over 262,144 entries (tensors, metadata), the bound on parsing memory.",
   SAFETENSORS_HEADER_UTF8: "The header bytes are not valid UTF-8.",
   SAFETENSORS_HEADER_JSON: "The header is not JSON, or its JSON is not an object.",
   SAFETENSORS_DUPLICATE: "A tensor name appears twice in the header.",

@@ -5,6 +5,7 @@
  */
 import { CkptError } from "../errors.ts";
 import { type DType, DTYPES, isDType } from "./dtype.ts";
+import { checkHeaderEntries } from "./_safetensors_entries.ts";
 
 /** Largest header the reference accepts (`MAX_HEADER_SIZE` in safetensors' tensor.rs). */
 export const MAX_HEADER_SIZE: number = 100_000_000;
@@ -149,6 +150,7 @@ export function parseHeader(
   headerBytes: Uint8Array,
 ): SafetensorsHeader {
   const headerSize = headerBytes.byteLength;
+  checkHeaderEntries(path, headerBytes);
   let text: string;
   try {
     text = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(headerBytes);

@@ -8,6 +8,7 @@ import { CkptError } from "../errors.ts";
 import { osError } from "../errors/os.ts";
 import { DTYPES, isDType } from "./dtype.ts";
 import { MAX_HEADER_SIZE, planFile, type PlannedFile } from "./_safetensors_header.ts";
+import { MAX_HEADER_ENTRIES } from "./_safetensors_entries.ts";
 import type { StateDict, TensorRef } from "./state_dict.ts";
 
 /** Default metadata of written files, as `save_pretrained` writes it. */
@@ -88,6 +89,15 @@ export function planFor(
       }
     }
     entries.push({ name, dtype: t.dtype, shape: t.shape });
+  }
+  const count = entries.length + Object.keys(metadata).length;
+  if (count > MAX_HEADER_ENTRIES) {
+    throw new CkptError(
+      "SAFETENSORS_TOO_MANY_ENTRIES",
+      `Cannot write safetensors: the header would hold ${count} entries (tensors and __metadata__ ` +
+        `values), over the ${MAX_HEADER_ENTRIES} ckpt reads back (shard the weights)`,
+      { details: { limit: MAX_HEADER_ENTRIES, entries: count } },
+    );
   }
   const plan = planFile(entries, metadata);
   if (plan.headerBytes.length - 8 > MAX_HEADER_SIZE) {

@@ -29,6 +29,7 @@ export {
   type SafetensorsTensorInfo,
   startsLikeSafetensors,
 } from "./_safetensors_header.ts";
+export { MAX_HEADER_ENTRIES } from "./_safetensors_entries.ts";
 export { openSafetensors, readSafetensorsHeader } from "./_safetensors_read.ts";
 export {
   DEFAULT_SAFETENSORS_METADATA,

@@ -42,6 +42,7 @@
  */
 import { basename, dirname, join } from "node:path";
 import { RandomAccessFile } from "../../formats/_io.ts";
+import { countHeaderEntries, MAX_HEADER_ENTRIES } from "../../formats/_safetensors_entries.ts";
 import { globMatcher, SIGNALS } from "./config.ts";
 
 /** Why a folder is (in)complete; `reason` is a stable keyword, `detail` names the file. */
@@ -222,7 +223,10 @@ async function safetensorsComplete(f: FileInfo): Promise<boolean> {
     file = await RandomAccessFile.open(f.path);
     const n = new DataView((await file.readAt(0, 8)).buffer).getBigUint64(0, true);
     if (n > BigInt(Math.min(file.size - 8, 100_000_000))) return false;
-    const header = JSON.parse(new TextDecoder().decode(await file.readAt(8, Number(n))));
+    const bytes = await file.readAt(8, Number(n));
+    // the reader's bound on entries (and so on parsing memory) holds here too
+    if (countHeaderEntries(bytes, MAX_HEADER_ENTRIES) > MAX_HEADER_ENTRIES) return false;
+    const header = JSON.parse(new TextDecoder().decode(bytes));
     let end = 0;
     for (const [key, value] of Object.entries(header as Record<string, unknown>)) {
       if (key === "__metadata__") continue;
