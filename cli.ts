@@ -40,6 +40,10 @@ export const COMMANDS: Record<string, { summary: string; load: () => Promise<Com
     summary: "list the tensors and values of a checkpoint file or folder",
     load: () => import("./cli/inspect.ts"),
   },
+  diff: {
+    summary: "compare two models tensor by tensor (exit 0 equal, 1 different, 2 usage error)",
+    load: () => import("./cli/diff.ts"),
+  },
   verify: {
     summary: "check a finished checkpoint folder against its manifest",
     load: () => import("./cli/verify.ts"),

@@ -1,6 +1,6 @@
 /**
  * The pipeline layer in full: the stage contract, configs, the runner, presets, progress renderers,
- * the manifest and its hashing, output locks, verification, and each built-in stage with its
+ * the manifest and its hashing, output locks, verification, `ckpt diff`'s comparison, and each built-in stage with its
  * building blocks (the curated subset is the package root).
  *
  * @example
@@ -22,6 +22,8 @@ export * from "./hashing.ts";
 export * from "./hash_file.ts";
 export * from "./lock.ts";
 export * from "./verify.ts";
+export * from "./diff/diff.ts";
+export * from "./diff/open.ts";
 export * from "./stages/registry.ts";
 export * from "./stages/gather_shards.ts";
 export * from "./stages/merge_lora.ts";

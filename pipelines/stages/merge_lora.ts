@@ -147,7 +147,10 @@ function tieFlag(config: Record<string, unknown> | undefined): boolean | undefin
  * word on it, when the checkpoint has no `lm_head` tensor (a causal LM without one loads only
  * tied).
  */
-function tiesEmbeddings(config: Record<string, unknown> | undefined, weights: StateDict): boolean {
+export function tiesEmbeddings(
+  config: Record<string, unknown> | undefined,
+  weights: StateDict,
+): boolean {
   return tieFlag(config) ?? ![...weights.keys()].some((k) => k.startsWith("lm_head."));
 }
 
