@@ -1,7 +1,7 @@
 /**
  * The pipeline layer in full: the stage contract, configs, the runner, presets, progress renderers,
- * the manifest and its hashing, output locks, verification, `ckpt diff`'s comparison, and each built-in stage with its
- * building blocks (the curated subset is the package root).
+ * the manifest and its hashing, output locks, verification, the comparison behind `ckpt diff`, and
+ * each built-in stage with its building blocks (the curated subset is the package root).
  *
  * @example
  * ```ts
