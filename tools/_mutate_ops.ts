@@ -42,6 +42,8 @@ export interface Mutant {
   /** 1-based line and column of `start`. */
   line: number;
   col: number;
+  /** First line of the innermost function around the edit (`undefined` at the top level). */
+  fnLine?: number | undefined;
   /**
    * A key that survives unrelated edits: the file, the operator, the edit and the trimmed source
    * line, plus the index among identical (line, edit) pairs in the file.
@@ -130,8 +132,10 @@ function isMainBlock(node: ts.Node): boolean {
 export function findMutants(file: string, text: string): Mutant[] {
   const sf = ts.createSourceFile(file, text, ts.ScriptTarget.Latest, true, ts.ScriptKind.TS);
   const out: Omit<Mutant, "key" | "line" | "col">[] = [];
+  let fn: ts.Node | undefined; // the innermost function around the node visited
   const add = (operator: string, start: number, end: number, replacement: string) => {
-    out.push({ file, operator, start, end, original: text.slice(start, end), replacement });
+    const fnLine = fn && sf.getLineAndCharacterOfPosition(fn.getStart()).line + 1;
+    out.push({ file, operator, start, end, original: text.slice(start, end), replacement, fnLine });
   };
   const condition = (expr: ts.Expression, values: string[]) => {
     const t = expr.getText();
@@ -203,7 +207,14 @@ export function findMutants(file: string, text: string): Mutant[] {
     } else if (ts.isThrowStatement(node)) {
       add("guard", node.getStart(), node.getEnd(), "{}");
     }
-    ts.forEachChild(node, visit);
+    if (ts.isFunctionLike(node)) {
+      const outer = fn;
+      fn = node;
+      ts.forEachChild(node, visit);
+      fn = outer;
+    } else {
+      ts.forEachChild(node, visit);
+    }
   };
   visit(sf);
   out.sort((a, b) => a.start - b.start || a.end - b.end);

@@ -59,8 +59,14 @@ export async function removeSandbox(repo: string): Promise<void> {
   await Deno.remove(dirname(repo), { recursive: true }).catch(() => {});
 }
 
-/** Lines of each source file a test file's run executed (1) or did not (0), from deno's lcov. */
-export type LineCoverage = Map<string, Map<number, number>>;
+/**
+ * What a test's run executed of each source file, from deno's lcov: the hits of each executable
+ * line (`DA`) and of each function by its first line (`FN`/`FNDA`).
+ */
+export type LineCoverage = Map<
+  string,
+  { lines: Map<number, number>; functions: Map<number, number> }
+>;
 
 /** A regular expression that matches exactly the test names `names` (for `deno test --filter`). */
 export function exactFilter(names: string[]): string {
@@ -117,19 +123,7 @@ export async function baseline(
       throw new Error(`mutate: "${name}" (${test}) does not pass alone:\n${run.out.slice(-3000)}`);
     }
     const lcov = await deno(["coverage", "--lcov", dir], repo);
-    const coverage: LineCoverage = new Map();
-    let current: Map<number, number> | undefined;
-    for (const line of lcov.out.split("\n")) {
-      if (line.startsWith("SF:")) {
-        const path = line.slice(3).replace(/^file:\/\//, "");
-        const rel = files.find((f) => path === join(repo, f));
-        current = rel === undefined ? undefined : new Map();
-        if (rel !== undefined) coverage.set(rel, current!);
-      } else if (line.startsWith("DA:") && current) {
-        const [n, hits] = line.slice(3).split(",").map(Number);
-        current.set(n!, Math.max(current.get(n!) ?? 0, hits! > 0 ? 1 : 0));
-      }
-    }
+    const coverage = parseLcov(lcov.out, (path) => files.find((f) => path === join(repo, f)));
     return { ms: run.ms, coverage };
   } finally {
     await Deno.remove(dir, { recursive: true }).catch(() => {});
@@ -137,12 +131,63 @@ export async function baseline(
 }
 
 /**
- * True when a test's run may reach `line` of `file`: the file was loaded and the line is not one
- * lcov reports as executable and never executed.
+ * The coverage of the files `rel` names (a source path to its repository-relative name, or
+ * `undefined` for files not measured) in an lcov text.
  */
-export function reaches(coverage: LineCoverage, file: string, line: number): boolean {
-  const lines = coverage.get(file);
-  return lines !== undefined && lines.get(line) !== 0;
+export function parseLcov(
+  text: string,
+  rel: (path: string) => string | undefined,
+): LineCoverage {
+  const coverage: LineCoverage = new Map();
+  let current: { lines: Map<number, number>; functions: Map<number, number> } | undefined;
+  let fnLines: number[] = [];
+  let fnHits: number[] = [];
+  const yes = (hits: number) => hits > 0 ? 1 : 0;
+  for (const line of text.split("\n")) {
+    if (line.startsWith("SF:")) {
+      const name = rel(line.slice(3).replace(/^file:\/\//, ""));
+      current = name === undefined ? undefined : { lines: new Map(), functions: new Map() };
+      if (name !== undefined) coverage.set(name, current!);
+      fnLines = [];
+      fnHits = [];
+    } else if (!current) {
+      continue;
+    } else if (line.startsWith("DA:")) {
+      const [n, hits] = line.slice(3).split(",").map(Number);
+      current.lines.set(n!, Math.max(current.lines.get(n!) ?? 0, yes(hits!)));
+    } else if (line.startsWith("FN:")) {
+      fnLines.push(Number(line.slice(3).split(",")[0]));
+    } else if (line.startsWith("FNDA:")) {
+      fnHits.push(Number(line.slice(5).split(",")[0]));
+    } else if (line === "end_of_record" && fnLines.length === fnHits.length) {
+      // FN and FNDA records come in the same order: pair them by position, not by name
+      // (anonymous functions share names).
+      fnLines.forEach((n, i) => {
+        current!.functions.set(n, Math.max(current!.functions.get(n) ?? 0, yes(fnHits[i]!)));
+      });
+    }
+  }
+  return coverage;
+}
+
+/**
+ * True when a test's run may reach `line` of `file`: the file was loaded, and either lcov counts
+ * the line as executed (or not executable), or the function around it (first line `fnLine`) was
+ * called. lcov counts a line as unexecuted when any part of it was skipped, so a one-line guard
+ * (`if (bad) throw ...`) reads 0 whenever it did not throw; the function's count catches those
+ * (a mutant may then run tests that do not reach it: slower, never a false kill).
+ */
+export function reaches(
+  coverage: LineCoverage,
+  file: string,
+  line: number,
+  fnLine?: number,
+): boolean {
+  const c = coverage.get(file);
+  if (c === undefined) return false;
+  if (c.lines.get(line) !== 0) return true;
+  if (fnLine === undefined) return true; // top-level code runs when the file loads
+  return c.functions.get(fnLine) !== 0; // unknown functions count as reached
 }
 
 /**

@@ -1,5 +1,6 @@
 /**
- * `deno task mutate [target...] [--jobs=2] [--survivors] [--max=N]`: mutation testing of the
+ * `deno task mutate [target...] [--jobs=2] [--sample=N [--seed=1]] [--survivors] [--max=N]`:
+ * mutation testing of the
  * safety-critical modules ({@linkcode TARGETS} in `tools/mutate_targets.ts`). Each mutant is one
  * small edit (`tools/_mutate_ops.ts`: comparison boundaries, arithmetic and bitwise operators,
  * boolean negation, conditions forced true or false, removed guard clauses and throws, constants
@@ -14,7 +15,10 @@
  * Writes `.mutate/results.json` (every mutant and its outcome) and `.mutate/report.md`.
  * `--survivors` re-runs only what survived (or was not run) in the last results whose file is
  * unchanged, keeping the other outcomes: for iterating on tests; the reported score comes from a
- * full run. Not part of `deno task test` (a full run takes tens of minutes).
+ * full run. `--sample=N` runs N mutants per target, chosen by a hash of each mutant's key and
+ * `--seed` (deterministic: the same seed and source give the same sample), and reports each score
+ * with its sample size and 95 % interval (`tools/_mutate_sample.ts`). Not part of `deno task test`
+ * (a full run takes hours on a 2-core machine).
  * @module
  */
 import { join } from "node:path";
@@ -31,6 +35,8 @@ import {
   removeSandbox,
   runMutant,
 } from "./_mutate_run.ts";
+import { type MutantResult, renderReport } from "./_mutate_report.ts";
+import { sampleByKey } from "./_mutate_sample.ts";
 import { type MutationTarget, TARGETS } from "./mutate_targets.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
@@ -45,28 +51,23 @@ interface Unit {
   coverage: LineCoverage;
 }
 
-/** One mutant's outcome, as written to `.mutate/results.json`. */
-interface Result {
-  target: string;
-  key: string;
-  file: string;
-  line: number;
-  col: number;
-  operator: string;
-  original: string;
-  replacement: string;
-  status: MutantStatus;
-  tests: string[];
-  ms: number;
-  failed?: string | undefined;
-  fileHash: string;
-}
+type Result = MutantResult;
 
 const args = Deno.args;
 const opt = (name: string) => args.find((a) => a.startsWith(`--${name}=`))?.split("=")[1];
 const jobs = Math.max(1, Number(opt("jobs") ?? 2));
 const survivorsOnly = args.includes("--survivors");
 const maxMutants = Number(opt("max") ?? Infinity);
+const sample = opt("sample") === undefined ? undefined : Number(opt("sample"));
+const seed = Number(opt("seed") ?? 1);
+if (sample !== undefined && !(Number.isInteger(sample) && sample > 0)) {
+  console.error(`mutate: --sample needs a positive whole number, got ${opt("sample")}`);
+  Deno.exit(2);
+}
+if (!Number.isInteger(seed)) {
+  console.error(`mutate: --seed needs a whole number, got ${opt("seed")}`);
+  Deno.exit(2);
+}
 const names = args.filter((a) => !a.startsWith("--"));
 const unknown = names.filter((n) => !TARGETS.some((t) => t.name === n));
 if (unknown.length > 0) {
@@ -83,13 +84,13 @@ async function sha(text: string): Promise<string> {
 const equivalent: Record<string, string> = JSON.parse(
   await Deno.readTextFile(EQUIVALENT_FILE).catch(() => "{}"),
 );
+// The last results: targets not run now keep theirs (a run target by target adds up to one
+// report), and --survivors reuses the outcomes of mutants that did not survive.
 const previous = new Map<string, Result>();
-if (survivorsOnly) {
-  const old = JSON.parse(
-    await Deno.readTextFile(join(OUT, "results.json")).catch(() => "[]"),
-  ) as Result[];
-  for (const r of old) previous.set(r.key, r);
-}
+const old = JSON.parse(
+  await Deno.readTextFile(join(OUT, "results.json")).catch(() => "[]"),
+) as Result[];
+for (const r of old) if (r.population !== undefined) previous.set(r.key, r);
 
 const listed = await deno(["eval", "-p", "1"], ROOT); // warms deno up; fails loudly if broken
 if (listed.code !== 0) throw new Error(listed.out);
@@ -112,6 +113,7 @@ for (const signal of ["SIGINT", "SIGTERM"] as const) {
   });
 }
 const results: Result[] = [];
+const found = new Set<string>(); // every mutant's key in the targets run, drawn or not
 const t0 = performance.now();
 try {
   for (const target of targets) await runTarget(target);
@@ -121,12 +123,18 @@ try {
 const minutes = (performance.now() - t0) / 60000;
 
 await saveResults();
-if (survivorsOnly) {
-  // Keep (and report) the outcomes of the targets not run now.
-  const ran = new Set(targets.map((t) => t.name));
-  for (const r of previous.values()) if (!ran.has(r.target)) results.push(r);
-}
-const report = renderReport(results, minutes);
+// Keep (and report) the outcomes of the targets not run now.
+const ran = new Set(targets.map((t) => t.name));
+for (const r of previous.values()) if (!ran.has(r.target)) results.push(r);
+const report = renderReport(results, {
+  targets: TARGETS.map((t) => t.name),
+  equivalent,
+  found,
+  files: targets.flatMap((t) => t.files),
+  minutes,
+  jobs,
+  seed: sample === undefined ? undefined : seed,
+});
 await Deno.writeTextFile(join(OUT, "report.md"), report);
 console.log("\n" + report);
 
@@ -156,12 +164,23 @@ async function runTarget(target: MutationTarget): Promise<void> {
     } s`,
   );
   const queue: { mutant: Mutant; text: string; tests: Unit[]; hash: string }[] = [];
+  const sources: { file: string; text: string; hash: string; mutants: Mutant[] }[] = [];
   for (const file of target.files) {
     const text = await Deno.readTextFile(join(base, file)); // the copy taken at the start
-    const hash = await sha(text);
     const mutants = findMutants(file, text).slice(0, maxMutants);
+    sources.push({ file, text, hash: await sha(text), mutants });
+  }
+  const population = sources.reduce((s, f) => s + f.mutants.length, 0);
+  const all = sources.flatMap((f) => f.mutants);
+  for (const m of all) found.add(m.key);
+  const drawn = new Set(sample === undefined ? all : sampleByKey(all, sample, seed));
+  if (drawn.size < population) {
+    console.log(`   sample: ${drawn.size} of ${population} mutants (seed ${seed})`);
+  }
+  for (const { file, text, hash, mutants: every } of sources) {
+    const mutants = every.filter((m) => drawn.has(m));
     const reuse = (m: Mutant): Result | undefined => {
-      const p = previous.get(m.key);
+      const p = survivorsOnly ? previous.get(m.key) : undefined;
       return p && p.fileHash === hash && p.status !== "survived" && p.status !== "no-coverage"
         ? p
         : undefined;
@@ -172,7 +191,7 @@ async function runTarget(target: MutationTarget): Promise<void> {
     for (const m of mutants) {
       const old = reuse(m);
       if (old) {
-        results.push({ ...old, line: m.line, col: m.col });
+        results.push({ ...old, line: m.line, col: m.col, population, drawn: drawn.size });
         reused++;
         continue;
       }
@@ -189,17 +208,20 @@ async function runTarget(target: MutationTarget): Promise<void> {
         tests,
         ms: 0,
         fileHash: hash,
+        population,
+        drawn: drawn.size,
       });
       if (bad.has(toCheck.indexOf(m))) {
         results.push(result("compile-error"));
         continue;
       }
-      const tests = units.filter((u) => reaches(u.coverage, file, m.line));
+      const tests = units.filter((u) => reaches(u.coverage, file, m.line, m.fnLine));
       if (tests.length === 0) results.push(result("no-coverage"));
       else queue.push({ mutant: m, text, tests, hash });
     }
     console.log(
-      `   ${file}: ${mutants.length} mutants, ${bad.size} do not compile, ${reused} kept from the last run`,
+      `   ${file}: ${mutants.length} of ${every.length} mutants, ${bad.size} do not compile, ` +
+        `${reused} kept from the last run`,
     );
   }
   let done = 0;
@@ -225,6 +247,8 @@ async function runTarget(target: MutationTarget): Promise<void> {
         ms: Math.round(r.ms),
         failed: r.failed,
         fileHash: job.hash,
+        population,
+        drawn: drawn.size,
       });
       if (++done % 25 === 0 || r.status === "survived") {
         console.log(
@@ -240,70 +264,11 @@ async function runTarget(target: MutationTarget): Promise<void> {
 
 async function saveResults(): Promise<void> {
   await Deno.mkdir(OUT, { recursive: true });
-  const kept = survivorsOnly
-    ? [...previous.values()].filter((r) => !results.some((n) => n.target === r.target))
-    : [];
+  const kept = [...previous.values()].filter((r) => !results.some((n) => n.target === r.target));
   await Deno.writeTextFile(
     join(OUT, "results.json"),
     JSON.stringify([...results, ...kept], null, 1) + "\n",
   );
 }
 
-function renderReport(all: Result[], minutes: number): string {
-  const lines: string[] = [];
-  const pct = (a: number, b: number) => b === 0 ? "-" : `${(100 * a / b).toFixed(1)} %`;
-  lines.push(
-    "| target | mutants | compile errors | killed | timeouts | survived | no coverage | equivalent | score |",
-    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-  );
-  const totals = [0, 0, 0, 0, 0, 0, 0];
-  for (const t of TARGETS) {
-    const rs = all.filter((r) => r.target === t.name);
-    if (rs.length === 0) continue;
-    const count = (s: MutantStatus) => rs.filter((r) => r.status === s).length;
-    const eq = rs.filter((r) => r.status === "survived" && r.key in equivalent).length;
-    const row = [
-      rs.length,
-      count("compile-error"),
-      count("killed"),
-      count("timeout"),
-      count("survived") - eq,
-      count("no-coverage"),
-      eq,
-    ];
-    row.forEach((v, i) => totals[i]! += v);
-    const detected = row[2]! + row[3]!;
-    const valid = row[0]! - row[1]! - eq;
-    lines.push(`| ${t.name} | ${row.join(" | ")} | ${pct(detected, valid)} |`);
-  }
-  const valid = totals[0]! - totals[1]! - totals[6]!;
-  lines.push(`| **all** | ${totals.join(" | ")} | **${pct(totals[2]! + totals[3]!, valid)}** |`);
-  lines.push("", `Run time: ${minutes.toFixed(1)} min with ${jobs} job(s).`);
-  const survivors = all.filter((r) =>
-    (r.status === "survived" || r.status === "no-coverage") && !(r.key in equivalent)
-  );
-  lines.push("", `## Survivors (${survivors.length})`, "");
-  for (const r of survivors.sort((a, b) => a.file.localeCompare(b.file) || a.line - b.line)) {
-    lines.push(
-      `- ${r.file}:${r.line}:${r.col} ${r.operator} \`${r.original}\` -> \`${r.replacement}\`` +
-        (r.status === "no-coverage" ? " (no test reaches it)" : ""),
-    );
-  }
-  const eqs = all.filter((r) => r.key in equivalent);
-  lines.push("", `## Equivalent (${eqs.length}, from tools/mutate_equivalent.json)`, "");
-  for (const r of eqs) {
-    lines.push(
-      `- ${r.file}:${r.line} ${r.operator} \`${r.original}\` -> \`${r.replacement}\`` +
-        ` (${r.status}): ${equivalent[r.key]}`,
-    );
-  }
-  const keys = new Set(all.map((r) => r.key));
-  const stale = Object.keys(equivalent).filter((k) =>
-    !keys.has(k) && targets.some((t) => t.files.some((f) => k.startsWith(f + " ")))
-  );
-  if (stale.length > 0) {
-    lines.push("", `## Stale equivalents (no such mutant now)`, "", ...stale.map((k) => `- ${k}`));
-  }
-  return lines.join("\n") + "\n";
-}
 Deno.exit(0); // signal listeners may keep the process alive

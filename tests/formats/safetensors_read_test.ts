@@ -3,6 +3,12 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { isCkptError } from "../../errors.ts";
 import { dtypeFromTorch, DTYPES } from "../../formats/dtype.ts";
+import {
+  checkHeaderLength,
+  compareUtf8,
+  MAX_HEADER_SIZE,
+  startsLikeSafetensors,
+} from "../../formats/_safetensors_header.ts";
 import { openSafetensors, readSafetensorsHeader } from "../../formats/safetensors.ts";
 import { rowNumel } from "../../formats/state_dict.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
@@ -195,4 +201,95 @@ Deno.test("`readSafetensorsHeader()` checks the header length at the exact edge 
       "2:SAFETENSORS_HEADER_LENGTH", // runs one byte past the end of the file
     ]);
   });
+});
+
+Deno.test("`checkHeaderLength()` accepts a header of exactly MAX_HEADER_SIZE bytes and refuses one byte more", () => {
+  const prefix = (n: number) => {
+    const b = new Uint8Array(8);
+    new DataView(b.buffer).setBigUint64(0, BigInt(n), true);
+    return b;
+  };
+  const size = 8 + MAX_HEADER_SIZE + 1;
+  assert.equal(checkHeaderLength("x", size, prefix(MAX_HEADER_SIZE)), MAX_HEADER_SIZE);
+  assert.throws(
+    () => checkHeaderLength("x", size, prefix(MAX_HEADER_SIZE + 1)),
+    (e) => isCkptError(e, "SAFETENSORS_HEADER_TOO_LARGE"),
+  );
+  // The file's own size bounds it too: exactly 8 + N bytes is enough, one fewer is not.
+  assert.equal(checkHeaderLength("x", 8 + 10, prefix(10)), 10);
+  assert.throws(
+    () => checkHeaderLength("x", 8 + 9, prefix(10)),
+    (e) => isCkptError(e, "SAFETENSORS_HEADER_LENGTH"),
+  );
+  assert.throws(
+    () => checkHeaderLength("x", 7, prefix(0).subarray(0, 7)),
+    (e) => isCkptError(e, "SAFETENSORS_HEADER_TOO_SMALL"),
+  );
+});
+
+Deno.test("`startsLikeSafetensors()` needs 9 bytes, a length from 2 to the limit that fits the file, and a `{`", () => {
+  const head = (n: number, brace = 0x7b) => {
+    const b = new Uint8Array(9);
+    new DataView(b.buffer).setBigUint64(0, BigInt(n), true);
+    b[8] = brace;
+    return b;
+  };
+  const cases: [string, Uint8Array, number, boolean][] = [
+    ["the smallest header, the file exactly long enough", head(2), 10, true],
+    ["one byte of header", head(1), 10, false],
+    ["a header one byte longer than the file holds", head(3), 10, false],
+    ["a header of exactly the limit", head(MAX_HEADER_SIZE), 8 + MAX_HEADER_SIZE, true],
+    ["a header one byte over the limit", head(MAX_HEADER_SIZE + 1), 9 + MAX_HEADER_SIZE, false],
+    ["no `{` after the length", head(2, 0x5b), 10, false],
+    ["only 8 bytes to look at", head(2).subarray(0, 8), 10, false],
+  ];
+  for (const [what, bytes, fileSize, want] of cases) {
+    assert.equal(startsLikeSafetensors(bytes, fileSize), want, what);
+  }
+});
+
+Deno.test("`readSafetensorsHeader()` finds a duplicate name after a one-key `__metadata__` and takes no value for a name", async () => {
+  const t = '{"dtype":"U8","shape":[2],"data_offsets":[0,2]}';
+  await withTempDir(async (dir) => {
+    const outcome = async (header: string) => {
+      const path = join(dir, "h.safetensors");
+      await Deno.writeFile(path, rawFile(header, new Uint8Array(2)));
+      const err = await readSafetensorsHeader(path).then(() => undefined, (e: unknown) => e);
+      return isCkptError(err) ? `${err.code} ${err.tensor}` : String(err);
+    };
+    // The metadata object holds no comma: the key after it must still be seen as a key.
+    assert.equal(
+      await outcome(`{"__metadata__":{"format":"pt"},"a":${t},"a":${t}}`),
+      "SAFETENSORS_DUPLICATE a",
+    );
+    // A string value at the top level is a bad entry, not a second "x".
+    assert.equal(await outcome(`{"x":"x"}`), "SAFETENSORS_ENTRY x");
+    assert.equal(await outcome(`{"__metadata__":{"format":"pt"},"a":${t}}`), "undefined");
+  });
+});
+
+Deno.test("`readSafetensorsHeader()` names a dtype the reference knows apart from one nobody knows", async () => {
+  await withTempDir(async (dir) => {
+    const message = async (dtype: string) => {
+      const path = join(dir, `${dtype}.safetensors`);
+      const header = `{"a":{"dtype":"${dtype}","shape":[1],"data_offsets":[0,4]}}`;
+      await Deno.writeFile(path, rawFile(header, new Uint8Array(4)));
+      const err = await readSafetensorsHeader(path).catch((e: unknown) => e);
+      assert.ok(isCkptError(err, "SAFETENSORS_DTYPE"), String(err));
+      assert.equal(err.tensor, "a");
+      return err.message;
+    };
+    assert.match(await message("U32"), /has dtype U32, which ckpt does not support$/);
+    assert.match(await message("Q7"), /has unknown dtype "Q7"$/);
+  });
+});
+
+Deno.test("`compareUtf8()` orders names by their UTF-8 bytes, as Rust's String order does", () => {
+  // U+FF61 is EF BD A1 in UTF-8 and U+1F600 is F0 9F 98 80: UTF-8 puts U+FF61 first, while
+  // JavaScript's UTF-16 order (0xFF61 against the surrogate 0xD83D) puts it last.
+  assert.ok(compareUtf8("\uff61", "\u{1f600}") < 0);
+  assert.ok(compareUtf8("\u{1f600}", "\uff61") > 0);
+  assert.ok("\uff61" > "\u{1f600}");
+  assert.equal(compareUtf8("layer.1", "layer.1"), 0);
+  assert.ok(compareUtf8("layer", "layer.1") < 0 && compareUtf8("layer.1", "layer") > 0);
 });

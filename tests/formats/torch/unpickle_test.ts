@@ -292,3 +292,63 @@ Deno.test("unpickle() rebuilds plain tensors and parameters through _rebuild_fro
     (e) => isCkptError(e, "PICKLE_GLOBAL") && e.message.includes("my_lib.QuantTensor"),
   );
 });
+
+Deno.test("unpickle() counts marks in the stack limit: maxStack entries fit, one more is refused", () => {
+  const outcome = (p: string) => {
+    try {
+      unpickle(bytes(`\x80\x02${p}.`), { maxStack: 3 });
+      return "ok";
+    } catch (e) {
+      return isCkptError(e) ? e.code : String(e);
+    }
+  };
+  assert.deepEqual(
+    [
+      outcome("NN(t"), // two values and a mark: three entries
+      outcome("NNN(t"), // the mark would be the fourth
+      outcome("NN(Nt"), // a value pushed as the fourth
+    ],
+    ["ok", "PICKLE_LIMIT", "PICKLE_LIMIT"],
+  );
+});
+
+Deno.test("unpickle() takes requires_grad from _rebuild_tensor_v2 and defaults it to False for the 4-argument _rebuild_tensor", () => {
+  const persistentLoad = () =>
+    new StorageHandle({
+      key: "0",
+      storageClass: "torch.FloatStorage",
+      location: "cpu",
+      numel: 2,
+      dtype: "F32",
+      source: bytesSource(new Uint8Array(8)),
+      file: "x",
+    });
+  const storage =
+    "(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x02tQ";
+  const v1 = unpickle(
+    bytes(`\x80\x02ctorch._utils\n_rebuild_tensor\n(${storage}K\x00K\x02\x85K\x01\x85tR.`),
+    { persistentLoad },
+  );
+  const v2 = unpickle(
+    bytes(
+      `\x80\x02ctorch._utils\n_rebuild_tensor_v2\n(${storage}K\x00K\x02\x85K\x01\x85\x88` +
+        "ccollections\nOrderedDict\n)RtR.",
+    ),
+    { persistentLoad },
+  );
+  assert.ok(v1 instanceof TorchTensor && v2 instanceof TorchTensor);
+  assert.deepEqual([v1.shape, v1.requiresGrad], [[2], false]);
+  assert.deepEqual([v2.shape, v2.requiresGrad], [[2], true]);
+});
+
+Deno.test("unpickle() applies BUILD to an OrderedDict only with a dict or None state", () => {
+  const od = "\x80\x02ccollections\nOrderedDict\n)R";
+  const withDict = unpickle(bytes(`${od}}X\x01\x00\x00\x00aK\x01sb.`)) as PyDict;
+  assert.equal(withDict.kind, "OrderedDict");
+  assert.equal(withDict.attrs?.get("a"), 1);
+  assert.equal((unpickle(bytes(`${od}Nb.`)) as PyDict).attrs, undefined);
+  assert.throws(
+    () => unpickle(bytes(`${od}]b.`)),
+    (e) => isCkptError(e, "PICKLE_BUILD") && e.message.includes("not a dict"),
+  );
+});

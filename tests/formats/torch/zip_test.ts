@@ -1,6 +1,7 @@
 /** The zip layer: byte-for-byte torch 2.6 layout, directory parsing, padding rule. */
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { isCkptError } from "../../../errors.ts";
 import { RandomAccessFile } from "../../../formats/_io.ts";
 import { ZipReader } from "../../../formats/torch/zip.ts";
 import { crc32, torchPadding, TorchZipWriter } from "../../../formats/torch/zip_writer.ts";
@@ -78,6 +79,17 @@ Deno.test("ZipReader takes data offsets from local headers and reads byte ranges
       const d = zip.get("my-model.v2/data/0")!;
       assert.equal(d.dataOffset % 64, 0);
       assert.deepEqual([...await zip.read(d, 98, 102)], [7, 7, 8, 8]);
+      // The range stays inside the entry: all of it and an empty range at its end are fine; one
+      // byte before it, one past its end, or an end before the start is refused.
+      assert.equal((await zip.read(d, 0, 128)).length, 128);
+      assert.equal((await zip.read(d, 128, 128)).length, 0);
+      for (const [start, end] of [[-1, 2], [0, 129], [5, 4]] as const) {
+        assert.throws(
+          () => zip.read(d, start, end),
+          (e) => isCkptError(e, "ZIP_BAD_OFFSET") && e.message.includes(`[${start}, ${end})`),
+          `[${start}, ${end})`,
+        );
+      }
       assert.equal(zip.get("my-model.v2/empty")!.flags, 0x0800);
       assert.equal(d.flags, 0x0808);
     } finally {
@@ -100,5 +112,118 @@ Deno.test("TorchZipWriter.add() rejects chunks that do not add up to the declare
       (e) => (e as { code?: string }).code === "TORCH_WRITE",
     );
     w.abort();
+  });
+});
+
+Deno.test("ZipReader.open() reads the smallest zip, a bare 22-byte end record, and refuses 21 bytes", async () => {
+  await withTempDir(async (dir) => {
+    const eocd = new Uint8Array(22);
+    eocd.set([0x50, 0x4b, 0x05, 0x06]);
+    const outcomes: string[] = [];
+    for (const bytes of [eocd, eocd.subarray(0, 21)]) {
+      const path = join(dir, `z${bytes.length}.zip`);
+      await Deno.writeFile(path, bytes);
+      const file = await RandomAccessFile.open(path);
+      try {
+        const zip = await ZipReader.open(file).catch((e: unknown) => e);
+        outcomes.push(
+          zip instanceof ZipReader
+            ? `${bytes.length}: ${zip.entries.length} entries`
+            : `${bytes.length}: ${isCkptError(zip) ? zip.code : zip}`,
+        );
+      } finally {
+        await file.close();
+      }
+    }
+    assert.deepEqual(outcomes, ["22: 0 entries", "21: ZIP_EOCD"]);
+  });
+});
+
+Deno.test("ZipReader reads a zip64 archive Python's zipfile wrote, taking the directory from the zip64 end record", async () => {
+  // Sizes and offsets in zip64 extra fields, the 32-bit end record all 0xFFFF / 0xFFFFFFFF
+  // (tests/fixtures/torch/zip64/generate.py); names and bytes as the generator wrote them.
+  const file = await RandomAccessFile.open(join(FIX, "zip64", "python_zip64.zip"));
+  try {
+    const zip = await ZipReader.open(file);
+    const got = await Promise.all(
+      zip.entries.map(async (e) => [e.name, [...await zip.read(e)]] as const),
+    );
+    assert.deepEqual(got, [
+      ["archive/data.pkl", Array.from({ length: 40 }, (_, i) => i)],
+      ["archive/data/0", new Array(100).fill(7)],
+      ["archive/données/é", [...new TextEncoder().encode("utf8")]],
+    ]);
+  } finally {
+    await file.close();
+  }
+});
+
+/** A one-entry stored zip whose directory entry carries `extra` and `comment` bytes. */
+function oneEntryZip(
+  extra: Uint8Array,
+  comment: Uint8Array,
+  patch: { elen?: number; clen?: number },
+) {
+  const name = new TextEncoder().encode("a/data.pkl");
+  const data = new Uint8Array([1, 2, 3]);
+  const lfh = new Uint8Array(30 + name.length);
+  const l = new DataView(lfh.buffer);
+  l.setUint32(0, 0x04034b50, true);
+  l.setUint32(18, data.length, true);
+  l.setUint32(22, data.length, true);
+  l.setUint16(26, name.length, true);
+  lfh.set(name, 30);
+  const cd = new Uint8Array(46 + name.length + extra.length + comment.length);
+  const c = new DataView(cd.buffer);
+  c.setUint32(0, 0x02014b50, true);
+  c.setUint32(20, data.length, true);
+  c.setUint32(24, data.length, true);
+  c.setUint16(28, name.length, true);
+  c.setUint16(30, patch.elen ?? extra.length, true);
+  c.setUint16(32, patch.clen ?? comment.length, true);
+  cd.set(name, 46);
+  cd.set(extra, 46 + name.length);
+  cd.set(comment, 46 + name.length + extra.length);
+  const eocd = new Uint8Array(22);
+  const e = new DataView(eocd.buffer);
+  e.setUint32(0, 0x06054b50, true);
+  e.setUint16(8, 1, true);
+  e.setUint16(10, 1, true);
+  e.setUint32(12, cd.length, true);
+  e.setUint32(16, lfh.length + data.length, true);
+  const out = new Uint8Array(lfh.length + data.length + cd.length + eocd.length);
+  out.set(lfh, 0);
+  out.set(data, lfh.length);
+  out.set(cd, lfh.length + data.length);
+  out.set(eocd, out.length - 22);
+  return out;
+}
+
+Deno.test("ZipReader.open() refuses a directory entry whose extra field or comment runs one byte past the directory", async () => {
+  const extra = new Uint8Array([0xfe, 0xca, 2, 0, 9, 9]); // an unknown extra field, 2 data bytes
+  const comment = new TextEncoder().encode("hi");
+  await withTempDir(async (dir) => {
+    const outcome = async (patch: { elen?: number; clen?: number }) => {
+      const path = join(dir, "one.zip");
+      await Deno.writeFile(path, oneEntryZip(extra, comment, patch));
+      const file = await RandomAccessFile.open(path);
+      try {
+        const zip = await ZipReader.open(file);
+        return `ok ${[...await zip.read(zip.entries[0]!)]}`;
+      } catch (e) {
+        return isCkptError(e) ? `${e.code}: ${e.message.replace(/^.*: /, "")}` : String(e);
+      } finally {
+        await file.close();
+      }
+    };
+    assert.equal(await outcome({}), "ok 1,2,3"); // both end exactly at the directory's end
+    assert.equal(
+      await outcome({ elen: extra.length + 1 }),
+      "ZIP_MALFORMED: central directory entry 0 runs past the directory",
+    );
+    assert.equal(
+      await outcome({ clen: comment.length + 1 }),
+      "ZIP_MALFORMED: central directory entry 0 runs past the directory",
+    );
   });
 });
