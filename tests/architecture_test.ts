@@ -162,3 +162,94 @@ Deno.test("workerEntries() reads the .ts files a module starts as workers, nothi
   ].join("\n");
   assert.deepEqual(workerEntries(text), ["./worker.ts", "../x/_hash.ts"]);
 });
+
+// docs/architecture.md: the map a newcomer reads must match the code.
+const doc = await Deno.readTextFile(join(REPO_ROOT, "docs/architecture.md"));
+
+/**
+ * Every path-like `code span` of a markdown text: `formats/dcp.ts`, `kernels/cpu/`, `mod.ts`, and
+ * bare source names (`kernel.ts`) in a list after their folder. Output names (`config.json`) and
+ * placeholders (`_<name>.ts`) are not paths.
+ */
+function namedPaths(text: string): string[] {
+  return [...text.matchAll(/`([a-z_][\w.*-]*(?:\/[\w.*-]*)*)`/g)].map((m) => m[1]!)
+    .filter((p) => p.includes("/") || /\.(ts|jsonc|py)$/.test(p));
+}
+
+/** Every file and folder under the root (relative, folders with a trailing `/`). */
+async function repoPaths(): Promise<string[]> {
+  const out: string[] = [];
+  const walk = async (dir: string): Promise<void> => {
+    for await (const e of Deno.readDir(join(REPO_ROOT, dir))) {
+      if (e.name.startsWith(".") || e.name === "node_modules") continue;
+      const rel = `${dir}${e.name}`;
+      if (e.isDirectory) {
+        out.push(`${rel}/`);
+        await walk(`${rel}/`);
+      } else out.push(rel);
+    }
+  };
+  await walk("");
+  return out;
+}
+
+/**
+ * Whether `pattern` (a path from the root, a folder ending in `/`, a glob with `*`, or a bare file
+ * name, which may be in any folder) names one of `paths`.
+ */
+function names(pattern: string, paths: readonly string[]): boolean {
+  const re = new RegExp(
+    (pattern.includes("/") ? "^" : "(^|/)") +
+      pattern.replace(/[.+?^${}()|[\]\\]/g, "\\$&").replace(/\*/g, "[^/]*") + "$",
+  );
+  return paths.some((p) => re.test(p));
+}
+
+Deno.test("namedPaths() and names() read files, folders and globs out of markdown", () => {
+  const text = "see `formats/dcp.ts`, `kernels/cpu/`, `mod.ts`, `formats/_dcp_*.ts`, `W + s`, " +
+    "`@ckpt/pipelines/formats`, `module.`, `config.json`, `_<name>.ts`, `ckpt merge`, `kernel.ts`";
+  const found = namedPaths(text);
+  assert.deepEqual(found, [
+    "formats/dcp.ts",
+    "kernels/cpu/",
+    "mod.ts",
+    "formats/_dcp_*.ts",
+    "kernel.ts",
+  ]);
+  const paths = [
+    "formats/dcp.ts",
+    "formats/_dcp_records.ts",
+    "kernels/cpu/",
+    "kernels/cpu/kernel.ts",
+    "mod.ts",
+  ];
+  assert.deepEqual(found.map((p) => names(p, paths)), [true, true, true, true, true]);
+  assert.equal(names("formats/_dcp_*.ts", ["formats/dcp.ts"]), false);
+  assert.equal(names("formats/gone.ts", paths), false);
+  assert.equal(names("kernels/", paths), false);
+  assert.equal(names("dcp.ts", ["formats/xdcp.ts", "formats/dcp.ts.bak"]), false);
+});
+
+Deno.test("every file and folder docs/architecture.md names exists", async () => {
+  const paths = await repoPaths();
+  const named = namedPaths(doc);
+  assert.ok(named.length > 60, `only ${named.length} paths named`);
+  assert.deepEqual(named.filter((p) => !names(p, paths)), []);
+});
+
+Deno.test("docs/architecture.md names every source folder", () => {
+  const folders = [...new Set(files.map((f) => f.split("/").slice(0, -1).join("/")))]
+    .filter((f) => f !== "");
+  const named = new Set(namedPaths(doc));
+  const missing = folders.filter((f) =>
+    !named.has(`${f}/`) && !named.has(f) && ![...named].some((p) => p.startsWith(`${f}/`))
+  );
+  assert.deepEqual(missing, []);
+});
+
+Deno.test("docs/architecture.md's layer table is the one the test enforces", () => {
+  const rows = [...doc.matchAll(/^\|\s*(\d+)\s*\|([^|]+)\|/gm)].map((m) =>
+    [...m[2]!.matchAll(/`([^`]+)`/g)].map((n) => n[1]!.replace(/\/$/, "")).sort()
+  );
+  assert.deepEqual(rows, LAYERS.map((l) => [...l].sort()));
+});
