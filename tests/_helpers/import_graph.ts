@@ -8,8 +8,9 @@
  *
  * The graph comes from `deno info --json` (Deno's own module graph: static, dynamic and type-only
  * imports, resolved as Deno resolves them), run once on a temporary root that imports every source
- * file, plus the worker entry points spawned with `new Worker(new URL("./x.ts", import.meta.url))`,
- * which no import statement names.
+ * file, with local files only (npm packages and remote modules are not fetched), plus the worker
+ * entry points started with `new Worker(new URL("./x.ts", import.meta.url))`, which no import
+ * statement names.
  *
  * ```sh
  * deno run -A tests/_helpers/import_graph.ts   # print the graph's cross-folder imports
@@ -90,7 +91,9 @@ export async function readImportGraph(
     const entry = join(dir, "all.ts");
     const lines = files.map((f) => `import ${JSON.stringify(pathToFileURL(join(root, f)).href)};`);
     await Deno.writeTextFile(entry, lines.join("\n") + "\n");
-    const args = ["info", "--json", ...(config ? ["--config", config] : ["--no-config"]), entry];
+    // Local files only: npm packages and remote modules are not resolved (no network, no lock).
+    const args = ["info", "--json", "--no-npm", "--no-remote", "--no-lock"];
+    args.push(...(config ? ["--config", config] : ["--no-config"]), entry);
     const out = await new Deno.Command(Deno.execPath(), { args, cwd: root, stderr: "piped" })
       .output();
     if (!out.success) {
