@@ -56,6 +56,15 @@ export interface MergeRowsRequest {
   magnitude?: Float32Array;
 }
 
+/** A block of rows whose W the backend has read into its own memory (see `mergeRowsInto`). */
+export interface MergeRowsIntoRequest extends Omit<MergeRowsRequest, "w"> {
+  /**
+   * Reads the block's W (`rows × cols` elements of `wDtype`) into `into`, which has exactly that
+   * many bytes; resolves to the bytes read: `into` itself, or another buffer that is copied in.
+   */
+  readW(into: Uint8Array): Promise<Uint8Array>;
+}
+
 /** A merge backend: the arithmetic, nothing about files or PEFT. */
 export interface MergeBackend {
   /** Which backend this is, for reports. */
@@ -65,6 +74,13 @@ export interface MergeBackend {
   /** Merges one block; resolves to `rows × cols` elements of `outDtype`. Concurrent calls are allowed
    * (the WebGPU backend overlaps upload, compute and read-back of calls in flight). */
   mergeRows(req: MergeRowsRequest): Promise<Uint8Array>;
+  /**
+   * Optional, the streaming form of {@linkcode MergeBackend.mergeRows}: the backend has `req.readW`
+   * read the block's W straight into its own memory and writes the result into `out` (exactly
+   * `rows × cols` elements of `outDtype`), so a block costs no fresh buffers and no extra copies.
+   * Resolves to `out`. Same arithmetic and errors as `mergeRows`.
+   */
+  mergeRowsInto?(req: MergeRowsIntoRequest, out: Uint8Array): Promise<Uint8Array>;
   /** Releases GPU objects / workers. */
   dispose(): Promise<void>;
 }

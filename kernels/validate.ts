@@ -27,6 +27,32 @@ import { isMergeDType, MERGE_DTYPE_SIZE, type MergeRowsRequest } from "./types.t
  * Messages name the tensor and both shapes.
  */
 export function validateMergeRequest(req: MergeRowsRequest): void {
+  validateMergeShape(req);
+  checkBlockBytes(req, "W block", req.w, req.wDtype);
+}
+
+/**
+ * `MERGE_SHAPE` unless `bytes` holds exactly `rows × cols` elements of `dtype` (`what` names the
+ * buffer in the message: the W block, or the output of `mergeRowsInto`).
+ */
+export function checkBlockBytes(
+  req: Pick<MergeRowsRequest, "name" | "rows" | "cols">,
+  what: string,
+  bytes: Uint8Array,
+  dtype: MergeRowsRequest["wDtype"],
+): void {
+  const need = req.rows * req.cols * MERGE_DTYPE_SIZE[dtype];
+  if (bytes.byteLength !== need) {
+    throw new CkptError(
+      "MERGE_SHAPE",
+      `Cannot merge "${req.name}": ${what} has ${bytes.byteLength} bytes, ${dtype} [${req.rows}, ${req.cols}] needs ${need}`,
+      { tensor: req.name },
+    );
+  }
+}
+
+/** {@linkcode validateMergeRequest} without the W block: everything a request holds but `w`. */
+export function validateMergeShape(req: Omit<MergeRowsRequest, "w">): void {
   const { name, rows, cols, rank } = req;
   if (!isMergeDType(req.wDtype) || !isMergeDType(req.outDtype)) {
     throw new CkptError(
@@ -43,16 +69,6 @@ export function validateMergeRequest(req: MergeRowsRequest): void {
     }
   }
   const shape = (r: number, c: number) => `[${r}, ${c}]`;
-  const wBytes = rows * cols * MERGE_DTYPE_SIZE[req.wDtype];
-  if (req.w.byteLength !== wBytes) {
-    throw new CkptError(
-      "MERGE_SHAPE",
-      `Cannot merge "${name}": W block has ${req.w.byteLength} bytes, ${req.wDtype} ${
-        shape(rows, cols)
-      } needs ${wBytes}`,
-      { tensor: name },
-    );
-  }
   if (req.a.length !== rank * cols) {
     throw new CkptError(
       "MERGE_SHAPE",

@@ -15,6 +15,7 @@ import {
   isMergeDType,
   type MergeBackend,
   type MergeDType,
+  type MergeRowsIntoRequest,
   type MergeRowsRequest,
 } from "../kernels/types.ts";
 import type { Job, Plan } from "./_lora_job.ts";
@@ -158,7 +159,12 @@ function getPrepared(job: Job, ctx: ReadContext): Promise<Prepared> {
   return p;
 }
 
-/** Runs row blocks of `[r0, r1)` through the backend with bounded concurrency, in any order. */
+/**
+ * Runs row blocks of `[r0, r1)` through the backend with bounded concurrency, in any order. With
+ * `into` (the bytes of rows `[r0, r1)` in `outDtype`) and a backend that merges in place
+ * (`mergeRowsInto`), each block's W is read straight into the backend's memory and its result lands
+ * in `into`: no buffer per block, and `sink` is not called.
+ */
 async function runBlocks(
   job: Job,
   ctx: ReadContext,
@@ -167,10 +173,14 @@ async function runBlocks(
   r1: number,
   outDtype: MergeDType,
   sink: (rowStart: number, rows: number, bytes: Uint8Array) => void,
+  into?: Uint8Array,
 ): Promise<void> {
   const layout = job.layout!;
   const { cols } = layout;
   const wSize = DTYPES[job.source.dtype].size;
+  const outSize = DTYPES[outDtype].size;
+  const inPlace = into !== undefined && ctx.backend?.mergeRowsInto !== undefined;
+  const source = job.source;
   const step = Math.max(1, Math.floor(ctx.blockBytes / Math.max(1, cols * wSize)));
   const starts: number[] = [];
   for (let r = r0; r < r1; r += step) starts.push(r);
@@ -179,6 +189,24 @@ async function runBlocks(
     while (next < starts.length) {
       const s = starts[next++]!;
       const e = Math.min(r1, s + step);
+      if (inPlace) {
+        const req: MergeRowsIntoRequest = {
+          name: job.name,
+          readW: (buf) => source.readInto ? source.readInto(s, e, buf) : source.read(s, e),
+          wDtype: source.dtype as MergeDType,
+          outDtype,
+          rows: e - s,
+          cols,
+          rank: prep.rank,
+          a: prep.a,
+          b: prep.b.subarray(s * prep.rank, e * prep.rank),
+          scale: prep.scale,
+        };
+        if (prep.rowMagnitude) req.magnitude = prep.rowMagnitude.subarray(s, e);
+        const out = into.subarray((s - r0) * cols * outSize, (e - r0) * cols * outSize);
+        await ctx.backend!.mergeRowsInto!(req, out);
+        continue;
+      }
       const w = await job.source.read(s, e);
       const req: MergeRowsRequest = {
         name: job.name,
@@ -279,6 +307,18 @@ async function readJob(job: Job, ctx: ReadContext, r0: number, r1: number): Prom
   return out;
 }
 
+/** `ROW_RANGE` unless `[s, e)` is a row range of a tensor of `shape`. */
+function checkRows(name: string, shape: readonly number[], s: number, e: number): void {
+  const rows = rowCount(shape);
+  if (!Number.isInteger(s) || !Number.isInteger(e) || s < 0 || e < s || e > rows) {
+    throw new CkptError(
+      "ROW_RANGE",
+      `Cannot read rows [${s}, ${e}) of "${name}": it has ${rows} rows`,
+      { tensor: name },
+    );
+  }
+}
+
 /**
  * The lazy merged tensor of `job`. Its {@linkcode TensorRef.cast} is the same job with another
  * output dtype: the merge (or the replacement, bias sum, token rows) rounds once, straight into the
@@ -307,17 +347,31 @@ export function jobRef(job: Job, ctx: ReadContext): TensorRef {
         read: async (s?: number, e?: number) => castBytes("F32", dtype, await f32.read(s, e)),
       };
     },
+    /**
+     * The merged rows `[rowStart, rowEnd)` written into `into` (a writer's block buffer): on a
+     * backend that merges in place, W goes from the file into the backend's memory and the result
+     * into `into`, with no buffer of its own. Other jobs (DoRA column norms, replacements, token
+     * rows) give their bytes as `read` does.
+     */
+    async readInto(rowStart: number, rowEnd: number, into: Uint8Array): Promise<Uint8Array> {
+      checkRows(job.name, shape, rowStart, rowEnd);
+      if (job.terms.length === 0 || job.tokens || !ctx.backend?.mergeRowsInto) {
+        return await this.read(rowStart, rowEnd);
+      }
+      const prep = await getPrepared(job, ctx);
+      if (prep.colFactors) return await this.read(rowStart, rowEnd);
+      const per = shape.length <= 1 ? 1 : numel(shape.slice(1));
+      const target = into.subarray(0, (rowEnd - rowStart) * per * DTYPES[job.outDtype].size);
+      const outDtype = job.outDtype as MergeDType;
+      await runBlocks(job, ctx, prep, rowStart, rowEnd, outDtype, () => {}, target);
+      if (ctx.safe) checkFinite(job, target, rowStart);
+      return target;
+    },
     async read(rowStart?: number, rowEnd?: number): Promise<Uint8Array> {
       const rows = rowCount(shape);
       const s = rowStart ?? 0;
       const e = rowEnd ?? rows;
-      if (!Number.isInteger(s) || !Number.isInteger(e) || s < 0 || e < s || e > rows) {
-        throw new CkptError(
-          "ROW_RANGE",
-          `Cannot read rows [${s}, ${e}) of "${job.name}": it has ${rows} rows`,
-          { tensor: job.name },
-        );
-      }
+      checkRows(job.name, shape, s, e);
       const ahead = ctx.ahead.get(key);
       let p: Promise<Uint8Array>;
       if (ahead && ahead.s === s && ahead.e === e) {

@@ -36,8 +36,13 @@ import {
   runCpuTask,
 } from "./_rows.ts";
 import { KERNEL_MAX_PAGES } from "./kernel.ts";
-import { MERGE_DTYPE_SIZE, type MergeBackend, type MergeRowsRequest } from "../types.ts";
-import { validateMergeRequest } from "../validate.ts";
+import {
+  MERGE_DTYPE_SIZE,
+  type MergeBackend,
+  type MergeRowsIntoRequest,
+  type MergeRowsRequest,
+} from "../types.ts";
+import { checkBlockBytes, validateMergeRequest, validateMergeShape } from "../validate.ts";
 
 /** Options of {@linkcode createCpuBackend}. */
 export interface CpuBackendOptions {
@@ -59,6 +64,8 @@ interface Pending {
 
 /** The CPU backend, with a benchmark helper. */
 export interface CpuMergeBackend extends MergeBackend {
+  /** See {@linkcode MergeBackend.mergeRowsInto}: the CPU backend always merges in place. */
+  mergeRowsInto(req: MergeRowsIntoRequest, out: Uint8Array): Promise<Uint8Array>;
   /** Benchmark helper: copies `req` in once, merges it `reps` times and returns the seconds per
    * merge without the copies (the kernel alone, all workers). */
   timeKernel(req: MergeRowsRequest, reps: number): Promise<number>;
@@ -131,6 +138,25 @@ class CpuBackend implements CpuMergeBackend {
     return this.#inSlot((slot) => this.#merge(req, 0, slot));
   }
 
+  /**
+   * W is read straight into the slot's region of the shared memory (no block buffer of its own)
+   * and the result copied once, into `out`.
+   */
+  mergeRowsInto(req: MergeRowsIntoRequest, out: Uint8Array): Promise<Uint8Array> {
+    if (this.#disposed) {
+      return Promise.reject(
+        new CkptError("MERGE_DISPOSED", `Cannot merge "${req.name}": the CPU backend was disposed`),
+      );
+    }
+    try {
+      validateMergeShape(req);
+      checkBlockBytes(req, "the output buffer", out, req.outDtype);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this.#inSlot((slot) => this.#merge(req, 0, slot, out));
+  }
+
   /** Runs `fn` in the next slot once that slot's previous call is done. */
   #inSlot<T>(fn: (slot: number) => Promise<T>): Promise<T> {
     const slot = this.#nextSlot;
@@ -157,20 +183,27 @@ class CpuBackend implements CpuMergeBackend {
     return (await this.#inSlot((slot) => this.#merge(req, n, slot))).seconds;
   }
 
-  async #merge(req: MergeRowsRequest, reps?: 0, slot?: number): Promise<Uint8Array>;
+  async #merge(
+    req: MergeRowsRequest | MergeRowsIntoRequest,
+    reps?: 0,
+    slot?: number,
+    out?: Uint8Array,
+  ): Promise<Uint8Array>;
   async #merge(req: MergeRowsRequest, reps: number, slot: number): Promise<{ seconds: number }>;
   async #merge(
-    req: MergeRowsRequest,
+    req: MergeRowsRequest | MergeRowsIntoRequest,
     reps = 0,
     slot = 0,
+    out?: Uint8Array,
   ): Promise<Uint8Array | { seconds: number }> {
     const { rows, cols, rank } = req;
     const dora = req.magnitude !== undefined;
     // layout relative to the slot's base: A, B, W, output, DoRA rows, DoRA magnitudes
     const outBytes = rows * cols * MERGE_DTYPE_SIZE[req.outDtype];
+    const wBytes = rows * cols * MERGE_DTYPE_SIZE[req.wDtype];
     const bOff = align(req.a.byteLength);
     const wOff = align(bOff + req.b.byteLength);
-    const outOff = align(wOff + req.w.byteLength);
+    const outOff = align(wOff + wBytes);
     const yOff = align(outOff + outBytes);
     const magOff = align(yOff + (dora ? rows * cols * 4 : 0));
     const size = magOff + (dora ? rows * 4 : 0) + 64;
@@ -196,7 +229,16 @@ class CpuBackend implements CpuMergeBackend {
     const u8 = new Uint8Array(this.#mem.buffer as unknown as ArrayBuffer);
     u8.set(new Uint8Array(req.a.buffer, req.a.byteOffset, req.a.byteLength), aPtr);
     u8.set(new Uint8Array(req.b.buffer, req.b.byteOffset, req.b.byteLength), bPtr);
-    u8.set(req.w, wPtr);
+    if ("w" in req) u8.set(req.w, wPtr);
+    else {
+      const view = u8.subarray(wPtr, wPtr + wBytes);
+      const got = await req.readW(view);
+      checkBlockBytes(req, "W block", got, req.wDtype);
+      if (got.buffer !== view.buffer || got.byteOffset !== view.byteOffset) {
+        // the memory may have grown while reading: copy through a fresh view
+        new Uint8Array(this.#mem.buffer as unknown as ArrayBuffer).set(got, wPtr);
+      }
+    }
     if (req.magnitude) {
       const m = req.magnitude;
       u8.set(new Uint8Array(m.buffer, m.byteOffset, m.byteLength), magPtr);
@@ -227,14 +269,14 @@ class CpuBackend implements CpuMergeBackend {
     this.#compute = turn.catch(() => {});
     await turn;
     if (reps > 0) return { seconds };
-    return new Uint8Array(this.#mem.buffer as unknown as ArrayBuffer).slice(
-      outPtr,
-      outPtr + outBytes,
-    );
+    const result = new Uint8Array(this.#mem.buffer as unknown as ArrayBuffer, outPtr, outBytes);
+    if (!out) return result.slice();
+    out.set(result);
+    return out;
   }
 
   async #run(
-    req: MergeRowsRequest,
+    req: Pick<MergeRowsRequest, "rows" | "wDtype" | "outDtype">,
     base: Omit<CpuTask, "row0" | "row1">,
     n: number,
     work: number,

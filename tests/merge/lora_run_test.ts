@@ -1,9 +1,17 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { isCkptError } from "../../errors.ts";
-import { StateDict, type TensorRef } from "../../formats/state_dict.ts";
+import { rowCount, StateDict, type TensorRef } from "../../formats/state_dict.ts";
+import { createCpuBackend } from "../../kernels/cpu/backend.ts";
+import type { MergeBackend } from "../../kernels/types.ts";
 import { mergeLora } from "../../merge/lora.ts";
-import { LORA_CASES, LORA_FIXTURES, referenceBackend, runCase } from "./_lora_fixtures.ts";
+import {
+  LORA_CASES,
+  LORA_FIXTURES,
+  openCase,
+  referenceBackend,
+  runCase,
+} from "./_lora_fixtures.ts";
 import { adapter, P, recording, seq, t, values } from "./_lora_helpers.ts";
 
 Deno.test("`mergeLora()` gives the same bytes for any block size", async () => {
@@ -167,4 +175,63 @@ Deno.test("`mergeLora()` computes the next row range ahead and serves it to an i
   await on.stateDict.require("m.weight").read(3, 5);
   await on.stateDict.close();
   await off.stateDict.close();
+});
+
+Deno.test("merged refs' `readInto()` writes `read()`'s bytes into the writer's buffer on every fixture case", async () => {
+  const cpu = await createCpuBackend({ workers: 2, inlineBelow: 0 });
+  let inPlace = 0;
+  const backend: MergeBackend = {
+    kind: "cpu",
+    description: cpu.description,
+    mergeRows: (req) => cpu.mergeRows(req),
+    mergeRowsInto: (req, out) => {
+      inPlace++;
+      return cpu.mergeRowsInto(req, out);
+    },
+    dispose: () => Promise.resolve(),
+  };
+  try {
+    for (const name of LORA_CASES) {
+      const { base, adapters, json } = await openCase(name);
+      const { stateDict } = await mergeLora(base, adapters, {
+        backend,
+        blockBytes: 96,
+        safe: true,
+        ...(json.wrapped ? { wrapped: json.wrapped } : {}),
+        ...(json.outDtype ? { outDtype: json.outDtype } : {}),
+      });
+      for (const [key, ref] of stateDict) {
+        if (!ref.readInto) continue;
+        const rows = rowCount(ref.shape);
+        const whole = await ref.read();
+        const ranges: [number, number][] = [[0, rows]];
+        if (rows > 2) ranges.push([1, rows - 1]);
+        for (const [s, e] of ranges) {
+          const per = whole.byteLength / rows;
+          const buffer = new Uint8Array(whole.byteLength + 16).fill(0xa5);
+          const got = await ref.readInto(s, e, buffer);
+          assert.deepEqual(got, whole.subarray(s * per, e * per), `${name}: ${key} [${s}, ${e})`);
+        }
+      }
+      await stateDict.close();
+    }
+    assert.ok(inPlace > 0, "some blocks were merged in place");
+  } finally {
+    await cpu.dispose();
+  }
+});
+
+Deno.test("a merged ref's `readInto()` refuses rows outside the tensor with ROW_RANGE", async () => {
+  const base = new StateDict([["m.weight", t("F32", [4, 3], seq(12, 1))]]);
+  const ad = adapter([
+    [`${P}m.lora_A.weight`, t("F32", [2, 3], seq(6, 2))],
+    [`${P}m.lora_B.weight`, t("F32", [4, 2], seq(8, 3))],
+  ]);
+  const cpu = await createCpuBackend({ workers: 0 });
+  const { stateDict } = await mergeLora(base, [ad], { backend: cpu });
+  const ref = stateDict.require("m.weight");
+  await assert.rejects(ref.readInto!(2, 5, new Uint8Array(64)), { code: "ROW_RANGE" });
+  await assert.rejects(ref.readInto!(3, 2, new Uint8Array(64)), { code: "ROW_RANGE" });
+  await stateDict.close();
+  await cpu.dispose();
 });

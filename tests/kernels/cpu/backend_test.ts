@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { createCpuBackend } from "../../../kernels/cpu/backend.ts";
 import { mergeRowsReference } from "../../../kernels/reference.ts";
+import { MERGE_DTYPE_SIZE } from "../../../kernels/types.ts";
 import { assertSameBytes, corpus, request, roundingEdges } from "../_corpus.ts";
 
 Deno.test("`createCpuBackend()` equals the reference bit for bit over the corpus (inline)", async () => {
@@ -63,4 +64,63 @@ Deno.test("`createCpuBackend()` rounds bf16/f16 edges exactly like the reference
   } finally {
     await cpu.dispose();
   }
+});
+
+Deno.test("`mergeRowsInto()` reads W into the shared memory and writes the reference's bytes into the caller's buffer", async () => {
+  for (const workers of [0, 2]) {
+    const cpu = await createCpuBackend({ workers, inlineBelow: 0 });
+    try {
+      const reqs = [
+        ...corpus(),
+        request("BF16", "BF16", 257, 1040, 16, 99),
+        request("BF16", "F16", 400, 1040, 8, 102), // grows a slot while the other is in flight
+        request("BF16", "BF16", 33, 512, 16, 101, { dora: true }),
+      ];
+      const outs = reqs.map((r) => new Uint8Array(r.rows * r.cols * MERGE_DTYPE_SIZE[r.outDtype]));
+      const seen: number[] = [];
+      const got = await Promise.all(reqs.map((r, n) => {
+        const { w, ...rest } = r;
+        // half the readers fill the backend's buffer, the other half hand back bytes of their own
+        const readW = n % 2 === 0
+          ? (into: Uint8Array) => {
+            seen.push(into.byteLength);
+            into.set(w);
+            return Promise.resolve(into);
+          }
+          : () => Promise.resolve(w.slice());
+        return cpu.mergeRowsInto({ ...rest, readW }, outs[n]!);
+      }));
+      reqs.forEach((r, n) => {
+        assert.equal(got[n], outs[n], `${r.name}: resolves to the caller's buffer`);
+        assertSameBytes(outs[n]!, mergeRowsReference(r), `${workers} workers: ${r.name}`);
+      });
+      assert.deepEqual(seen, reqs.filter((_, n) => n % 2 === 0).map((r) => r.w.byteLength));
+    } finally {
+      await cpu.dispose();
+    }
+  }
+});
+
+Deno.test("`mergeRowsInto()` refuses a wrong output buffer, a short W read and a failing read with coded errors", async () => {
+  const cpu = await createCpuBackend({ workers: 1 });
+  const { w, ...req } = request("BF16", "BF16", 4, 32, 2, 5);
+  const out = new Uint8Array(4 * 32 * 2);
+  const readW = () => Promise.resolve(w);
+  await assert.rejects(cpu.mergeRowsInto({ ...req, readW }, out.subarray(1)), {
+    code: "MERGE_SHAPE",
+  });
+  await assert.rejects(cpu.mergeRowsInto({ ...req, rank: 3, readW }, out), { code: "MERGE_SHAPE" });
+  await assert.rejects(
+    cpu.mergeRowsInto({ ...req, readW: () => Promise.resolve(w.subarray(2)) }, out),
+    { code: "MERGE_SHAPE" },
+  );
+  await assert.rejects(
+    cpu.mergeRowsInto({ ...req, readW: () => Promise.reject(new Error("disk gone")) }, out),
+    /disk gone/,
+  );
+  // the slot is free again after a failed read
+  await cpu.mergeRowsInto({ ...req, readW }, out);
+  assertSameBytes(out, mergeRowsReference({ ...req, w }), "after failures");
+  await cpu.dispose();
+  await assert.rejects(cpu.mergeRowsInto({ ...req, readW }, out), { code: "MERGE_DISPOSED" });
 });
