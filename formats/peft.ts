@@ -20,7 +20,7 @@
 import { basename, dirname, join } from "node:path";
 import { CkptError } from "../errors.ts";
 import { type LoraConfig, parseLoraConfig } from "./peft_config.ts";
-import { readTextInput } from "./read_text.ts";
+import { inputReadError, readTextInput } from "./read_text.ts";
 import { StateDict } from "./state_dict.ts";
 
 /** What an adapter tensor is. */
@@ -131,11 +131,15 @@ export const ADAPTER_WEIGHT_FILES: readonly string[] = [
   "adapter_model.bin",
 ];
 
+/** `stat`, or undefined when nothing is there; a path that may not be read is `FS_PERMISSION`. */
 async function statOrUndefined(path: string): Promise<Deno.FileInfo | undefined> {
   try {
     return await Deno.stat(path);
-  } catch {
-    return undefined;
+  } catch (cause) {
+    if (cause instanceof Deno.errors.NotFound || cause instanceof Deno.errors.NotADirectory) {
+      return undefined;
+    }
+    throw inputReadError(cause, "PEFT_ADAPTER_MISSING", "adapter", path);
   }
 }
 

@@ -18,6 +18,7 @@
  * @module
  */
 import { CkptError, type ErrorCode } from "../errors.ts";
+import { errnoOf, osError } from "../errors/os.ts";
 
 /** What {@linkcode readTextInput} reports when the file cannot be read. */
 export interface ReadTextOptions {
@@ -36,14 +37,36 @@ export function osReason(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
-/** Reads `path` as UTF-8 text; throws `options.code` naming the file and the OS reason. */
+/**
+ * The coded error for a failed read of an input: a file that is there but may not be read (no
+ * permission, EACCES/EPERM) is `FS_PERMISSION`, never "missing"; anything else (it does not
+ * exist, it is a folder) is `code`. Both name the file and the OS reason.
+ */
+export function inputReadError(
+  cause: unknown,
+  code: ErrorCode,
+  what: string,
+  path: string,
+): CkptError {
+  if (cause instanceof CkptError) return cause;
+  const errno = errnoOf(cause);
+  if (cause instanceof Deno.errors.PermissionDenied || errno === "EACCES" || errno === "EPERM") {
+    return osError(cause, `read ${what}`, path);
+  }
+  return new CkptError(code, `Cannot read ${what} "${path}": ${osReason(cause)}`, {
+    file: path,
+    cause,
+  });
+}
+
+/**
+ * Reads `path` as UTF-8 text; throws `options.code` naming the file and the OS reason, or
+ * `FS_PERMISSION` when the file may not be read (see {@linkcode inputReadError}).
+ */
 export async function readTextInput(path: string, options: ReadTextOptions): Promise<string> {
   try {
     return await Deno.readTextFile(path);
   } catch (cause) {
-    throw new CkptError(options.code, `Cannot read ${options.what} "${path}": ${osReason(cause)}`, {
-      file: path,
-      cause,
-    });
+    throw inputReadError(cause, options.code, options.what, path);
   }
 }

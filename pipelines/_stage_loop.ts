@@ -86,17 +86,29 @@ export class StageLoop {
     this.#emit = emit;
   }
 
-  /** Every stage's preflight, in order, before any stage runs. */
+  /**
+   * Every stage's preflight, in order, before any stage runs. A preflight may set `modelDir`,
+   * `modelConfig` and `adapterDir` for the preflights after it (gatherShards finds the model's
+   * folder, mergeLora the adapter's); they are restored afterwards, so each stage's run finds
+   * the context as the stages before it left it.
+   */
   async preflight(ctx: StageContext): Promise<void> {
-    for (const step of this.#cfg.stages) {
-      if (!step.stage.preflight) continue;
-      this.current = step.index;
-      try {
-        await untilAborted(step.stage.preflight(ctx, step.options), this.#signal);
-      } catch (err) {
-        if (this.#signal.aborted) throw abortError(this.#signal);
-        throw err;
+    const { modelDir, modelConfig, adapterDir } = ctx;
+    try {
+      for (const step of this.#cfg.stages) {
+        if (!step.stage.preflight) continue;
+        this.current = step.index;
+        try {
+          await untilAborted(step.stage.preflight(ctx, step.options), this.#signal);
+        } catch (err) {
+          if (this.#signal.aborted) throw abortError(this.#signal);
+          throw err;
+        }
       }
+    } finally {
+      ctx.modelDir = modelDir;
+      ctx.modelConfig = modelConfig;
+      ctx.adapterDir = adapterDir;
     }
   }
 

@@ -38,6 +38,7 @@
  * @module
  */
 import { CkptError } from "../errors.ts";
+import { inputReadError } from "../formats/read_text.ts";
 import type { StateDict } from "../formats/state_dict.ts";
 import { DCP_HF_INPUT_KIND, DCP_INPUT_KIND } from "./dcp.ts";
 import { type InputProbe, probeInput } from "./probe.ts";
@@ -91,16 +92,21 @@ export function getInputKind(name: string, extra: readonly InputKind[] = []): In
   return kind;
 }
 
-/** Probes `path`; `INPUT_MISSING` when it cannot be read. */
+/**
+ * Probes `path`; `INPUT_MISSING` when it does not exist, `FS_PERMISSION` when it is there but may
+ * not be read (the folder listed or the file's first bytes read).
+ */
 async function probeWeights(path: string): Promise<InputProbe> {
+  let probe: InputProbe;
   try {
-    return await probeInput(path);
+    probe = await probeInput(path);
   } catch (cause) {
-    throw new CkptError("INPUT_MISSING", `Cannot read weights from "${path}": it does not exist`, {
-      file: path,
-      cause,
-    });
+    throw inputReadError(cause, "INPUT_MISSING", "weights from", path);
   }
+  if (probe.unreadable !== undefined) {
+    throw inputReadError(probe.unreadable, "INPUT_MISSING", "weights from", path);
+  }
+  return probe;
 }
 
 /** The first of `kinds` that recognises the probe; `INPUT_KIND` when none does. */

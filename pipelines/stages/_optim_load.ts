@@ -5,7 +5,7 @@
  */
 import { basename, dirname, extname, join } from "node:path";
 import { CkptError } from "../../errors.ts";
-import { readTextInput } from "../../formats/read_text.ts";
+import { inputReadError, readTextInput } from "../../formats/read_text.ts";
 import type { StateDict } from "../../formats/state_dict.ts";
 import { openSafetensors } from "../../formats/safetensors.ts";
 import { loadTorch } from "../../formats/torch/load.ts";
@@ -113,10 +113,7 @@ export async function loadValue(
   try {
     source = await findOptimizerSource(path, optimizerSources);
   } catch (cause) {
-    throw new CkptError("INPUT_MISSING", `Cannot read "${path}": it does not exist`, {
-      file: path,
-      cause,
-    });
+    throw inputReadError(cause, "INPUT_MISSING", "optimizer input", path);
   }
   if (source) return await source.load(path, { keys });
   if (!isJsonPath(path)) {

@@ -114,6 +114,30 @@ export async function readModelConfig(configPath: string): Promise<Record<string
 }
 
 /**
+ * The model's folder and config.json for the weights at `path` (a folder when `isDirectory`), as
+ * gatherShards finds them: the folder is where config.json lives, and generation_config.json and
+ * the tokenizer are looked up beside it (an explicit config names a base folder, e.g. for DCP
+ * shards). Opens no weights.
+ */
+async function locateModel(
+  path: string,
+  isDirectory: boolean,
+  config: string | false | undefined,
+): Promise<{ modelDir: string; configPath: string | undefined }> {
+  const modelDir = typeof config === "string" && basename(config) === "config.json"
+    ? dirname(config)
+    : isDirectory
+    ? path
+    : dirname(path);
+  let configPath: string | undefined = config === false ? undefined : config;
+  if (config === undefined) {
+    const candidate = join(modelDir, "config.json");
+    if (await isFile(candidate) && basename(path) !== "config.json") configPath = candidate;
+  }
+  return { modelDir, configPath };
+}
+
+/**
  * Opens `path` (file or folder) with the named or detected input kind and strips wrapper names.
  * `INPUT_MISSING` / `INPUT_KIND` when it cannot be read; `CONFIG_JSON` when config.json is not an
  * object.
@@ -124,19 +148,8 @@ export async function gatherShards(
 ): Promise<GatherResult> {
   const { probe, kind } = await resolveInput(path, options);
   options.signal?.throwIfAborted();
-  // The model's folder is where its config.json lives: generation_config.json and the tokenizer
-  // are looked up beside it (an explicit config names a base folder, e.g. for DCP shards).
-  const modelDir = typeof options.config === "string" && basename(options.config) === "config.json"
-    ? dirname(options.config)
-    : probe.isDirectory
-    ? path
-    : dirname(path);
+  const { modelDir, configPath } = await locateModel(path, probe.isDirectory, options.config);
   let modelConfig: Record<string, unknown> | undefined;
-  let configPath: string | undefined = options.config === false ? undefined : options.config;
-  if (options.config === undefined) {
-    const candidate = join(modelDir, "config.json");
-    if (await isFile(candidate) && basename(path) !== "config.json") configPath = candidate;
-  }
   if (configPath !== undefined) modelConfig = await readModelConfig(configPath);
   const raw = await kind.open(probe, options.signal ? { signal: options.signal } : {});
   let stateDict: StateDict;
@@ -197,11 +210,17 @@ export function createGatherShardsStage(
     options: gatherShardsOptions,
     /**
      * Checks, without opening any weights: the input exists and a kind recognises it (or the named
-     * kind exists), and an explicit `config` parses (`INPUT_MISSING`, `INPUT_KIND`, `CONFIG_JSON`).
+     * kind exists), and the model's config.json parses (`INPUT_MISSING`, `INPUT_KIND`,
+     * `CONFIG_JSON`). Sets `ctx.modelDir` and `ctx.modelConfig` for the later stages' preflights
+     * (the tokenizer's folder, the value head's width); the runner restores them before the run.
      */
     async preflight(ctx: StageContext, options): Promise<void> {
-      await resolveInput(ctx.resolve(options.from), { kind: options.kind, kinds });
-      if (options.config !== undefined) await readModelConfig(ctx.resolve(options.config));
+      const from = ctx.resolve(options.from);
+      const { probe } = await resolveInput(from, { kind: options.kind, kinds });
+      const config = options.config === undefined ? undefined : ctx.resolve(options.config);
+      const { modelDir, configPath } = await locateModel(from, probe.isDirectory, config);
+      ctx.modelDir = modelDir;
+      if (configPath !== undefined) ctx.modelConfig = await readModelConfig(configPath);
     },
     async run(ctx: StageContext, options): Promise<void> {
       const from = ctx.resolve(options.from);

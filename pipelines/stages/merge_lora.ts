@@ -163,6 +163,15 @@ function untieConfig(ctx: StageContext): void {
   ctx.modelConfig = { ...ctx.modelConfig, tie_word_embeddings: false };
 }
 
+/** The folder of an adapter given as a folder or as its weights file. */
+async function adapterFolder(path: string): Promise<string> {
+  try {
+    return (await Deno.stat(path)).isFile ? dirname(path) : path;
+  } catch {
+    return dirname(path);
+  }
+}
+
 /** The mergeLora stage (config name `mergeLora`). */
 export const mergeLoraStage: Stage = defineStage({
   name: "mergeLora",
@@ -183,6 +192,13 @@ export const mergeLoraStage: Stage = defineStage({
       const path = ctx.resolve(typeof e === "string" ? e : e.path);
       const adapter = await loadAdapter(path, typeof e === "string" ? undefined : e.name);
       await adapter.tensors.close();
+    }
+    // where writeTokenizer's preflight looks first, as in the run
+    const first = entries[0];
+    if (first !== undefined) {
+      ctx.adapterDir = await adapterFolder(
+        ctx.resolve(typeof first === "string" ? first : first.path),
+      );
     }
   },
   async run(ctx, options) {
@@ -240,14 +256,9 @@ export const mergeLoraStage: Stage = defineStage({
     ctx.stateDict = stateDict;
     const first = adapters[0];
     if (first !== undefined) {
-      const p = typeof first === "string" ? first : (first as { path: string }).path;
-      let dir = p;
-      try {
-        if ((await Deno.stat(p)).isFile) dir = dirname(p);
-      } catch {
-        dir = dirname(p);
-      }
-      ctx.adapterDir = dir;
+      ctx.adapterDir = await adapterFolder(
+        typeof first === "string" ? first : (first as { path: string }).path,
+      );
     }
     ctx.report("mergeLora", {
       backend: report.backend?.kind ?? "none",

@@ -26,7 +26,7 @@
  * `prepare.ts` puts them in order.
  * @module
  */
-import { CkptError } from "../../errors.ts";
+import { readTextInput } from "../../formats/read_text.ts";
 import { defineStage, type Stage } from "../stage.ts";
 import { prepareTokenizer, writeTokenizerPlan } from "./tokenizer/prepare.ts";
 import { writeTokenizerOptions } from "./tokenizer/options.ts";
@@ -49,34 +49,31 @@ export const writeTokenizerStage: Stage = defineStage({
     "copy and validate the tokenizer (adapter folder first, then base); pad, template, tokens",
   options: writeTokenizerOptions,
   /**
-   * With an explicit `from`: finds the tokenizer files, reads their JSON and applies the requested
-   * changes in memory (no loading, no template rendering, no vocabulary check against the weights),
-   * so a missing or malformed tokenizer fails before any stage runs (`TOKENIZER_MISSING`,
-   * `TOKENIZER_INVALID`, `JSON_PARSE`). Without `from` the folder comes from earlier stages; then
-   * only a `chatTemplateFile` is checked (`INPUT_MISSING`).
+   * Finds the tokenizer files the run will use (`from`, else the adapter's folder then the model's,
+   * as the earlier stages' preflights found them), reads them, applies the requested changes in
+   * memory, loads `tokenizer.json` with `@huggingface/tokenizers` and renders the chat template,
+   * so a missing, unreadable or malformed tokenizer fails before any stage runs
+   * (`TOKENIZER_MISSING`, `TOKENIZER_INVALID`, `TOKENIZER_TEMPLATE`, `JSON_PARSE`,
+   * `FS_PERMISSION`). Only the vocabulary check against the weights waits for the run. With no
+   * folder known (no gatherShards, no `from`), only a `chatTemplateFile` is read.
    */
   async preflight(ctx, options) {
     const { from, chatTemplateFile, ...rest } = options;
     const chatTemplatePath = chatTemplateFile === undefined
       ? undefined
       : ctx.resolve(chatTemplateFile);
-    if (from === undefined) {
-      if (chatTemplatePath === undefined) return;
-      try {
-        await Deno.stat(chatTemplatePath);
-      } catch (cause) {
-        throw new CkptError(
-          "INPUT_MISSING",
-          `Cannot read chat template "${chatTemplatePath}": it does not exist`,
-          { file: chatTemplatePath, cause },
-        );
+    const sources = from !== undefined
+      ? [ctx.resolve(from)]
+      : [ctx.adapterDir, ctx.modelDir].filter((d): d is string => d !== undefined);
+    if (sources.length === 0) {
+      if (chatTemplatePath !== undefined) {
+        await readTextInput(chatTemplatePath, { code: "INPUT_MISSING", what: "chat template" });
       }
       return;
     }
     await prepareTokenizer({
       ...rest,
-      validate: false,
-      sources: [ctx.resolve(from)],
+      sources,
       ...(chatTemplatePath === undefined ? {} : { chatTemplatePath }),
     });
   },

@@ -84,16 +84,22 @@ export const writeValueHeadStage: Stage = defineStage({
   summary: "write v_head.pt (the PPO value head's state dict) and optionally v_head.safetensors",
   options: writeValueHeadOptions,
   /**
-   * Checks before any stage runs that the input exists, is a weights file a kind recognises, and
-   * holds tensors under `prefix` (`INPUT_MISSING`, `INPUT_KIND`, `VALUE_HEAD_MISSING`); only headers
-   * are read. The `hidden_size` check needs the model config and waits for the run.
+   * Checks before any stage runs that the input exists, is a weights file a kind recognises, holds
+   * tensors under `prefix`, and (with `check`) that its 2-d weights take the `hidden_size` of the
+   * model config gatherShards' preflight found (`INPUT_MISSING`, `FS_PERMISSION`, `INPUT_KIND`,
+   * `VALUE_HEAD_MISSING`, `VALUE_HEAD_MISMATCH`); only headers are read.
    */
   async preflight(ctx, options): Promise<void> {
     const { stateDict: input } = await openInput(ctx.resolve(options.from), {
       signal: ctx.signal,
     });
     try {
-      selectValueHead(input, options.prefix);
+      const hidden = ctx.modelConfig?.hidden_size;
+      selectValueHead(
+        input,
+        options.prefix,
+        options.check && typeof hidden === "number" ? hidden : undefined,
+      );
     } finally {
       await input.close();
     }

@@ -8,6 +8,7 @@
  * | EROFS        | tmpfs remounted read-only; a read-only bind mount      | run, merge, watch    |
  * | EPERM        | `chattr +i` on the output's folder / on the old output | merge (--overwrite)  |
  * | EACCES       | a folder of another user, without CAP_DAC_OVERRIDE     | gather, verify, inspect |
+ * | EACCES       | an unreadable base, adapter, adapter config, tokenizer | merge (in preflight)  |
  * | ENAMETOOLONG | a 256-byte output name                                 | merge                |
  * | ENOTEMPTY    | a folder created at the output before the final rename | merge (and unit)     |
  * | EEXIST       | (unit: the mapping of a real EEXIST)                   |                      |
@@ -371,3 +372,57 @@ async function collect(child: Deno.ChildProcess): Promise<ChildResult> {
     stderr: dec.decode(out.stderr),
   };
 }
+
+Deno.test("faults: an input that is there but may not be read is FS_PERMISSION, not missing, before any stage", async (t) => {
+  await withTempDir(async (dir) => {
+    const run = await makeSmallRun(join(dir, "run"));
+    // a copy of the run whose part `lock` makes unreadable to anyone but its owner (nobody)
+    const cases: Array<[string, (base: string, adapter: string) => Promise<string>]> = [
+      ["the base folder", async (base) => {
+        await sh("chown", "65534:65534", base);
+        await sh("chmod", "700", base);
+        return base;
+      }],
+      ["the adapter folder", async (_base, adapter) => {
+        await sh("chown", "65534:65534", adapter);
+        await sh("chmod", "700", adapter);
+        return adapter;
+      }],
+      ["the adapter config", async (_base, adapter) => {
+        const f = join(adapter, "adapter_config.json");
+        await sh("chown", "65534:65534", f);
+        await sh("chmod", "600", f);
+        return f;
+      }],
+      ["the base's tokenizer.json", async (base) => {
+        const f = join(base, "tokenizer.json");
+        await Deno.writeTextFile(f, "{}");
+        await sh("chown", "65534:65534", f);
+        await sh("chmod", "600", f);
+        return f;
+      }],
+    ];
+    for (const [what, lock] of cases) {
+      await t.step(what, async () => {
+        const copy = join(dir, what.replaceAll(/[^a-z]/g, "-"));
+        await Deno.mkdir(copy);
+        await sh("cp", "-a", run.base, join(copy, "base"));
+        await sh("cp", "-a", run.adapter, join(copy, "adapter"));
+        const base = join(copy, "base");
+        const adapter = join(copy, "adapter");
+        const locked = await lock(base, adapter);
+        const out = join(copy, "out");
+        const r = await ckptChild(
+          mergeArgs({ base, adapter }, out, "--log", "json"),
+          { wrap: NO_DAC },
+        );
+        assertCoded(r, ["FS_PERMISSION"], `ckpt merge with ${what} unreadable`);
+        assert.ok(r.stderr.includes(locked), `the message names ${locked}\n${r.stderr}`);
+        assert.match(r.stderr, /permission denied \(EACCES\)/);
+        assert.doesNotMatch(r.stderr + r.stdout, /does not exist/);
+        assert.doesNotMatch(r.stdout + r.stderr, /"stage-start"/, "it failed in preflight");
+        assert.deepEqual(await entries(copy), ["adapter", "base"]);
+      });
+    }
+  });
+});

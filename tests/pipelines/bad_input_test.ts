@@ -6,6 +6,8 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { DEMO_SHAPES, makeDemoRun } from "../../examples/_demo_run.ts";
 import { isCkptError } from "../../errors.ts";
+import { writeSafetensors } from "../../formats/safetensors.ts";
+import { StateDict, tensorFromBytes } from "../../formats/state_dict.ts";
 import { loadPreset } from "../../pipelines/presets.ts";
 import { runPipeline } from "../../pipelines/run.ts";
 import type { PipelineEvent } from "../../pipelines/stage.ts";
@@ -251,6 +253,87 @@ Deno.test("bad inputs of later stages fail in preflight, before the first stage 
         "PEFT_ADAPTER_MISSING",
         "writeModel",
       );
+    });
+
+    // A copy of the base whose tokenizer is broken as `spoil` says (ppo-final takes the tokenizer
+    // from the adapter's folder, which has none, then from the base's: no `from` is named).
+    const spoiltBase = async (name: string, spoil: (dir: string) => Promise<void>) => {
+      const copy = join(dir, name);
+      await Deno.mkdir(copy);
+      for await (const e of Deno.readDir(run.base)) {
+        await Deno.copyFile(join(run.base, e.name), join(copy, e.name));
+      }
+      await spoil(copy);
+      return copy;
+    };
+
+    await t.step("a tokenizer.json that is not JSON, found beside the base", async () => {
+      const base = await spoiltBase(
+        "garbage-tokenizer",
+        (d) => Deno.writeTextFile(join(d, "tokenizer.json"), "\u0000garbage{"),
+      );
+      await failsInPreflight(
+        "ppo-final",
+        { run: run.dir, out, base },
+        dir,
+        "JSON_PARSE",
+        "writeTokenizer",
+      );
+      await Deno.remove(base, { recursive: true });
+    });
+
+    await t.step("a tokenizer.json that is JSON but no tokenizer", async () => {
+      const base = await spoiltBase(
+        "bogus-tokenizer",
+        (d) => Deno.writeTextFile(join(d, "tokenizer.json"), '{"model": {"type": "NoSuchModel"}}'),
+      );
+      await failsInPreflight(
+        "ppo-final",
+        { run: run.dir, out, base },
+        dir,
+        "TOKENIZER_INVALID",
+        "writeTokenizer",
+      );
+      await Deno.remove(base, { recursive: true });
+    });
+
+    await t.step("a chat template that does not render", async () => {
+      const base = await spoiltBase("bad-template", async (d) => {
+        const cfg = JSON.parse(await Deno.readTextFile(join(d, "tokenizer_config.json")));
+        cfg.chat_template = "{% for m in messages %}{{ m.content }";
+        await Deno.writeTextFile(join(d, "tokenizer_config.json"), JSON.stringify(cfg));
+      });
+      await failsInPreflight(
+        "ppo-final",
+        { run: run.dir, out, base },
+        dir,
+        "TOKENIZER_TEMPLATE",
+        "writeTokenizer",
+      );
+      await Deno.remove(base, { recursive: true });
+    });
+
+    await t.step("a value head of the wrong width for the model's hidden_size", async () => {
+      const hidden = JSON.parse(await Deno.readTextFile(join(run.base, "config.json"))).hidden_size;
+      const vhead = join(dir, "wide_v_head.safetensors");
+      await writeSafetensors(
+        vhead,
+        new StateDict([
+          [
+            "summary.weight",
+            tensorFromBytes("F32", [1, hidden + 1], new Uint8Array(4 * (hidden + 1))),
+          ],
+          ["summary.bias", tensorFromBytes("F32", [1], new Uint8Array(4))],
+        ]),
+      );
+      await failsInPreflight(
+        "ppo-final",
+        { run: run.dir, out, vhead },
+        dir,
+        "VALUE_HEAD_MISMATCH",
+        "writeValueHead",
+      );
+      await Deno.remove(vhead);
     });
 
     await t.step("a missing DCP model or optimizer folder (halos-final-fsdp)", async () => {

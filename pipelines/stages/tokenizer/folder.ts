@@ -6,6 +6,7 @@
  */
 import { join } from "node:path";
 import { CkptError } from "../../../errors.ts";
+import { inputReadError, readTextInput } from "../../../formats/read_text.ts";
 import { asInt, isObject, parsePyJson, type PyJson } from "../_pyjson.ts";
 
 /** Tokenizer and processor files copied when present (mergekit's list plus the vocab files). */
@@ -82,12 +83,16 @@ export interface TokenizerDoc {
   changed: Set<string>;
 }
 
+/** Whether `path` exists; a folder that may not be searched is `FS_PERMISSION`, not absent. */
 async function exists(path: string): Promise<boolean> {
   try {
     await Deno.stat(path);
     return true;
-  } catch {
-    return false;
+  } catch (cause) {
+    if (cause instanceof Deno.errors.NotFound || cause instanceof Deno.errors.NotADirectory) {
+      return false;
+    }
+    throw inputReadError(cause, "TOKENIZER_MISSING", "tokenizer file", path);
   }
 }
 
@@ -105,7 +110,10 @@ export async function findTokenizerFolder(sources: readonly string[]): Promise<s
 }
 
 async function readJson(path: string): Promise<PyJson> {
-  return parsePyJson(await Deno.readTextFile(path), path);
+  return parsePyJson(
+    await readTextInput(path, { code: "TOKENIZER_INVALID", what: "tokenizer file" }),
+    path,
+  );
 }
 
 /** `tokenizer.json` parsed; its order-keeping tree too when `tree` is true. */
@@ -113,7 +121,7 @@ async function readTokenizerJson(
   path: string,
   tree: boolean,
 ): Promise<{ plain: TokenizerJson; tree: Map<string, PyJson> | undefined }> {
-  const text = await Deno.readTextFile(path);
+  const text = await readTextInput(path, { code: "TOKENIZER_INVALID", what: "tokenizer file" });
   let t: unknown;
   try {
     t = JSON.parse(text);
@@ -139,7 +147,9 @@ async function readTemplate(
   jinjaPath: string | undefined,
   config: Map<string, PyJson>,
 ): Promise<string | undefined> {
-  if (jinjaPath) return await Deno.readTextFile(jinjaPath);
+  if (jinjaPath) {
+    return await readTextInput(jinjaPath, { code: "TOKENIZER_INVALID", what: "chat template" });
+  }
   const t = config.get("chat_template");
   if (typeof t === "string") return t;
   let found: string | undefined;
