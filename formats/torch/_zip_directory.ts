@@ -72,7 +72,8 @@ export async function findCentralDirectory(
   length: number,
   fail: Fail,
 ): Promise<CentralDirectory> {
-  const tailLen = Math.min(length, 22 + 0xffff + 20 + 56);
+  // The end record (22 bytes), its comment (at most 0xffff) and the zip64 locator before it (20).
+  const tailLen = Math.min(length, 20 + 22 + 0xffff);
   const tailStart = length - tailLen;
   const tail = await file.readAt(base + tailStart, tailLen);
   const tdv = new DataView(tail.buffer, tail.byteOffset, tail.byteLength);

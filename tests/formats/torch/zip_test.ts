@@ -162,7 +162,7 @@ Deno.test("ZipReader reads a zip64 archive Python's zipfile wrote, taking the di
 function oneEntryZip(
   extra: Uint8Array,
   comment: Uint8Array,
-  patch: { elen?: number; clen?: number },
+  patch: { elen?: number; clen?: number; usize?: number },
 ) {
   const name = new TextEncoder().encode("a/data.pkl");
   const data = new Uint8Array([1, 2, 3]);
@@ -177,7 +177,7 @@ function oneEntryZip(
   const c = new DataView(cd.buffer);
   c.setUint32(0, 0x02014b50, true);
   c.setUint32(20, data.length, true);
-  c.setUint32(24, data.length, true);
+  c.setUint32(24, patch.usize ?? data.length, true);
   c.setUint16(28, name.length, true);
   c.setUint16(30, patch.elen ?? extra.length, true);
   c.setUint16(32, patch.clen ?? comment.length, true);
@@ -203,7 +203,7 @@ Deno.test("ZipReader.open() refuses a directory entry whose extra field or comme
   const extra = new Uint8Array([0xfe, 0xca, 2, 0, 9, 9]); // an unknown extra field, 2 data bytes
   const comment = new TextEncoder().encode("hi");
   await withTempDir(async (dir) => {
-    const outcome = async (patch: { elen?: number; clen?: number }) => {
+    const outcome = async (patch: { elen?: number; clen?: number; usize?: number }) => {
       const path = join(dir, "one.zip");
       await Deno.writeFile(path, oneEntryZip(extra, comment, patch));
       const file = await RandomAccessFile.open(path);
@@ -225,5 +225,67 @@ Deno.test("ZipReader.open() refuses a directory entry whose extra field or comme
       await outcome({ clen: comment.length + 1 }),
       "ZIP_MALFORMED: central directory entry 0 runs past the directory",
     );
+  });
+});
+
+Deno.test("ZipReader.open() reads a zip64 size field of 8 bytes and refuses 7, and an extra field longer than its bytes", async () => {
+  const zip64 = (n: number) => {
+    const f = new Uint8Array(4 + n);
+    const v = new DataView(f.buffer);
+    v.setUint16(0, 1, true); // the zip64 extended information field
+    v.setUint16(2, n, true);
+    if (n >= 8) v.setBigUint64(4, 3n, true); // the real size: 3 bytes
+    return f;
+  };
+  await withTempDir(async (dir) => {
+    const outcome = async (extra: Uint8Array, usize?: number) => {
+      const path = join(dir, "z.zip");
+      await Deno.writeFile(path, oneEntryZip(extra, new Uint8Array(0), usize ? { usize } : {}));
+      const file = await RandomAccessFile.open(path);
+      try {
+        const zip = await ZipReader.open(file);
+        return `ok size ${zip.entries[0]!.size}`;
+      } catch (e) {
+        return isCkptError(e) ? `${e.code}: ${e.message.replace(/^.*: /, "")}` : String(e);
+      } finally {
+        await file.close();
+      }
+    };
+    assert.equal(await outcome(zip64(8), 0xffffffff), "ok size 3");
+    assert.equal(
+      await outcome(zip64(7), 0xffffffff),
+      'ZIP_MALFORMED: entry "a/data.pkl" has a short zip64 field',
+    );
+    // An extra field whose length claims one byte more than the entry's extra area holds.
+    const long = new Uint8Array([0xfe, 0xca, 3, 0, 9, 9]);
+    assert.equal(
+      await outcome(long),
+      'ZIP_MALFORMED: entry "a/data.pkl" has a truncated extra field',
+    );
+  });
+});
+
+Deno.test("ZipReader.open() finds the zip64 end records behind the longest comment, 65535 bytes", async () => {
+  // Python's zip64 archive (its 32-bit end record holds only 0xFFFF / 0xFFFFFFFF): the reader
+  // must find the end record and the zip64 locator 20 bytes before it, however long the comment.
+  const plain = await Deno.readFile(join(FIX, "zip64", "python_zip64.zip"));
+  assert.equal(new DataView(plain.buffer).getUint32(plain.length - 42, true), 0x07064b50);
+  await withTempDir(async (dir) => {
+    const path = join(dir, "c.zip");
+    const outcome = async (comment: number) => {
+      const bytes = new Uint8Array(plain.length + comment).fill(0x20);
+      bytes.set(plain);
+      new DataView(bytes.buffer).setUint16(plain.length - 2, comment, true);
+      await Deno.writeFile(path, bytes);
+      const file = await RandomAccessFile.open(path);
+      try {
+        const zip = await ZipReader.open(file);
+        return `${zip.entries.length} entries, ${[...await zip.read(zip.entries[2]!)]}`;
+      } finally {
+        await file.close();
+      }
+    };
+    assert.equal(await outcome(0), "3 entries, 117,116,102,56");
+    assert.equal(await outcome(0xffff), "3 entries, 117,116,102,56");
   });
 });
