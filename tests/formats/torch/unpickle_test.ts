@@ -352,3 +352,96 @@ Deno.test("unpickle() applies BUILD to an OrderedDict only with a dict or None s
     (e) => isCkptError(e, "PICKLE_BUILD") && e.message.includes("not a dict"),
   );
 });
+
+Deno.test("unpickle() builds DICT from pairs and refuses an odd count", () => {
+  const d = unpickle(bytes("\x80\x02(K\x01K\x02K\x03K\x04d.")) as PyDict;
+  assert.deepEqual([...d], [[1, 2], [3, 4]]);
+  assert.throws(
+    () => unpickle(bytes("\x80\x02(K\x01K\x02K\x03d.")),
+    (e) => isCkptError(e, "PICKLE_MALFORMED") && e.message.includes("odd number"),
+  );
+});
+
+Deno.test("unpickle() calls bytearray with nothing, bytes or a string, and refuses anything else", () => {
+  const ba = (args: string) => unpickle(bytes(`\x80\x02cbuiltins\nbytearray\n${args}R.`));
+  assert.deepEqual([...(ba(")") as Uint8Array)], []);
+  assert.deepEqual([...(ba("C\x02xy\x85") as Uint8Array)], [0x78, 0x79]);
+  assert.throws(
+    () => ba("G?\xf8\x00\x00\x00\x00\x00\x00\x85"),
+    (e) => isCkptError(e, "PICKLE_ARGS") && e.message.includes("needs bytes or a string"),
+  );
+});
+
+Deno.test("unpickle() keeps NEWOBJ_EX keyword arguments on a record, one is enough", () => {
+  const rec = unpickle(
+    bytes("\x80\x04\x8c\x01m\x8c\x01R\x93)}\x8c\x01kK\x07s\x92."),
+    { records: ["m.R"] },
+  ) as PyRecord;
+  assert.equal(rec.className, "m.R");
+  assert.equal(rec.args.length, 1);
+  assert.deepEqual([...(rec.args[0] as PyDict)], [["k", 7]]);
+  const none = unpickle(bytes("\x80\x04\x8c\x01m\x8c\x01R\x93)}\x92."), { records: ["m.R"] });
+  assert.deepEqual((none as PyRecord).args, []);
+});
+
+Deno.test("unpickle() reads a text line of 4096 bytes and refuses 4097 or one without its newline", () => {
+  const outcome = (p: string) => {
+    try {
+      unpickle(bytes(`\x80\x02${p}`));
+      return "ok";
+    } catch (e) {
+      return isCkptError(e) ? e.code : String(e);
+    }
+  };
+  const module = (n: number) => "m".repeat(n);
+  // A 4096-byte module name is read (then refused as a global); 4097 bytes is not a line.
+  assert.deepEqual(
+    [outcome(`c${module(4096)}\nx\n.`), outcome(`c${module(4097)}\nx\n.`), outcome("cmod")],
+    ["PICKLE_GLOBAL", "PICKLE_TRUNCATED", "PICKLE_TRUNCATED"],
+  );
+});
+
+Deno.test("unpickle() refuses to pop across a mark or from an empty stack", () => {
+  // TUPLE1 pops one value: above a fresh mark there is none, nor on an empty stack.
+  assert.equal(unpickle(bytes("\x80\x02N(0.")), null); // POP on a fresh mark drops the mark
+  for (const p of ["N(\x85.", "\x85."]) {
+    assert.throws(
+      () => unpickle(bytes(`\x80\x02${p}`)),
+      (e) => isCkptError(e, "PICKLE_STACK"),
+      JSON.stringify(p),
+    );
+  }
+});
+
+Deno.test("unpickle() refuses a tensor whose size or stride is not all ints", () => {
+  const persistentLoad = () =>
+    new StorageHandle({
+      key: "0",
+      storageClass: "torch.FloatStorage",
+      location: "cpu",
+      numel: 2,
+      dtype: "F32",
+      source: bytesSource(new Uint8Array(8)),
+      file: "x",
+    });
+  const storage =
+    "(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x02tQ";
+  const rebuild = (size: string, stride: string) =>
+    unpickle(
+      bytes(`\x80\x02ctorch._utils\n_rebuild_tensor\n(${storage}K\x00${size}${stride}tR.`),
+      { persistentLoad },
+    );
+  assert.ok(rebuild("K\x02\x85", "K\x01\x85") instanceof TorchTensor);
+  for (
+    const [size, stride] of [["G@\x00\x00\x00\x00\x00\x00\x00\x85", "K\x01\x85"], [
+      "K\x02\x85",
+      "N\x85",
+    ]]
+  ) {
+    assert.throws(
+      () => rebuild(size!, stride!),
+      (e) =>
+        isCkptError(e, "PICKLE_ARGS") && e.message.includes("int tuples for size and stride"),
+    );
+  }
+});
