@@ -440,8 +440,7 @@ Deno.test("unpickle() refuses a tensor whose size or stride is not all ints", ()
   ) {
     assert.throws(
       () => rebuild(size!, stride!),
-      (e) =>
-        isCkptError(e, "PICKLE_ARGS") && e.message.includes("int tuples for size and stride"),
+      (e) => isCkptError(e, "PICKLE_ARGS") && e.message.includes("int tuples for size and stride"),
     );
   }
 });
