@@ -106,6 +106,30 @@ export function printPlan(result: RunResult): void {
   );
 }
 
+/**
+ * The `n` merged modules that changed most (‖ΔW‖/‖W‖, from the mergeLora reports in the manifest)
+ * as lines to print at the end of a run; none when nothing was merged.
+ */
+export function topModuleChanges(result: Pick<RunResult, "manifest">, n = 5): string[] {
+  const changes: { module: string; relNorm: number }[] = [];
+  for (const stage of result.manifest.stages) {
+    const list = stage.report.moduleChanges;
+    if (!Array.isArray(list)) continue;
+    for (const c of list as { module?: unknown; relNorm?: unknown }[]) {
+      if (typeof c.module === "string" && typeof c.relNorm === "number") {
+        changes.push({ module: c.module, relNorm: c.relNorm });
+      }
+    }
+  }
+  if (changes.length === 0) return [];
+  const top = [...changes].sort((a, b) => b.relNorm - a.relNorm).slice(0, n);
+  const width = Math.max(...top.map((c) => c.module.length));
+  return [
+    `most changed modules, ||dW||/||W|| (${top.length} of ${changes.length} merged):`,
+    ...top.map((c) => `  ${c.module.padEnd(width)}  ${c.relNorm.toExponential(3)}`),
+  ];
+}
+
 /** The flags every command that runs a pipeline takes. */
 export interface RunFlags {
   overwrite: boolean;
@@ -161,6 +185,8 @@ export async function runWithCli(
     if (result.dryRun) printPlan(result);
     else if (flags.log !== "json") {
       console.log(`${result.output}\nmanifest sha256 ${result.manifestSha256}`);
+      const top = topModuleChanges(result);
+      if (top.length > 0) console.log(top.join("\n"));
     }
     return 0;
   } catch (err) {

@@ -60,11 +60,18 @@
  */
 import { StateDict } from "../formats/state_dict.ts";
 import type { MergeBackend } from "../kernels/types.ts";
+import { ChangeTracker } from "./_lora_change.ts";
 import type { Plan, WeightedAdapter } from "./_lora_job.ts";
 import { loadAdapters, unwrapBase } from "./lora_load.ts";
 import { planLoraMerge } from "./lora_plan.ts";
 import { checkPlanFinite, createReadContext, jobRef, type ReadContext } from "./lora_run.ts";
-import type { AdapterInput, MergeLoraOptions, MergeLoraResult, MergeReport } from "./lora_types.ts";
+import type {
+  AdapterInput,
+  MergeLoraOptions,
+  MergeLoraResult,
+  MergeReport,
+  ModuleChange,
+} from "./lora_types.ts";
 
 /**
  * Folds LoRA adapters into `base` (see the module doc). Adapters are merged in order with their
@@ -93,7 +100,7 @@ export async function mergeLora(
     if (options.safe) await checkPlanFinite(plan);
     const chosen = await chooseBackend(plan, options, report);
     if (chosen?.owned) ownedBackend = chosen.backend;
-    const ctx = createReadContext(chosen?.backend, options);
+    const ctx = createReadContext(chosen?.backend, options, changeTracker(report));
     const stateDict = mergedStateDict(plan, ctx, { base, baseDict, loaded, ownedBackend });
     return { stateDict, report };
   } catch (e) {
@@ -104,10 +111,37 @@ export async function mergeLora(
   }
 }
 
+/** Records each merged tensor's change in `report.changes`, in `report.modules` order. */
+function changeTracker(report: MergeReport): ChangeTracker {
+  return new ChangeTracker(({ tensor, dtype, change }) => {
+    const order = report.modules.findIndex((m) => m.tensor === tensor);
+    const module = report.modules[order]?.module ?? tensor.replace(/\.weight$/, "");
+    const normW = Math.sqrt(change.sumSqW);
+    const normDelta = Math.sqrt(change.sumSqDelta);
+    const entry: ModuleChange = {
+      module,
+      tensor,
+      dtype,
+      normW,
+      normDelta,
+      relNorm: normDelta === 0 ? 0 : normW === 0 ? Infinity : normDelta / normW,
+      maxAbs: change.maxAbs,
+    };
+    const at = report.changes.findIndex((c) => c.tensor === tensor);
+    if (at >= 0) report.changes[at] = entry;
+    else {
+      report.changes.push(entry);
+      const rank = (c: ModuleChange) => report.modules.findIndex((m) => m.tensor === c.tensor);
+      report.changes.sort((a, b) => rank(a) - rank(b));
+    }
+  });
+}
+
 function emptyReport(): MergeReport {
   return {
     adapters: [],
     modules: [],
+    changes: [],
     replaced: [],
     biases: [],
     trainableTokens: [],

@@ -18,6 +18,7 @@ import {
   type MergeRowsIntoRequest,
   type MergeRowsRequest,
 } from "../kernels/types.ts";
+import { addBlockChange, type BlockChange, ChangeTracker, noChange } from "./_lora_change.ts";
 import type { Job, Plan } from "./_lora_job.ts";
 import { applyColumnFactors, ColumnNorms } from "./dora.ts";
 import { factorA, factorB } from "./layouts.ts";
@@ -75,15 +76,18 @@ export interface ReadContext {
   cache: Map<string, Promise<Prepared>>;
   prefetch: boolean;
   /** Row ranges computed ahead of the reader, per tensor and output dtype. */
-  ahead: Map<string, { s: number; e: number; p: Promise<Uint8Array> }>;
+  ahead: Map<string, { s: number; e: number; p: Promise<JobRows> }>;
   /** Work in flight that nobody awaits yet (waited for on close). */
   pending: Set<Promise<unknown>>;
+  /** How much each merged tensor changed, from the blocks readers consumed. */
+  changes: ChangeTracker;
 }
 
 /** The read context of a merge with `options`, running on `backend` (undefined: none needed). */
 export function createReadContext(
   backend: MergeBackend | undefined,
   options: MergeLoraOptions,
+  changes: ChangeTracker = new ChangeTracker(() => {}),
 ): ReadContext {
   return {
     backend,
@@ -94,6 +98,7 @@ export function createReadContext(
     prefetch: options.prefetch ?? true,
     ahead: new Map(),
     pending: new Set(),
+    changes,
   };
 }
 
@@ -163,7 +168,8 @@ function getPrepared(job: Job, ctx: ReadContext): Promise<Prepared> {
  * Runs row blocks of `[r0, r1)` through the backend with bounded concurrency, in any order. With
  * `into` (the bytes of rows `[r0, r1)` in `outDtype`) and a backend that merges in place
  * (`mergeRowsInto`), each block's W is read straight into the backend's memory and its result lands
- * in `into`: no buffer per block, and `sink` is not called.
+ * in `into`: no buffer per block, and `sink` is not called; with `change`, each block's W is copied
+ * (one buffer per worker) and its change added. Otherwise `sink` gets each block's result and W.
  */
 async function runBlocks(
   job: Job,
@@ -172,8 +178,9 @@ async function runBlocks(
   r0: number,
   r1: number,
   outDtype: MergeDType,
-  sink: (rowStart: number, rows: number, bytes: Uint8Array) => void,
+  sink: (rowStart: number, rows: number, bytes: Uint8Array, w: Uint8Array) => void,
   into?: Uint8Array,
+  change?: BlockChange,
 ): Promise<void> {
   const layout = job.layout!;
   const { cols } = layout;
@@ -186,13 +193,21 @@ async function runBlocks(
   for (let r = r0; r < r1; r += step) starts.push(r);
   let next = 0;
   const worker = async (): Promise<void> => {
+    let wCopy: Uint8Array | undefined; // this worker's copy of W, when measuring in place
     while (next < starts.length) {
       const s = starts[next++]!;
       const e = Math.min(r1, s + step);
       if (inPlace) {
         const req: MergeRowsIntoRequest = {
           name: job.name,
-          readW: (buf) => source.readInto ? source.readInto(s, e, buf) : source.read(s, e),
+          readW: async (buf) => {
+            const w = await (source.readInto ? source.readInto(s, e, buf) : source.read(s, e));
+            if (change) {
+              if (!wCopy || wCopy.byteLength < w.byteLength) wCopy = new Uint8Array(w.byteLength);
+              wCopy.set(w);
+            }
+            return w;
+          },
           wDtype: source.dtype as MergeDType,
           outDtype,
           rows: e - s,
@@ -204,7 +219,11 @@ async function runBlocks(
         };
         if (prep.rowMagnitude) req.magnitude = prep.rowMagnitude.subarray(s, e);
         const out = into.subarray((s - r0) * cols * outSize, (e - r0) * cols * outSize);
-        await ctx.backend!.mergeRowsInto!(req, out);
+        const merged = await ctx.backend!.mergeRowsInto!(req, out);
+        if (change) {
+          const n = (e - s) * cols * wSize;
+          addBlockChange(change, source.dtype, wCopy!.subarray(0, n), outDtype, merged);
+        }
         continue;
       }
       const w = await job.source.read(s, e);
@@ -221,7 +240,7 @@ async function runBlocks(
         scale: prep.scale,
       };
       if (prep.rowMagnitude) req.magnitude = prep.rowMagnitude.subarray(s, e);
-      sink(s, e - s, await ctx.backend!.mergeRows(req));
+      sink(s, e - s, await ctx.backend!.mergeRows(req), w);
     }
   };
   const n = Math.min(ctx.concurrency, starts.length);
@@ -258,8 +277,15 @@ function checkFinite(job: Job, bytes: Uint8Array, rowStart: number): void {
   );
 }
 
-async function readJob(job: Job, ctx: ReadContext, r0: number, r1: number): Promise<Uint8Array> {
+/** Rows `[r0, r1)` of a job in its output dtype, and for a LoRA job how much they changed. */
+interface JobRows {
+  bytes: Uint8Array;
+  change?: BlockChange;
+}
+
+async function readJob(job: Job, ctx: ReadContext, r0: number, r1: number): Promise<JobRows> {
   const outSize = DTYPES[job.outDtype].size;
+  let change: BlockChange | undefined;
   const per = job.source.shape.length <= 1 ? 1 : numel(job.source.shape.slice(1));
   let out: Uint8Array;
   let owned = true; // false while `out` may be a view of the source's bytes
@@ -267,15 +293,20 @@ async function readJob(job: Job, ctx: ReadContext, r0: number, r1: number): Prom
     const prep = await getPrepared(job, ctx);
     out = new Uint8Array((r1 - r0) * per * outSize);
     const outDtype = job.outDtype as MergeDType;
+    const sums = change = noChange();
+    const wDtype = job.source.dtype;
     if (prep.colFactors) {
       const f = prep.colFactors;
-      await runBlocks(job, ctx, prep, r0, r1, "F32", (s, rows, bytes) => {
+      await runBlocks(job, ctx, prep, r0, r1, "F32", (s, rows, bytes, w) => {
         const v = new Float32Array(bytes.buffer, bytes.byteOffset, rows * per).slice();
         applyColumnFactors(v, rows, f);
-        out.set(encodeF32(outDtype, v), (s - r0) * per * outSize);
+        const encoded = encodeF32(outDtype, v);
+        addBlockChange(sums, wDtype, w, outDtype, encoded);
+        out.set(encoded, (s - r0) * per * outSize);
       });
     } else {
-      await runBlocks(job, ctx, prep, r0, r1, outDtype, (s, _rows, bytes) => {
+      await runBlocks(job, ctx, prep, r0, r1, outDtype, (s, _rows, bytes, w) => {
+        addBlockChange(sums, wDtype, w, outDtype, bytes);
         out.set(bytes, (s - r0) * per * outSize);
       });
     }
@@ -304,7 +335,7 @@ async function readJob(job: Job, ctx: ReadContext, r0: number, r1: number): Prom
     }
   }
   if (ctx.safe) checkFinite(job, out, r0);
-  return out;
+  return change === undefined ? { bytes: out } : { bytes: out, change };
 }
 
 /** `ROW_RANGE` unless `[s, e)` is a row range of a tensor of `shape`. */
@@ -363,8 +394,10 @@ export function jobRef(job: Job, ctx: ReadContext): TensorRef {
       const per = shape.length <= 1 ? 1 : numel(shape.slice(1));
       const target = into.subarray(0, (rowEnd - rowStart) * per * DTYPES[job.outDtype].size);
       const outDtype = job.outDtype as MergeDType;
-      await runBlocks(job, ctx, prep, rowStart, rowEnd, outDtype, () => {}, target);
+      const change = noChange();
+      await runBlocks(job, ctx, prep, rowStart, rowEnd, outDtype, () => {}, target, change);
       if (ctx.safe) checkFinite(job, target, rowStart);
+      ctx.changes.commit(job.name, shape, job.outDtype, rowStart, rowEnd, change);
       return target;
     },
     async read(rowStart?: number, rowEnd?: number): Promise<Uint8Array> {
@@ -373,7 +406,7 @@ export function jobRef(job: Job, ctx: ReadContext): TensorRef {
       const e = rowEnd ?? rows;
       checkRows(job.name, shape, s, e);
       const ahead = ctx.ahead.get(key);
-      let p: Promise<Uint8Array>;
+      let p: Promise<JobRows>;
       if (ahead && ahead.s === s && ahead.e === e) {
         ctx.ahead.delete(key);
         p = ahead.p;
@@ -391,7 +424,9 @@ export function jobRef(job: Job, ctx: ReadContext): TensorRef {
           ctx.ahead.set(key, { s: e, e: ne, p: np });
         }
       }
-      return await p;
+      const got = await p;
+      if (got.change) ctx.changes.commit(job.name, shape, job.outDtype, s, e, got.change);
+      return got.bytes;
     },
   };
 }

@@ -97,6 +97,28 @@ export interface ModuleReport {
   adapters: ModuleAdapterReport[];
 }
 
+/**
+ * How much a merge changed one weight: W is the base weight as stored, W' the merged value as
+ * rounded into the output dtype (what a writer writes and `ckpt diff base merged` compares).
+ * Trainable-token rows written over a merged embedding are not counted.
+ */
+export interface ModuleChange {
+  /** Module path `M`. */
+  module: string;
+  /** Output tensor (`M.weight`). */
+  tensor: string;
+  /** The dtype W' was rounded into. */
+  dtype: DType;
+  /** ‖W‖ (Frobenius, float64). */
+  normW: number;
+  /** ‖W' − W‖. */
+  normDelta: number;
+  /** ‖W' − W‖ / ‖W‖ (Infinity when W is all zeros and W' is not). */
+  relNorm: number;
+  /** max |W' − W|. */
+  maxAbs: number;
+}
+
 /** What {@linkcode mergeLora} did (planned; the arithmetic runs when tensors are read). */
 export interface MergeReport {
   /** The backend that runs the merge (absent when nothing needs one). */
@@ -105,6 +127,12 @@ export interface MergeReport {
   adapters: { name: string; path?: string; weight: number; tensors: number; useDora: boolean }[];
   /** Merged modules with the scaling used. */
   modules: ModuleReport[];
+  /**
+   * How much each merged module changed, in `modules` order: filled while the merged tensors are
+   * read (by the writer; no second pass), one entry per tensor once all its rows were read in one
+   * output dtype (a later complete read in another dtype replaces it). Empty until then.
+   */
+  changes: ModuleChange[];
   /** Base tensors replaced by adapter copies (modules_to_save, saved biases/embeddings). */
   replaced: string[];
   /** Biases that received `lora_B.bias`. */

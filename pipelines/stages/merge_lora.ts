@@ -4,8 +4,9 @@
  * adapters (folder or weights file, several with weights) and PEFT-wrapped state dicts (HALOs' FSDP
  * gather: `.base_layer.`, `.lora_A.default.`; give `r` and `alpha`) are both accepted.
  *
- * Sets `ctx.adapterDir` (tokenizer files are looked up there first) and reports the merge plan and
- * the backend used.
+ * Sets `ctx.adapterDir` (tokenizer files are looked up there first) and reports the merge plan, the
+ * backend used and `moduleChanges`: ‖ΔW‖/‖W‖ per merged module, measured on the merged blocks as
+ * the writer reads them (`MergeReport.changes`), so the manifest has them for the whole run.
  *
  * Tied embeddings (config.json's `tie_word_embeddings`; without it, a checkpoint with no
  * `lm_head.weight`) that an adapter changes differently (a LoRA or `modules_to_save` copy on
@@ -275,6 +276,9 @@ export const mergeLoraStage: Stage = defineStage({
       unmatchedKeys: report.unmatchedKeys,
       added: report.added,
       targetModulesWithoutTensors: report.targetModulesWithoutTensors.length,
+      // ‖ΔW‖/‖W‖ per merged module: the live list, filled while writeModel reads the merged
+      // tensors (no second pass); the manifest is written after the last stage, with it complete
+      moduleChanges: report.changes,
       ...(report.tiedEmbeddings
         ? { tiedEmbeddings: report.tiedEmbeddings, warnings: [report.tiedEmbeddings.message] }
         : {}),

@@ -49,7 +49,7 @@ Deno.test("ckpt diff of a model folder with itself finds nothing and exits 0", a
   });
 });
 
-Deno.test("ckpt diff of base against merged differs exactly on the adapted modules, by the float64 norms", async () => {
+Deno.test("ckpt diff of base against merged differs exactly on the adapted modules, by the float64 norms the merge reported", async () => {
   await withTempDir(async (dir) => {
     const run = await makeDemoRun(dir, { size: "tiny" });
     const merged = join(dir, "merged");
@@ -67,6 +67,11 @@ Deno.test("ckpt diff of base against merged differs exactly on the adapted modul
       "quiet",
     ]);
     assert.equal(m.code, 0, m.stderr);
+    const manifest = JSON.parse(await Deno.readTextFile(join(merged, "ckpt-manifest.json")));
+    const mergeStage = manifest.stages.find((s: { name: string }) => s.name === "mergeLora");
+    const changes = new Map<string, { module: string; relNorm: number }>(
+      mergeStage.report.moduleChanges.map((c: { tensor: string }) => [c.tensor, c]),
+    );
     const r = await ckpt(["diff", run.base, merged, "--json"]);
     assert.equal(r.code, 1, r.stderr);
     const report = json(r.stdout);
@@ -89,7 +94,18 @@ Deno.test("ckpt diff of base against merged differs exactly on the adapted modul
         sd += (v[i]! - w[i]!) ** 2;
       }
       assert.ok(Math.abs((t.relNorm as number) - Math.sqrt(sd) / Math.sqrt(sw)) < 1e-6, t.name);
+      // the merge measured the same change while writing (manifest, mergeLora's report)
+      const change = changes.get(t.name);
+      assert.ok(change !== undefined, t.name);
+      assert.ok(Math.abs(change.relNorm - (t.relNorm as number)) < 1e-9, t.name);
+      assert.equal(change.module, t.name.replace(/\.weight$/, ""));
     }
+    assert.equal(changes.size, 2 * TARGETS.length);
+    // the run ends with the modules that moved most, largest first
+    const top = [...changes.values()].sort((a, b) => b.relNorm - a.relNorm).slice(0, 5);
+    assert.match(m.stdout, /most changed modules, \|\|dW\|\|\/\|\|W\|\| \(5 of 14 merged\):/);
+    const printed = m.stdout.split("\n").filter((l) => /^ {2}model\.layers/.test(l));
+    assert.deepEqual(printed.map((l) => l.trim().split(/\s+/)[0]), top.map((c) => c.module));
     // the same merge computed on the fly equals the written one
     const fly = await ckpt([
       "diff",
