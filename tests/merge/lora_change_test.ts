@@ -19,23 +19,32 @@ async function exactChange(w: TensorRef, merged: TensorRef) {
   return { relNorm: Math.sqrt(sd) / Math.sqrt(sw), maxAbs: max };
 }
 
-/** Reads every row of `ref` in blocks of `step` rows, in order (as a writer does). */
-async function readInBlocks(ref: TensorRef, step: number): Promise<void> {
+/**
+ * Reads every row of `ref` in blocks of `step` rows, in order, as the writers do: into a block
+ * buffer of their own (`readInto`, the CPU backend merges in place) or with `read`.
+ */
+async function readInBlocks(ref: TensorRef, step: number, into: boolean): Promise<void> {
   const rows = rowCount(ref.shape);
-  for (let s = 0; s < rows; s += step) await ref.read(s, Math.min(rows, s + step));
+  const buf = new Uint8Array(step * (ref.shape[1] ?? 1) * 4);
+  for (let s = 0; s < rows; s += step) {
+    const e = Math.min(rows, s + step);
+    if (into) await ref.readInto!(s, e, buf);
+    else await ref.read(s, e);
+  }
 }
 
 async function checkCase(
   name: string,
   step: number,
   backend: "cpu" | "webgpu" = "cpu",
+  into = false,
 ): Promise<MergeReport> {
   const { base, adapters } = await openCase(name);
   const { stateDict, report } = await mergeLora(base, adapters, { backend, blockBytes: 96 });
   try {
     assert.ok(report.modules.length > 0);
     assert.equal(report.changes.length, 0, "nothing measured before anything is read");
-    for (const m of report.modules) await readInBlocks(stateDict.require(m.tensor), step);
+    for (const m of report.modules) await readInBlocks(stateDict.require(m.tensor), step, into);
     assert.deepEqual(report.changes.map((c) => c.tensor), report.modules.map((m) => m.tensor));
     // the base as stored, opened again (the merge owns the first one)
     const { base: plain } = await openCase(name);
@@ -58,6 +67,9 @@ async function checkCase(
 Deno.test("`mergeLora()` measures ||dW||/||W|| of each merged module while the writer reads it", async () => {
   await checkCase("linear_bf16", 1);
   await checkCase("linear_bf16", 3);
+  // in place: W goes from the file into the kernel's memory, the result into the writer's buffer
+  await checkCase("linear_bf16", 1, "cpu", true);
+  await checkCase("linear_bf16", 3, "cpu", true);
 });
 
 Deno.test("`mergeLora()` measures the change of DoRA modules after their column norms", async () => {
