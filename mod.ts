@@ -150,7 +150,12 @@ export type { StorageHandle } from "./formats/torch/_storage_handle.ts";
 export type { InspectFile, InspectKind, InspectReport, InspectTensor } from "./readers/report.ts";
 export type { InputProbe } from "./readers/probe.ts";
 export type { InputKind, InputOpenOptions, LoadedValue, OptimizerSource } from "./readers/types.ts";
-export type { MergeBackend, MergeDType, MergeRowsRequest } from "./kernels/types.ts";
+export type {
+  MergeBackend,
+  MergeDType,
+  MergeRowsIntoRequest,
+  MergeRowsRequest,
+} from "./kernels/types.ts";
 export type { CpuBackendOptions } from "./kernels/cpu/backend.ts";
 export type { WebGpuBackendOptions } from "./gpu/merge_webgpu.ts";
 export type { MergePlanOptions } from "./gpu/merge_plan.ts";
@@ -197,6 +202,7 @@ export {
   type MergeLoraResult,
   type MergeReport,
   type ModuleAdapterReport,
+  type ModuleChange,
   type ModuleReport,
   type TiedEmbeddingChange,
   type TiedEmbeddingsReport,
