@@ -181,6 +181,8 @@ export const ERROR_CODES = {
   LORA_DTYPE: "A weight or factor has a dtype the merge does not take (not a float).",
   LORA_BIAS_MISSING: "A lora_bias targets a base layer that has no bias.",
   LORA_DORA: "DoRA magnitudes are missing, misshaped, unexpected, or combined with other adapters.",
+  LORA_UNTARGETED:
+    "Adapter tensors belong to modules its config would not adapt (PEFT would ignore them).",
   LORA_CONFLICT: "Two adapter tensors replace or train the same target.",
   LORA_TOKENS: "Trainable-token rows do not fit their embedding or are not configured.",
   LORA_WEIGHT: "An adapter's weight in a weighted merge is not finite.",

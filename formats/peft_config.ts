@@ -70,6 +70,10 @@ const LoraConfigSchema = z.looseObject({
   alpha_pattern: z.record(z.string(), z.number().finite()).nullable().default({}),
   fan_in_fan_out: z.boolean().default(false),
   target_modules: z.union([z.string(), z.array(z.string())]).nullable().default(null),
+  exclude_modules: z.union([z.string(), z.array(z.string())]).nullable().default(null),
+  layers_to_transform: z.union([z.number().int(), z.array(z.number().int())]).nullable()
+    .default(null),
+  layers_pattern: z.union([z.string(), z.array(z.string())]).nullable().default(null),
   modules_to_save: z.array(z.string()).nullable().default(null),
   bias: z.enum(["none", "all", "lora_only"]).default("none"),
   lora_bias: z.boolean().default(false),
@@ -98,8 +102,15 @@ export interface LoraConfig {
   alpha_pattern: Record<string, number> | null;
   /** Conv1D layout; only used to decide square matrices (see `merge/layouts.ts`). Default false. */
   fan_in_fan_out: boolean;
-  /** List of module-name suffixes or one regex (full match); informational for the report. */
+  /** List of module names or dot-separated suffixes, or one regex (full match): the modules PEFT
+   * adapts (`formats/peft_targets.ts`); tensors of other modules are refused. */
   target_modules: string | string[] | null;
+  /** Modules never adapted: a regex (full match) or a list of names or suffixes. Default null. */
+  exclude_modules?: string | string[] | null;
+  /** Only these layer indexes are adapted (list-style `target_modules`). Default null (all). */
+  layers_to_transform?: number | number[] | null;
+  /** The name(s) before the layer index (`"layers"`, `"h"`); default: any. */
+  layers_pattern?: string | string[] | null;
   /** Modules whose full tensors the adapter carries (full replacements). */
   modules_to_save: string[] | null;
   /** Base biases saved in the adapter (`all`/`lora_only`) replace the base ones. */

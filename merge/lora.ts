@@ -150,6 +150,8 @@ function emptyReport(): MergeReport {
     unusedTargetModules: [],
     targetModulesWithoutTensors: [],
     otherAdapterKeys: [],
+    untargeted: [],
+    warnings: [],
   };
 }
 

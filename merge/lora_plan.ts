@@ -22,6 +22,7 @@ import {
 } from "./_lora_job.ts";
 import { planLoraBias, planLoraTerm, planTokens } from "./_lora_terms.ts";
 import { findTiedPair, settleTiedPair, type TiedPair } from "./_lora_tied.ts";
+import { dropUntargeted, warnNegativeAlpha } from "./_lora_targets.ts";
 import type { MergeLoraOptions, MergeReport } from "./lora_types.ts";
 
 /**
@@ -169,7 +170,10 @@ function addTensor(planner: Planner, name: string, ref: TensorRef): void {
 /** Pass 2 for one adapter: its LoRA parts, module by module, then the target-module report. */
 function planAdapter(planner: Planner, adapter: LoadedAdapter, weight: number): void {
   const loraModules: string[] = [];
-  for (const [module, p] of groupParts(planner, adapter, weight)) {
+  const parts = groupParts(planner, adapter, weight);
+  dropUntargeted(planner, adapter, parts);
+  warnNegativeAlpha(adapter, planner.report);
+  for (const [module, p] of parts) {
     if (planModule(planner, module, p, adapter, weight)) loraModules.push(module);
   }
   reportTargets(adapter, loraModules, planner.base, planner.report);

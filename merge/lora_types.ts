@@ -27,6 +27,12 @@ export interface MergeLoraOptions {
   /** Adapter keys that match no base tensor are reported instead of refused (`LORA_NO_BASE`,
    * `LORA_UNMATCHED`); unmatched full tensors are then added as new tensors. Default false. */
   allowUnmatched?: boolean;
+  /** Adapter modules with LoRA tensors that the adapter's own config would not adapt
+   * (`target_modules`, `exclude_modules`, `modules_to_save`, `layers_to_transform`: PEFT would
+   * create no layer for them and ignore their tensors): `"refuse"` (default, `LORA_UNTARGETED`
+   * naming the modules) or `"skip"` (their tensors are left out, as PEFT leaves them, and listed
+   * in `MergeReport.untargeted`). */
+  untargeted?: "refuse" | "skip";
   /** Output dtype of the tensors this transform computes (merged weights, biases, token rows,
    * replacements). Default: each base tensor's own dtype. Untouched tensors keep theirs. A later
    * cast of a computed tensor (`castRef`, writeModel's `dtype`) replaces it: the merge then rounds
@@ -149,6 +155,12 @@ export interface MergeReport {
   targetModulesWithoutTensors: { adapter: string; module: string }[];
   /** Keys of a wrapped state dict dropped because they belong to another adapter name. */
   otherAdapterKeys: string[];
+  /** Modules whose LoRA tensors were left out because the config would not adapt them
+   * (`untargeted: "skip"`), with the config field that rules each out. */
+  untargeted: { adapter: string; module: string; reason: string }[];
+  /** Things the merge did as PEFT does that a user may not expect (a negative `lora_alpha`
+   * subtracts the update). */
+  warnings: string[];
   /** Tied embeddings this merge unties (absent when none are, or they stay tied). */
   tiedEmbeddings?: TiedEmbeddingsReport;
 }

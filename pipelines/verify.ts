@@ -212,6 +212,7 @@ async function checkMerge(
 ): Promise<number> {
   const { loadAdapter, classifyAdapterKey } = await import("../formats/peft.ts");
   const { resolveModuleScaling } = await import("../formats/peft_config.ts");
+  const { untargetedReason } = await import("../formats/peft_targets.ts");
   const out = await openModelWeights(folder);
   const baseSd = await openModelWeights(base);
   const adapter = await loadAdapter(adapterPath);
@@ -271,7 +272,9 @@ async function checkMerge(
         });
         continue;
       }
-      const scale = resolveModuleScaling(adapter.config, module).scale;
+      // a module the adapter's config does not adapt keeps the base weight, as PEFT leaves it
+      const untargeted = untargetedReason(adapter.config, module);
+      const scale = untargeted ? 0 : resolveModuleScaling(adapter.config, module).scale;
       const a = decodeF32(aRef.dtype, await aRef.read());
       const rel = relTolerance(o.dtype);
       let worst = 0;
@@ -301,7 +304,9 @@ async function checkMerge(
         kind: "merge",
         tensor: target,
         ok: bad === 0,
-        message: bad === 0
+        message: bad === 0 && untargeted
+          ? `sampled rows equal the base (the config's ${untargeted} leaves ${module} unadapted)`
+          : bad === 0
           ? `sampled rows match W + ${scale}·B·A (worst error ${worst.toFixed(3)} of tolerance)`
           : `${bad} sampled elements differ from W + ${scale}·B·A (worst ${
             worst.toExponential(2)

@@ -64,6 +64,9 @@ const mergeLoraOptions = z.strictObject({
   safe: z.boolean().default(false),
   /** Report adapter keys that match nothing instead of failing. Default false. */
   allowUnmatched: z.boolean().default(false),
+  /** LoRA tensors of modules the adapter's config would not adapt (PEFT ignores them): `"refuse"`
+   * (default, `LORA_UNTARGETED`) or `"skip"` them as PEFT does. */
+  untargeted: z.enum(["refuse", "skip"]).default("refuse"),
   /** Dtype of merged tensors (`bf16`, `f16`, `f32`, ...; one rounding); default: each base tensor's
    * dtype. The spellings are read by `formats/dtype.ts`'s `parseDType`. */
   outDtype: z.enum(["BF16", "F16", "F32", "bf16", "f16", "f32", "bfloat16", "float16", "float32"])
@@ -106,6 +109,8 @@ export interface MergeLoraStageOptions {
   safe?: boolean | undefined;
   /** Report adapter keys that match nothing instead of failing. Default false. */
   allowUnmatched?: boolean | undefined;
+  /** LoRA tensors of modules the config would not adapt: refuse (default) or skip as PEFT does. */
+  untargeted?: "refuse" | "skip" | undefined;
   /** Dtype of merged tensors (one rounding); default: each base tensor's dtype. */
   outDtype?:
     | "BF16"
@@ -243,6 +248,7 @@ export const mergeLoraStage: Stage = defineStage({
       backend: options.backend ?? ctx.backend ?? "auto",
       safe: options.safe,
       allowUnmatched: options.allowUnmatched,
+      untargeted: options.untargeted,
       // the schema admits only spellings of BF16, F16 and F32
       ...(options.outDtype === undefined
         ? {}
@@ -261,6 +267,10 @@ export const mergeLoraStage: Stage = defineStage({
         typeof first === "string" ? first : (first as { path: string }).path,
       );
     }
+    const warnings = [
+      ...(report.tiedEmbeddings ? [report.tiedEmbeddings.message] : []),
+      ...report.warnings,
+    ];
     ctx.report("mergeLora", {
       backend: report.backend?.kind ?? "none",
       ...(report.backend
@@ -279,9 +289,9 @@ export const mergeLoraStage: Stage = defineStage({
       // ‖ΔW‖/‖W‖ per merged module: the live list, filled while writeModel reads the merged
       // tensors (no second pass); the manifest is written after the last stage, with it complete
       moduleChanges: report.changes,
-      ...(report.tiedEmbeddings
-        ? { tiedEmbeddings: report.tiedEmbeddings, warnings: [report.tiedEmbeddings.message] }
-        : {}),
+      ...(report.untargeted.length > 0 ? { untargeted: report.untargeted } : {}),
+      ...(report.tiedEmbeddings ? { tiedEmbeddings: report.tiedEmbeddings } : {}),
+      ...(warnings.length > 0 ? { warnings } : {}),
     });
     if (report.tiedEmbeddings) untieConfig(ctx);
     ctx.emit({
@@ -301,6 +311,9 @@ export const mergeLoraStage: Stage = defineStage({
         message: report.tiedEmbeddings.message,
         data: { tiedEmbeddings: report.tiedEmbeddings },
       });
+    }
+    for (const message of report.warnings) {
+      ctx.emit({ type: "log", level: "warn", stage: "mergeLora", message });
     }
     if (report.unmatchedKeys.length > 0) {
       ctx.emit({
