@@ -6,7 +6,7 @@
  *
  * - **Pipelines**: {@linkcode runPipeline} runs a config (JSONC file, preset via
  *   {@linkcode loadPreset}, or object) of stages — gatherShards, mergeLora, writeModel,
- *   writeTokenizer, writeOptim, writeMetrics, writeValueHead, or your own {@linkcode Stage} —
+ *   writeTokenizer, writeOptim, writeMetrics, writeValueHead, writeReport, or your own {@linkcode Stage} —
  *   into a staging folder renamed into place only on success, with a sha256 manifest;
  *   {@linkcode verifyCheckpoint} checks a finished folder.
  * - **Readers and writers**: the lazy {@linkcode StateDict}, streaming safetensors
@@ -129,6 +129,7 @@ export {
 export { writeOptimStage, type WriteOptimStageOptions } from "./pipelines/stages/write_optim.ts";
 export { type WriteMetricsOptions, writeMetricsStage } from "./pipelines/stages/write_metrics.ts";
 export { writeValueHeadStage } from "./pipelines/stages/write_value_head.ts";
+export { writeReportStage } from "./pipelines/stages/write_report.ts";
 
 // The lazy tensor map and its dtypes.
 export { type Closer, StateDict, tensorFromBytes, type TensorRef } from "./formats/state_dict.ts";

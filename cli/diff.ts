@@ -13,6 +13,8 @@ import {
   type Tolerance,
 } from "../pipelines/diff/diff.ts";
 import { type DiffInput, fillTiedHeads, openDiffInput } from "../pipelines/diff/open.ts";
+import { renderReportHtml } from "../pipelines/report/html.ts";
+import { diffReportPage } from "../pipelines/report/pages.ts";
 import { parseCommand, stringOption, UsageError } from "./_args.ts";
 
 const HELP = `ckpt diff: compare two models tensor by tensor
@@ -39,6 +41,8 @@ Options:
   --backend <b>       merge backend for those: auto (default), webgpu or cpu
   --kind-a <k>        input kind of A instead of detecting it (likewise --kind-b)
   --json              print the full report as JSON (stdout) instead of text
+  --html <file>       also write a self-contained HTML page: the summary, a per-layer chart of
+                      ||A-B||/||A|| (modules as series) and the sortable table of every tensor
   --all               list every tensor in the text output, not only those that differ
   -h, --help          this help
 
@@ -174,6 +178,7 @@ export async function run(args: string[]): Promise<number> {
     "kind-a": { type: "string" },
     "kind-b": { type: "string" },
     json: { type: "boolean" },
+    html: { type: "string" },
     all: { type: "boolean" },
   }, HELP);
   if (!parsed) return 0;
@@ -200,6 +205,12 @@ export async function run(args: string[]): Promise<number> {
       tolerance,
       allowDtype: parsed.values["allow-dtype"] === true,
     });
+    const html = stringOption(parsed, "html");
+    if (html !== undefined) {
+      const page = diffReportPage(report, a, b);
+      await Deno.writeTextFile(html, renderReportHtml(page));
+      console.error(`ckpt diff: wrote ${html}`);
+    }
     if (parsed.values.json === true) {
       console.log(diffJson({ a: sideInfo(a), b: sideInfo(b), ...report }));
     } else console.log(formatDiffText(report, a, b, parsed.values.all === true));

@@ -32,6 +32,8 @@ Options:
   --overwrite              replace an existing ckpt output (one with ckpt-manifest.json)
   --force                  with --overwrite: replace it even if ckpt did not write it
   --wait                   wait for another run writing the same output (default: OUTPUT_LOCKED)
+  --report                 also write ckpt-report.html: ||dW||/||W|| per layer and module (chart
+                           and sortable table, one self-contained page)
   --dry-run                print the plan and write nothing
   --log <style>            auto, tty, json or quiet
   -h, --help               this help
@@ -65,6 +67,7 @@ export async function mergeConfig(flags: {
   format?: string | undefined;
   maxShardSize?: string | undefined;
   tiedEmbeddings?: string | undefined;
+  report?: boolean | undefined;
 }): Promise<RawConfig> {
   const writeModel: Record<string, unknown> = { use: "writeModel" };
   if (flags.dtype !== undefined) writeModel.dtype = flags.dtype;
@@ -82,6 +85,7 @@ export async function mergeConfig(flags: {
   if (await hasTokenizer(resolve(flags.adapter)) || await hasTokenizer(resolve(flags.base))) {
     stages.push({ use: "writeTokenizer" });
   }
+  if (flags.report) stages.push({ use: "writeReport" });
   return { output: resolve(flags.out), stages };
 }
 
@@ -101,6 +105,7 @@ export async function run(args: string[]): Promise<number> {
     format: { type: "string" },
     "max-shard-size": { type: "string" },
     "tied-embeddings": { type: "string" },
+    report: { type: "boolean" },
     ...RUN_FLAG_OPTIONS,
   }, HELP);
   if (!parsed) return 0;
@@ -116,6 +121,7 @@ export async function run(args: string[]): Promise<number> {
     format: stringOption(parsed, "format"),
     maxShardSize: stringOption(parsed, "max-shard-size"),
     tiedEmbeddings: tiedEmbeddingsFlag(stringOption(parsed, "tied-embeddings")),
+    report: parsed.values.report === true,
   });
   const config = validateConfig(raw, {
     stages: await builtinStages(),

@@ -244,6 +244,10 @@ export const ERROR_CODES = {
   METRICS_COUNTER: "No example counter: set counter in the config or give an input with one.",
   VALUE_HEAD_MISSING: "No value-head tensor is found in the input.",
   VALUE_HEAD_MISMATCH: "The value head's width differs from the model's hidden_size.",
+  REPORT_NO_MERGE:
+    "writeReport ran with no mergeLora stage before it: there is no merge to report.",
+  REPORT_INCOMPLETE:
+    "writeReport ran before any merged module was written: put it after writeModel.",
 
   // Scheduled exports (pipelines/watch/)
   WATCH_CONFIG: "The watch settings are invalid.",

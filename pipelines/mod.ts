@@ -32,3 +32,6 @@ export * from "./stages/write_tokenizer.ts";
 export * from "./stages/write_optim.ts";
 export * from "./stages/write_metrics.ts";
 export * from "./stages/write_value_head.ts";
+export * from "./stages/write_report.ts";
+export * from "./report/html.ts";
+export * from "./report/pages.ts";

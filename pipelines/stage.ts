@@ -35,6 +35,7 @@ export type StageOptions<S extends OptionsSchema> = S extends { safeParse(input:
 import { CkptError } from "../errors.ts";
 import type { StateDict } from "../formats/state_dict.ts";
 import type { BackendChoice } from "../merge/backend.ts";
+import type { MergeReport } from "../merge/lora_types.ts";
 
 /** One event a pipeline emits; the CLI renders them as a live line or as JSON lines. */
 export type PipelineEvent =
@@ -100,6 +101,11 @@ export interface StageContext {
   modelDir: string | undefined;
   /** Adapter folder last merged or written, if any (tokenizer files are looked up there first). */
   adapterDir: string | undefined;
+  /**
+   * The last LoRA merge's report, set by mergeLora. Live: its `changes` (‖ΔW‖/‖W‖ per module) fill
+   * in while the writer reads the merged tensors, so writeReport (after writeModel) sees them all.
+   */
+  mergeReport?: MergeReport;
   /** Resolves a config path against {@linkcode StageContext.baseDir}. */
   resolve(path: string): string;
   /** Sends an event to the run's sink (progress, logs). */

@@ -261,6 +261,7 @@ export const mergeLoraStage: Stage = defineStage({
     };
     const { stateDict, report } = await mergeLora(base, adapters, mergeOptions);
     ctx.stateDict = stateDict;
+    ctx.mergeReport = report;
     const first = adapters[0];
     if (first !== undefined) {
       ctx.adapterDir = await adapterFolder(

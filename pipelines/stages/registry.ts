@@ -20,6 +20,7 @@ import { writeTokenizerStage } from "./write_tokenizer.ts";
 import { writeOptimStage } from "./write_optim.ts";
 import { writeMetricsStage } from "./write_metrics.ts";
 import { writeValueHeadStage } from "./write_value_head.ts";
+import { writeReportStage } from "./write_report.ts";
 
 /** Every built-in stage by its config name, in the order a pipeline usually uses them. */
 export const STAGES: Record<string, Stage> = {
@@ -30,4 +31,5 @@ export const STAGES: Record<string, Stage> = {
   writeOptim: writeOptimStage,
   writeMetrics: writeMetricsStage,
   writeValueHead: writeValueHeadStage,
+  writeReport: writeReportStage,
 };
