@@ -235,6 +235,9 @@ export const ERROR_CODES = {
   TOKENIZER_MISSING: "No tokenizer files are found in the adapter or base folder.",
   TOKENIZER_INVALID: "Tokenizer files are malformed, or a token edit does not fit the vocabulary.",
   TOKENIZER_TEMPLATE: "The chat template does not render with Jinja.",
+  TEMPLATE_TIMEOUT:
+    "The chat template ran longer than its time limit when rendered (a loop bomb?).",
+  TEMPLATE_TOO_LARGE: "Rendering the chat template needed more than its memory or output limit.",
   TOKENIZER_VOCAB: "The tokenizer has more token ids than the model's embedding rows.",
   OPTIM_INVALID: "The optimizer input is malformed or missing tensors it refers to.",
   OPTIM_MISMATCH: "The optimizer state does not match the model's parameters or param groups.",

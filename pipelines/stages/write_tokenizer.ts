@@ -75,6 +75,7 @@ export const writeTokenizerStage: Stage = defineStage({
       ...rest,
       sources,
       ...(chatTemplatePath === undefined ? {} : { chatTemplatePath }),
+      signal: ctx.signal,
     });
   },
   async run(ctx, options) {
@@ -90,6 +91,7 @@ export const writeTokenizerStage: Stage = defineStage({
         : { chatTemplatePath: ctx.resolve(chatTemplateFile) }),
       stateDict: ctx.stateDict,
       modelConfig: ctx.modelConfig,
+      signal: ctx.signal,
     });
     for (const f of plan.files) if (f.copyFrom) ctx.addInput(f.copyFrom, "tokenizer");
     ctx.report("writeTokenizer", {

@@ -56,6 +56,8 @@ export interface PrepareTokenizerArgs
   stateDict?: StateDict | undefined;
   /** Model config whose `vocab_size` must hold every token id. */
   modelConfig?: Record<string, unknown> | undefined;
+  /** Ends the chat template's rendering (`ABORTED`). */
+  signal?: AbortSignal | undefined;
 }
 
 /** One output file of the tokenizer plan. */
@@ -143,7 +145,7 @@ export async function prepareTokenizer(args: PrepareTokenizerArgs): Promise<Toke
   await applyEdits(doc, args);
   if (args.validate ?? true) {
     checkTokenizerLoads(doc);
-    checkTemplateRenders(doc);
+    await checkTemplateRenders(doc, args.signal);
   }
   const vocabSize = tokenizerVocabSize(doc);
   if (vocabSize !== undefined) {

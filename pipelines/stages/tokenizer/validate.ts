@@ -6,11 +6,11 @@
  * @module
  */
 import { Tokenizer } from "@huggingface/tokenizers";
-import { Template } from "@huggingface/jinja";
 import { CkptError } from "../../../errors.ts";
 import { toPlain } from "../_pyjson.ts";
 import { SPECIAL_KEYS, specialToken, tokenContent } from "./edits.ts";
 import type { TokenizerDoc } from "./folder.ts";
+import { renderTemplate } from "./render.ts";
 
 /** Every special token the config and the map name, `additional_special_tokens` included. */
 function specialTokens(doc: TokenizerDoc): Set<string> {
@@ -57,33 +57,30 @@ export function checkTokenizerLoads(doc: TokenizerDoc): void {
   }
 }
 
-/** Renders the chat template (when there is one) on a short conversation. */
-export function checkTemplateRenders(doc: TokenizerDoc): void {
+/**
+ * Renders the chat template (when there is one) on a short conversation, in a bounded worker
+ * (`render.ts`: `TEMPLATE_TIMEOUT`, `TEMPLATE_TOO_LARGE`, `ABORTED` on `signal`).
+ */
+export async function checkTemplateRenders(doc: TokenizerDoc, signal?: AbortSignal): Promise<void> {
   if (doc.template === undefined) return;
-  try {
-    const out = new Template(doc.template).render({
-      messages: [
-        { role: "user", content: "Hello" },
-        { role: "assistant", content: "Hi there" },
-        { role: "user", content: "How are you?" },
-      ],
-      add_generation_prompt: true,
-      bos_token: tokenContent(doc.config.get("bos_token")) ?? "",
-      eos_token: specialToken(doc, "eos_token") ?? "",
-      pad_token: specialToken(doc, "pad_token") ?? "",
-    });
-    if (!out.includes("How are you?")) {
-      throw new Error("the rendered text does not contain the last message");
-    }
-  } catch (cause) {
+  const file = doc.present.get("chat_template.jinja") ?? doc.present.get("tokenizer_config.json") ??
+    doc.source;
+  const out = await renderTemplate(doc.template, {
+    messages: [
+      { role: "user", content: "Hello" },
+      { role: "assistant", content: "Hi there" },
+      { role: "user", content: "How are you?" },
+    ],
+    add_generation_prompt: true,
+    bos_token: tokenContent(doc.config.get("bos_token")) ?? "",
+    eos_token: specialToken(doc, "eos_token") ?? "",
+    pad_token: specialToken(doc, "pad_token") ?? "",
+  }, { signal, file });
+  if (!out.includes("How are you?")) {
     throw new CkptError(
       "TOKENIZER_TEMPLATE",
-      `Cannot render the chat template of "${doc.source}": ${(cause as Error).message}`,
-      {
-        file: doc.present.get("chat_template.jinja") ?? doc.present.get("tokenizer_config.json") ??
-          doc.source,
-        cause,
-      },
+      `Cannot render the chat template of "${file}": the rendered text does not contain the last message`,
+      { file },
     );
   }
 }
