@@ -12,6 +12,7 @@ const BENCHES: Record<string, string[]> = {
   gather: ["./gather.ts"],
   watch: ["./watch.ts"],
   latency: ["./latency.ts"],
+  diff: ["./diff.ts"],
 };
 
 const names = Deno.args.filter((a) => !a.startsWith("-"));

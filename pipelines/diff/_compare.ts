@@ -126,6 +126,29 @@ export function decodeF64(dtype: DType, bytes: Uint8Array): Float64Array {
   return out;
 }
 
+/** Elements compared per chunk. */
+const CHUNK = 16384;
+const SCRATCH_A32 = new Float32Array(CHUNK);
+const SCRATCH_B32 = new Float32Array(CHUNK);
+const SCRATCH_A64 = new Float64Array(CHUNK);
+const SCRATCH_B64 = new Float64Array(CHUNK);
+
+/**
+ * One chunk's values: 16- and 8-bit floats and F32 into `f32` (exact), F64 and integer dtypes into
+ * `f64` (exact but for I64 beyond 2^53).
+ */
+function decodeChunk(
+  dtype: DType,
+  bytes: Uint8Array,
+  f32: Float32Array,
+  f64: Float64Array,
+): Float32Array | Float64Array {
+  if (isFloatDType(dtype) && dtype !== "F64") return decodeF32(dtype, bytes, f32);
+  const v = decodeF64(dtype, bytes);
+  f64.set(v);
+  return f64.subarray(0, v.length);
+}
+
 /** What {@linkcode TensorComparer} has gathered. */
 export interface ComparedFigures {
   /** Elements compared. */
@@ -198,16 +221,32 @@ export class TensorComparer {
 
   /** Adds the next block: `a` and `b` hold the same number of elements, following the last block. */
   add(a: Uint8Array, b: Uint8Array): void {
-    const va = decodeF64(this.#a, a);
-    const vb = decodeF64(this.#b, b);
-    if (va.length !== vb.length) {
-      throw new RangeError(`Cannot compare blocks of ${va.length} and ${vb.length} elements`);
+    const sa = DTYPES[this.#a].size, sb = DTYPES[this.#b].size;
+    const n = a.byteLength / sa;
+    if (b.byteLength / sb !== n) {
+      throw new RangeError(`Cannot compare blocks of ${n} and ${b.byteLength / sb} elements`);
     }
+    // Chunks decoded into two reused buffers: no allocation that grows with the block.
+    for (let c = 0; c < n; c += CHUNK) {
+      const m = Math.min(CHUNK, n - c);
+      const ca = a.subarray(c * sa, (c + m) * sa), cb = b.subarray(c * sb, (c + m) * sb);
+      const va = decodeChunk(this.#a, ca, SCRATCH_A32, SCRATCH_A64);
+      const vb = decodeChunk(this.#b, cb, SCRATCH_B32, SCRATCH_B64);
+      const big = this.#exactI64 ? [bigView(ca), bigView(cb)] as const : undefined;
+      this.#compare(va, vb, m, big);
+    }
+  }
+
+  #compare(
+    va: Float32Array | Float64Array,
+    vb: Float32Array | Float64Array,
+    m: number,
+    big: readonly [BigInt64Array, BigInt64Array] | undefined,
+  ): void {
     const f = this.figures;
     const base = f.numel;
-    const big = this.#exactI64 ? [bigView(a), bigView(b)] as const : undefined;
     let sumSqA = 0, sumSqB = 0, sumSqDiff = 0, dot = 0;
-    for (let i = 0; i < va.length; i++) {
+    for (let i = 0; i < m; i++) {
       const x = va[i]!, y = vb[i]!;
       if (x !== x || y !== y) { // NaN on one side or both
         if (x === x || y === y) {
@@ -228,7 +267,7 @@ export class TensorComparer {
     f.sumSqB += sumSqB;
     f.sumSqDiff += sumSqDiff;
     f.dot += dot;
-    f.numel += va.length;
+    f.numel += m;
   }
 
   #differs(index: number, a: number, b: number, abs: number, ulp: number): void {
