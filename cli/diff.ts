@@ -201,10 +201,13 @@ export async function run(args: string[]): Promise<number> {
       kind: stringOption(parsed, "kind-b"),
     });
     fillTiedHeads(a, b);
+    const progress = progressLine();
     const report = await diffStateDicts(a.stateDict, b.stateDict, {
       tolerance,
       allowDtype: parsed.values["allow-dtype"] === true,
+      ...(progress ? { onTensor: progress.update } : {}),
     });
+    progress?.clear();
     const html = stringOption(parsed, "html");
     if (html !== undefined) {
       const page = diffReportPage(report, a, b);
@@ -224,6 +227,19 @@ export async function run(args: string[]): Promise<number> {
     await a?.stateDict.close();
     await b?.stateDict.close();
   }
+}
+
+/** On a terminal, one line on stderr naming the tensor being compared (none otherwise). */
+function progressLine():
+  | { update: (d: TensorDiff, i: number, total: number) => void; clear: () => void }
+  | undefined {
+  if (!Deno.stderr.isTerminal()) return undefined;
+  const enc = new TextEncoder();
+  const write = (s: string) => Deno.stderr.writeSync(enc.encode(s));
+  return {
+    update: (d, i, total) => write(`\r\x1b[2K[${i + 1}/${total}] ${d.name}`.slice(0, 200)),
+    clear: () => write("\r\x1b[2K"),
+  };
 }
 
 function sideInfo(s: DiffInput): Record<string, unknown> {
