@@ -76,6 +76,11 @@ function num(x: number): string {
     : x.toExponential(2);
 }
 
+/** An ulp count exactly (it is an integer), or inf. */
+function ulps(x: number): string {
+  return Number.isFinite(x) ? String(x) : "inf";
+}
+
 function shapeText(s: readonly number[]): string {
   return `[${s.join(", ")}]`;
 }
@@ -105,7 +110,7 @@ function tensorLine(t: TensorDiff, width: number): string {
   const first = t.first
     ? `  first at [${t.first.at.join(", ")}]: A ${t.first.a} B ${t.first.b}`
     : "";
-  return `  ${name}  ${t.status.padEnd(9)} max|A-B| ${num(t.maxAbs)}  ${num(t.maxUlp)} ulp  ` +
+  return `  ${name}  ${t.status.padEnd(9)} max|A-B| ${num(t.maxAbs)}  ${ulps(t.maxUlp)} ulp  ` +
     `rel ${num(t.relNorm)}  cos ${
       t.cosine.toFixed(6)
     }  ${t.differing}/${t.numel} differ${first}${dtype}`;
@@ -150,7 +155,7 @@ export function formatDiffText(
     `total: ${s.compared} compared: ${s.equal} equal, ${s.close} within tolerance, ${s.different} different, ` +
       `${s.dtype} dtype mismatch, ${s.shape} shape mismatch; ${s.onlyA} only in A, ${s.onlyB} only in B`,
     `elements: ${s.differing} of ${s.elements} differ; max |A-B| ${num(s.maxAbs)}${where}; ` +
-      `max ${num(s.maxUlp)} ulp; ||A-B||/||A|| ${num(s.relNorm)}`,
+      `max ${ulps(s.maxUlp)} ulp; ||A-B||/||A|| ${num(s.relNorm)}`,
     report.equal
       ? "A and B are equal" + (s.close > 0 ? " within the tolerance" : "")
       : "A and B differ",

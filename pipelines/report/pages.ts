@@ -88,7 +88,7 @@ export function diffReportPage(report: DiffReport, a: DiffSideInfo, b: DiffSideI
       ["only in B", String(t.onlyB)],
       ["differing elements", `${t.differing} of ${t.elements}`],
       ["max |A-B|", `${num(t.maxAbs)}${t.maxAbsTensor ? ` (${t.maxAbsTensor})` : ""}`],
-      ["max ulp", num(t.maxUlp)],
+      ["max ulp", String(t.maxUlp)],
       ["||A-B|| / ||A||", num(t.relNorm)],
     ],
     chart: {
