@@ -4,6 +4,7 @@ import { CkptError, isCkptError } from "../../errors.ts";
 import { readManifest } from "../../pipelines/manifest.ts";
 import { runPipeline } from "../../pipelines/run.ts";
 import { outputKey } from "../../pipelines/_staging.ts";
+import { round1 } from "../../pipelines/_stage_loop.ts";
 import type { PipelineEvent } from "../../pipelines/stage.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
 import { FAKE_STAGES } from "./_fake_stages.ts";
@@ -231,10 +232,50 @@ Deno.test("`runPipeline()` abandons a stage that ignores the abort signal", asyn
       baseDir: dir,
       signal: ac.signal,
     });
-    await assert.rejects(() => run, (e: unknown) => isCkptError(e, "ABORTED"));
+    await assert.rejects(
+      () => run,
+      (e: unknown) => isCkptError(e, "ABORTED") && e.message.endsWith("aborted (SIGTERM)"),
+    );
     assert.deepEqual(await entries(dir), []);
     release();
   });
+});
+
+Deno.test("`runPipeline()` stops at once when the abort comes as a stage starts, naming a string reason", async () => {
+  await withTempDir(async (dir) => {
+    const ac = new AbortController();
+    let release!: () => void;
+    // A stage that ignores the signal and only ends when the test releases it, after the run.
+    const stuck = {
+      ...FAKE_STAGES.fakeMerge!,
+      name: "stuck",
+      run: () => new Promise<void>((r) => release = r),
+    };
+    const run = runPipeline({ output: "out", stages: [{ use: "stuck" }] }, {
+      ...base,
+      stages: { stuck },
+      baseDir: dir,
+      signal: ac.signal,
+      onEvent: (e) => {
+        if (e.type === "stage-start") ac.abort("user cancelled");
+      },
+    });
+    await assert.rejects(
+      () => run,
+      (e: unknown) => isCkptError(e, "ABORTED") && e.message.endsWith("aborted (user cancelled)"),
+    );
+    assert.deepEqual(await entries(dir), []);
+    release();
+  });
+});
+
+Deno.test("`round1()` rounds milliseconds to a tenth", () => {
+  assert.deepEqual([round1(1.26), round1(1.24), round1(0.04), round1(1234.56)], [
+    1.3,
+    1.2,
+    0,
+    1234.6,
+  ]);
 });
 
 Deno.test("`runPipeline()` runs every preflight before the first stage", async () => {
@@ -352,5 +393,21 @@ Deno.test("`runPipeline()` restores an output an interrupted overwrite set aside
     );
     assert.deepEqual(await entries(dir), ["out"]);
     assert.equal(await Deno.readTextFile(join(dir, "out", "old.txt")), "previous export");
+  });
+});
+
+Deno.test("`runPipeline()` loads a config from its path, paths relative to the config's folder", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.mkdir(join(dir, "cfg"));
+    await Deno.writeTextFile(
+      join(dir, "cfg", "run.jsonc"),
+      '// a comment\n{ "output": "out-${step}", "stages": [{ "use": "writeText", "name": "a.txt" }] }',
+    );
+    const result = await runPipeline(join(dir, "cfg", "run.jsonc"), {
+      ...base,
+      vars: { step: "7" },
+    });
+    assert.equal(result.output, join(dir, "cfg", "out-7"));
+    assert.equal(await Deno.readTextFile(join(dir, "cfg", "out-7", "a.txt")), "hello");
   });
 });

@@ -65,16 +65,16 @@ Deno.test("the manifest lists exactly the reported files, in subfolders too", as
 });
 
 Deno.test("anything in staging no stage reported fails the run with STAGING_UNREPORTED", async (t) => {
-  const cases: Array<[string, (d: string) => Promise<void>]> = [
-    ["an extra file", (d) => Deno.writeTextFile(join(d, "extra.txt"), "?")],
-    ["an empty folder", (d) => Deno.mkdir(join(d, "empty"))],
-    ["a symlink", (d) => Deno.symlink("a.txt", join(d, "adapter_config.json"))],
-    ["a FIFO", async (d) => {
+  const cases: Array<[string, string, (d: string) => Promise<void>]> = [
+    ["an extra file", "file", (d) => Deno.writeTextFile(join(d, "extra.txt"), "?")],
+    ["an empty folder", "folder", (d) => Deno.mkdir(join(d, "empty"))],
+    ["a symlink", "symlink", (d) => Deno.symlink("a.txt", join(d, "adapter_config.json"))],
+    ["a FIFO", "entry", async (d) => {
       const mk = await new Deno.Command("mkfifo", { args: [join(d, "pipe")] }).output();
       assert.ok(mk.success);
     }],
   ];
-  for (const [what, extra] of cases) {
+  for (const [what, kind, extra] of cases) {
     await t.step(what, async () => {
       await withTempDir(async (dir) => {
         const stage = custom(async (d) => {
@@ -83,7 +83,9 @@ Deno.test("anything in staging no stage reported fails the run with STAGING_UNRE
         }, [{ path: "a.txt", bytes: 1 }]);
         await assert.rejects(
           () => runCustom(dir, stage),
-          (e: unknown) => isCkptError(e, "STAGING_UNREPORTED"),
+          (e: unknown) =>
+            isCkptError(e, "STAGING_UNREPORTED") && e.details?.kind === kind &&
+            e.message.includes(`the ${kind} "`),
         );
         assert.deepEqual(await entries(dir), []);
       });
@@ -244,4 +246,35 @@ Deno.test("a failed run removes the parent folders it created, and only those", 
     });
     assert.deepEqual(await entries(dir), ["a"]);
   });
+});
+
+Deno.test("a reported path that is not plain and relative is STAGING_MISMATCH, even when the file it names exists", async (t) => {
+  const cases: Array<[string, (dir: string) => string, (d: string) => Promise<void>]> = [
+    [
+      "through .. to a file beside the staging folder",
+      () => "../beside.txt",
+      (d) => Deno.writeTextFile(join(d, "..", "beside.txt"), "a"),
+    ],
+    ["absolute, to a file that exists", (dir) => join(dir, "abs.txt"), () => Promise.resolve()],
+    ["with an empty segment", () => "sub//x.txt", async (d) => {
+      await Deno.mkdir(join(d, "sub"));
+      await Deno.writeTextFile(join(d, "sub", "x.txt"), "a");
+    }],
+    ["empty: the folder itself", () => "", () => Promise.resolve()],
+  ];
+  for (const [what, path, write] of cases) {
+    await t.step(what, async () => {
+      await withTempDir(async (dir) => {
+        await Deno.writeTextFile(join(dir, "abs.txt"), "a");
+        const stage = custom(write, [{ path: path(dir) }]);
+        await assert.rejects(
+          () => runCustom(dir, stage),
+          (e: unknown) =>
+            isCkptError(e, "STAGING_MISMATCH") && e.details?.path === path(dir) &&
+            e.message.includes("not a plain relative path"),
+        );
+        assert.ok(!(await entries(dir)).includes("out"));
+      });
+    });
+  }
 });
