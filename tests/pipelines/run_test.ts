@@ -411,3 +411,15 @@ Deno.test("`runPipeline()` loads a config from its path, paths relative to the c
     assert.equal(await Deno.readTextFile(join(dir, "cfg", "out-7", "a.txt")), "hello");
   });
 });
+
+Deno.test("`runPipeline()` takes an empty string option for no path, not for the config's folder", async () => {
+  await withTempDir(async (dir) => {
+    // "" resolved against the config's folder would name that folder, which holds the output.
+    const result = await runPipeline(
+      { output: "out", stages: [{ use: "writeText", name: "a.txt", text: "" }] },
+      { ...base, baseDir: dir },
+    );
+    assert.deepEqual(result.manifest.inputs, []);
+    assert.equal(await Deno.readTextFile(join(dir, "out", "a.txt")), "");
+  });
+});
