@@ -7,6 +7,8 @@ import {
   writeSafetensorsSharded,
 } from "../../formats/safetensors.ts";
 import { StateDict, tensorFromBytes } from "../../formats/state_dict.ts";
+import { saveTorch } from "../../formats/torch/save.ts";
+import { writeTorchSharded } from "../../formats/torch/state_dict.ts";
 import { buildManifest, writeManifest } from "../../pipelines/manifest.ts";
 import { sampleRows, verifyCheckpoint } from "../../pipelines/verify.ts";
 import { runPipeline } from "../../pipelines/run.ts";
@@ -303,5 +305,45 @@ Deno.test("`verifyCheckpoint()` never opens a listed file that became a symlink 
     );
     assert.equal(r.filesHashed, 0);
     assert.equal(r.filesLoaded, 0);
+  });
+});
+
+Deno.test("`verifyCheckpoint()` loads torch files by extension (.pt, .bin, .pth) and a .bin shard index with its shards", async () => {
+  await withTempDir(async (dir) => {
+    const sd = new StateDict([
+      ["a", tensorFromBytes("F32", [4], new Uint8Array(16))],
+      ["b", tensorFromBytes("F32", [4], new Uint8Array(16))],
+    ]);
+    await writeTorchSharded(dir, sd, { maxShardSize: 16 });
+    for (const name of ["optimizer.pt", "extra.pth"]) {
+      await saveTorch(join(dir, name), [1, 2]);
+    }
+    await sealed(dir);
+    const loads = async (): Promise<Record<string, string>> => {
+      const checks = (await verifyCheckpoint(dir)).checks.filter((c) => c.kind === "load");
+      return Object.fromEntries(checks.map((c) => [c.file ?? "", `${c.ok} ${c.message}`]));
+    };
+    assert.deepEqual(await loads(), {
+      "pytorch_model.bin.index.json": "true shard index consistent with its shards, 2 tensors",
+      "pytorch_model-00001-of-00002.bin": "true torch pickle loads (restricted unpickler)",
+      "pytorch_model-00002-of-00002.bin": "true torch pickle loads (restricted unpickler)",
+      "optimizer.pt": "true torch pickle loads (restricted unpickler)",
+      "extra.pth": "true torch pickle loads (restricted unpickler)",
+    });
+    // Bytes that are no torch file fail to load under each extension, though their hashes match.
+    for (const name of ["optimizer.pt", "pytorch_model-00002-of-00002.bin", "extra.pth"]) {
+      await Deno.writeTextFile(join(dir, name), "not a torch file");
+    }
+    await sealed(dir);
+    const after = await loads();
+    assert.deepEqual(
+      Object.entries(after).filter(([, v]) => v.startsWith("false")).map(([k]) => k).sort(),
+      [
+        "extra.pth",
+        "optimizer.pt",
+        "pytorch_model-00002-of-00002.bin",
+        "pytorch_model.bin.index.json",
+      ],
+    );
   });
 });
