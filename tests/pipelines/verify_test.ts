@@ -22,6 +22,11 @@ async function sealed(dir: string): Promise<void> {
 Deno.test("`sampleRows()` spreads rows and includes the first and last", () => {
   assert.deepEqual(sampleRows(3, 4), [0, 1, 2]);
   assert.deepEqual(sampleRows(100, 4), [0, 33, 66, 99]);
+  // At the edges: as many rows as samples, one more, one sample, no rows.
+  assert.deepEqual(sampleRows(4, 4), [0, 1, 2, 3]);
+  assert.deepEqual(sampleRows(5, 4), [0, 1, 3, 4]);
+  assert.deepEqual(sampleRows(10, 1), [0]);
+  assert.deepEqual(sampleRows(0, 4), []);
 });
 
 Deno.test("`verifyCheckpoint()` passes a sealed folder and fails on a flipped byte", async () => {
@@ -345,5 +350,65 @@ Deno.test("`verifyCheckpoint()` loads torch files by extension (.pt, .bin, .pth)
         "pytorch_model.bin.index.json",
       ],
     );
+  });
+});
+
+Deno.test("`verifyCheckpoint()` fails the merge check for an adapter without factors, with one factor missing, or a target the base lacks", async () => {
+  await withTempDir(async (dir) => {
+    const run = await makeDemoRun(join(dir, "run"), { size: "tiny" });
+    await writeReferenceMerge(run.base, run.adapter, run.alpha / run.shape.rank, join(dir, "good"));
+    const full = await openSafetensors(join(run.adapter, "adapter_model.safetensors"));
+    const names = [...full.keys()];
+    /** The run's adapter with only the tensors `keep` names (and `extra` added). */
+    const variant = async (label: string, keep: (n: string) => boolean, extra?: StateDict) => {
+      const ad = join(dir, label);
+      await Deno.mkdir(ad);
+      await Deno.copyFile(
+        join(run.adapter, "adapter_config.json"),
+        join(ad, "adapter_config.json"),
+      );
+      const sd = new StateDict();
+      for (const n of names.filter(keep)) {
+        const t = full.require(n);
+        sd.set(n, tensorFromBytes(t.dtype, t.shape, (await t.read()).slice()));
+      }
+      for (const [n, t] of extra ?? []) sd.set(n, t);
+      await writeSafetensors(join(ad, "adapter_model.safetensors"), sd);
+      return ad;
+    };
+    const merges = async (adapter: string) =>
+      (await verifyCheckpoint(join(dir, "good"), { base: run.base, adapter, samples: 2 })).checks
+        .filter((c) => c.kind === "merge" && !c.ok).map((c) => `${c.tensor ?? "-"}: ${c.message}`);
+    const q = "model.layers.0.self_attn.q_proj";
+    const ghost = "model.layers.0.self_attn.ghost_proj";
+    try {
+      // Only non-LoRA tensors (here none at all): nothing to check is a failure, not a pass.
+      assert.deepEqual(await merges(await variant("none", () => false)), [
+        "-: the adapter has no LoRA factors",
+      ]);
+      // One module keeps lora_A only.
+      assert.deepEqual(
+        await merges(await variant("half", (n) => !n.startsWith(`base_model.model.${q}.lora_B`))),
+        [`${q}.weight: lora_A or lora_B missing`],
+      );
+      // A module the base does not have.
+      const a = full.require(`base_model.model.${q}.lora_A.weight`);
+      const b = full.require(`base_model.model.${q}.lora_B.weight`);
+      const extra = new StateDict([
+        [
+          `base_model.model.${ghost}.lora_A.weight`,
+          tensorFromBytes(a.dtype, a.shape, await a.read()),
+        ],
+        [
+          `base_model.model.${ghost}.lora_B.weight`,
+          tensorFromBytes(b.dtype, b.shape, await b.read()),
+        ],
+      ]);
+      assert.deepEqual(await merges(await variant("ghost", () => true, extra)), [
+        `${ghost}.weight: base has no tensor ${ghost}.weight`,
+      ]);
+    } finally {
+      await full.close();
+    }
   });
 });
