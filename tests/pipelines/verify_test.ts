@@ -132,6 +132,9 @@ Deno.test("`verifyCheckpoint()` recomputes sampled merged rows from base and ada
     });
     assert.equal(good.ok, true, JSON.stringify(good.checks.filter((c) => !c.ok)));
     assert.equal(good.checks.filter((c) => c.kind === "merge").length, 7 * run.shape.layers);
+    for (const c of good.checks.filter((c) => c.kind === "merge")) {
+      assert.match(c.message, new RegExp(`^sampled rows match W \\+ ${scale}·B·A \\(worst error`));
+    }
     assert.ok(good.rowsChecked >= 7 * run.shape.layers * 3);
 
     // The unmerged base fails (the adapter is not in it)...
@@ -156,6 +159,10 @@ Deno.test("`verifyCheckpoint()` recomputes sampled merged rows from base and ada
       samples: 32,
     });
     assert.deepEqual(bad.checks.filter((c) => !c.ok).map((c) => c.tensor), [target]);
+    assert.match(
+      bad.checks.find((c) => !c.ok)!.message,
+      new RegExp(`^1 sampled elements differ from W \\+ ${scale}·B·A \\(worst `),
+    );
   });
 });
 
