@@ -159,4 +159,20 @@ Deno.test("`mergeRowsReference()` validates shapes before computing", () => {
     code: "MERGE_DTYPE",
   });
   assert.throws(() => mergeRowsReference({ ...req, scale: NaN }), { code: "MERGE_SCALE" });
+  // Dimensions must be whole and not negative, even where the buffer lengths happen to agree:
+  // 0.5 rows of 8 BF16 columns are 8 bytes of W and, at rank 2, one element of B.
+  const half = { ...req, rows: 0.5, w: new Uint8Array(8), b: new Float32Array(1) };
+  assert.throws(() => mergeRowsReference(half), {
+    code: "MERGE_SHAPE",
+    message: /: rows is 0\.5$/,
+  });
+  const negative = { ...req, rows: -1, rank: 0, a: new Float32Array(0), b: new Float32Array(0) };
+  assert.throws(() => mergeRowsReference(negative), {
+    code: "MERGE_SHAPE",
+    message: /: rows is -1$/,
+  });
+  assert.throws(() => mergeRowsReference({ ...req, rank: NaN }), {
+    code: "MERGE_SHAPE",
+    message: /: rank is NaN$/,
+  });
 });

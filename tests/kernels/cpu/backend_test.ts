@@ -3,6 +3,8 @@ import { createCpuBackend } from "../../../kernels/cpu/backend.ts";
 import { mergeRowsReference } from "../../../kernels/reference.ts";
 import { MERGE_DTYPE_SIZE } from "../../../kernels/types.ts";
 import { assertSameBytes, corpus, request, roundingEdges } from "../_corpus.ts";
+import { kernelKey, kernelKind } from "../../../kernels/cpu/_rows.ts";
+import { KERNEL_MAX_UNROLL, KERNEL_TILE_COLS } from "../../../kernels/cpu/kernel.ts";
 
 Deno.test("`createCpuBackend()` equals the reference bit for bit over the corpus (inline)", async () => {
   const cpu = await createCpuBackend({ workers: 0 });
@@ -123,4 +125,22 @@ Deno.test("`mergeRowsInto()` refuses a wrong output buffer, a short W read and a
   assertSameBytes(out, mergeRowsReference({ ...req, w }), "after failures");
   await cpu.dispose();
   await assert.rejects(cpu.mergeRowsInto({ ...req, readW }, out), { code: "MERGE_DISPOSED" });
+});
+
+Deno.test("`kernelKind()` unrolls ranks 1 to KERNEL_MAX_UNROLL with at least KERNEL_TILE_COLS columns, else runs the generic kernel", () => {
+  const unrolled = (rank: number, cols: number) =>
+    kernelKind("BF16", "F32", rank, cols).unroll !== undefined;
+  assert.deepEqual(
+    [
+      unrolled(1, KERNEL_TILE_COLS),
+      unrolled(KERNEL_MAX_UNROLL, KERNEL_TILE_COLS),
+      unrolled(0, KERNEL_TILE_COLS),
+      unrolled(KERNEL_MAX_UNROLL + 1, KERNEL_TILE_COLS),
+      unrolled(8, KERNEL_TILE_COLS - 1),
+      unrolled(KERNEL_MAX_UNROLL + 1, KERNEL_TILE_COLS - 1),
+    ],
+    [true, true, false, false, false, false],
+  );
+  assert.equal(kernelKey(kernelKind("BF16", "F32", 8, 64)), "BF16>F32:r8:c64");
+  assert.equal(kernelKey(kernelKind("F16", "F16", 0, 64)), "F16>F16");
 });
