@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import {
   bf16ToF32,
   decodeF32,
+  dtypeFromTorch,
   DTYPES,
   encodeF32,
   f16ToF32,
@@ -11,6 +12,7 @@ import {
   f32ToF8e5m2,
   f8e4m3ToF32,
   f8e5m2ToF32,
+  parseDType,
 } from "../../formats/dtype.ts";
 import { isCkptError } from "../../errors.ts";
 
@@ -329,4 +331,45 @@ Deno.test("`decodeF32()` gives torch 2.6's exact f32 bits for every f8 pattern a
     const got = decodeF32(dtype, input);
     assert.deepEqual(new Uint8Array(got.buffer, got.byteOffset, got.byteLength), want, key);
   }
+});
+
+Deno.test("`decodeF32()` and `encodeF32()` take exactly the float dtypes and refuse every integer one", () => {
+  const floats = ["F8_E4M3", "F8_E5M2", "F16", "BF16", "F32", "F64"];
+  for (const [name, info] of Object.entries(DTYPES)) {
+    assert.equal(info.float, floats.includes(name), name);
+    const decode = () => decodeF32(info.name, new Uint8Array(info.size));
+    const encode = () => encodeF32(info.name, new Float32Array(1));
+    if (info.float) {
+      assert.deepEqual([decode().length, encode().length], [1, info.size], name);
+    } else {
+      assert.throws(decode, (e) => isCkptError(e, "DTYPE_NOT_FLOAT"), name);
+      assert.throws(encode, (e) => isCkptError(e, "DTYPE_NOT_FLOAT"), name);
+    }
+  }
+});
+
+Deno.test("`dtypeFromTorch()` maps torch names with or without `torch.`, and torch's aliases", () => {
+  for (const info of Object.values(DTYPES)) {
+    assert.equal(dtypeFromTorch(info.torch), info.name);
+    assert.equal(dtypeFromTorch(info.torch.slice("torch.".length)), info.name);
+  }
+  assert.deepEqual(
+    ["half", "torch.float", "double", "long", "int", "torch.short"].map(dtypeFromTorch),
+    ["F16", "F32", "F64", "I64", "I32", "I16"],
+  );
+  assert.throws(() => dtypeFromTorch("torch.complex64"), (e) => isCkptError(e, "DTYPE_UNKNOWN"));
+  assert.throws(
+    () => dtypeFromTorch("torch.torch.float32"),
+    (e) => isCkptError(e, "DTYPE_UNKNOWN"),
+  );
+});
+
+Deno.test("`parseDType()` reads ckpt names in any case, short names, torch names, and refuses others", () => {
+  assert.deepEqual(
+    ["BF16", "bf16", " f16 ", "fp32", "FP64", "bfloat16", "torch.float16", "f8_e4m3", "i64"].map(
+      parseDType,
+    ),
+    ["BF16", "BF16", "F16", "F32", "F64", "BF16", "F16", "F8_E4M3", "I64"],
+  );
+  assert.throws(() => parseDType("float128"), (e) => isCkptError(e, "DTYPE_UNKNOWN"));
 });
