@@ -423,3 +423,26 @@ Deno.test("`runPipeline()` takes an empty string option for no path, not for the
     assert.equal(await Deno.readTextFile(join(dir, "out", "a.txt")), "");
   });
 });
+
+Deno.test("`runPipeline()` honours an abort that comes as the last stage ends, dry run or not: no output", async () => {
+  for (const dryRun of [false, true]) {
+    await withTempDir(async (dir) => {
+      const ac = new AbortController();
+      await assert.rejects(
+        () =>
+          runPipeline({ output: "out", stages: [{ use: "writeText", name: "a.txt" }] }, {
+            ...base,
+            baseDir: dir,
+            dryRun,
+            signal: ac.signal,
+            onEvent: (e) => {
+              if (e.type === "stage-end") ac.abort("too late?");
+            },
+          }),
+        (e: unknown) => isCkptError(e, "ABORTED") && e.message.endsWith("aborted (too late?)"),
+        `dryRun: ${dryRun}`,
+      );
+      assert.deepEqual(await entries(dir), []);
+    });
+  }
+});
