@@ -5,6 +5,7 @@ import { MERGE_DTYPE_SIZE } from "../../../kernels/types.ts";
 import { assertSameBytes, corpus, request, roundingEdges } from "../_corpus.ts";
 import { kernelKey, kernelKind } from "../../../kernels/cpu/_rows.ts";
 import { KERNEL_MAX_UNROLL, KERNEL_TILE_COLS } from "../../../kernels/cpu/kernel.ts";
+import { sleb, uleb } from "../../../kernels/cpu/wasm_emit.ts";
 
 Deno.test("`createCpuBackend()` equals the reference bit for bit over the corpus (inline)", async () => {
   const cpu = await createCpuBackend({ workers: 0 });
@@ -143,4 +144,25 @@ Deno.test("`kernelKind()` unrolls ranks 1 to KERNEL_MAX_UNROLL with at least KER
   );
   assert.equal(kernelKey(kernelKind("BF16", "F32", 8, 64)), "BF16>F32:r8:c64");
   assert.equal(kernelKey(kernelKind("F16", "F16", 0, 64)), "F16>F16");
+});
+
+Deno.test("`uleb()` and `sleb()` write LEB128 as the WebAssembly spec does, at each 7-bit edge", () => {
+  // Values from the DWARF/Wikipedia LEB128 examples and the one-byte/two-byte edges.
+  assert.deepEqual([0, 127, 128, 624485].map(uleb), [[0], [0x7f], [0x80, 0x01], [
+    0xe5,
+    0x8e,
+    0x26,
+  ]]);
+  assert.deepEqual(
+    [0, 63, 64, -64, -65, -123456, 2 ** 31 - 1].map(sleb),
+    [
+      [0x00],
+      [0x3f],
+      [0xc0, 0x00],
+      [0x40],
+      [0xbf, 0x7f],
+      [0xc0, 0xbb, 0x78],
+      [0xff, 0xff, 0xff, 0xff, 0x07],
+    ],
+  );
 });
