@@ -76,7 +76,11 @@ export {
 export {
   defineStage,
   type OptionsSchema,
+  type PartContext,
+  type PartGather,
+  type PartPlan,
   type PipelineEvent,
+  type PlannedPartFile,
   type SchemaIssue,
   type SchemaResult,
   type Stage,

@@ -13,6 +13,7 @@ const BENCHES: Record<string, string[]> = {
   watch: ["./watch.ts"],
   latency: ["./latency.ts"],
   diff: ["./diff.ts"],
+  parts: ["./parts.ts"],
 };
 
 const names = Deno.args.filter((a) => !a.startsWith("-"));

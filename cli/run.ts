@@ -4,12 +4,24 @@
  */
 import { resolve } from "node:path";
 import { CkptError } from "../errors.ts";
-import type { BackendChoice } from "../merge/backend.ts";
 import { loadConfig, parseVarArgs, type PipelineConfig } from "../pipelines/config.ts";
 import { loadPreset, PRESETS } from "../pipelines/presets.ts";
 import { createRenderer, eventToJson, formatBytes, type LogStyle } from "../pipelines/progress.ts";
 import { runPipeline, type RunResult } from "../pipelines/run.ts";
-import { parseCommand, type Parsed, stringOption, UsageError } from "./_args.ts";
+import { parseCommand, UsageError } from "./_args.ts";
+import {
+  backendChoice,
+  logStyle,
+  RUN_FLAG_OPTIONS,
+  type RunFlags,
+  runFlags,
+  stderrWriter,
+  withSignals,
+} from "./_run_flags.ts";
+import { PART_HELP, PART_OPTIONS, partMode, runPartsWithCli } from "./run_parts.ts";
+
+export { backendChoice, logStyle, RUN_FLAG_OPTIONS, runFlags, stderrWriter, withSignals };
+export type { RunFlags };
 
 const HELP = `ckpt run: run a pipeline config (JSONC) end to end
 
@@ -36,10 +48,13 @@ Options:
   --backend <b>        merge backend: auto (default), webgpu or cpu
   --log <style>        auto (live line on a terminal, JSON lines otherwise), tty, plain, json, quiet
   -h, --help           this help
+${PART_HELP}
 
 Examples:
   ckpt run examples/halos_final.jsonc --var run=/runs/llama3-kto
   ckpt run ppo-final --var run=/runs/ppo --var out=/exports/ppo-final --dry-run
+  ckpt run examples/halos_final.jsonc --part auto    # in each task of sbatch --array=0-7
+  ckpt run examples/halos_final.jsonc --finish 8     # once, after all 8 (--dependency=afterok)
 
 Exit codes: 0 ok, 1 failed, 2 usage error, 130 interrupted`;
 
@@ -56,40 +71,6 @@ export async function loadConfigOrPreset(
     }
   }
   return await loadConfig(resolve(arg), { vars });
-}
-
-/** Wires SIGINT/SIGTERM to an AbortController for the duration of `fn`. */
-export async function withSignals<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
-  const ac = new AbortController();
-  const handlers: Array<[Deno.Signal, () => void]> = (["SIGINT", "SIGTERM"] as const).map((
-    sig,
-  ) => [sig, () => ac.abort(new Error(`received ${sig}`))]);
-  for (const [sig, h] of handlers) Deno.addSignalListener(sig, h);
-  try {
-    return await fn(ac.signal);
-  } finally {
-    for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);
-  }
-}
-
-/** Parses `--log`. */
-export function logStyle(value: string | undefined): LogStyle {
-  const v = value ?? "auto";
-  if (v === "auto" || v === "json" || v === "tty" || v === "plain" || v === "quiet") return v;
-  throw new UsageError(`--log must be auto, tty, plain, json or quiet (got "${v}")`);
-}
-
-/** Parses `--backend`. */
-export function backendChoice(value: string | undefined): BackendChoice | undefined {
-  if (value === undefined) return undefined;
-  if (value === "auto" || value === "webgpu" || value === "cpu") return value;
-  throw new UsageError(`--backend must be auto, webgpu or cpu (got "${value}")`);
-}
-
-/** The stderr writer the renderers use. */
-export function stderrWriter(): (text: string) => void {
-  const enc = new TextEncoder();
-  return (text) => void Deno.stderr.writeSync(enc.encode(text));
 }
 
 /** Prints a dry-run plan as a table on stdout. */
@@ -128,40 +109,6 @@ export function topModuleChanges(result: Pick<RunResult, "manifest">, n = 5): st
     `most changed modules, ||dW||/||W|| (${top.length} of ${changes.length} merged):`,
     ...top.map((c) => `  ${c.module.padEnd(width)}  ${c.relNorm.toExponential(3)}`),
   ];
-}
-
-/** The flags every command that runs a pipeline takes. */
-export interface RunFlags {
-  overwrite: boolean;
-  force: boolean;
-  wait: boolean;
-  dryRun: boolean;
-  backend: BackendChoice | undefined;
-  log: LogStyle;
-}
-
-/** The options of {@linkcode runFlags}, for `parseCommand`. */
-export const RUN_FLAG_OPTIONS = {
-  overwrite: { type: "boolean" },
-  force: { type: "boolean" },
-  wait: { type: "boolean" },
-  "dry-run": { type: "boolean" },
-  backend: { type: "string" },
-  log: { type: "string" },
-} as const;
-
-/** Reads {@linkcode RunFlags} from parsed arguments; `--force` needs `--overwrite`. */
-export function runFlags(parsed: Parsed): RunFlags {
-  const flags = {
-    overwrite: parsed.values.overwrite === true,
-    force: parsed.values.force === true,
-    wait: parsed.values.wait === true,
-    dryRun: parsed.values["dry-run"] === true,
-    backend: backendChoice(stringOption(parsed, "backend")),
-    log: logStyle(stringOption(parsed, "log")),
-  };
-  if (flags.force && !flags.overwrite) throw new UsageError("--force goes with --overwrite");
-  return flags;
 }
 
 /** Runs a pipeline with signals wired, a renderer, and the result printed; returns the exit code. */
@@ -208,6 +155,7 @@ export async function run(args: string[]): Promise<number> {
   const parsed = parseCommand(args, {
     var: { type: "string", multiple: true },
     ...RUN_FLAG_OPTIONS,
+    ...PART_OPTIONS,
   }, HELP);
   if (!parsed) return 0;
   if (parsed.positionals.length !== 1) {
@@ -215,6 +163,7 @@ export async function run(args: string[]): Promise<number> {
   }
   const varList = (parsed.values.var ?? []) as string[];
   const flags = runFlags(parsed);
+  const mode = partMode(parsed, Deno.env.toObject());
   let config: PipelineConfig;
   try {
     config = await loadConfigOrPreset(parsed.positionals[0]!, parseVarArgs(varList));
@@ -222,6 +171,7 @@ export async function run(args: string[]): Promise<number> {
     if (!reportLoadError(err, flags.log)) throw err;
     return 1;
   }
+  if (mode.kind !== "none") return await runPartsWithCli(config, mode, flags);
   return await runWithCli(config, flags);
 }
 

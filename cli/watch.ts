@@ -22,6 +22,8 @@ import {
   watchScheduled,
   watchStatus,
 } from "../pipelines/watch/watch.ts";
+import { parseSize } from "../formats/size.ts";
+import { splitHandoffRunner } from "../pipelines/watch/split_handoff.ts";
 import { parseCommand, type Parsed, stringOption, UsageError } from "./_args.ts";
 
 const HELP = `ckpt watch: export each new checkpoint of a training run, exactly once
@@ -59,6 +61,12 @@ Options:
   --max-tries <n>        tries before a checkpoint is marked failed
   --retry-failed         give checkpoints marked failed a new round of tries first
   --no-verify            do not verify exports (ckpt verify: manifest hashes, files load)
+  --split-commands <n>   hand checkpoints to a cluster instead of exporting them here: log
+                         (event "handed-off") the commands of a split export in n parts
+                         (ckpt run --part auto / --finish n, examples/cluster/submit.sh) and
+                         record them as done, unverified; see docs/clusters.md
+  --split-over <size>    with --split-commands: only checkpoints of at least this size (e.g.
+                         "50GB"); smaller ones are exported here as usual. Default: all
   --backend <b>          merge backend: auto, webgpu or cpu
   --log <style>          json (one JSON object per event; default when stdout is not a terminal)
                          or text
@@ -68,6 +76,7 @@ Examples:
   ckpt watch /runs/llama3-kto --config export.jsonc
   ckpt watch /runs/llama3-kto --config export.jsonc --schedule "*/15 * * * *" --keep 3
   ckpt watch /runs/llama3-kto --status
+  ckpt watch /runs/llama3-70b --config export.jsonc --split-commands 8 --split-over 50GB
 
 Exit codes: 0 ok (also after SIGTERM), 1 an export failed this tick, 2 usage error`;
 
@@ -85,6 +94,8 @@ const OPTIONS = {
   "retry-failed": { type: "boolean" },
   backend: { type: "string" },
   log: { type: "string" },
+  "split-commands": { type: "string" },
+  "split-over": { type: "string" },
 } as const;
 
 function numberOption(
@@ -153,6 +164,25 @@ function settingOverrides(parsed: Parsed): WatchSettingsInput {
   };
 }
 
+/** `--split-commands n` and `--split-over <size>`, when given. */
+function splitOptions(parsed: Parsed): { count: number; overBytes: number } | undefined {
+  const count = numberOption(parsed, "split-commands", 1, true);
+  const over = stringOption(parsed, "split-over");
+  if (count === undefined) {
+    if (over !== undefined) throw new UsageError("--split-over goes with --split-commands");
+    return undefined;
+  }
+  let overBytes = 0;
+  if (over !== undefined) {
+    try {
+      overBytes = parseSize(over);
+    } catch (err) {
+      throw new UsageError(`--split-over: ${(err as Error).message}`);
+    }
+  }
+  return { count, overBytes };
+}
+
 /** Runs `ckpt watch`; returns the exit code. */
 export async function run(args: string[]): Promise<number> {
   const parsed = parseCommand(args, OPTIONS, HELP);
@@ -185,13 +215,17 @@ export async function run(args: string[]): Promise<number> {
   const signals: Deno.Signal[] = ["SIGTERM", "SIGINT"];
   for (const s of signals) Deno.addSignalListener(s, onSignal);
   let failed = 0;
+  const exporter = pipelineRunner(resolve(configPath), {
+    vars,
+    ...(backend ? { backend: backend as BackendChoice } : {}),
+  });
+  const split = splitOptions(parsed);
   const options = {
     runsDir,
     settings,
-    runner: pipelineRunner(resolve(configPath), {
-      vars,
-      ...(backend ? { backend: backend as BackendChoice } : {}),
-    }),
+    runner: split
+      ? splitHandoffRunner(resolve(configPath), { ...split, vars, inner: exporter })
+      : exporter,
     verify: checkpointVerifier(),
     signal: ac.signal,
     onEvent: (e: WatchEvent) => {

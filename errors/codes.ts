@@ -215,6 +215,14 @@ export const ERROR_CODES = {
   STAGING_UNREPORTED: "A stage left a file or folder in staging that no stage reported writing.",
   STAGING_MISMATCH:
     "A file a stage reported writing is missing, or its size differs from the report.",
+  PART_SPEC:
+    "A --part is not I/N with 0 <= I < N, or --part auto finds no Slurm or Kubernetes index.",
+  PART_RUNNING: "The same part of a split export is already running (the message names it).",
+  PARTS_MISSING: "A finish found parts with no receipt: not run yet, still running, or killed.",
+  PART_FAILED: "A finish found a part that failed (the message names it and its error).",
+  PARTS_MISMATCH:
+    "Parts of one split export disagree (weight plan, files) or a file is in two parts.",
+  SPLIT_STAGE: "A stage does not say how it runs in a split export (split: one-part, every-part).",
   STAGE_ORDER: "A stage that needs weights runs before gatherShards.",
   STAGE_FAILED: "A stage failed with an error that is not a CkptError (the message wraps it).",
   ABORTED: "The run or verification was aborted (signal or AbortSignal); staging is removed.",

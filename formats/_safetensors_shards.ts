@@ -138,6 +138,11 @@ export interface WriteSafetensorsShardedOptions extends PlanSafetensorsShardsOpt
    * stale `<prefix>.safetensors.index.json` when the new save is a single file. Default `true`.
    */
   removeStale?: boolean;
+  /**
+   * Write only the shard files of these names (one part of a split export); the others, the
+   * index and the stale-file removal are left to the other parts and the finish. Default: all.
+   */
+  only?: ReadonlySet<string>;
 }
 
 /** Result of {@linkcode writeSafetensorsSharded}. */
@@ -182,11 +187,13 @@ export async function writeSafetensorsSharded(
   const plan = planSafetensorsShards(sd, options.maxShardSize, options);
   const prefix = options.prefix ?? "model";
   const metadata = options.metadata ?? { ...DEFAULT_SAFETENSORS_METADATA };
-  const total = plan.files.reduce((n, f) => n + f.fileBytes, 0);
+  const only = options.only;
+  const chosen = only ? plan.files.filter((f) => only.has(f.file)) : plan.files;
+  const total = chosen.reduce((n, f) => n + f.fileBytes, 0);
   let done = 0;
   const onProgress = options.onProgress;
   const written: string[] = [];
-  for (const f of plan.files) {
+  for (const f of chosen) {
     const path = join(dir, f.file);
     const p = planFor(sd, f.tensors, metadata);
     await writePlanned(
@@ -200,6 +207,7 @@ export async function writeSafetensorsSharded(
     written.push(path);
   }
   const result: WriteSafetensorsShardedResult = { files: written };
+  if (only) return result;
   if (plan.index && plan.indexText !== undefined) {
     const path = join(dir, plan.indexFile);
     const tmp = `${path}.tmp-${randomSuffix()}`;

@@ -9,7 +9,7 @@ import { CkptError } from "../errors.ts";
 import type { BackendChoice } from "../merge/backend.ts";
 import type { PipelineConfig } from "./config.ts";
 import type { ManifestInput } from "./manifest.ts";
-import type { PipelineEvent, StageContext } from "./stage.ts";
+import type { PartContext, PipelineEvent, StageContext } from "./stage.ts";
 import { exists } from "./_staging.ts";
 
 function isInside(child: string, parent: string): boolean {
@@ -144,6 +144,8 @@ export interface RunContextInit {
   emit: (event: PipelineEvent) => void;
   /** Index of the stage (or preflight) running, whose report `ctx.report` adds to. */
   current: () => number;
+  /** The part of a split export this run is (`ctx.part`); absent in a one-machine run. */
+  part?: PartContext;
 }
 
 /** The shared stage context plus what the stages recorded through it. */
@@ -160,8 +162,8 @@ export interface RunContext {
 /** Builds the context the runner passes to every stage. */
 export function createRunContext(init: RunContextInit): RunContext {
   const { cfg } = init;
-  const inputs: ManifestInput[] = [];
-  const pendingInputs: Array<Promise<void>> = [];
+  // Kept in the order the stages recorded them, whichever stat answers first.
+  const pendingInputs: Array<Promise<ManifestInput>> = [];
   const reports = new Map<number, Record<string, unknown>>();
   const ctx: StageContext = {
     outDir: init.outDir,
@@ -170,6 +172,7 @@ export function createRunContext(init: RunContextInit): RunContext {
     dryRun: init.dryRun,
     ...(init.backend ? { backend: init.backend } : {}),
     ...(init.onOutputBytes ? { onOutputBytes: init.onOutputBytes } : {}),
+    ...(init.part ? { part: init.part } : {}),
     stateDict: undefined,
     modelConfig: undefined,
     modelDir: undefined,
@@ -179,7 +182,7 @@ export function createRunContext(init: RunContextInit): RunContext {
     addInput(path: string, role: string): void {
       const abs = resolve(cfg.baseDir, path);
       checkOutputAgainst(cfg.output, abs, role);
-      pendingInputs.push(statInput(abs, role).then((i) => void inputs.push(i)));
+      pendingInputs.push(statInput(abs, role));
     },
     report(_stage: string, data: Record<string, unknown>): void {
       const r = reports.get(init.current()) ?? {};
@@ -191,9 +194,6 @@ export function createRunContext(init: RunContextInit): RunContext {
     ctx,
     reportOf: (index) => reports.get(index) ?? {},
     clearReports: () => reports.clear(),
-    inputs: async () => {
-      await Promise.all(pendingInputs);
-      return inputs;
-    },
+    inputs: () => Promise.all(pendingInputs),
   };
 }

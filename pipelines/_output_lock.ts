@@ -46,12 +46,19 @@ export async function removeCreatedParents(output: string, top: string | undefin
   }
 }
 
-/** The run's exclusive hold on its output path, taken before anything is written. */
+/**
+ * The run's hold on its output path, taken before anything is written: exclusive for a
+ * one-machine run and for `--finish`, shared by the parts of a split export (they write disjoint
+ * files into one folder, so they must not exclude each other, but none of them may run while a
+ * one-machine run or a finish holds the output).
+ */
 export class OutputLock {
   readonly #lock: FileLock;
+  readonly #shared: boolean;
 
-  private constructor(lock: FileLock) {
+  private constructor(lock: FileLock, shared: boolean) {
     this.#lock = lock;
+    this.#shared = shared;
   }
 
   /**
@@ -60,11 +67,12 @@ export class OutputLock {
    */
   static async acquire(
     output: string,
-    options: { wait: boolean; signal: AbortSignal },
+    options: { wait: boolean; signal: AbortSignal; shared?: boolean; purpose?: string },
   ): Promise<OutputLock> {
     const path = outputLockPath(output);
-    const purpose = `writing ${output}`;
-    const lockOptions = { code: "OUTPUT_LOCKED", mkdir: false } as const;
+    const purpose = options.purpose ?? `writing ${output}`;
+    const shared = options.shared ?? false;
+    const lockOptions = { code: "OUTPUT_LOCKED", mkdir: false, shared } as const;
     if (options.wait) {
       return new OutputLock(
         await FileLock.acquire(path, {
@@ -74,10 +82,11 @@ export class OutputLock {
           pollMs: 100,
           signal: options.signal,
         }),
+        shared,
       );
     }
     const lock = await FileLock.tryAcquire(path, purpose, lockOptions);
-    if (lock) return new OutputLock(lock);
+    if (lock) return new OutputLock(lock, shared);
     const holder = await readLockHolder(path);
     throw new CkptError(
       "OUTPUT_LOCKED",
@@ -87,8 +96,11 @@ export class OutputLock {
     );
   }
 
-  /** Releases the lock and removes its file. */
+  /**
+   * Releases the lock; an exclusive holder removes the file first (a shared one leaves it: other
+   * parts may hold it; the finish, exclusive, removes it).
+   */
   async release(): Promise<void> {
-    await this.#lock.release({ remove: true });
+    await this.#lock.release({ remove: !this.#shared });
   }
 }

@@ -159,11 +159,29 @@ export class StagingFolder {
   #lock: Deno.FsFile | undefined;
   #settled = false;
 
-  private constructor(output: string, dryRun: boolean) {
+  private constructor(output: string, dryRun: boolean, path?: string) {
     this.#output = output;
     this.#dryRun = dryRun;
     const key = outputKey(basename(output));
-    this.path = join(dirname(output), `.ckpt-staging-${key}-${randomId()}`);
+    this.path = path ?? join(dirname(output), `.ckpt-staging-${key}-${randomId()}`);
+  }
+
+  /**
+   * Takes an existing folder as the staging folder of `output` (the shared folder of a split
+   * export, which the finish renames into place), locked like one it created. `OUTPUT_LOCKED`
+   * when another process holds its lock.
+   */
+  static async adopt(output: string, path: string): Promise<StagingFolder> {
+    const staging = new StagingFolder(output, false, path);
+    staging.#lock = (await lockFolder(path)) ?? undefined;
+    if (!staging.#lock) {
+      throw new CkptError(
+        "OUTPUT_LOCKED",
+        `Cannot lock the folder "${path}": another process holds it, or the file system refused`,
+        { file: path },
+      );
+    }
+    return staging;
   }
 
   /** Creates and locks the staging folder of `output`; in a dry run only the path is chosen. */
@@ -191,10 +209,11 @@ export class StagingFolder {
   /**
    * Checks the folder holds exactly what the stages reported (`STAGING_UNREPORTED` for anything
    * else, of any type; `STAGING_MISMATCH` for a reported file missing or of another size; see
-   * `_staging_contents.ts`), then fsyncs every file. Resolves to the reported paths, sorted.
+   * `_staging_contents.ts`; top-level names in `ignore` are left out of the check), then fsyncs
+   * every file. Resolves to the reported paths, sorted.
    */
-  async seal(files: readonly ReportedFile[]): Promise<string[]> {
-    const paths = await checkContents(this.path, files);
+  async seal(files: readonly ReportedFile[], ignore?: ReadonlySet<string>): Promise<string[]> {
+    const paths = await checkContents(this.path, files, ignore);
     for (const rel of paths) {
       const abs = join(this.path, rel);
       await fsCall("fsync", "sync", abs, async () => {
@@ -273,6 +292,12 @@ export class StagingFolder {
     } finally {
       held?.close();
     }
+  }
+
+  /** Lets the folder go without removing it (a failed finish keeps the parts' work). */
+  release(): void {
+    this.#settled = true;
+    this.#release();
   }
 
   #release(): void {

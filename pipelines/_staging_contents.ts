@@ -21,12 +21,13 @@ export interface ReportedFile {
 }
 
 /**
- * Checks `folder` holds exactly the reported `files` (the manifest excepted); resolves to their
- * paths, `/`-separated and sorted.
+ * Checks `folder` holds exactly the reported `files` (the manifest and the top-level names in
+ * `ignore` excepted); resolves to their paths, `/`-separated and sorted.
  */
 export async function checkContents(
   folder: string,
   files: readonly ReportedFile[],
+  ignore: ReadonlySet<string> = new Set(),
 ): Promise<string[]> {
   const reported = new Map<string, ReportedFile>();
   for (const f of files) reported.set(checkRelPath(f, folder), f);
@@ -35,7 +36,7 @@ export async function checkContents(
   for (const p of reported.keys()) {
     for (let d = dirname(p); d !== "."; d = dirname(d)) folders.add(d);
   }
-  await checkEntries(folder, "", reported, folders);
+  await checkEntries(folder, "", reported, folders, ignore);
   for (const [rel, f] of reported) {
     const abs = join(folder, rel);
     fsStep("stat", abs);
@@ -65,6 +66,7 @@ async function checkEntries(
   rel: string,
   reported: ReadonlyMap<string, ReportedFile>,
   folders: ReadonlySet<string>,
+  ignore: ReadonlySet<string> = new Set(),
 ): Promise<void> {
   const dir = join(folder, rel);
   fsStep("readdir", dir);
@@ -72,7 +74,7 @@ async function checkEntries(
   for await (const e of Deno.readDir(dir)) entries.push(e);
   for (const e of entries) {
     const p = rel === "" ? e.name : `${rel}/${e.name}`;
-    if (p === MANIFEST_NAME) continue; // written by the runner itself, after this check
+    if (p === MANIFEST_NAME || ignore.has(p)) continue; // the manifest: written after this check
     if (e.isDirectory && folders.has(p)) await checkEntries(folder, p, reported, folders);
     else if (reported.has(p)) continue; // a reported symlink, folder or FIFO: STAGING_MISMATCH below
     else {

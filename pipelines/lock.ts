@@ -55,6 +55,12 @@ export interface TryLockOptions {
   code?: ErrorCode;
   /** Create the lock file's folder when missing. Default true. */
   mkdir?: boolean;
+  /**
+   * Take a shared lock: shared holders do not exclude each other, only an exclusive holder (the
+   * parts of one split export share their output's lock; a one-machine run or `--finish` takes
+   * it exclusively). A shared holder must not remove the file on release. Default false.
+   */
+  shared?: boolean;
 }
 
 /** Options of {@linkcode FileLock.acquire}. */
@@ -127,7 +133,7 @@ export class FileLock {
       let locked = false;
       try {
         fsStep("flock", path);
-        locked = await file.tryLock(true);
+        locked = await file.tryLock(!(options.shared ?? false));
       } catch (cause) {
         file.close();
         throw new CkptError(
@@ -191,7 +197,8 @@ export class FileLock {
 
   /**
    * Releases the lock; safe to call twice. With `remove`, the lock file is deleted first, while
-   * still held (and only if the path still names it), so nothing is left behind.
+   * still held (and only if the path still names it), so nothing is left behind (never pass it for
+   * a shared lock: other holders may still hold the file).
    */
   async release(options: { remove?: boolean } = {}): Promise<void> {
     const file = this.#file;

@@ -1,6 +1,7 @@
 /**
  * The pipeline layer in full: the stage contract, configs, the runner, presets, progress renderers,
- * the manifest and its hashing, output locks, verification, the comparison behind `ckpt diff`, and
+ * the manifest and its hashing, output locks, verification, split exports (`runPart`,
+ * `finishParts`), the comparison behind `ckpt diff`, and
  * each built-in stage with its building blocks (the curated subset is the package root).
  *
  * @example
@@ -15,6 +16,9 @@
 export * from "./stage.ts";
 export * from "./config.ts";
 export * from "./run.ts";
+export * from "./split.ts";
+export * from "./run_part.ts";
+export * from "./finish_parts.ts";
 export * from "./presets.ts";
 export * from "./progress.ts";
 export * from "./manifest.ts";

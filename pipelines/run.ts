@@ -40,14 +40,7 @@
  * @module
  */
 import { CkptError } from "../errors.ts";
-import { isOsError, osError } from "../errors/os.ts";
-import {
-  builtinStages,
-  loadConfig,
-  type PipelineConfig,
-  type RawConfig,
-  validateConfig,
-} from "./config.ts";
+import type { PipelineConfig, RawConfig } from "./config.ts";
 import {
   buildManifest,
   type Manifest,
@@ -58,18 +51,21 @@ import {
 } from "./manifest.ts";
 import type { BackendChoice } from "../merge/backend.ts";
 import type { PipelineEvent, Stage } from "./stage.ts";
-import { checkOutputAgainst, createRunContext, declaredInputs } from "./_context.ts";
+import { createRunContext } from "./_context.ts";
 import { OutputHasher } from "./_output_hasher.ts";
 import { abortError, round1, StageLoop } from "./_stage_loop.ts";
-import {
-  checkReplaceable,
-  exists,
-  removeStaleStaging,
-  type ReportedFile,
-  StagingFolder,
-} from "./_staging.ts";
+import { checkReplaceable, exists, removeStaleStaging, StagingFolder } from "./_staging.ts";
 import { makeParents, OutputLock, removeCreatedParents } from "./_output_lock.ts";
 import { fsStep } from "./_faults.ts";
+import {
+  checkInputs,
+  configInfo,
+  errorEvent,
+  reportedFiles,
+  resolveConfig,
+  runError,
+  safeEmitter,
+} from "./_run_shared.ts";
 import { basename, dirname } from "node:path";
 
 /** Options of {@linkcode runPipeline}. */
@@ -135,49 +131,6 @@ export interface RunResult {
   files: PlannedFile[];
 }
 
-function isLoaded(config: unknown): config is PipelineConfig {
-  return typeof config === "object" && config !== null && "baseDir" in config &&
-    Array.isArray((config as PipelineConfig).stages) &&
-    (config as PipelineConfig).stages.every((s) => typeof s === "object" && "stage" in s);
-}
-
-/** The config to run: loaded from a path, validated from a raw object, or used as given. */
-async function resolveConfig(
-  config: PipelineConfig | RawConfig | string,
-  options: RunOptions,
-): Promise<PipelineConfig> {
-  if (isLoaded(config)) return config;
-  const configOptions = {
-    ...(options.vars ? { vars: options.vars } : {}),
-    stages: options.stages ?? await builtinStages(),
-    ...(options.env ? { env: options.env } : {}),
-  };
-  if (typeof config === "string") return await loadConfig(config, configOptions);
-  return validateConfig(config, {
-    ...configOptions,
-    ...(options.baseDir ? { baseDir: options.baseDir } : {}),
-  });
-}
-
-/** An event sink that ignores a broken renderer's exceptions. */
-function safeEmitter(onEvent: RunOptions["onEvent"]): (event: PipelineEvent) => void {
-  return (event) => {
-    try {
-      onEvent?.(event);
-    } catch {
-      // a broken renderer must not break the run
-    }
-  };
-}
-
-/**
- * The checks that need no writing, so a bad run leaves no trace: `OUTPUT_INSIDE_INPUT` for every
- * path the config names (real paths compared, before any folder is created).
- */
-async function checkInputs(cfg: PipelineConfig): Promise<void> {
-  for (const input of await declaredInputs(cfg)) checkOutputAgainst(cfg.output, input, "path");
-}
-
 /** `OUTPUT_EXISTS` unless overwriting; `OUTPUT_NOT_CKPT` when overwriting what ckpt did not write. */
 async function checkExisting(output: string, options: RunOptions): Promise<void> {
   if (!(await exists(output))) return;
@@ -189,26 +142,6 @@ async function checkExisting(output: string, options: RunOptions): Promise<void>
     );
   }
   await checkReplaceable(output, options.force ?? false);
-}
-
-/** The files the stages reported (`report.files`), in stage order. */
-function reportedFiles(stages: readonly ManifestStage[]): ReportedFile[] {
-  const files: ReportedFile[] = [];
-  for (const s of stages) {
-    const list = s.report.files;
-    if (!Array.isArray(list)) continue;
-    for (const f of list) {
-      if (f && typeof f === "object" && typeof f.path === "string") {
-        const bytes = f.bytes ?? f.size;
-        files.push({
-          path: f.path,
-          bytes: bytes === undefined ? undefined : Number(bytes),
-          stage: s.name,
-        });
-      }
-    }
-  }
-  return files;
 }
 
 /** The manifest of a dry run: the reports and timings, no files. */
@@ -235,21 +168,6 @@ function dryRunManifest(
   };
 }
 
-/** What the manifest records of the config: its file and the resolved variables. */
-function configInfo(cfg: PipelineConfig): { source?: string; vars: Record<string, string> } {
-  return { ...(cfg.source === undefined ? {} : { source: cfg.source }), vars: { ...cfg.vars } };
-}
-
-/** The `pipeline-error` event of a failed run (`stage`: the stage it failed in, if any). */
-function errorEvent(e: unknown, stage: string | undefined): PipelineEvent {
-  return {
-    type: "pipeline-error",
-    code: e instanceof CkptError ? e.code : "INTERNAL",
-    message: e instanceof Error ? e.message : String(e),
-    ...(stage === undefined ? {} : { stage }),
-  };
-}
-
 /**
  * Checks the staging folder against the reported files, hashes them into the manifest, writes it,
  * fsyncs everything and renames the staging folder into place. Resolves to the manifest and the
@@ -270,13 +188,6 @@ async function finish(
   if (info.signal.aborted) throw abortError(info.signal);
   await staging.commit(options);
   return { manifest, manifestSha256 };
-}
-
-/** The error a failed run ends with: aborts as `ABORTED`, OS errors coded (`errors/os.ts`). */
-function runError(err: unknown, signal: AbortSignal, output: string): unknown {
-  if (signal.aborted && !(err instanceof CkptError)) return abortError(signal);
-  if (isOsError(err)) return osError(err, "write the output", output);
-  return err;
 }
 
 /**

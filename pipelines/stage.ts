@@ -93,6 +93,12 @@ export interface StageContext {
    * in dry runs and when a stage is called outside the runner.
    */
   readonly onOutputBytes?: (path: string, bytes: Uint8Array) => void | Promise<void>;
+  /**
+   * Set when the run is one part of a split export (`ckpt run --part I/N`): which part this is,
+   * and how a stage that runs in every part (`split: "every-part"`) learns which of its files are
+   * this part's to write. Absent in a one-machine run.
+   */
+  readonly part?: PartContext;
   /** The model weights as a lazy state dict, set by gatherShards and wrapped by mergeLora. */
   stateDict: StateDict | undefined;
   /** The model's `config.json` object, set by gatherShards when the input has one. */
@@ -120,6 +126,61 @@ export interface StageContext {
   report(stage: string, data: Record<string, unknown>): void;
 }
 
+/** One file a split export's weight plan names: its path in the output and its (planned) size. */
+export interface PlannedPartFile {
+  /** Path relative to the output folder. */
+  path: string;
+  /** Size in bytes (the planned size; an estimate for `.bin` shards). */
+  bytes: number;
+}
+
+/**
+ * What a stage that writes its share of a split export records of the whole output, so `--finish`
+ * can complete the folder and its manifest without reading any weights.
+ */
+export interface PartPlan {
+  /** Every file the stage writes in a one-machine run, in its report's order. */
+  files: string[];
+  /** The files shared out between the parts (the weight shards), with planned sizes. */
+  shared: PlannedPartFile[];
+  /** The shard index the finish writes (path and exact text), when the output has one. */
+  index?: { path: string; text: string };
+}
+
+/** How one part of a split export sees it (see {@linkcode StageContext.part}). */
+export interface PartContext {
+  /** This part, 0-based. */
+  readonly index: number;
+  /** How many parts the export has. */
+  readonly count: number;
+  /** True for the one part that runs the `one-part` stages and writes the shared small files. */
+  readonly lead: boolean;
+  /**
+   * The files of `files` that are this part's to write, by the byte-balanced plan every part
+   * computes alike from the same list (largest first, each to the least-loaded part).
+   */
+  mine(files: readonly PlannedPartFile[]): Set<string>;
+  /** Records the whole output's plan for the stage running (`PARTS_MISMATCH` at finish when parts disagree). */
+  record(plan: PartPlan): void;
+  /**
+   * Marks the running stage's report key `key` as measured per part: an array of objects, each
+   * named by its `by` field, filled as this part reads its share (mergeLora's `moduleChanges`).
+   * The finish joins every part's items (an item several parts measured must be equal in all)
+   * in `order`, the one-machine report's order.
+   */
+  gather(spec: PartGather): void;
+}
+
+/** A report key measured per part; see {@linkcode PartContext.gather}. */
+export interface PartGather {
+  /** The report key (its value: an array of objects). */
+  key: string;
+  /** The field naming each item. */
+  by: string;
+  /** Item names in the one-machine report's order. */
+  order: string[];
+}
+
 /** A stage: its name, its options schema (unknown keys rejected) and its function. */
 export interface Stage<S extends OptionsSchema = OptionsSchema> {
   /** Name used in configs (`"use": "gatherShards"`). */
@@ -128,6 +189,13 @@ export interface Stage<S extends OptionsSchema = OptionsSchema> {
   readonly summary: string;
   /** Options schema; the `use` key is removed before parsing. */
   readonly options: S;
+  /**
+   * How the stage runs in a split export (`ckpt run --part I/N`): `"one-part"` runs in the lead
+   * part only (its files land once); `"every-part"` runs in every part and writes only what
+   * {@linkcode StageContext.part} assigns it (or nothing: readers, transforms). A stage without it
+   * cannot run in a split export (`SPLIT_STAGE`).
+   */
+  readonly split?: "one-part" | "every-part";
   /** Runs the stage. */
   run(ctx: StageContext, options: StageOptions<S>): Promise<void>;
   /**
@@ -146,6 +214,8 @@ export interface StageSpec<S extends OptionsSchema> {
   readonly summary: string;
   /** Options schema (use `z.strictObject` so unknown keys are errors). */
   readonly options: S;
+  /** How the stage runs in a split export; see {@linkcode Stage.split}. */
+  readonly split?: "one-part" | "every-part";
   /** Runs the stage with validated options (defaults applied). */
   run(ctx: StageContext, options: StageOptions<S>): Promise<void>;
   /** Checks that need no earlier stage; see {@linkcode Stage.preflight}. */

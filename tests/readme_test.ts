@@ -8,6 +8,7 @@ const DOCS = [
   "config",
   "stages",
   "guarantees",
+  "clusters",
   "architecture",
   "errors",
   "benchmarks",

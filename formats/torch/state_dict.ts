@@ -30,7 +30,7 @@ import { join } from "node:path";
 import { CkptError } from "../../errors.ts";
 import { osError } from "../../errors/os.ts";
 import { readTextInput } from "../read_text.ts";
-import { planShards, shardFileName, shardIndexJson } from "../shards.ts";
+import { planShards, shardFileName, shardIndexJson, type ShardPlan } from "../shards.ts";
 import { StateDict } from "../state_dict.ts";
 import { loadTorch, type TorchFile } from "./load.ts";
 import { type SaveTorchOptions, saveTorchStateDict } from "./save.ts";
@@ -179,6 +179,60 @@ export interface WriteTorchShardedOptions extends Omit<SaveTorchOptions, "prefix
   prefix?: string;
   /** Called with bytes of tensor data written across all shards and the total. */
   onProgress?: (bytesDone: number, bytesTotal: number) => void;
+  /**
+   * Write only the shard files of these names (one part of a split export), no index. Default:
+   * every shard and the index.
+   */
+  only?: ReadonlySet<string>;
+}
+
+/** The shards {@linkcode writeTorchSharded} writes, planned before any byte is. */
+export interface TorchShardPlan {
+  /** huggingface_hub's split: each shard's tensors (tied followers after the shard's own). */
+  plan: ShardPlan;
+  /** Shard file names, in order. */
+  files: string[];
+  /** The index file's name and exact text, when there is more than one shard. */
+  index?: { file: string; text: string; value: Record<string, unknown> };
+}
+
+/**
+ * Plans `save_pretrained(safe_serialization=False)` shards: tensors sharing a storage (tied
+ * weights) count once and go to the shard of the first of them, appended after that shard's own
+ * tensors; file names and index as transformers writes them.
+ */
+export function planTorchShards(
+  sd: StateDict,
+  maxShardSize: number,
+  prefix = "pytorch_model",
+): TorchShardPlan {
+  const first = new Map<TorchStorage, string>();
+  const followers = new Map<string, string[]>();
+  const entries: { name: string; bytes: number }[] = [];
+  for (const [name, ref] of sd) {
+    const t = torchTensor(ref);
+    const lead = first.get(t.storage);
+    if (lead !== undefined) {
+      followers.get(lead)!.push(name);
+      continue;
+    }
+    first.set(t.storage, name);
+    followers.set(name, []);
+    entries.push({ name, bytes: t.storage.byteLength });
+  }
+  const planned = planShards(entries, maxShardSize);
+  const plan: ShardPlan = {
+    totalSize: planned.totalSize,
+    shards: planned.shards.map((sh) => ({
+      bytes: sh.bytes,
+      names: [...sh.names, ...sh.names.flatMap((n) => followers.get(n) ?? [])],
+    })),
+  };
+  const n = plan.shards.length;
+  const files = plan.shards.map((_, i) => shardFileName(prefix, ".bin", i, n));
+  if (n === 1) return { plan, files };
+  const { index, text } = shardIndexJson(plan, files);
+  return { plan, files, index: { file: `${prefix}.bin.index.json`, text, value: index } };
 }
 
 /** What {@linkcode writeTorchSharded} wrote. */
@@ -199,36 +253,13 @@ export async function writeTorchSharded(
   sd: StateDict,
   options: WriteTorchShardedOptions,
 ): Promise<WriteTorchShardedResult> {
-  const stem = options.prefix ?? "pytorch_model";
-  // huggingface_hub's split: tensors sharing a storage (tied weights) count once and go to the
-  // shard of the first of them, appended after that shard's own tensors.
-  const first = new Map<TorchStorage, string>();
-  const followers = new Map<string, string[]>();
-  const entries: { name: string; bytes: number }[] = [];
-  for (const [name, ref] of sd) {
-    const t = torchTensor(ref);
-    const lead = first.get(t.storage);
-    if (lead !== undefined) {
-      followers.get(lead)!.push(name);
-      continue;
-    }
-    first.set(t.storage, name);
-    followers.set(name, []);
-    entries.push({ name, bytes: t.storage.byteLength });
-  }
-  const planned = planShards(entries, options.maxShardSize);
-  const plan = {
-    totalSize: planned.totalSize,
-    shards: planned.shards.map((sh) => ({
-      bytes: sh.bytes,
-      names: [...sh.names, ...sh.names.flatMap((n) => followers.get(n) ?? [])],
-    })),
-  };
+  const { plan, files, index } = planTorchShards(sd, options.maxShardSize, options.prefix);
   const n = plan.shards.length;
-  const files = plan.shards.map((_, i) => shardFileName(stem, ".bin", i, n));
-  const total = plan.totalSize;
+  const only = options.only;
+  const chosen = plan.shards.map((_, i) => i).filter((i) => !only || only.has(files[i]!));
+  const total = chosen.reduce((t, i) => t + plan.shards[i]!.bytes, 0);
   let before = 0;
-  for (let i = 0; i < n; i++) {
+  for (const i of chosen) {
     const shard = plan.shards[i]!;
     const part = new StateDict(shard.names.map((name) => [name, sd.require(name)]));
     const base = before;
@@ -240,16 +271,16 @@ export async function writeTorchSharded(
     });
     before += shard.bytes;
   }
-  if (n === 1) return { files };
-  const { index, text } = shardIndexJson(plan, files);
-  const indexPath = join(dir, `${stem}.bin.index.json`);
+  if (only) return { files: chosen.map((i) => files[i]!) };
+  if (n === 1 || !index) return { files };
+  const indexPath = join(dir, index.file);
   const tmp = `${indexPath}.tmp-${crypto.randomUUID().slice(0, 8)}`;
   try {
-    await Deno.writeTextFile(tmp, text);
+    await Deno.writeTextFile(tmp, index.text);
     await Deno.rename(tmp, indexPath);
   } catch (cause) {
     await Deno.remove(tmp).catch(() => {});
     throw osError(cause, "write", indexPath, { code: "FILE_WRITE" });
   }
-  return { files, index };
+  return { files, index: index.value };
 }

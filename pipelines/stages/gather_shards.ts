@@ -208,6 +208,7 @@ export function createGatherShardsStage(
     summary:
       "open weights (safetensors, HF shards, torch .bin/.pt, shard folders, DCP) as a lazy state dict",
     options: gatherShardsOptions,
+    split: "every-part",
     /**
      * Checks, without opening any weights: the input exists and a kind recognises it (or the named
      * kind exists), and the model's config.json parses (`INPUT_MISSING`, `INPUT_KIND`,

@@ -183,6 +183,7 @@ export const mergeLoraStage: Stage = defineStage({
   name: "mergeLora",
   summary: "merge LoRA adapter(s) into the weights (W + s·B·A), lazily, on WebGPU or CPU",
   options: mergeLoraOptions,
+  split: "every-part",
   /**
    * Checks every adapter before any stage runs: it exists, has a weights file whose header reads,
    * and a valid `adapter_config.json` (`PEFT_ADAPTER_MISSING`, `PEFT_CONFIG`, `PEFT_UNSUPPORTED`).
@@ -295,6 +296,12 @@ export const mergeLoraStage: Stage = defineStage({
       ...(warnings.length > 0 ? { warnings } : {}),
     });
     if (report.tiedEmbeddings) untieConfig(ctx);
+    // In a split export each part measures the modules of its own shards; the finish joins them.
+    ctx.part?.gather({
+      key: "moduleChanges",
+      by: "tensor",
+      order: report.modules.map((m) => m.tensor),
+    });
     ctx.emit({
       type: "log",
       level: "info",

@@ -212,6 +212,7 @@ export const writeMetricsStage: Stage = defineStage({
   name: "writeMetrics",
   summary: "write metrics.json (eval results + counter) as HALOs does, from JSON/JSONL or config",
   options: writeMetricsOptions,
+  split: "one-part",
   /**
    * Builds the metrics without writing them, so a missing or unparsable input, a missing step or an
    * unresolvable counter fails before any stage runs (`INPUT_MISSING`, `JSON_PARSE`,

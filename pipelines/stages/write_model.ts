@@ -20,6 +20,10 @@
  *   weights; `generation_config.json` copied byte for byte;
  * - never adapter files (`ADAPTER_IN_MERGED`).
  *
+ * In a split export (`ckpt run --part I/N`) each part writes the shards the byte-balanced plan
+ * gives it (`ctx.part`), the lead part also `config.json` and `generation_config.json`, and the
+ * finish writes the index from the plan recorded here.
+ *
  * Adapter (`what: "adapter"`): `adapter_model.safetensors` + `adapter_config.json` from `adapter`
  * (a PEFT folder or weights file; default: the adapter folder of the run), or from the LoRA part of a
  * PEFT-wrapped state dict (`r` and `alpha` given; the config is generated).
@@ -34,10 +38,17 @@ import { type DType, isFloatDType, parseDType } from "../../formats/dtype.ts";
 import { isWrappedStateDict, loadAdapter } from "../../formats/peft.ts";
 import { parseSize } from "../../formats/size.ts";
 import type { StateDict } from "../../formats/state_dict.ts";
-import { defineStage, type Stage, type StageContext } from "../stage.ts";
+import { defineStage, type PartContext, type Stage, type StageContext } from "../stage.ts";
 import { parsePyJson, toPlain } from "./_pyjson.ts";
 import { writeAdapter } from "./model/adapter.ts";
-import { plannedFiles, refuseAdapterFiles, writeModelFiles, writtenSizes } from "./model/files.ts";
+import {
+  plannedFiles,
+  refuseAdapterFiles,
+  type WeightFiles,
+  weightFiles,
+  writeModelFiles,
+  writtenSizes,
+} from "./model/files.ts";
 import { writeModelOptions } from "./model/options.ts";
 import { planModel } from "./model/plan.ts";
 
@@ -82,12 +93,41 @@ function modelWeights(ctx: StageContext): StateDict {
   return sd;
 }
 
+/**
+ * One part's share of the weights in a split export: the shards the byte-balanced plan gives it
+ * (the configs go with the lead part), after recording the whole plan for the finish.
+ */
+function splitShare(
+  ctx: StageContext,
+  part: PartContext,
+  weights: WeightFiles,
+  files: readonly { path: string }[],
+): { only: Set<string>; configs: boolean } {
+  part.record({
+    files: files.map((f) => f.path),
+    shared: weights.shards,
+    ...(weights.index ? { index: weights.index } : {}),
+  });
+  if (weights.shards.length < part.count) {
+    ctx.emit({
+      type: "log",
+      level: "warn",
+      stage: "writeModel",
+      message: `${weights.shards.length} weight files for ${part.count} parts: ${
+        part.count - weights.shards.length
+      } parts write no weights (a smaller maxShardSize gives more files)`,
+    });
+  }
+  return { only: part.mine(weights.shards), configs: part.lead };
+}
+
 /** The writeModel stage (config name `writeModel`). */
 export const writeModelStage: Stage = defineStage({
   name: "writeModel",
   summary:
     "write the weights as an HF folder (safetensors or .bin, shards, dtype, tied, config.json) or the adapter",
   options: writeModelOptions,
+  split: "every-part",
   /**
    * Checks the options that need no weights (`dtype` is a float dtype, `maxShardSize` parses) and,
    * for `what: "adapter"` with an explicit `adapter`, that the adapter's config and weights header
@@ -103,7 +143,10 @@ export const writeModelStage: Stage = defineStage({
   },
   async run(ctx, options) {
     const dtype = outputDType(options);
-    if (options.what === "adapter") return await writeAdapter(ctx, options, dtype);
+    if (options.what === "adapter") {
+      if (ctx.part && !ctx.part.lead) return; // the adapter is small: the lead part writes it
+      return await writeAdapter(ctx, options, dtype);
+    }
     const sd = modelWeights(ctx);
     const maxShardSize = parseSize(options.maxShardSize);
     await refuseAdapterFiles(ctx.outDir, "before");
@@ -136,7 +179,13 @@ export const writeModelStage: Stage = defineStage({
       ctx.report("writeModel", { ...report, files, estimated: options.format === "bin" });
       return;
     }
-    const written = await writeModelFiles(ctx, plan, options.format, maxShardSize);
+    const written = await writeModelFiles(
+      ctx,
+      plan,
+      options.format,
+      maxShardSize,
+      ctx.part && splitShare(ctx, ctx.part, weightFiles(plan, options.format, maxShardSize), files),
+    );
     await refuseAdapterFiles(ctx.outDir, "after");
     ctx.report("writeModel", { ...report, files: await writtenSizes(ctx.outDir, written) });
   },

@@ -208,6 +208,7 @@ export function createWriteOptimStage(
     name: "writeOptim",
     summary: "write optimizer.pt ({'state_dict', 'class'}) and scheduler.pt as HALOs does",
     options: writeOptimOptions,
+    split: "one-part",
     /**
      * Loads the inputs' structure before any stage runs (torch archives' pickles, JSON descriptions
      * with their safetensors headers, DCP metadata; no tensor data) and validates it, so a missing,

@@ -48,6 +48,7 @@ export const writeTokenizerStage: Stage = defineStage({
   summary:
     "copy and validate the tokenizer (adapter folder first, then base); pad, template, tokens",
   options: writeTokenizerOptions,
+  split: "one-part",
   /**
    * Finds the tokenizer files the run will use (`from`, else the adapter's folder then the model's,
    * as the earlier stages' preflights found them), reads them, applies the requested changes in

@@ -83,6 +83,7 @@ export const writeValueHeadStage: Stage = defineStage({
   name: "writeValueHead",
   summary: "write v_head.pt (the PPO value head's state dict) and optionally v_head.safetensors",
   options: writeValueHeadOptions,
+  split: "one-part",
   /**
    * Checks before any stage runs that the input exists, is a weights file a kind recognises, holds
    * tensors under `prefix`, and (with `check`) that its 2-d weights take the `hidden_size` of the

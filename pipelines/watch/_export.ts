@@ -83,7 +83,7 @@ async function runAndVerify(
       }
     },
   });
-  if (options.settings.verify && options.verify) {
+  if (options.settings.verify && options.verify && !result.handedOff) {
     try {
       await options.verify(result.output, signal);
     } catch (cause) {
@@ -179,6 +179,14 @@ export async function exportOne(
   try {
     const result = await runAndVerify(cp, options, { overwrite, signal, emit });
     const ms = Math.round(performance.now() - t0);
+    if (result.handedOff) {
+      emit({
+        event: "handed-off",
+        checkpoint: cp.name,
+        output: result.output,
+        ...result.handedOff,
+      });
+    }
     let state = await recordDone(cp, runsDir, { tries, ms, owner, result });
     emit({
       event: "done",

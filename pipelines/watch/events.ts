@@ -32,6 +32,11 @@ export interface ExportResult {
   output: string;
   /** sha256 of its manifest, if the runner wrote one. */
   manifestSha256: string | undefined;
+  /**
+   * Set when the runner exported nothing but handed the checkpoint to a split export on a cluster
+   * (`split_handoff.ts`): the parts and the commands that do it. Not verified.
+   */
+  handedOff?: { parts: number; part: string; finish: string; slurm: string };
 }
 
 /** Runs the pipeline for one checkpoint (throws on failure). */
@@ -64,6 +69,15 @@ export type WatchEvent =
       message: string;
       try: number;
       final: boolean;
+    }
+    | {
+      event: "handed-off";
+      checkpoint: string;
+      output: string;
+      parts: number;
+      part: string;
+      finish: string;
+      slurm: string;
     }
     | { event: "aborted"; checkpoint: string }
     | { event: "pruned"; checkpoint: string; output: string }

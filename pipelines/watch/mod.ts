@@ -19,3 +19,4 @@ export * from "./state.ts";
 export * from "./events.ts";
 export * from "./watch.ts";
 export * from "./runner.ts";
+export * from "./split_handoff.ts";

@@ -6,11 +6,10 @@
  */
 import { join, relative } from "node:path";
 import { CkptError } from "../../../errors.ts";
-import { DTYPES, isFloatDType } from "../../../formats/dtype.ts";
+import { isFloatDType } from "../../../formats/dtype.ts";
 import { planSafetensorsShards, writeSafetensorsSharded } from "../../../formats/safetensors.ts";
-import { planShards, shardFileName, shardIndexJson } from "../../../formats/shards.ts";
 import { numel } from "../../../formats/state_dict.ts";
-import { writeTorchSharded } from "../../../formats/torch/state_dict.ts";
+import { planTorchShards, writeTorchSharded } from "../../../formats/torch/state_dict.ts";
 import type { StageContext } from "../../stage.ts";
 import type { ModelPlan } from "./plan.ts";
 
@@ -60,38 +59,47 @@ export function indexMetadata(plan: ModelPlan): { total_parameters: number } {
   return { total_parameters: parameters };
 }
 
+/** The weight files of a model folder (shards, sizes planned) and its index (exact text). */
+export interface WeightFiles {
+  /** Shard files in order, with their planned sizes (`.bin` sizes are estimates). */
+  shards: OutputFile[];
+  /** The shard index, when there is more than one shard. */
+  index?: { path: string; text: string };
+}
+
+/** Plans the weight files as the writers will write them (nothing read, nothing written). */
+export function weightFiles(
+  plan: ModelPlan,
+  format: "safetensors" | "bin",
+  maxShardSize: number,
+): WeightFiles {
+  if (format === "safetensors") {
+    const p = planSafetensorsShards(plan.stateDict, maxShardSize, {
+      indexMetadata: indexMetadata(plan),
+    });
+    const shards = p.files.map((f) => ({ path: f.file, bytes: f.fileBytes }));
+    return p.indexText === undefined
+      ? { shards }
+      : { shards, index: { path: p.indexFile, text: p.indexText } };
+  }
+  const p = planTorchShards(plan.stateDict, maxShardSize);
+  const shards = p.files.map((file, i) => ({ path: file, bytes: p.plan.shards[i]!.bytes }));
+  return p.index ? { shards, index: { path: p.index.file, text: p.index.text } } : { shards };
+}
+
 /** The files a model folder will have, with their sizes (`.bin` sizes are estimates). */
 export function plannedFiles(
   plan: ModelPlan,
   format: "safetensors" | "bin",
   maxShardSize: number,
 ): OutputFile[] {
-  const files: OutputFile[] = [];
-  if (format === "safetensors") {
-    const p = planSafetensorsShards(plan.stateDict, maxShardSize, {
-      indexMetadata: indexMetadata(plan),
+  const weights = weightFiles(plan, format, maxShardSize);
+  const files: OutputFile[] = [...weights.shards];
+  if (weights.index) {
+    files.push({
+      path: weights.index.path,
+      bytes: new TextEncoder().encode(weights.index.text).byteLength,
     });
-    for (const f of p.files) files.push({ path: f.file, bytes: f.fileBytes });
-    if (p.indexText) {
-      files.push({ path: p.indexFile, bytes: new TextEncoder().encode(p.indexText).byteLength });
-    }
-  } else {
-    const entries = [...plan.stateDict].map(([name, r]) => ({
-      name,
-      bytes: r.shape.reduce((a, b) => a * b, 1) * DTYPES[r.dtype].size,
-    }));
-    const p = planShards(entries, maxShardSize);
-    const names = p.shards.map((_, i) =>
-      shardFileName("pytorch_model", ".bin", i, p.shards.length)
-    );
-    p.shards.forEach((s, i) => files.push({ path: names[i]!, bytes: s.bytes }));
-    if (p.shards.length > 1) {
-      const { text } = shardIndexJson(p, names);
-      files.push({
-        path: "pytorch_model.bin.index.json",
-        bytes: new TextEncoder().encode(text).byteLength,
-      });
-    }
   }
   if (plan.config) files.push({ path: "config.json", bytes: plan.config.byteLength });
   if (plan.generationConfig) {
@@ -100,12 +108,17 @@ export function plannedFiles(
   return files;
 }
 
-/** Writes the weights (shards and index) and the configs; returns the paths written. */
+/**
+ * Writes the weights (shards and index) and the configs; returns the paths written. With `only`
+ * (one part of a split export), writes those shards and no index, and the configs only when
+ * `configs` is true.
+ */
 export async function writeModelFiles(
   ctx: StageContext,
   plan: ModelPlan,
   format: "safetensors" | "bin",
   maxShardSize: number,
+  part?: { only: ReadonlySet<string>; configs: boolean },
 ): Promise<string[]> {
   const onProgress = (done: number, total: number) =>
     ctx.emit({ type: "progress", stage: "writeModel", done, total, unit: "bytes" });
@@ -117,6 +130,7 @@ export async function writeModelFiles(
       signal: ctx.signal,
       onProgress,
       ...outputBytesHook(ctx),
+      ...(part ? { only: part.only } : {}),
     })).files;
   } else {
     const r = await writeTorchSharded(ctx.outDir, plan.stateDict, {
@@ -124,12 +138,14 @@ export async function writeModelFiles(
       signal: ctx.signal,
       onProgress,
       ...outputBytesHook(ctx),
+      ...(part ? { only: part.only } : {}),
     });
     written = [...r.files];
     if (r.index && !written.some((f) => f.endsWith("pytorch_model.bin.index.json"))) {
       written.push("pytorch_model.bin.index.json");
     }
   }
+  if (part && !part.configs) return written;
   if (plan.config) {
     await Deno.writeFile(join(ctx.outDir, "config.json"), plan.config);
     written.push("config.json");

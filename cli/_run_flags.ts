@@ -1,0 +1,77 @@
+/**
+ * The flags every command that runs a pipeline shares (`--overwrite`, `--force`, `--wait`,
+ * `--dry-run`, `--backend`, `--log`) and the signal wiring, for `run`, `merge`, `gather` and the
+ * split-export options.
+ * @module
+ */
+import type { BackendChoice } from "../merge/backend.ts";
+import type { LogStyle } from "../pipelines/progress.ts";
+import { type Parsed, stringOption, UsageError } from "./_args.ts";
+
+/** Wires SIGINT/SIGTERM to an AbortController for the duration of `fn`. */
+export async function withSignals<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const ac = new AbortController();
+  const handlers: Array<[Deno.Signal, () => void]> = (["SIGINT", "SIGTERM"] as const).map((
+    sig,
+  ) => [sig, () => ac.abort(new Error(`received ${sig}`))]);
+  for (const [sig, h] of handlers) Deno.addSignalListener(sig, h);
+  try {
+    return await fn(ac.signal);
+  } finally {
+    for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);
+  }
+}
+
+/** Parses `--log`. */
+export function logStyle(value: string | undefined): LogStyle {
+  const v = value ?? "auto";
+  if (v === "auto" || v === "json" || v === "tty" || v === "plain" || v === "quiet") return v;
+  throw new UsageError(`--log must be auto, tty, plain, json or quiet (got "${v}")`);
+}
+
+/** Parses `--backend`. */
+export function backendChoice(value: string | undefined): BackendChoice | undefined {
+  if (value === undefined) return undefined;
+  if (value === "auto" || value === "webgpu" || value === "cpu") return value;
+  throw new UsageError(`--backend must be auto, webgpu or cpu (got "${value}")`);
+}
+
+/** The stderr writer the renderers use. */
+export function stderrWriter(): (text: string) => void {
+  const enc = new TextEncoder();
+  return (text) => void Deno.stderr.writeSync(enc.encode(text));
+}
+
+/** The flags every command that runs a pipeline takes. */
+export interface RunFlags {
+  overwrite: boolean;
+  force: boolean;
+  wait: boolean;
+  dryRun: boolean;
+  backend: BackendChoice | undefined;
+  log: LogStyle;
+}
+
+/** The options of {@linkcode runFlags}, for `parseCommand`. */
+export const RUN_FLAG_OPTIONS = {
+  overwrite: { type: "boolean" },
+  force: { type: "boolean" },
+  wait: { type: "boolean" },
+  "dry-run": { type: "boolean" },
+  backend: { type: "string" },
+  log: { type: "string" },
+} as const;
+
+/** Reads {@linkcode RunFlags} from parsed arguments; `--force` needs `--overwrite`. */
+export function runFlags(parsed: Parsed): RunFlags {
+  const flags = {
+    overwrite: parsed.values.overwrite === true,
+    force: parsed.values.force === true,
+    wait: parsed.values.wait === true,
+    dryRun: parsed.values["dry-run"] === true,
+    backend: backendChoice(stringOption(parsed, "backend")),
+    log: logStyle(stringOption(parsed, "log")),
+  };
+  if (flags.force && !flags.overwrite) throw new UsageError("--force goes with --overwrite");
+  return flags;
+}

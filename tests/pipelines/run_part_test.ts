@@ -1,0 +1,203 @@
+/**
+ * `runPart()` and `finishParts()` in one process on a small model: what a part does when it runs
+ * twice at once, fails, or meets a finished output; what the finish says of missing, failed and
+ * disagreeing parts; and how the output lock keeps one-machine runs, finishes and parts apart
+ * while parts run side by side.
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { z } from "zod";
+import { CkptError } from "../../errors.ts";
+import { writeSafetensors } from "../../formats/safetensors.ts";
+import { StateDict, tensorFromBytes } from "../../formats/state_dict.ts";
+import { builtinStages, type RawConfig, validateConfig } from "../../pipelines/config.ts";
+import { finishParts } from "../../pipelines/finish_parts.ts";
+import { FileLock } from "../../pipelines/lock.ts";
+import { runPipeline } from "../../pipelines/run.ts";
+import { runPart } from "../../pipelines/run_part.ts";
+import { splitId } from "../../pipelines/split.ts";
+import { defineStage } from "../../pipelines/stage.ts";
+import { OutputLock } from "../../pipelines/_output_lock.ts";
+import { partPaths, splitFolder } from "../../pipelines/_split_receipts.ts";
+import { withTempDir } from "../_helpers/tmp.ts";
+
+/** Six 100-byte tensors, written as 100-byte shards: six weight files. */
+async function smallModel(dir: string): Promise<RawConfig> {
+  const sd = new StateDict();
+  for (let i = 0; i < 6; i++) {
+    sd.set(`t${i}.weight`, tensorFromBytes("U8", [100], new Uint8Array(100).fill(i)));
+  }
+  await writeSafetensors(join(dir, "in.safetensors"), sd);
+  await Deno.writeTextFile(join(dir, "eval.json"), '{"loss": 0.5, "counter": 3}');
+  return {
+    output: "out",
+    stages: [
+      { use: "gatherShards", from: "in.safetensors" },
+      { use: "writeModel", maxShardSize: "100B" },
+      { use: "writeMetrics", from: "eval.json" },
+    ],
+  };
+}
+
+async function codeOf(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+  } catch (e) {
+    if (e instanceof CkptError) return e.code;
+    throw e;
+  }
+  return "none";
+}
+
+async function errorOf(p: Promise<unknown>): Promise<CkptError> {
+  try {
+    await p;
+  } catch (e) {
+    if (e instanceof CkptError) return e;
+    throw e;
+  }
+  throw new Error("expected an error");
+}
+
+async function where(dir: string, config: RawConfig, count: number) {
+  const cfg = await validateConfig(config, { baseDir: dir, stages: await builtinStages() });
+  const folder = splitFolder(cfg.output, splitId(cfg, count));
+  return { folder, paths: (i: number) => partPaths(folder, i, count) };
+}
+
+Deno.test("`runPart()` writes only its share, and the lead part alone runs the one-part stages", async () => {
+  await withTempDir(async (dir) => {
+    const config = await smallModel(dir);
+    const lead = await runPart(config, { baseDir: dir, part: { index: 2, count: 3 } });
+    const first = await runPart(config, { baseDir: dir, part: { index: 0, count: 3 } });
+    assert.equal(lead.status, "written");
+    assert.deepEqual(lead.files.map((f) => f.path), [
+      "metrics.json",
+      "model-00003-of-00006.safetensors",
+      "model-00006-of-00006.safetensors",
+    ]);
+    assert.deepEqual(first.files.map((f) => f.path), [
+      "model-00001-of-00006.safetensors",
+      "model-00004-of-00006.safetensors",
+    ]);
+    const again = await runPart(config, { baseDir: dir, part: { index: 0, count: 3 } });
+    assert.equal(again.status, "already-done");
+    assert.deepEqual(again.files, first.files);
+  });
+});
+
+Deno.test("`runPart()` of a part that is already running is PART_RUNNING naming it", async () => {
+  await withTempDir(async (dir) => {
+    const config = await smallModel(dir);
+    await runPart(config, { baseDir: dir, part: { index: 0, count: 2 } });
+    const { paths } = await where(dir, config, 2);
+    const held = await FileLock.tryAcquire(paths(1).lock, "another host", { mkdir: false });
+    try {
+      const e = await errorOf(runPart(config, { baseDir: dir, part: { index: 1, count: 2 } }));
+      assert.equal(e.code, "PART_RUNNING");
+      assert.match(e.message, /part 1 of 2: it is already running: pid \d+ .*another host/);
+    } finally {
+      await held?.release();
+    }
+    assert.equal(
+      (await runPart(config, { baseDir: dir, part: { index: 1, count: 2 } })).status,
+      "written",
+    );
+    assert.equal((await finishParts(config, { baseDir: dir, count: 2 })).status, "finished");
+  });
+});
+
+Deno.test("`finishParts()` names the missing parts, then the failed part and its error", async () => {
+  await withTempDir(async (dir) => {
+    const config = await smallModel(dir);
+    assert.match(
+      (await errorOf(finishParts(config, { baseDir: dir, count: 3 }))).message,
+      /no part has run/,
+    );
+    await runPart(config, { baseDir: dir, part: { index: 1, count: 3 } });
+    const missing = await errorOf(finishParts(config, { baseDir: dir, count: 3 }));
+    assert.equal(missing.code, "PARTS_MISSING");
+    assert.match(missing.message, /parts 0, 2 have no receipt/);
+
+    const boom = defineStage({
+      name: "boom",
+      summary: "fails",
+      split: "one-part",
+      options: z.strictObject({}),
+      run() {
+        return Promise.reject(new CkptError("METRICS_INPUT", "Cannot read metrics: test"));
+      },
+    });
+    const failing = { ...config, stages: [...config.stages, { use: "boom" }] };
+    const stages = { ...(await builtinStages()), boom };
+    assert.equal(
+      await codeOf(runPart(failing, { baseDir: dir, stages, part: { index: 2, count: 3 } })),
+      "METRICS_INPUT",
+    );
+    await runPart(failing, { baseDir: dir, stages, part: { index: 0, count: 3 } });
+    await runPart(failing, { baseDir: dir, stages, part: { index: 1, count: 3 } });
+    const failed = await errorOf(finishParts(failing, { baseDir: dir, stages, count: 3 }));
+    assert.equal(failed.code, "PART_FAILED");
+    assert.match(
+      failed.message,
+      /part 2 failed on .*: \[METRICS_INPUT\] Cannot read metrics: test/,
+    );
+    const { folder } = await where(dir, config, 3);
+    assert.ok(await Deno.stat(folder), "the finished parts are kept");
+  });
+});
+
+Deno.test("`finishParts()` refuses parts that followed different weight plans", async () => {
+  await withTempDir(async (dir) => {
+    const config = await smallModel(dir);
+    for (const index of [0, 1]) await runPart(config, { baseDir: dir, part: { index, count: 2 } });
+    const { paths } = await where(dir, config, 2);
+    const receipt = JSON.parse(await Deno.readTextFile(paths(0).receipt));
+    receipt.plans[0].shared[0].bytes += 1;
+    await Deno.writeTextFile(paths(0).receipt, JSON.stringify(receipt));
+    const e = await errorOf(finishParts(config, { baseDir: dir, count: 2 }));
+    assert.equal(e.code, "PARTS_MISMATCH");
+    assert.match(e.message, /part 0 planned other weight files than part 1/);
+  });
+});
+
+Deno.test("parts share the output lock; a one-machine run and a finish wait for them to end", async () => {
+  await withTempDir(async (dir) => {
+    const config = await smallModel(dir);
+    const cfg = await validateConfig(config, { baseDir: dir, stages: await builtinStages() });
+    // a part of this export running elsewhere holds the lock shared
+    const running = await OutputLock.acquire(cfg.output, {
+      wait: false,
+      signal: new AbortController().signal,
+      shared: true,
+    });
+    try {
+      for (const index of [0, 1]) {
+        assert.equal(
+          (await runPart(config, { baseDir: dir, part: { index, count: 2 } })).status,
+          "written",
+        );
+      }
+      assert.equal(await codeOf(runPipeline(config, { baseDir: dir })), "OUTPUT_LOCKED");
+      assert.equal(await codeOf(finishParts(config, { baseDir: dir, count: 2 })), "OUTPUT_LOCKED");
+    } finally {
+      await running.release();
+    }
+    assert.equal((await finishParts(config, { baseDir: dir, count: 2 })).status, "finished");
+  });
+});
+
+Deno.test("a one-machine run between the parts leaves their folder alone, and later parts refuse its output", async () => {
+  await withTempDir(async (dir) => {
+    const config = await smallModel(dir);
+    await runPart(config, { baseDir: dir, part: { index: 0, count: 2 } });
+    await runPipeline(config, { baseDir: dir });
+    const { paths } = await where(dir, config, 2);
+    assert.ok((await Deno.stat(paths(0).receipt)).isFile);
+    assert.equal(
+      await codeOf(runPart(config, { baseDir: dir, part: { index: 1, count: 2 } })),
+      "OUTPUT_EXISTS",
+    );
+    assert.equal(await codeOf(finishParts(config, { baseDir: dir, count: 2 })), "PARTS_MISSING");
+  });
+});
