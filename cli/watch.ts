@@ -208,6 +208,7 @@ export async function run(args: string[]): Promise<number> {
   if (backend !== undefined && backend !== "auto" && backend !== "webgpu" && backend !== "cpu") {
     throw new UsageError(`--backend must be auto, webgpu or cpu (got "${backend}")`);
   }
+  const split = splitOptions(parsed);
   const settings = await readWatchSettings(resolve(configPath), settingOverrides(parsed));
   const vars = parseVarArgs(listOption(parsed, "var") ?? []);
   const ac = new AbortController();
@@ -219,7 +220,6 @@ export async function run(args: string[]): Promise<number> {
     vars,
     ...(backend ? { backend: backend as BackendChoice } : {}),
   });
-  const split = splitOptions(parsed);
   const options = {
     runsDir,
     settings,

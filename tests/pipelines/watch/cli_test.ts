@@ -39,6 +39,9 @@ Deno.test("`ckpt watch` rejects wrong usage with UsageError (exit 2)", async (t)
     ["bad --quiet-seconds", ["runs", "--config", "x", "--quiet-seconds", "soon"]],
     ["bad --log", ["runs", "--status", "--log", "xml"]],
     ["unknown option", ["runs", "--config", "x", "--frobnicate"]],
+    ["--split-over alone", ["runs", "--config", "x", "--split-over", "1GB"]],
+    ["bad --split-commands", ["runs", "--config", "x", "--split-commands", "0"]],
+    ["bad --split-over", ["runs", "--config", "x", "--split-commands", "2", "--split-over", "big"]],
   ];
   for (const [name, args] of cases) {
     await t.step(name, async () => {
@@ -125,5 +128,47 @@ Deno.test("`ckpt watch --schedule` ticks at once and exits 0 on SIGTERM", async 
     assert.equal(status.code, 0);
     const events = text.trim().split("\n").map((l) => JSON.parse(l).event);
     assert.deepEqual(events.filter((e) => e === "done" || e === "tick-end"), ["done", "tick-end"]);
+  });
+});
+
+Deno.test("`ckpt watch --split-commands` logs the split-export commands of a large checkpoint instead of exporting it", async () => {
+  await withTempDir(async (root) => {
+    const { runs, config } = await quietRun(root, "metrics.json");
+    const r = await ckpt([
+      "watch",
+      runs,
+      "--config",
+      config,
+      "--split-commands",
+      "4",
+      "--split-over",
+      "100B",
+      "--log",
+      "json",
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    const events = r.stdout.trim().split("\n").map((l) => JSON.parse(l));
+    const handed = events.find((e) => e.event === "handed-off");
+    assert.equal(handed?.checkpoint, "step-64");
+    assert.equal(handed?.parts, 4);
+    assert.match(handed?.finish, /^ckpt run \S+c\.jsonc --var .* --finish 4$/);
+    await assert.rejects(Deno.stat(join(root, "exports", "step-64")), Deno.errors.NotFound);
+    // Over the threshold only: a 1 GB floor exports the small checkpoint here, as usual.
+    await Deno.remove(join(runs, ".ckpt-watch"), { recursive: true });
+    const small = await ckpt([
+      "watch",
+      runs,
+      "--config",
+      config,
+      "--split-commands",
+      "4",
+      "--split-over",
+      "1GB",
+      "--log",
+      "json",
+    ]);
+    assert.equal(small.code, 0, small.stderr);
+    assert.ok(!small.stdout.includes("handed-off"));
+    assert.ok((await Deno.stat(join(root, "exports", "step-64", "metrics.json"))).isFile);
   });
 });
