@@ -64,6 +64,7 @@ export const TARGETS: MutationTarget[] = [
       "pipelines/_stage_loop.ts",
       "pipelines/_output_hasher.ts",
       "pipelines/_context.ts",
+      "pipelines/_run_shared.ts",
     ],
     tests: [
       "tests/pipelines/run_test.ts",
@@ -72,6 +73,16 @@ export const TARGETS: MutationTarget[] = [
       "tests/pipelines/hash_stream_test.ts",
       "tests/pipelines/manifest_test.ts",
     ],
+  },
+  {
+    name: "split",
+    files: [
+      "pipelines/split.ts",
+      "pipelines/run_part.ts",
+      "pipelines/finish_parts.ts",
+      "pipelines/_split_receipts.ts",
+    ],
+    tests: ["tests/pipelines/split_test.ts", "tests/pipelines/run_part_test.ts"],
   },
   {
     name: "verify",
