@@ -75,8 +75,10 @@ export interface PartReceipt {
   files: Array<ManifestFile & { stage: string }>;
   /** Lead part only: every stage's timing and report, as the manifest lists them. */
   stages?: ManifestStage[];
-  /** Lead part only: the inputs the stages recorded. */
-  inputs?: ManifestInput[];
+  /** The inputs this part's stages recorded (size and mtime when known; the lead's go in the manifest). */
+  inputs: ManifestInput[];
+  /** The ckpt version that wrote the part (all parts must be the same). */
+  ckpt: string;
 }
 
 /** What a part leaves when it failed with an error. */
@@ -126,7 +128,8 @@ const ReceiptSchema = z.looseObject({
       report: z.record(z.string(), z.unknown()),
     }),
   ).optional(),
-  inputs: z.array(z.looseObject({ path: z.string(), role: z.string() })).optional(),
+  inputs: z.array(z.looseObject({ path: z.string(), role: z.string() })),
+  ckpt: z.string(),
 });
 
 /** Writes `value` as JSON to `path` atomically and durably (temporary file, fsync, rename). */

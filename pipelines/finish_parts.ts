@@ -108,6 +108,40 @@ async function allReceipts(folder: string, id: string, count: number): Promise<P
 }
 
 /**
+ * Checks every part ran the same ckpt version on the same inputs: each input a part recorded has
+ * the size and modification time the lead part saw (a checkpoint rewritten while the parts ran
+ * would mix two models), `PARTS_MISMATCH` naming the part and the input.
+ */
+function checkSameInputs(receipts: readonly PartReceipt[], count: number): void {
+  const lead = receipts[leadPart(count)]!;
+  const seen = new Map(lead.inputs.map((i) => [`${i.role}\0${i.path}`, i]));
+  for (const r of receipts) {
+    if (r.ckpt !== lead.ckpt) {
+      throw new CkptError(
+        "PARTS_MISMATCH",
+        `Cannot finish the ${count}-part export: part ${r.part} was written by ckpt ${r.ckpt}, ` +
+          `part ${lead.part} by ckpt ${lead.ckpt}; rerun the parts with one version`,
+        { details: { parts: [r.part, lead.part] } },
+      );
+    }
+    for (const i of r.inputs) {
+      const l = seen.get(`${i.role}\0${i.path}`);
+      if (l && (l.size !== i.size || l.mtime !== i.mtime)) {
+        throw new CkptError(
+          "PARTS_MISMATCH",
+          `Cannot finish the ${count}-part export: the input "${i.path}" (${i.role}) changed ` +
+            `between parts: part ${r.part} saw ${i.size ?? "?"} bytes modified ${
+              i.mtime ?? "?"
+            }, ` +
+            `part ${lead.part} ${l.size ?? "?"} bytes modified ${l.mtime ?? "?"}; rerun the parts`,
+          { file: i.path, details: { parts: [r.part, lead.part] } },
+        );
+      }
+    }
+  }
+}
+
+/**
  * Checks the receipts agree and cover the plan: one weight plan in all; every shared file in the
  * receipt of the part the plan gives it; no file in two receipts. Resolves to every file's digest.
  */
@@ -299,6 +333,7 @@ async function assemble(
   t0: number,
 ): Promise<{ manifest: Manifest & { split: SplitRecord }; manifestSha256: string }> {
   const receipts = await allReceipts(folder, id, count);
+  checkSameInputs(receipts, count);
   const files = checkCoverage(receipts, count);
   const lead = receipts[leadPart(count)]!;
   for (const p of lead.plans) {
@@ -324,7 +359,7 @@ async function assemble(
   const built = await buildManifest(folder, {
     output: cfg.output,
     config: configInfo(cfg),
-    inputs: lead.inputs ?? [],
+    inputs: lead.inputs,
     stages,
     totalMs: Math.round(Math.max(...receipts.map((r) => r.ms)) + performance.now() - t0),
     files: paths,

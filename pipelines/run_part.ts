@@ -48,7 +48,7 @@
 import { dirname, join } from "node:path";
 import { CkptError } from "../errors.ts";
 import type { PipelineConfig, RawConfig } from "./config.ts";
-import { readManifest } from "./manifest.ts";
+import { readManifest, toolInfo } from "./manifest.ts";
 import type { ManifestFile } from "./manifest.ts";
 import type { PartContext, PartGather, PartPlan } from "./stage.ts";
 
@@ -327,7 +327,9 @@ export async function runPart(
         return { ...g, items: Array.isArray(items) ? structuredClone(items) : [] };
       }),
       files,
-      ...(lead ? { stages: loop.finished, inputs } : {}),
+      inputs,
+      ckpt: toolInfo().version,
+      ...(lead ? { stages: loop.finished } : {}),
     };
     await writeJsonDurably(paths.receipt, receipt);
     ok = true;

@@ -201,3 +201,20 @@ Deno.test("a one-machine run between the parts leaves their folder alone, and la
     assert.equal(await codeOf(finishParts(config, { baseDir: dir, count: 2 })), "PARTS_MISSING");
   });
 });
+
+Deno.test("`finishParts()` refuses parts that read an input rewritten between them", async () => {
+  await withTempDir(async (dir) => {
+    const config = await smallModel(dir);
+    await runPart(config, { baseDir: dir, part: { index: 0, count: 2 } });
+    // the training job saves again, same shapes, between the parts
+    const later = new Date(Date.now() + 60_000);
+    await Deno.utime(join(dir, "in.safetensors"), later, later);
+    await runPart(config, { baseDir: dir, part: { index: 1, count: 2 } });
+    const e = await errorOf(finishParts(config, { baseDir: dir, count: 2 }));
+    assert.equal(e.code, "PARTS_MISMATCH");
+    assert.match(
+      e.message,
+      /the input ".*in\.safetensors" \(weights\) changed between parts: part 0 saw/,
+    );
+  });
+});
