@@ -7,6 +7,7 @@
 import { open as openFile } from "node:fs/promises";
 import type { FileHandle } from "node:fs/promises";
 import { CkptError } from "../errors.ts";
+import { phaseClock } from "./phase_clock.ts";
 
 /** A file opened for positional reads. */
 export class RandomAccessFile {
@@ -64,6 +65,7 @@ export class RandomAccessFile {
       );
     }
     const buf = into ? into.subarray(0, length) : new Uint8Array(length);
+    const t0 = phaseClock.start();
     let done = 0;
     while (done < length) {
       const { bytesRead } = await this.#handle.read(buf, done, length - done, offset + done);
@@ -76,6 +78,7 @@ export class RandomAccessFile {
       }
       done += bytesRead;
     }
+    phaseClock.stop("read", t0, length);
     return buf;
   }
 

@@ -122,6 +122,8 @@ export interface WriteSafetensorsShardedOptions extends PlanSafetensorsShardsOpt
   maxShardSize: number;
   /** Aborts between blocks; the file being written is removed. */
   signal?: AbortSignal;
+  /** Background `fdatasync` of each file after every this many bytes (see `writeSafetensors`). */
+  syncEvery?: number;
   /** Called after each block with bytes written so far over all files and the total. */
   onProgress?: (bytesDone: number, bytesTotal: number) => void;
   /**
@@ -203,6 +205,7 @@ export async function writeSafetensorsSharded(
       options.signal,
       onProgress && ((n) => onProgress(done += n, total)),
       options.onBytes,
+      options.syncEvery,
     );
     written.push(path);
   }

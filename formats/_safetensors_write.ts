@@ -10,6 +10,8 @@ import { DTYPES, isDType } from "./dtype.ts";
 import { MAX_HEADER_SIZE, planFile, type PlannedFile } from "./_safetensors_header.ts";
 import { MAX_HEADER_ENTRIES } from "./_safetensors_entries.ts";
 import type { StateDict, TensorRef } from "./state_dict.ts";
+import { phaseClock } from "./phase_clock.ts";
+import { Writeback } from "./_writeback.ts";
 
 /** Default metadata of written files, as `save_pretrained` writes it. */
 export const DEFAULT_SAFETENSORS_METADATA: Readonly<Record<string, string>> = { format: "pt" };
@@ -34,6 +36,12 @@ export interface WriteSafetensorsOptions {
    * index JSON.
    */
   onBytes?: (path: string, bytes: Uint8Array) => void | Promise<void>;
+  /**
+   * Start an `fdatasync` of the file in the background after every this many bytes (default 0:
+   * never), so that its data reaches the disk while the next blocks are computed and a later
+   * fsync is quick. An error of such a sync fails the write.
+   */
+  syncEvery?: number;
 }
 
 /** Result of {@linkcode writeSafetensors}. */
@@ -190,8 +198,10 @@ async function fillSegment(seg: Segment, buffer: Uint8Array, path: string): Prom
 }
 
 async function writeAll(file: Deno.FsFile, bytes: Uint8Array): Promise<void> {
+  const t0 = phaseClock.start();
   let done = 0;
   while (done < bytes.length) done += await file.write(bytes.subarray(done));
+  phaseClock.stop("write", t0, bytes.length);
 }
 
 export function randomSuffix(): string {
@@ -209,9 +219,11 @@ export async function writePlanned(
   signal: AbortSignal | undefined,
   progress: ((n: number) => void) | undefined,
   onBytes: ((path: string, bytes: Uint8Array) => void | Promise<void>) | undefined,
+  syncEvery = 0,
 ): Promise<void> {
   signal?.throwIfAborted();
   const tmp = `${path}.tmp-${randomSuffix()}`;
+  const writeback = syncEvery > 0 ? new Writeback(tmp, syncEvery) : undefined;
   let file: Deno.FsFile;
   try {
     file = await Deno.open(tmp, { write: true, createNew: true });
@@ -224,6 +236,7 @@ export async function writePlanned(
     await writeAll(file, plan.headerBytes);
     if (onBytes) await onBytes(path, plan.headerBytes);
     progress?.(plan.headerBytes.length);
+    writeback?.wrote(plan.headerBytes.length);
     const block = Math.min(STREAM_BLOCK_BYTES, Math.max(plan.dataBytes, 1));
     const buffers = [new Uint8Array(block), new Uint8Array(0)];
     const segments = segmentsOf(sd, plan, block);
@@ -238,13 +251,19 @@ export async function writePlanned(
     let i = 0;
     pending = start(i);
     while (pending) {
+      const waited = phaseClock.start();
       const bytes = await pending;
+      phaseClock.stop("wait-data", waited);
       signal?.throwIfAborted();
       pending = start(++i);
       await writeAll(file, bytes);
+      writeback?.wrote(bytes.byteLength);
+      const hashWait = phaseClock.start();
       if (onBytes) await onBytes(path, bytes);
+      phaseClock.stop("wait-hash", hashWait);
       progress?.(bytes.byteLength);
     }
+    await writeback?.finish();
     file.close();
     closed = true;
     const { size } = await Deno.stat(tmp);
@@ -258,6 +277,7 @@ export async function writePlanned(
     await Deno.rename(tmp, path);
   } catch (err) {
     await pending?.catch(() => {});
+    await writeback?.abandon();
     if (!closed) {
       try {
         file.close();
@@ -315,6 +335,7 @@ export async function writeSafetensors(
     options.signal,
     onProgress && ((n) => onProgress(done += n, plan.fileBytes)),
     options.onBytes,
+    options.syncEvery,
   );
   return { bytes: plan.fileBytes };
 }

@@ -18,6 +18,7 @@
  */
 import { decodeF32, type DType, encodeF32, isFloatDType } from "./dtype.ts";
 import type { TensorRef } from "./state_dict.ts";
+import { phaseClock } from "./phase_clock.ts";
 
 /**
  * `bytes` of `from` as `to`: the same bytes when the dtypes are equal, else decoded to f32 and
@@ -34,7 +35,10 @@ import type { TensorRef } from "./state_dict.ts";
  */
 export function castBytes(from: DType, to: DType, bytes: Uint8Array): Uint8Array {
   if (from === to) return bytes;
-  return encodeF32(to, decodeF32(from, bytes));
+  const t0 = phaseClock.start();
+  const out = encodeF32(to, decodeF32(from, bytes));
+  phaseClock.stop("cast", t0, bytes.byteLength);
+  return out;
 }
 
 /**

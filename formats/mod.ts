@@ -14,6 +14,7 @@
  */
 export * from "./dtype.ts";
 export * from "./cast.ts";
+export * from "./phase_clock.ts";
 export * from "./state_dict.ts";
 export * from "./safetensors.ts";
 export * from "./shards.ts";

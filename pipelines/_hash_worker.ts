@@ -3,7 +3,7 @@
  * outputs while the next stages run, and hash output bytes while they are written. Messages in:
  * `{ id, path }` hashes a file, answered `{ id, size, sha256 }` or `{ id, error }`; a stream is
  * `{ id, op: "update", bytes }` (answered `{ id, ack, buffer }` with the byte count, so the sender
- * can bound what is queued, and the block's buffer transferred back for reuse), then `{ id, op: "digest" }` (answered `{ id, size, sha256 }`) or
+ * can bound what is queued, and the block's buffer transferred back for reuse), then `{ id, op: "digest" }` (answered `{ id, size, sha256, ms }`, `ms` the time spent hashing it) or
  * `{ id, op: "abort" }` (discards it, no answer). Streams with different ids are independent.
  * @module
  */
@@ -21,14 +21,16 @@ const scope = self as unknown as {
   postMessage(message: unknown, transfer?: Transferable[]): void;
 };
 
-const streams = new Map<number, { hash: Hash; size: number }>();
+const streams = new Map<number, { hash: Hash; size: number; ms: number }>();
 
 scope.onmessage = async (e) => {
   const msg = e.data;
   if (msg.op === "update") {
     let s = streams.get(msg.id);
-    if (!s) streams.set(msg.id, s = { hash: createHash("sha256"), size: 0 });
+    if (!s) streams.set(msg.id, s = { hash: createHash("sha256"), size: 0, ms: 0 });
+    const t0 = performance.now();
     s.hash.update(msg.bytes);
+    s.ms += performance.now() - t0;
     s.size += msg.bytes.length;
     // the block's buffer goes back to the sender for reuse
     const buffer = msg.bytes.buffer;
@@ -36,9 +38,11 @@ scope.onmessage = async (e) => {
     return;
   }
   if (msg.op === "digest") {
-    const s = streams.get(msg.id) ?? { hash: createHash("sha256"), size: 0 };
+    const s = streams.get(msg.id) ?? { hash: createHash("sha256"), size: 0, ms: 0 };
     streams.delete(msg.id);
-    scope.postMessage({ id: msg.id, size: s.size, sha256: s.hash.digest("hex") });
+    const t0 = performance.now();
+    const sha256 = s.hash.digest("hex");
+    scope.postMessage({ id: msg.id, size: s.size, sha256, ms: s.ms + performance.now() - t0 });
     return;
   }
   if (msg.op === "abort") {

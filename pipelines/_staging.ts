@@ -37,6 +37,7 @@ import { CkptError } from "../errors.ts";
 import { osError } from "../errors/os.ts";
 import { fsStep } from "./_faults.ts";
 import { checkContents, MANIFEST_NAME, type ReportedFile } from "./_staging_contents.ts";
+import { phaseClock } from "../formats/phase_clock.ts";
 
 export type { ReportedFile };
 
@@ -141,9 +142,11 @@ export async function removeStaleStaging(parent: string, name: string): Promise<
 async function syncFolder(path: string): Promise<void> {
   await fsCall("fsync-dir", "sync the folder", path, async () => {
     const dir = await Deno.open(path, { read: true });
+    const t0 = phaseClock.start();
     try {
       await dir.sync();
     } finally {
+      phaseClock.stop("fsync", t0);
       dir.close();
     }
   });
@@ -218,9 +221,11 @@ export class StagingFolder {
       const abs = join(this.path, rel);
       await fsCall("fsync", "sync", abs, async () => {
         const file = await Deno.open(abs, { read: true });
+        const t0 = phaseClock.start();
         try {
           await file.sync();
         } finally {
+          phaseClock.stop("fsync", t0);
           file.close();
         }
       });

@@ -24,6 +24,7 @@
  */
 import { createHash } from "node:crypto";
 import { hashFile } from "./hash_file.ts";
+import { phaseClock } from "../formats/phase_clock.ts";
 
 export { hashFile };
 
@@ -206,6 +207,7 @@ export class HashWorker {
             error?: string;
             ack?: number;
             buffer?: ArrayBuffer;
+            ms?: number;
           }
         >,
       ) => {
@@ -221,7 +223,10 @@ export class HashWorker {
         if (!p) return;
         this.#pending.delete(e.data.id);
         if (e.data.error !== undefined) p.reject(new Error(e.data.error));
-        else p.resolve({ size: e.data.size!, sha256: e.data.sha256! });
+        else {
+          if (e.data.ms !== undefined) phaseClock.add("hash", e.data.ms, e.data.size!);
+          p.resolve({ size: e.data.size!, sha256: e.data.sha256! });
+        }
       };
       w.onerror = (e) => {
         e.preventDefault();

@@ -50,6 +50,8 @@ export interface SaveTorchOptions {
    * returning if they are kept. A returned promise is awaited before the writer goes on.
    */
   onBytes?: (path: string, bytes: Uint8Array) => void | Promise<void>;
+  /** Background `fdatasync` of the file after every this many bytes (default 0: never). */
+  syncEvery?: number;
 }
 
 /** What {@linkcode saveTorch} wrote. */
@@ -156,7 +158,12 @@ export async function saveTorch(
   let w: TorchZipWriter;
   try {
     const onBytes = options.onBytes;
-    w = await TorchZipWriter.create(tmp, prefix, onBytes && ((b) => onBytes(path, b)));
+    w = await TorchZipWriter.create(
+      tmp,
+      prefix,
+      onBytes && ((b) => onBytes(path, b)),
+      options.syncEvery,
+    );
   } catch (cause) {
     throw osError(cause, "create", tmp, { code: "FILE_WRITE" });
   }

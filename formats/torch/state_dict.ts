@@ -267,6 +267,7 @@ export async function writeTorchSharded(
       ...(options.signal ? { signal: options.signal } : {}),
       ...(options.blockSize ? { blockSize: options.blockSize } : {}),
       ...(options.onBytes ? { onBytes: options.onBytes } : {}),
+      ...(options.syncEvery ? { syncEvery: options.syncEvery } : {}),
       onProgress: (d) => options.onProgress?.(base + d, total),
     });
     before += shard.bytes;

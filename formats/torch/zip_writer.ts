@@ -23,6 +23,8 @@
 import * as zlib from "node:zlib";
 import { CkptError } from "../../errors.ts";
 import { torchSerializationId } from "./_serialization_id.ts";
+import { phaseClock } from "../phase_clock.ts";
+import { Writeback } from "../_writeback.ts";
 
 const crc32Native =
   (zlib as unknown as { crc32: (data: Uint8Array, value?: number) => number }).crc32;
@@ -66,6 +68,7 @@ export class TorchZipWriter {
   #names: string[] = [];
   #crcs: number[] = [];
   #onBytes: ((bytes: Uint8Array) => void | Promise<void>) | undefined;
+  #writeback: Writeback | undefined;
   /** Path being written. */
   readonly path: string;
 
@@ -74,25 +77,30 @@ export class TorchZipWriter {
     file: Deno.FsFile,
     prefix: string,
     onBytes: ((bytes: Uint8Array) => void | Promise<void>) | undefined,
+    syncEvery: number,
   ) {
     this.path = path;
     this.#file = file;
     this.#prefix = prefix;
     this.#onBytes = onBytes;
+    if (syncEvery > 0) this.#writeback = new Writeback(path, syncEvery);
   }
 
   /**
    * Creates (truncates) `path` and writes records under the folder `prefix`. `onBytes`, when
    * given, is called with every byte written, in file order, right after it is written (the buffer
-   * is reused afterwards: copy what you keep; a returned promise is awaited).
+   * is reused afterwards: copy what you keep; a returned promise is awaited). With `syncEvery`,
+   * an `fdatasync` of the file starts in the background after every that many bytes (its error
+   * fails {@linkcode TorchZipWriter.finish}).
    */
   static async create(
     path: string,
     prefix: string,
     onBytes?: (bytes: Uint8Array) => void | Promise<void>,
+    syncEvery = 0,
   ): Promise<TorchZipWriter> {
     const file = await Deno.open(path, { write: true, create: true, truncate: true });
-    return new TorchZipWriter(path, file, prefix, onBytes);
+    return new TorchZipWriter(path, file, prefix, onBytes, syncEvery);
   }
 
   /** Bytes written so far. */
@@ -109,8 +117,13 @@ export class TorchZipWriter {
 
   async #writeAll(data: Uint8Array): Promise<void> {
     let done = 0;
+    const t0 = phaseClock.start();
     while (done < data.length) done += await this.#file.write(data.subarray(done));
+    phaseClock.stop("write", t0, data.length);
+    this.#writeback?.wrote(data.length);
+    const hashWait = phaseClock.start();
     if (this.#onBytes) await this.#onBytes(data);
+    phaseClock.stop("wait-hash", hashWait);
   }
 
   async #put(data: Uint8Array): Promise<void> {
@@ -266,12 +279,14 @@ export class TorchZipWriter {
     dv.setUint32(92, Math.min(cdStart, BIG), true);
     await this.#put(end);
     await this.#flush();
+    await this.#writeback?.finish();
     this.#file.close();
     return this.#pos;
   }
 
   /** Closes the file without finishing it (the caller removes it). */
   abort(): void {
+    void this.#writeback?.abandon();
     try {
       this.#file.close();
     } catch { /* already closed */ }

@@ -36,6 +36,7 @@ import {
   runCpuTask,
 } from "./_rows.ts";
 import { KERNEL_MAX_PAGES } from "./kernel.ts";
+import { phaseClock } from "../../formats/phase_clock.ts";
 import {
   MERGE_DTYPE_SIZE,
   type MergeBackend,
@@ -265,6 +266,7 @@ class CpuBackend implements CpuMergeBackend {
       const t0 = performance.now();
       for (let rep = 0; rep < Math.max(reps, 1); rep++) await this.#run(req, base, n, work);
       seconds = (performance.now() - t0) / 1000 / Math.max(reps, 1);
+      if (reps === 0) phaseClock.add("merge", seconds * 1000, wBytes);
     });
     this.#compute = turn.catch(() => {});
     await turn;

@@ -13,6 +13,12 @@ import { planTorchShards, writeTorchSharded } from "../../../formats/torch/state
 import type { StageContext } from "../../stage.ts";
 import type { ModelPlan } from "./plan.ts";
 
+/**
+ * The weights files start their writeback to disk every 64 MiB while they are written, so the
+ * runner's fsync before the rename has little left to wait for.
+ */
+const EARLY_SYNC_BYTES = 64 * 2 ** 20;
+
 /** One file of the output, with its size. */
 export type OutputFile = { path: string; bytes: number };
 
@@ -128,6 +134,7 @@ export async function writeModelFiles(
       maxShardSize,
       indexMetadata: indexMetadata(plan),
       signal: ctx.signal,
+      syncEvery: EARLY_SYNC_BYTES,
       onProgress,
       ...outputBytesHook(ctx),
       ...(part ? { only: part.only } : {}),
@@ -136,6 +143,7 @@ export async function writeModelFiles(
     const r = await writeTorchSharded(ctx.outDir, plan.stateDict, {
       maxShardSize,
       signal: ctx.signal,
+      syncEvery: EARLY_SYNC_BYTES,
       onProgress,
       ...outputBytesHook(ctx),
       ...(part ? { only: part.only } : {}),

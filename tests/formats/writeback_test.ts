@@ -1,0 +1,95 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { Writeback } from "../../formats/_writeback.ts";
+import { phaseClock } from "../../formats/phase_clock.ts";
+import { writeSafetensors } from "../../formats/safetensors.ts";
+import { StateDict } from "../../formats/state_dict.ts";
+import { saveTorchStateDict } from "../../formats/torch/save.ts";
+import { openTorchStateDict } from "../../formats/torch/state_dict.ts";
+import { t } from "../merge/_lora_helpers.ts";
+
+Deno.test("`writeSafetensors()` with syncEvery syncs while writing and writes the same bytes", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const sd = new StateDict([
+      ["a", t("F32", [300, 64], Array.from({ length: 300 * 64 }, (_, i) => i))],
+      ["b", t("BF16", [7], [1, 2, 3, 4, 5, 6, 7])],
+    ]);
+    await writeSafetensors(join(dir, "plain.safetensors"), sd);
+    phaseClock.enable();
+    await writeSafetensors(join(dir, "synced.safetensors"), sd, { syncEvery: 4096 });
+    const fsync = phaseClock.snapshot().fsync;
+    phaseClock.disable();
+    assert.ok(fsync && fsync.calls >= 1, "at least one background sync ran");
+    assert.deepEqual(
+      await Deno.readFile(join(dir, "synced.safetensors")),
+      await Deno.readFile(join(dir, "plain.safetensors")),
+    );
+    assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name).sort(), [
+      "plain.safetensors",
+      "synced.safetensors",
+    ]);
+  } finally {
+    phaseClock.disable();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("`Writeback` keeps a failed sync's error for finish() and starts one sync at a time", async () => {
+  const missing = new Writeback("/nonexistent-ckpt-dir/file", 10);
+  missing.wrote(9); // below the threshold: nothing starts
+  await missing.finish();
+  missing.wrote(1);
+  await assert.rejects(missing.finish(), Deno.errors.NotFound);
+
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = join(dir, "f");
+    await Deno.writeFile(path, new Uint8Array(100));
+    const wb = new Writeback(path, 1);
+    phaseClock.enable();
+    for (let i = 0; i < 50; i++) wb.wrote(1); // one sync in flight: the others are skipped
+    await wb.finish();
+    const calls = phaseClock.snapshot().fsync?.calls ?? 0;
+    phaseClock.disable();
+    assert.equal(calls, 1);
+    const quiet = new Writeback(join(dir, "gone"), 1);
+    quiet.wrote(1);
+    await quiet.abandon(); // the write failed anyway: no second error
+  } finally {
+    phaseClock.disable();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("`saveTorchStateDict()` with syncEvery syncs while writing and writes the same bytes", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const sd = new StateDict([
+      ["w", t("F32", [200, 50], Array.from({ length: 200 * 50 }, (_, i) => i / 7))],
+      ["b", t("BF16", [3], [1, 2, 3])],
+    ]);
+    // the same file name in two folders: torch names the archive's folder after the file
+    await Deno.mkdir(join(dir, "plain"));
+    await Deno.mkdir(join(dir, "synced"));
+    await saveTorchStateDict(join(dir, "plain", "model.bin"), sd);
+    phaseClock.enable();
+    await saveTorchStateDict(join(dir, "synced", "model.bin"), sd, { syncEvery: 4096 });
+    const fsync = phaseClock.snapshot().fsync;
+    phaseClock.disable();
+    assert.ok(fsync && fsync.calls >= 1, "at least one background sync ran");
+    // the archives differ only in torch's random serialization id: compare what they hold
+    const plain = await Deno.readFile(join(dir, "plain", "model.bin"));
+    const synced = await Deno.readFile(join(dir, "synced", "model.bin"));
+    assert.equal(synced.byteLength, plain.byteLength);
+    await using a = await openTorchStateDict(join(dir, "plain", "model.bin"));
+    await using b = await openTorchStateDict(join(dir, "synced", "model.bin"));
+    assert.deepEqual([...b.keys()], [...a.keys()]);
+    for (const k of a.keys()) {
+      assert.deepEqual(await b.require(k).read(), await a.require(k).read(), k);
+    }
+  } finally {
+    phaseClock.disable();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
