@@ -214,6 +214,8 @@ export {
 } from "./merge/lora_types.ts";
 export {
   type BackendChoice,
+  type Calibration,
+  type CalibrationShape,
   type CreatedMergeBackend,
   createMergeBackend,
   type MergeBackendOptions,

@@ -53,8 +53,9 @@ def ordered(t):
 def ulp_bf16(x):
     import torch
 
-    e = torch.floor(torch.log2(x.abs().clamp(min=2.0**-126)))
-    return torch.pow(2.0, e - 7)
+    # x = m * 2^e with 0.5 <= |m| < 1: a bf16 ulp there is 2^(e - 8) (normal numbers)
+    _, e = torch.frexp(x)
+    return torch.ldexp(torch.ones_like(x), e.clamp(min=-125) - 8)
 
 
 def check(base, adapter, ours_dir, torch_dir, peft_dir=None):

@@ -1,10 +1,17 @@
 /**
  * Choosing a merge backend: `createMergeBackend("webgpu" | "cpu" | "auto")`.
  *
- * `auto` uses WebGPU on a hardware adapter. On a software (fallback) adapter such as Mesa llvmpipe,
- * or with no adapter at all, it uses the CPU backend: measured here (`deno task bench merge`), the
- * WebAssembly SIMD workers merge bf16 at several hundred million weights per second while llvmpipe's
- * buffer transfers alone cap WebGPU well below that. The result always says which backend runs and why.
+ * `auto` with `calibrate` (what `mergeLora` passes for merges of 64 M weights and more) measures:
+ * when a WebGPU adapter is at hand, both backends merge a few blocks of the adapter's rank and
+ * column count, transfers included, and the faster in weights per second runs (WebGPU only when
+ * over 10 % faster); the figures are cached per machine, GPU adapter and rank
+ * (`~/.cache/ckpt/calibration.json`, or `$CKPT_CACHE_DIR`), and reported with the choice, so they
+ * reach the manifest. A 16-core training node can beat a GPU behind slow transfers, or lose to it.
+ * Without `calibrate`, `auto` decides by the adapter's kind: WebGPU on a hardware adapter, the CPU
+ * on a software (fallback) adapter such as Mesa llvmpipe, where the WebAssembly SIMD workers merge
+ * bf16 at several hundred million weights per second while llvmpipe's transfers cap WebGPU well below
+ * that (`deno task bench merge`). With no adapter at all it is the CPU. The result always says which
+ * backend runs and why.
  *
  * @example The CPU backend
  * ```ts
@@ -28,6 +35,17 @@ import { CkptError } from "../errors.ts";
 import type { MergeBackend } from "../kernels/types.ts";
 import { type CpuBackendOptions, createCpuBackend } from "../kernels/cpu/backend.ts";
 import type { WebGpuBackendOptions } from "../gpu/merge_webgpu.ts";
+import {
+  cachedCalibration,
+  calibrate,
+  type Calibration,
+  calibrationFile,
+  calibrationKey,
+  type CalibrationShape,
+  storeCalibration,
+} from "./_calibrate.ts";
+
+export type { Calibration, CalibrationShape } from "./_calibrate.ts";
 
 /** Which backend to use: `auto` picks the faster one measured for the adapter at hand. */
 export type BackendChoice = "auto" | "webgpu" | "cpu";
@@ -36,6 +54,16 @@ export type BackendChoice = "auto" | "webgpu" | "cpu";
 export interface MergeBackendOptions extends CpuBackendOptions, Omit<WebGpuBackendOptions, "gpu"> {
   /** `auto` on a fallback adapter: prefer WebGPU anyway (default false: the CPU is faster there). */
   preferFallbackGpu?: boolean;
+  /**
+   * `auto` with a WebGPU adapter at hand: merge a few synthetic blocks of this rank and column
+   * count on both backends and use the faster (WebGPU only when over 10 % faster). The figures
+   * are cached per machine, WebGPU adapter and rank (see `calibrationCache`) and given in the
+   * result. Without it, `auto` decides by the adapter's kind (software: CPU; hardware: WebGPU).
+   */
+  calibrate?: CalibrationShape;
+  /** The calibration cache file; default `$CKPT_CACHE_DIR` or `~/.cache/ckpt`, `calibration.json`;
+   * `false`: measure every time. */
+  calibrationCache?: string | false;
 }
 
 /** A created backend and why it was chosen. */
@@ -44,6 +72,24 @@ export interface CreatedMergeBackend {
   backend: MergeBackend;
   /** Why this backend runs (for logs and the manifest). */
   reason: string;
+  /** The calibration `auto` decided by, when it calibrated (or found one cached). */
+  calibration?: Calibration;
+}
+
+/** The WebGPU backend as `auto` owns it: disposing it also destroys the device. */
+function ownedWebGpu(
+  backend: MergeBackend,
+  gpu: { device: { destroy(): void } },
+): MergeBackend {
+  return {
+    kind: backend.kind,
+    description: backend.description,
+    mergeRows: backend.mergeRows.bind(backend),
+    async dispose(): Promise<void> {
+      await backend.dispose();
+      gpu.device.destroy();
+    },
+  };
 }
 
 /**
@@ -77,6 +123,50 @@ export async function createMergeBackend(
     const why = e instanceof CkptError ? e.message : String(e);
     return { backend, reason: `auto: cpu, no usable WebGPU adapter (${why})` };
   }
+  if (options.calibrate && !options.preferFallbackGpu) {
+    const file = options.calibrationCache === false
+      ? undefined
+      : options.calibrationCache ?? calibrationFile();
+    const adapter = `${gpu.info.description}${gpu.info.isFallbackAdapter ? " (fallback)" : ""}`;
+    const key = calibrationKey(adapter, options.calibrate);
+    let cal = await cachedCalibration(file, key);
+    let cpu: MergeBackend | undefined;
+    let web: MergeBackend | undefined;
+    try {
+      if (!cal) {
+        cpu = await createCpuBackend(options);
+        web = await createWebGpuBackend({ ...options, gpu });
+        cal = await calibrate(cpu, web, options.calibrate);
+        await storeCalibration(file, key, cal);
+      }
+    } catch (e) {
+      await cpu?.dispose();
+      await web?.dispose().catch(() => {});
+      gpu.device.destroy();
+      throw e;
+    }
+    const figures =
+      `cpu ${cal.cpu} M weights/s, webgpu ${cal.webgpu} M weights/s on "${adapter}", ${
+        cal.cached ? `measured ${cal.measured}, cached` : "measured now"
+      }`;
+    if (cal.webgpu > cal.cpu * 1.1) {
+      await cpu?.dispose();
+      web ??= await createWebGpuBackend({ ...options, gpu });
+      return {
+        backend: ownedWebGpu(web, gpu),
+        reason: `auto: webgpu, the faster here (${figures})`,
+        calibration: cal,
+      };
+    }
+    await web?.dispose();
+    gpu.device.destroy();
+    cpu ??= await createCpuBackend(options);
+    return {
+      backend: cpu,
+      reason: `auto: cpu (${cpu.description}), the faster here (${figures})`,
+      calibration: cal,
+    };
+  }
   if (gpu.info.isFallbackAdapter && !options.preferFallbackGpu) {
     gpu.device.destroy();
     const backend = await createCpuBackend(options);
@@ -87,17 +177,8 @@ export async function createMergeBackend(
     };
   }
   const backend = await createWebGpuBackend({ ...options, gpu });
-  const owned = {
-    kind: backend.kind,
-    description: backend.description,
-    mergeRows: backend.mergeRows.bind(backend),
-    async dispose(): Promise<void> {
-      await backend.dispose();
-      gpu.device.destroy();
-    },
-  } satisfies MergeBackend;
   return {
-    backend: owned,
+    backend: ownedWebGpu(backend, gpu),
     reason: `auto: webgpu on ${
       gpu.info.isFallbackAdapter ? "fallback" : "hardware"
     } adapter (${backend.description})`,

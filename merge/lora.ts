@@ -155,6 +155,10 @@ function emptyReport(): MergeReport {
   };
 }
 
+/** Merged weights from which `auto` calibrates the backends instead of deciding by adapter kind:
+ * 64 M (a model of a few hundred MB), where a second's calibration, once, is worth it. */
+const CALIBRATE_ABOVE = 2 ** 26;
+
 /**
  * The backend the plan needs (none when no job has a LoRA term): the caller's instance, or one
  * created for `options.backend` (default `"auto"`), which the merged state dict then owns.
@@ -175,9 +179,24 @@ async function chooseBackend(
     return { backend: choice, owned: false };
   }
   const { createMergeBackend } = await import("./backend.ts");
-  const created = await createMergeBackend(choice, options.backendOptions ?? {});
+  // auto calibrates (once per machine, GPU adapter and rank: cached) on blocks like the largest
+  // merged weight's, when the merge is large enough for the choice to matter
+  let shape = { rank: 1, cols: 1, size: 0 };
+  let total = 0;
+  for (const j of plan.jobs.values()) {
+    if (!j.layout || j.terms.length === 0) continue;
+    const size = j.layout.rows * j.layout.cols;
+    total += size;
+    const rank = j.terms.reduce((r, t) => r + t.layout.rank, 0);
+    if (size > shape.size) shape = { rank, cols: j.layout.cols, size };
+  }
+  const created = await createMergeBackend(choice, {
+    ...(total >= CALIBRATE_ABOVE ? { calibrate: { rank: shape.rank, cols: shape.cols } } : {}),
+    ...(options.backendOptions ?? {}),
+  });
   const backend = created.backend;
   report.backend = { kind: backend.kind, description: backend.description, reason: created.reason };
+  if (created.calibration) report.backend.calibration = created.calibration;
   return { backend, owned: true };
 }
 

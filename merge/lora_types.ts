@@ -7,7 +7,7 @@ import type { DType } from "../formats/dtype.ts";
 import type { LoadedAdapter, WrappedLoraOptions } from "../formats/peft.ts";
 import type { StateDict } from "../formats/state_dict.ts";
 import type { MergeBackend, MergeDType } from "../kernels/types.ts";
-import type { BackendChoice } from "./backend.ts";
+import type { BackendChoice, Calibration } from "./backend.ts";
 import type { DoraMode } from "./dora.ts";
 import type { LoraLayoutKind } from "./layouts.ts";
 
@@ -128,7 +128,13 @@ export interface ModuleChange {
 /** What {@linkcode mergeLora} did (planned; the arithmetic runs when tensors are read). */
 export interface MergeReport {
   /** The backend that runs the merge (absent when nothing needs one). */
-  backend?: { kind: "webgpu" | "cpu"; description: string; reason: string };
+  backend?: {
+    kind: "webgpu" | "cpu";
+    description: string;
+    reason: string;
+    /** M weights/s of each backend when `auto` calibrated (see `createMergeBackend`). */
+    calibration?: Calibration;
+  };
   /** The adapters, in order. */
   adapters: { name: string; path?: string; weight: number; tensors: number; useDora: boolean }[];
   /** Merged modules with the scaling used. */

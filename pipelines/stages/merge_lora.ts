@@ -278,6 +278,9 @@ export const mergeLoraStage: Stage = defineStage({
       ...(report.backend
         ? { backendDescription: report.backend.description, backendReason: report.backend.reason }
         : {}),
+      ...(report.backend?.calibration
+        ? { backendCalibration: { ...report.backend.calibration, unit: "M weights/s" } }
+        : {}),
       adapters: report.adapters,
       modules: report.modules.length,
       // merged values are rounded once, into writeModel's dtype when it asks for one, else this

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { join } from "node:path";
 import { acquireGpu } from "../../gpu/device.ts";
 import { createMergeBackend } from "../../merge/backend.ts";
 import { evalWithoutGpu } from "../_helpers/gpu.ts";
@@ -52,4 +53,49 @@ Deno.test("`createMergeBackend()` without an adapter: auto falls back, webgpu fa
 
 Deno.test("`createMergeBackend()` rejects an unknown choice", async () => {
   await assert.rejects(createMergeBackend("tpu" as never), { code: "MERGE_BACKEND" });
+});
+
+Deno.test('`createMergeBackend("auto")` with calibrate measures both backends, caches the figures and uses the faster', async () => {
+  const dir = await Deno.makeTempDir();
+  const cache = join(dir, "calibration.json");
+  try {
+    const shape = { rank: 16, cols: 512 };
+    const first = await createMergeBackend("auto", { calibrate: shape, calibrationCache: cache });
+    await first.backend.dispose();
+    const cal = first.calibration!;
+    assert.ok(cal.cpu > 0 && cal.webgpu > 0 && !cal.cached, JSON.stringify(cal));
+    assert.equal(first.backend.kind, cal.webgpu > 1.1 * cal.cpu ? "webgpu" : "cpu");
+    assert.match(first.reason, /M weights\/s.*measured now/);
+    const stored = JSON.parse(await Deno.readTextFile(cache));
+    const [key] = Object.keys(stored);
+    assert.match(key!, new RegExp(`^${navigator.hardwareConcurrency} cores\\|.+\\|r16\\|c512$`));
+
+    // the cache decides the next runs: same figures, no measuring; figures written there rule
+    const again = await createMergeBackend("auto", { calibrate: shape, calibrationCache: cache });
+    await again.backend.dispose();
+    assert.deepEqual(again.calibration, { ...cal, cached: true });
+    assert.equal(again.backend.kind, first.backend.kind);
+    for (const [cpu, webgpu, kind] of [[1, 1000, "webgpu"], [1000, 1, "cpu"], [100, 105, "cpu"]]) {
+      await Deno.writeTextFile(cache, JSON.stringify({ [key!]: { ...cal, cpu, webgpu } }));
+      const { backend, reason } = await createMergeBackend("auto", {
+        calibrate: shape,
+        calibrationCache: cache,
+      });
+      await backend.dispose();
+      assert.equal(backend.kind, kind, `cpu ${cpu}, webgpu ${webgpu}`);
+      assert.match(
+        reason,
+        new RegExp(`cpu ${cpu} M weights/s, webgpu ${webgpu} M weights/s.*cached`),
+      );
+    }
+    // another rank is another entry; a cache that cannot be written only costs a new measurement
+    const r8 = await createMergeBackend("auto", {
+      calibrate: { rank: 8, cols: 512 },
+      calibrationCache: join(dir, "missing-parent", "x", "\0bad"),
+    });
+    await r8.backend.dispose();
+    assert.equal(r8.calibration?.cached, false);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

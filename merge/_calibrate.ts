@@ -1,0 +1,155 @@
+/**
+ * `auto`'s calibration: when a WebGPU adapter is at hand, both backends merge the same synthetic
+ * blocks (bf16, the adapter's rank and column count, about 8 MiB of W each, two in flight, transfers
+ * included, as the merge transform feeds them) and the faster one in weights per second wins. The
+ * figures are cached per machine (core count), WebGPU adapter and LoRA rank in
+ * `$CKPT_CACHE_DIR` (default `$XDG_CACHE_HOME/ckpt`, else `~/.cache/ckpt`), `calibration.json`,
+ * so later runs pay nothing. Private to `merge/backend.ts`.
+ * @module
+ */
+import { join } from "node:path";
+import type { MergeBackend, MergeRowsRequest } from "../kernels/types.ts";
+
+/** What a calibration measured: million merged weights per second per backend. */
+export interface Calibration {
+  /** CPU backend, M weights/s. */
+  cpu: number;
+  /** WebGPU backend, M weights/s. */
+  webgpu: number;
+  /** When it was measured (ISO time). */
+  measured: string;
+  /** True when read from the cache instead of measured now. */
+  cached: boolean;
+}
+
+/** The workload of a calibration: the adapter's rank and the base's column count. */
+export interface CalibrationShape {
+  /** LoRA rank (the sum over adapters merged together). */
+  rank: number;
+  /** Columns of the weights (input features). */
+  cols: number;
+}
+
+/** The calibration cache file (`CKPT_CACHE_DIR`, `XDG_CACHE_HOME/ckpt`, `~/.cache/ckpt`), or undefined. */
+export function calibrationFile(): string | undefined {
+  const env = (k: string) => {
+    try {
+      return Deno.env.get(k);
+    } catch {
+      return undefined; // no --allow-env: no cache
+    }
+  };
+  const dir = env("CKPT_CACHE_DIR") ??
+    (env("XDG_CACHE_HOME") ? join(env("XDG_CACHE_HOME")!, "ckpt") : undefined) ??
+    (env("HOME") ? join(env("HOME")!, ".cache", "ckpt") : undefined);
+  return dir ? join(dir, "calibration.json") : undefined;
+}
+
+/** The cache key: core count, WebGPU adapter, rank, and the column count rounded to a power of 2. */
+export function calibrationKey(adapter: string, shape: CalibrationShape): string {
+  const cols = 2 ** Math.round(Math.log2(Math.max(1, shape.cols)));
+  return `${navigator.hardwareConcurrency} cores|${adapter}|r${shape.rank}|c${cols}`;
+}
+
+async function readCache(file: string): Promise<Record<string, Calibration>> {
+  try {
+    const v = JSON.parse(await Deno.readTextFile(file));
+    return v && typeof v === "object" && !Array.isArray(v) ? v : {};
+  } catch {
+    return {};
+  }
+}
+
+/** The cached calibration of `key`, if any. */
+export async function cachedCalibration(
+  file: string | undefined,
+  key: string,
+): Promise<Calibration | undefined> {
+  if (!file) return undefined;
+  const c = (await readCache(file))[key];
+  if (!c || !(c.cpu > 0) || !(c.webgpu > 0)) return undefined;
+  return { cpu: c.cpu, webgpu: c.webgpu, measured: String(c.measured), cached: true };
+}
+
+/** Stores `c` under `key` (best effort: a cache that cannot be written is skipped). */
+export async function storeCalibration(
+  file: string | undefined,
+  key: string,
+  c: Calibration,
+): Promise<void> {
+  if (!file) return;
+  try {
+    const all = await readCache(file);
+    all[key] = { ...c, cached: false };
+    await Deno.mkdir(join(file, ".."), { recursive: true });
+    const tmp = `${file}.tmp-${crypto.randomUUID()}`;
+    await Deno.writeTextFile(tmp, JSON.stringify(all, null, 2) + "\n");
+    await Deno.rename(tmp, file);
+  } catch {
+    // read-only home, no permission: calibrate again next time
+  }
+}
+
+/** A synthetic bf16 block of about 8 MiB of W with the given rank and columns. */
+function block(shape: CalibrationShape): MergeRowsRequest {
+  const { rank, cols } = shape;
+  const rows = Math.max(1, Math.floor((8 << 20) / (2 * cols)));
+  const w = new Uint16Array(rows * cols);
+  for (let i = 0; i < w.length; i++) w[i] = 0x3c00 + (i * 2654435761 >>> 24);
+  const a = new Float32Array(rank * cols).map((_, i) => ((i * 7) % 13) / 1300);
+  const b = new Float32Array(rows * rank).map((_, i) => ((i * 5) % 11) / 1100);
+  return {
+    name: "calibration",
+    w: new Uint8Array(w.buffer),
+    wDtype: "BF16",
+    outDtype: "BF16",
+    rows,
+    cols,
+    rank,
+    a,
+    b,
+    scale: 2,
+  };
+}
+
+/** Seconds to merge `blocks` blocks of `req` on `backend`, two in flight. */
+async function run(backend: MergeBackend, req: MergeRowsRequest, blocks: number): Promise<number> {
+  const t0 = performance.now();
+  const inFlight: Promise<Uint8Array>[] = [];
+  for (let i = 0; i < blocks; i++) {
+    if (inFlight.length >= 2) await inFlight.shift();
+    inFlight.push(backend.mergeRows(req));
+  }
+  await Promise.all(inFlight);
+  return (performance.now() - t0) / 1000;
+}
+
+/**
+ * M weights per second of `backend` on `blocks` blocks of `req`, after a warm-up of at least
+ * 200 ms (WebAssembly and shaders are compiled, then optimized in the background: the first
+ * blocks run several times slower than the rest of a merge).
+ */
+async function rate(backend: MergeBackend, req: MergeRowsRequest, blocks: number): Promise<number> {
+  const warm = performance.now();
+  for (let i = 0; i < 16 && performance.now() - warm < 200; i++) await run(backend, req, 2);
+  const s = await run(backend, req, blocks);
+  return (req.rows * req.cols * blocks) / 1e6 / Math.max(s, 1e-6);
+}
+
+/** Measures both backends on the same blocks (`blocks` each, default 4). */
+export async function calibrate(
+  cpu: MergeBackend,
+  webgpu: MergeBackend,
+  shape: CalibrationShape,
+  blocks = 4,
+): Promise<Calibration> {
+  const req = block(shape);
+  const c = await rate(cpu, req, blocks);
+  const g = await rate(webgpu, req, blocks);
+  return {
+    cpu: Math.round(c),
+    webgpu: Math.round(g),
+    measured: new Date().toISOString(),
+    cached: false,
+  };
+}
