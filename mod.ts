@@ -157,6 +157,7 @@ export type { InputProbe } from "./readers/probe.ts";
 export type { InputKind, InputOpenOptions, LoadedValue, OptimizerSource } from "./readers/types.ts";
 export type {
   MergeBackend,
+  MergeChangeSums,
   MergeDType,
   MergeRowsIntoRequest,
   MergeRowsRequest,

@@ -56,8 +56,24 @@ export interface MergeRowsRequest {
   magnitude?: Float32Array;
 }
 
+/** How much a merge changed some weights: Σ W², Σ (W' − W)², max |W' − W| (W and W' as f32). */
+export interface MergeChangeSums {
+  /** Σ W². */
+  sumSqW: number;
+  /** Σ (W' − W)². */
+  sumSqDelta: number;
+  /** max |W' − W|. */
+  maxAbs: number;
+}
+
 /** A block of rows whose W the backend has read into its own memory (see `mergeRowsInto`). */
 export interface MergeRowsIntoRequest extends Omit<MergeRowsRequest, "w"> {
+  /**
+   * When given, the backend adds this block's sums to it: W as read, W' the result rounded into
+   * `outDtype`, both decoded to f32, the sums in f64 (where the block is merged, so no thread
+   * copies or decodes the block again to measure it).
+   */
+  change?: MergeChangeSums;
   /**
    * Reads the block's W (`rows × cols` elements of `wDtype`) into `into`, which has exactly that
    * many bytes; resolves to the bytes read: `into` itself, or another buffer that is copied in.

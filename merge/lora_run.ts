@@ -168,8 +168,8 @@ function getPrepared(job: Job, ctx: ReadContext): Promise<Prepared> {
  * Runs row blocks of `[r0, r1)` through the backend with bounded concurrency, in any order. With
  * `into` (the bytes of rows `[r0, r1)` in `outDtype`) and a backend that merges in place
  * (`mergeRowsInto`), each block's W is read straight into the backend's memory and its result lands
- * in `into`: no buffer per block, and `sink` is not called; with `change`, each block's W is copied
- * (one buffer per worker) and its change added. Otherwise `sink` gets each block's result and W.
+ * in `into`: no buffer per block, and `sink` is not called; with `change`, the backend adds each
+ * block's change where it merges it. Otherwise `sink` gets each block's result and W.
  */
 async function runBlocks(
   job: Job,
@@ -193,21 +193,13 @@ async function runBlocks(
   for (let r = r0; r < r1; r += step) starts.push(r);
   let next = 0;
   const worker = async (): Promise<void> => {
-    let wCopy: Uint8Array | undefined; // this worker's copy of W, when measuring in place
     while (next < starts.length) {
       const s = starts[next++]!;
       const e = Math.min(r1, s + step);
       if (inPlace) {
         const req: MergeRowsIntoRequest = {
           name: job.name,
-          readW: async (buf) => {
-            const w = await (source.readInto ? source.readInto(s, e, buf) : source.read(s, e));
-            if (change) {
-              if (!wCopy || wCopy.byteLength < w.byteLength) wCopy = new Uint8Array(w.byteLength);
-              wCopy.set(w);
-            }
-            return w;
-          },
+          readW: (buf) => source.readInto ? source.readInto(s, e, buf) : source.read(s, e),
           wDtype: source.dtype as MergeDType,
           outDtype,
           rows: e - s,
@@ -218,11 +210,15 @@ async function runBlocks(
           scale: prep.scale,
         };
         if (prep.rowMagnitude) req.magnitude = prep.rowMagnitude.subarray(s, e);
+        // the backend measures the block's change where it merges it (the workers)
+        const sums = change ? noChange() : undefined;
+        if (sums) req.change = sums;
         const out = into.subarray((s - r0) * cols * outSize, (e - r0) * cols * outSize);
-        const merged = await ctx.backend!.mergeRowsInto!(req, out);
-        if (change) {
-          const n = (e - s) * cols * wSize;
-          addBlockChange(change, source.dtype, wCopy!.subarray(0, n), outDtype, merged);
+        await ctx.backend!.mergeRowsInto!(req, out);
+        if (change && sums) {
+          change.sumSqW += sums.sumSqW;
+          change.sumSqDelta += sums.sumSqDelta;
+          change.maxAbs = Math.max(change.maxAbs, sums.maxAbs);
         }
         continue;
       }

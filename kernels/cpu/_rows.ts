@@ -7,7 +7,7 @@
 import { bf16ToF32, f16ToF32 } from "../../formats/dtype.ts";
 import { doraSumOfSquares, encodeMergedRow } from "../reference.ts";
 import { KERNEL_MAX_UNROLL, KERNEL_TILE_COLS, mergeKernelWasm } from "./kernel.ts";
-import { MERGE_DTYPE_SIZE, type MergeDType } from "../types.ts";
+import { MERGE_DTYPE_SIZE, type MergeChangeSums, type MergeDType } from "../types.ts";
 
 /** One slice of a block for one thread: pointers into the shared memory and the row range. */
 export interface CpuTask {
@@ -28,6 +28,8 @@ export interface CpuTask {
   cols: number;
   rank: number;
   scale: number;
+  /** Also measure the rows' change (see {@linkcode blockChangeSums}). */
+  change?: boolean;
 }
 
 type Kernel = (...args: number[]) => void;
@@ -93,13 +95,56 @@ export class KernelCache {
 
 const fr = Math.fround;
 
+const CHUNK = 4096;
+const scratchW = new Float32Array(CHUNK);
+const scratchO = new Float32Array(CHUNK);
+
+/** Elements `[at, at + n)` of `dtype` at byte `ptr` of `buf`, as f32 in `out`. */
+function decodeAt(
+  buf: ArrayBuffer,
+  ptr: number,
+  dtype: MergeDType,
+  at: number,
+  n: number,
+  out: Float32Array,
+): Float32Array {
+  if (dtype === "F32") return new Float32Array(buf, ptr + at * 4, n);
+  const u = new Uint16Array(buf, ptr + at * 2, n);
+  if (dtype === "BF16") {
+    const bits = new Uint32Array(out.buffer, out.byteOffset, n);
+    for (let i = 0; i < n; i++) bits[i] = u[i]! << 16;
+  } else for (let i = 0; i < n; i++) out[i] = f16ToF32(u[i]!);
+  return out;
+}
+
+/** Σ W², Σ (W' − W)² and max |W' − W| over the task's rows (W at `wPtr`, W' at `outPtr`). */
+export function blockChangeSums(mem: WebAssembly.Memory, t: CpuTask): MergeChangeSums {
+  const buf = mem.buffer as unknown as ArrayBuffer;
+  let sw = 0, sd = 0, max = 0;
+  const end = t.row1 * t.cols;
+  for (let at = t.row0 * t.cols; at < end; at += CHUNK) {
+    const n = Math.min(CHUNK, end - at);
+    const w = decodeAt(buf, t.wPtr, t.wDtype, at, n, scratchW);
+    const o = decodeAt(buf, t.outPtr, t.outDtype, at, n, scratchO);
+    for (let i = 0; i < n; i++) {
+      const x = w[i]!;
+      const d = o[i]! - x;
+      sw += x * x;
+      sd += d * d;
+      const ad = Math.abs(d);
+      if (ad > max) max = ad;
+    }
+  }
+  return { sumSqW: sw, sumSqDelta: sd, maxAbs: max };
+}
+
 /** Runs one task: SIMD kernel, scalar tail, DoRA scaling. */
 export function runCpuTask(
   mem: WebAssembly.Memory,
   cache: KernelCache,
   t: CpuTask,
   module?: WebAssembly.Module,
-): void {
+): MergeChangeSums | undefined {
   // another thread may have grown the shared memory: grow(0) refreshes this thread's view of it
   mem.grow(0);
   const kernelOut: MergeDType = t.dora ? "F32" : t.outDtype;
@@ -162,4 +207,5 @@ export function runCpuTask(
       encodeMergedRow(t.outDtype, row, outBytes, i * cols);
     }
   }
+  return t.change ? blockChangeSums(mem, t) : undefined;
 }

@@ -40,6 +40,7 @@ import { phaseClock } from "../../formats/phase_clock.ts";
 import {
   MERGE_DTYPE_SIZE,
   type MergeBackend,
+  type MergeChangeSums,
   type MergeRowsIntoRequest,
   type MergeRowsRequest,
 } from "../types.ts";
@@ -59,7 +60,7 @@ const PAGE = 65536;
 const align = (n: number) => Math.ceil(n / 64) * 64;
 
 interface Pending {
-  resolve: () => void;
+  resolve: (change?: MergeChangeSums) => void;
   reject: (e: Error) => void;
 }
 
@@ -105,10 +106,14 @@ class CpuBackend implements CpuMergeBackend {
         name: `ckpt-merge-cpu-${n}`,
       });
       w.onmessage = (e: MessageEvent) => {
-        const { id, error } = e.data as { id: number; error?: string };
+        const { id, error, change } = e.data as {
+          id: number;
+          error?: string;
+          change?: MergeChangeSums;
+        };
         const p = this.#pending.get(id);
         this.#pending.delete(id);
-        if (error === undefined) p?.resolve();
+        if (error === undefined) p?.resolve(change);
         else p?.reject(new CkptError("MERGE_CPU_WORKER", `Cannot merge on the CPU: ${error}`));
       };
       w.onerror = (e: ErrorEvent) => {
@@ -259,12 +264,21 @@ class CpuBackend implements CpuMergeBackend {
       rank,
       scale: req.scale,
     };
+    const change = "change" in req ? req.change : undefined;
+    if (change) base.change = true;
     const work = rows * cols * Math.max(rank, 1);
     const n = Math.min(this.#workers.length, rows);
     let seconds = 0;
     const turn = this.#compute.then(async () => {
       const t0 = performance.now();
-      for (let rep = 0; rep < Math.max(reps, 1); rep++) await this.#run(req, base, n, work);
+      for (let rep = 0; rep < Math.max(reps, 1); rep++) {
+        const sums = await this.#run(req, base, n, work);
+        if (change && sums) {
+          change.sumSqW += sums.sumSqW;
+          change.sumSqDelta += sums.sumSqDelta;
+          change.maxAbs = Math.max(change.maxAbs, sums.maxAbs);
+        }
+      }
       seconds = (performance.now() - t0) / 1000 / Math.max(reps, 1);
       if (reps === 0) phaseClock.add("merge", seconds * 1000, wBytes);
     });
@@ -282,18 +296,18 @@ class CpuBackend implements CpuMergeBackend {
     base: Omit<CpuTask, "row0" | "row1">,
     n: number,
     work: number,
-  ): Promise<void> {
+  ): Promise<MergeChangeSums | undefined> {
     const { rows } = req;
     const dora = base.dora;
     if (n <= 1 || work < this.#inlineBelow) {
-      runCpuTask(this.#mem, this.#cache, { ...base, row0: 0, row1: rows });
+      return runCpuTask(this.#mem, this.#cache, { ...base, row0: 0, row1: rows });
     } else {
       const kernelOut = dora ? "F32" : req.outDtype;
       const module = this.#module(
         base.key,
         kernelKind(req.wDtype, kernelOut, base.rank, base.cols),
       );
-      const jobs: Promise<void>[] = [];
+      const jobs: Promise<MergeChangeSums | undefined>[] = [];
       for (let t = 0; t < n; t++) {
         const row0 = Math.floor((rows * t) / n), row1 = Math.floor((rows * (t + 1)) / n);
         const id = this.#nextId++;
@@ -301,7 +315,7 @@ class CpuBackend implements CpuMergeBackend {
         const first = !sent.has(base.key);
         sent.add(base.key);
         jobs.push(
-          new Promise<void>((resolve, reject) => {
+          new Promise<MergeChangeSums | undefined>((resolve, reject) => {
             this.#pending.set(id, { resolve, reject });
             this.#workers[t]!.postMessage({
               type: "task",
@@ -312,7 +326,16 @@ class CpuBackend implements CpuMergeBackend {
           }),
         );
       }
-      await Promise.all(jobs);
+      const parts = await Promise.all(jobs);
+      if (!base.change) return undefined;
+      const sums: MergeChangeSums = { sumSqW: 0, sumSqDelta: 0, maxAbs: 0 };
+      for (const p of parts) {
+        if (!p) continue;
+        sums.sumSqW += p.sumSqW;
+        sums.sumSqDelta += p.sumSqDelta;
+        sums.maxAbs = Math.max(sums.maxAbs, p.maxAbs);
+      }
+      return sums;
     }
   }
 

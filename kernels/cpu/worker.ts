@@ -19,8 +19,8 @@ self.onmessage = (e: MessageEvent) => {
     return;
   }
   try {
-    runCpuTask(mem!, cache!, msg.task, msg.module);
-    self.postMessage({ id: msg.id });
+    const change = runCpuTask(mem!, cache!, msg.task, msg.module);
+    self.postMessage(change ? { id: msg.id, change } : { id: msg.id });
   } catch (err) {
     self.postMessage({ id: msg.id, error: String((err as Error)?.stack ?? err) });
   }

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { createCpuBackend } from "../../../kernels/cpu/backend.ts";
 import { mergeRowsReference } from "../../../kernels/reference.ts";
 import { MERGE_DTYPE_SIZE } from "../../../kernels/types.ts";
+import { addBlockChange } from "../../../merge/_lora_change.ts";
 import { assertSameBytes, corpus, request, roundingEdges } from "../_corpus.ts";
 import { kernelKey, kernelKind } from "../../../kernels/cpu/_rows.ts";
 import { KERNEL_MAX_UNROLL, KERNEL_TILE_COLS } from "../../../kernels/cpu/kernel.ts";
@@ -165,4 +166,35 @@ Deno.test("`uleb()` and `sleb()` write LEB128 as the WebAssembly spec does, at e
       [0xff, 0xff, 0xff, 0xff, 0x07],
     ],
   );
+});
+
+Deno.test("`mergeRowsInto()` with change adds the block's Σ W², Σ ΔW² and max |ΔW| as the read path measures them", async () => {
+  for (const workers of [0, 2]) {
+    const cpu = await createCpuBackend({ workers, inlineBelow: 0 });
+    try {
+      for (
+        const r of [
+          request("BF16", "BF16", 257, 1040, 16, 99),
+          request("F16", "F32", 64, 1027, 8, 100),
+          request("F32", "BF16", 33, 70, 4, 103),
+          request("BF16", "F16", 40, 512, 16, 101, { dora: true }),
+        ]
+      ) {
+        const { w, ...rest } = r;
+        const change = { sumSqW: 1, sumSqDelta: 2, maxAbs: 0 }; // sums add to what is there
+        const out = new Uint8Array(r.rows * r.cols * MERGE_DTYPE_SIZE[r.outDtype]);
+        await cpu.mergeRowsInto({ ...rest, readW: () => Promise.resolve(w), change }, out);
+        // what the merge's read path measures (merge/_lora_change.ts) on the reference's bytes
+        const want = { sumSqW: 1, sumSqDelta: 2, maxAbs: 0 };
+        addBlockChange(want, r.wDtype, w, r.outDtype, mergeRowsReference(r));
+        const close = (a: number, b: number) =>
+          a === b || (Number.isNaN(a) && Number.isNaN(b)) || Math.abs(a - b) <= 1e-12 * Math.abs(b);
+        assert.ok(close(change.sumSqW, want.sumSqW), `${workers}: ${r.name} ΣW²`);
+        assert.ok(close(change.sumSqDelta, want.sumSqDelta), `${workers}: ${r.name} ΣΔ²`);
+        assert.ok(close(change.maxAbs, want.maxAbs), `${workers}: ${r.name} max`);
+      }
+    } finally {
+      await cpu.dispose();
+    }
+  }
 });
