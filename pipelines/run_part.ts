@@ -297,7 +297,6 @@ export async function runPart(
     run.clearReports();
     await loop.run(run.ctx, run.reportOf, async () => await outputHasher.stageEnded());
     const inputs = await run.inputs();
-    if (signal.aborted) throw abortError(signal);
 
     const reported = reportedFiles(loop.finished);
     const sealed = await work.seal(reported);
@@ -307,7 +306,7 @@ export async function runPart(
       const { size, sha256 } = await outputHasher.hash(join(paths.work, path));
       files.push({ path, size, sha256, stage: stageOf.get(path) ?? "" });
     }
-    if (signal.aborted) throw abortError(signal);
+    if (signal.aborted) throw abortError(signal); // last moment: nothing is in the shared folder yet
     await moveInto(paths.work, folder, sealed);
     const receipt: PartReceipt = {
       format: "ckpt-part-receipt",

@@ -218,3 +218,88 @@ Deno.test("`finishParts()` refuses parts that read an input rewritten between th
     );
   });
 });
+
+Deno.test("`runPart()` cannot start while a finish or a one-machine run holds the output", async () => {
+  await withTempDir(async (dir) => {
+    const config = await smallModel(dir);
+    const cfg = await validateConfig(config, { baseDir: dir, stages: await builtinStages() });
+    const finishing = await OutputLock.acquire(cfg.output, {
+      wait: false,
+      signal: new AbortController().signal,
+    });
+    try {
+      const e = await errorOf(runPart(config, { baseDir: dir, part: { index: 0, count: 2 } }));
+      assert.equal(e.code, "OUTPUT_LOCKED");
+    } finally {
+      await finishing.release();
+    }
+  });
+});
+
+Deno.test("`runPart()` aborted after its last stage leaves no receipt and nothing in the shared folder", async () => {
+  await withTempDir(async (dir) => {
+    const config = await smallModel(dir);
+    const ac = new AbortController();
+    const e = await errorOf(runPart(config, {
+      baseDir: dir,
+      part: { index: 1, count: 2 },
+      signal: ac.signal,
+      onEvent: (ev) => {
+        if (ev.type === "stage-end" && ev.stage === "writeMetrics") ac.abort(new Error("SIGTERM"));
+      },
+    }));
+    assert.equal(e.code, "ABORTED");
+    const { folder, paths } = await where(dir, config, 2);
+    assert.deepEqual((await Array.fromAsync(Deno.readDir(folder))).map((d) => d.name), [
+      ".ckpt-split",
+    ]);
+    await assert.rejects(Deno.stat(paths(1).receipt), Deno.errors.NotFound);
+    await assert.rejects(Deno.stat(paths(1).work), Deno.errors.NotFound);
+    const failed = await errorOf(finishParts(config, { baseDir: dir, count: 2 }));
+    assert.match(failed.message, /part 1 failed on .*\[ABORTED\]/);
+  });
+});
+
+Deno.test("`finishParts()` refuses a file two receipts claim, and a count below 1", async () => {
+  await withTempDir(async (dir) => {
+    const config = await smallModel(dir);
+    assert.equal(await codeOf(finishParts(config, { baseDir: dir, count: 0 })), "PART_SPEC");
+    for (const index of [0, 1]) await runPart(config, { baseDir: dir, part: { index, count: 2 } });
+    const { paths } = await where(dir, config, 2);
+    const first = JSON.parse(await Deno.readTextFile(paths(0).receipt));
+    const lead = JSON.parse(await Deno.readTextFile(paths(1).receipt));
+    first.files.push(lead.files[0]);
+    await Deno.writeTextFile(paths(0).receipt, JSON.stringify(first));
+    const e = await errorOf(finishParts(config, { baseDir: dir, count: 2 }));
+    assert.equal(e.code, "PARTS_MISMATCH");
+    assert.match(
+      e.message,
+      new RegExp(`"${lead.files[0].path}" was written by part 0 and by part 1`),
+    );
+  });
+});
+
+Deno.test("a finish aborted before its rename lands on the next finish, without the receipts", async () => {
+  await withTempDir(async (dir) => {
+    const config = await smallModel(dir);
+    for (const index of [0, 1]) await runPart(config, { baseDir: dir, part: { index, count: 2 } });
+    const ac = new AbortController();
+    ac.abort(new Error("SIGTERM"));
+    const e = await errorOf(finishParts(config, { baseDir: dir, count: 2, signal: ac.signal }));
+    assert.equal(e.code, "ABORTED");
+    const { folder } = await where(dir, config, 2);
+    await assert.rejects(Deno.stat(join(dir, "out")), Deno.errors.NotFound);
+    await assert.rejects(Deno.stat(join(folder, ".ckpt-split")), Deno.errors.NotFound);
+    const done = await finishParts(config, { baseDir: dir, count: 2 });
+    assert.equal(done.status, "finished");
+    assert.deepEqual(done.manifest.files.map((f) => f.path), [
+      "metrics.json",
+      ...[1, 2, 3, 4, 5, 6].map((i) => `model-0000${i}-of-00006.safetensors`),
+      "model.safetensors.index.json",
+    ]);
+    assert.equal(
+      (await finishParts(config, { baseDir: dir, count: 2 })).status,
+      "already-finished",
+    );
+  });
+});
