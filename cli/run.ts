@@ -19,8 +19,17 @@ import {
   withSignals,
 } from "./_run_flags.ts";
 import { PART_HELP, PART_OPTIONS, partMode, runPartsWithCli } from "./run_parts.ts";
+import { topModuleChanges } from "./_module_changes.ts";
 
-export { backendChoice, logStyle, RUN_FLAG_OPTIONS, runFlags, stderrWriter, withSignals };
+export {
+  backendChoice,
+  logStyle,
+  RUN_FLAG_OPTIONS,
+  runFlags,
+  stderrWriter,
+  topModuleChanges,
+  withSignals,
+};
 export type { RunFlags };
 
 const HELP = `ckpt run: run a pipeline config (JSONC) end to end
@@ -85,30 +94,6 @@ export function printPlan(result: RunResult): void {
   console.log(
     `  ${"total".padEnd(width)}  ${formatBytes(total).padStart(9)}  ${result.files.length} files`,
   );
-}
-
-/**
- * The `n` merged modules that changed most (‖ΔW‖/‖W‖, from the mergeLora reports in the manifest)
- * as lines to print at the end of a run; none when nothing was merged.
- */
-export function topModuleChanges(result: Pick<RunResult, "manifest">, n = 5): string[] {
-  const changes: { module: string; relNorm: number }[] = [];
-  for (const stage of result.manifest.stages) {
-    const list = stage.report.moduleChanges;
-    if (!Array.isArray(list)) continue;
-    for (const c of list as { module?: unknown; relNorm?: unknown }[]) {
-      if (typeof c.module === "string" && typeof c.relNorm === "number") {
-        changes.push({ module: c.module, relNorm: c.relNorm });
-      }
-    }
-  }
-  if (changes.length === 0) return [];
-  const top = [...changes].sort((a, b) => b.relNorm - a.relNorm).slice(0, n);
-  const width = Math.max(...top.map((c) => c.module.length));
-  return [
-    `most changed modules, ||dW||/||W|| (${top.length} of ${changes.length} merged):`,
-    ...top.map((c) => `  ${c.module.padEnd(width)}  ${c.relNorm.toExponential(3)}`),
-  ];
 }
 
 /** Runs a pipeline with signals wired, a renderer, and the result printed; returns the exit code. */

@@ -10,6 +10,7 @@ import { createRenderer, formatBytes } from "../pipelines/progress.ts";
 import { runPart } from "../pipelines/run_part.ts";
 import { parsePartCount, parsePartSpec, partFromEnv, type PartSpec } from "../pipelines/split.ts";
 import { type Parsed, stringOption, UsageError } from "./_args.ts";
+import { topModuleChanges } from "./_module_changes.ts";
 import { type RunFlags, stderrWriter, withSignals } from "./_run_flags.ts";
 
 /** The options `ckpt run` takes for split exports, for `parseCommand`. */
@@ -97,7 +98,11 @@ export async function runPartsWithCli(
     if (flags.log === "json") return 0;
     if (r.status === "already-finished") {
       console.log(`${r.output}\nalready finished: nothing to do`);
-    } else console.log(`${r.output}\nmanifest sha256 ${r.manifestSha256}`);
+    } else {
+      console.log(`${r.output}\nmanifest sha256 ${r.manifestSha256}`);
+      const top = topModuleChanges(r);
+      if (top.length > 0) console.log(top.join("\n"));
+    }
     return 0;
   } catch (err) {
     if (err instanceof CkptError && err.code === "ABORTED") {

@@ -40,7 +40,12 @@ async function oneMachine(cfg: string, out: string, aside: string) {
   await Deno.rename(out, aside);
   const tree = await treeDigest(aside);
   delete tree["ckpt-manifest.json"];
-  return { tree, manifest };
+  return { tree, manifest, printed: afterSha(r.stdout) };
+}
+
+/** What `ckpt run` prints after the output and manifest lines (the most changed modules). */
+function afterSha(stdout: string): string {
+  return stdout.split("\n").slice(2).join("\n");
 }
 
 /** The finished split folder equals the one-machine one, verifies, and left nothing beside it. */
@@ -83,6 +88,11 @@ Deno.test("`ckpt run --part I/N` then `--finish N` equals the one-machine export
       assert.ok(parts.every((r) => / of \d+ of .*: \d+ files/.test(r.stdout)));
       const fin = await ckptEnv(["run", cfg, "--finish", String(count), "--log", "quiet"]);
       assert.equal(fin.code, 0, fin.stderr);
+      assert.match(
+        afterSha(fin.stdout),
+        /^most changed modules, \|\|dW\|\|\/\|\|W\|\| \(5 of 14 merged\)/,
+      );
+      assert.equal(afterSha(fin.stdout), want.printed);
       await assertSameAsOneMachine(out, want, count);
       await Deno.remove(out, { recursive: true });
     }
