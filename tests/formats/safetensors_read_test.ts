@@ -293,3 +293,20 @@ Deno.test("`compareUtf8()` orders names by their UTF-8 bytes, as Rust's String o
   assert.equal(compareUtf8("layer.1", "layer.1"), 0);
   assert.ok(compareUtf8("layer", "layer.1") < 0 && compareUtf8("layer.1", "layer") > 0);
 });
+
+Deno.test("`readSafetensorsHeader()` takes dimensions and offsets up to 2^48 - 1, the schema's limit, and refuses 2^48", async () => {
+  await withTempDir(async (dir) => {
+    const outcome = async (shape: number, end: number) => {
+      const path = join(dir, "big.safetensors");
+      const header = `{"a":{"dtype":"U8","shape":[${shape}],"data_offsets":[0,${end}]}}`;
+      await Deno.writeFile(path, rawFile(header, new Uint8Array(4)));
+      const err = await readSafetensorsHeader(path).then(() => undefined, (e: unknown) => e);
+      return isCkptError(err) ? err.code : String(err);
+    };
+    const max = 2 ** 48 - 1;
+    // At the limit the header is well-formed and only the missing bytes are refused.
+    assert.equal(await outcome(max, max), "SAFETENSORS_TRUNCATED");
+    assert.equal(await outcome(max + 1, max), "SAFETENSORS_SHAPE");
+    assert.equal(await outcome(4, max + 1), "SAFETENSORS_OFFSETS");
+  });
+});
