@@ -242,6 +242,7 @@ Deno.test("`startsLikeSafetensors()` needs 9 bytes, a length from 2 to the limit
     ["a header one byte over the limit", head(MAX_HEADER_SIZE + 1), 9 + MAX_HEADER_SIZE, false],
     ["no `{` after the length", head(2, 0x5b), 10, false],
     ["only 8 bytes to look at", head(2).subarray(0, 8), 10, false],
+    ["only 5 bytes, in a buffer of 5", new Uint8Array(5), 10, false],
   ];
   for (const [what, bytes, fileSize, want] of cases) {
     assert.equal(startsLikeSafetensors(bytes, fileSize), want, what);
@@ -308,5 +309,52 @@ Deno.test("`readSafetensorsHeader()` takes dimensions and offsets up to 2^48 - 1
     assert.equal(await outcome(max, max), "SAFETENSORS_TRUNCATED");
     assert.equal(await outcome(max + 1, max), "SAFETENSORS_SHAPE");
     assert.equal(await outcome(4, max + 1), "SAFETENSORS_OFFSETS");
+  });
+});
+
+Deno.test("`readSafetensorsHeader()` refuses a hole or an overlap between tensors whose sizes are each right", async () => {
+  await withTempDir(async (dir) => {
+    const outcome = async (second: [number, number], dataBytes: number) => {
+      const path = join(dir, "o.safetensors");
+      const header = '{"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},' +
+        `"b":{"dtype":"U8","shape":[4],"data_offsets":[${second}]}}`;
+      await Deno.writeFile(path, rawFile(header, new Uint8Array(dataBytes)));
+      const err = await readSafetensorsHeader(path).then(() => undefined, (e: unknown) => e);
+      return isCkptError(err) ? `${err.code} ${err.tensor}` : String(err);
+    };
+    assert.equal(await outcome([4, 8], 8), "undefined"); // contiguous: fine
+    assert.equal(await outcome([6, 10], 10), "SAFETENSORS_OFFSETS b"); // a 2-byte hole
+    assert.equal(await outcome([2, 6], 6), "SAFETENSORS_OFFSETS b"); // overlapping a
+  });
+});
+
+Deno.test("`readSafetensorsHeader()` says what an oversized length prefix looks like: a zip, a pickle, or not JSON at all", async () => {
+  await withTempDir(async (dir) => {
+    const message = async (bytes: number[]) => {
+      const path = join(dir, "x.safetensors");
+      await Deno.writeFile(path, new Uint8Array([...bytes, ...new Array(16).fill(0x20)]));
+      const err = await readSafetensorsHeader(path).catch((e: unknown) => e);
+      assert.ok(isCkptError(err), String(err));
+      return `${err.code}: ${err.message.replace(/^.*?: /, "")}`;
+    };
+    const zip = [0x50, 0x4b, 0x03, 0x04, 0x14, 0x00, 0x00, 0x00];
+    const pickle = [0x80, 0x02, 0x63, 0x5f, 0x5f, 0x62, 0x75, 0x69];
+    const other = [0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41];
+    assert.match(
+      await message(zip),
+      /^SAFETENSORS_HEADER_TOO_LARGE: .*\(this is a zip file: a torch\.save/,
+    );
+    assert.match(
+      await message(pickle),
+      /^SAFETENSORS_HEADER_TOO_LARGE: .*\(this looks like a pickle/,
+    );
+    assert.match(await message(other), /^SAFETENSORS_HEADER_TOO_LARGE: .*-byte limit$/);
+    // A length that fits, over bytes that are not JSON.
+    const path = join(dir, "j.safetensors");
+    await Deno.writeFile(path, rawFile('{"a":', new Uint8Array(0)));
+    const err = await readSafetensorsHeader(path).catch((e: unknown) => e);
+    assert.ok(
+      isCkptError(err, "SAFETENSORS_HEADER_JSON") && /header is not JSON \(/.test(err.message),
+    );
   });
 });
