@@ -159,12 +159,27 @@ Deno.test("ZipReader reads a zip64 archive Python's zipfile wrote, taking the di
 });
 
 /** A one-entry stored zip whose directory entry carries `extra` and `comment` bytes. */
+/** Fields of {@linkcode oneEntryZip}'s archive to set apart from what its bytes say. */
+interface ZipPatch {
+  elen?: number;
+  clen?: number;
+  usize?: number;
+  /** The entry's name bytes (the same in the local header and the directory). */
+  name?: Uint8Array;
+  /** General-purpose flags of the directory entry. */
+  flags?: number;
+  /** The directory entry's signature. */
+  signature?: number;
+  /** Entries the end record claims. */
+  count?: number;
+}
+
 function oneEntryZip(
   extra: Uint8Array,
   comment: Uint8Array,
-  patch: { elen?: number; clen?: number; usize?: number },
+  patch: ZipPatch,
 ) {
-  const name = new TextEncoder().encode("a/data.pkl");
+  const name = patch.name ?? new TextEncoder().encode("a/data.pkl");
   const data = new Uint8Array([1, 2, 3]);
   const lfh = new Uint8Array(30 + name.length);
   const l = new DataView(lfh.buffer);
@@ -175,7 +190,8 @@ function oneEntryZip(
   lfh.set(name, 30);
   const cd = new Uint8Array(46 + name.length + extra.length + comment.length);
   const c = new DataView(cd.buffer);
-  c.setUint32(0, 0x02014b50, true);
+  c.setUint32(0, patch.signature ?? 0x02014b50, true);
+  c.setUint16(8, patch.flags ?? 0, true);
   c.setUint32(20, data.length, true);
   c.setUint32(24, patch.usize ?? data.length, true);
   c.setUint16(28, name.length, true);
@@ -187,8 +203,8 @@ function oneEntryZip(
   const eocd = new Uint8Array(22);
   const e = new DataView(eocd.buffer);
   e.setUint32(0, 0x06054b50, true);
-  e.setUint16(8, 1, true);
-  e.setUint16(10, 1, true);
+  e.setUint16(8, patch.count ?? 1, true);
+  e.setUint16(10, patch.count ?? 1, true);
   e.setUint32(12, cd.length, true);
   e.setUint32(16, lfh.length + data.length, true);
   const out = new Uint8Array(lfh.length + data.length + cd.length + eocd.length);
@@ -203,7 +219,7 @@ Deno.test("ZipReader.open() refuses a directory entry whose extra field or comme
   const extra = new Uint8Array([0xfe, 0xca, 2, 0, 9, 9]); // an unknown extra field, 2 data bytes
   const comment = new TextEncoder().encode("hi");
   await withTempDir(async (dir) => {
-    const outcome = async (patch: { elen?: number; clen?: number; usize?: number }) => {
+    const outcome = async (patch: ZipPatch) => {
       const path = join(dir, "one.zip");
       await Deno.writeFile(path, oneEntryZip(extra, comment, patch));
       const file = await RandomAccessFile.open(path);
@@ -287,5 +303,95 @@ Deno.test("ZipReader.open() finds the zip64 end records behind the longest comme
     };
     assert.equal(await outcome(0), "3 entries, 117,116,102,56");
     assert.equal(await outcome(0xffff), "3 entries, 117,116,102,56");
+  });
+});
+
+/** What ZipReader.open() makes of `bytes`: its entries' names, or the error's code and message. */
+async function openOutcome(dir: string, bytes: Uint8Array): Promise<string> {
+  const path = join(dir, "t.zip");
+  await Deno.writeFile(path, bytes);
+  const file = await RandomAccessFile.open(path);
+  try {
+    const zip = await ZipReader.open(file);
+    return `ok ${zip.entries.map((e) => e.name)}`;
+  } catch (e) {
+    return isCkptError(e) ? `${e.code}: ${e.message.replace(/^.*?archive: /, "")}` : String(e);
+  } finally {
+    await file.close();
+  }
+}
+
+Deno.test("ZipReader.open() refuses a directory claiming one entry more than its bytes can hold (46 bytes each)", async () => {
+  await withTempDir(async (dir) => {
+    // One entry of 46 + 10 name + 35 comment = 91 bytes: room for one; two would need 92.
+    const comment = new Uint8Array(35).fill(0x20);
+    const empty = new Uint8Array(0);
+    assert.equal(await openOutcome(dir, oneEntryZip(empty, comment, {})), "ok a/data.pkl");
+    assert.equal(
+      await openOutcome(dir, oneEntryZip(empty, comment, { count: 2 })),
+      "ZIP_LIMIT: 2 entries do not fit a 91-byte central directory (or exceed 1000000)",
+    );
+  });
+});
+
+Deno.test("ZipReader.open() refuses a directory entry without its signature", async () => {
+  await withTempDir(async (dir) => {
+    const bytes = oneEntryZip(new Uint8Array(0), new Uint8Array(0), { signature: 0x02014b51 });
+    assert.equal(
+      await openOutcome(dir, bytes),
+      "ZIP_MALFORMED: central directory entry 0 is malformed",
+    );
+  });
+});
+
+Deno.test("ZipReader.open() decodes names as UTF-8 only with flag 0x800, as Latin-1 without", async () => {
+  await withTempDir(async (dir) => {
+    const latin1 = new Uint8Array([0x61, 0x2f, 0xe9]); // "a/é" in Latin-1; not valid UTF-8
+    const utf8 = new TextEncoder().encode("a/é");
+    const none = new Uint8Array(0);
+    assert.equal(await openOutcome(dir, oneEntryZip(none, none, { name: latin1 })), "ok a/é");
+    assert.equal(
+      await openOutcome(dir, oneEntryZip(none, none, { name: utf8, flags: 0x800 })),
+      "ok a/é",
+    );
+    assert.equal(
+      await openOutcome(dir, oneEntryZip(none, none, { name: latin1, flags: 0x800 })),
+      "ZIP_NAME: entry 0 has a name that is not UTF-8",
+    );
+    // Flag bit 0 (encrypted) without 0x800: the Latin-1 name is read, then the entry refused.
+    assert.equal(
+      await openOutcome(dir, oneEntryZip(none, none, { name: latin1, flags: 1 })),
+      'ZIP_MALFORMED: entry "a/é" is encrypted',
+    );
+  });
+});
+
+Deno.test("ZipReader.open() refuses a zip64 end record without its signature", async () => {
+  const bytes = await Deno.readFile(join(FIX, "zip64", "python_zip64.zip"));
+  const v = new DataView(bytes.buffer);
+  const at = Number(v.getBigUint64(bytes.length - 22 - 20 + 8, true)); // the locator's pointer
+  assert.equal(v.getUint32(at, true), 0x06064b50);
+  v.setUint32(at, 0x06064b51, true);
+  await withTempDir(async (dir) => {
+    assert.equal(await openOutcome(dir, bytes), "ZIP_MALFORMED: bad zip64 end record signature");
+  });
+});
+
+Deno.test("ZipReader.open() takes a slice of the file that ends at its end, and refuses one byte more", async () => {
+  await withTempDir(async (dir) => {
+    const inner = oneEntryZip(new Uint8Array(0), new Uint8Array(0), {});
+    const path = join(dir, "slice.bin");
+    await Deno.writeFile(path, new Uint8Array([0xaa, 0xbb, ...inner]));
+    const file = await RandomAccessFile.open(path);
+    try {
+      const zip = await ZipReader.open(file, { base: 2, length: inner.length });
+      assert.deepEqual([...await zip.read(zip.entries[0]!)], [1, 2, 3]);
+      await assert.rejects(
+        () => ZipReader.open(file, { base: 2, length: inner.length + 1 }),
+        (e) => isCkptError(e, "ZIP_BAD_OFFSET") && e.message.includes("outside the"),
+      );
+    } finally {
+      await file.close();
+    }
   });
 });
