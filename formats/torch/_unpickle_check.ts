@@ -40,6 +40,8 @@ export function checkTree(m: PickleState, root: PyValue): void {
   const onPath = new Set<object>();
   type Frame = { node: object; kids: PyValue[]; i: number; d: number; n: number };
   const storageMisuse = () => m.err("PICKLE_MALFORMED", "a storage is used outside a tensor");
+  const tooDeep = () =>
+    m.err("PICKLE_LIMIT", `the value is nested deeper than ${m.maxDepth} levels`);
   const start = (v: PyValue): Frame | undefined => {
     if (v === null || typeof v !== "object") return undefined;
     if ((v as unknown) instanceof StorageHandle) throw storageMisuse();
@@ -73,6 +75,8 @@ export function checkTree(m: PickleState, root: PyValue): void {
       }
       const known = done.get(k);
       if (known !== undefined) {
+        // A shared value is as deep here as a copy of it would be: its levels below count too.
+        if (stack.length + known.d >= m.maxDepth) throw tooDeep();
         f.d = Math.max(f.d, known.d + 1);
         grow(f, known.n);
         continue;
@@ -82,12 +86,7 @@ export function checkTree(m: PickleState, root: PyValue): void {
         grow(f, 1);
         continue;
       }
-      if (stack.length >= m.maxDepth) {
-        throw m.err(
-          "PICKLE_LIMIT",
-          `the value is nested deeper than ${m.maxDepth} levels`,
-        );
-      }
+      if (stack.length >= m.maxDepth) throw tooDeep();
       onPath.add(k);
       stack.push(nf);
     } else {

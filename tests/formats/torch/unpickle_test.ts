@@ -444,3 +444,145 @@ Deno.test("unpickle() refuses a tensor whose size or stride is not all ints", ()
     );
   }
 });
+
+Deno.test("unpickle() refuses the rebuild functions of quantized, sparse and nested tensors as unsupported", () => {
+  for (const fn of ["_rebuild_qtensor", "_rebuild_sparse_tensor", "_rebuild_nested_tensor"]) {
+    assert.throws(
+      () => unpickle(bytes(`\x80\x02ctorch._utils\n${fn}\n)R.`)),
+      (e) => isCkptError(e, "PICKLE_UNSUPPORTED") && e.details?.global === `torch._utils.${fn}`,
+      fn,
+    );
+  }
+});
+
+Deno.test("unpickle() encodes _codecs.encode strings as Latin-1 or UTF-8 and refuses a character Latin-1 lacks", () => {
+  const enc = (
+    s: string,
+    e: string,
+  ) => [
+    ...(unpickle(bytes(`\x80\x02c_codecs\nencode\nX${le32(s)}X${le32(e)}\x86R.`)) as Uint8Array),
+  ];
+  assert.deepEqual(enc("\xe9", "latin1"), [0xe9]);
+  assert.deepEqual(enc("\xe9", "utf-8"), [0xc3, 0xa9]);
+  assert.throws(
+    () => enc("\u0100", "latin-1"),
+    (e) => isCkptError(e, "PICKLE_ARGS") && e.message.includes("outside latin-1"),
+  );
+});
+
+/** A pickle BINUNICODE operand: the UTF-8 length as 4 little-endian bytes, then the bytes. */
+function le32(s: string): string {
+  const b = new TextEncoder().encode(s);
+  const n = b.length;
+  return String.fromCharCode(n & 0xff, (n >> 8) & 0xff, 0, 0, ...b);
+}
+
+Deno.test("unpickle() result check walks tuples and lists: a storage outside a tensor is refused there too", () => {
+  const persistentLoad = () =>
+    new StorageHandle({
+      key: "0",
+      storageClass: "torch.FloatStorage",
+      location: "cpu",
+      numel: 1,
+      dtype: "F32",
+      source: bytesSource(new Uint8Array(4)),
+      file: "x",
+    });
+  const storage =
+    "(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x01tQ";
+  for (const wrap of [`${storage}\x85`, `]${storage}a`, `K\x01${storage}\x86`]) {
+    assert.throws(
+      () => unpickle(bytes(`\x80\x02${wrap}.`), { persistentLoad }),
+      (e) => isCkptError(e, "PICKLE_MALFORMED") && e.message.includes("storage is used outside"),
+      JSON.stringify(wrap),
+    );
+  }
+});
+
+Deno.test("unpickle() counts the expanded size exactly: maxExpanded items fit, one fewer allowed is refused", () => {
+  const list3 = bytes("\x80\x02](K\x01K\x02K\x03e."); // the list and its 3 ints: 4 items
+  assert.deepEqual(unpickle(list3, { maxExpanded: 4 }), [1, 2, 3]);
+  assert.throws(() => unpickle(list3, { maxExpanded: 3 }), (e) => isCkptError(e, "PICKLE_LIMIT"));
+});
+
+Deno.test("unpickle() counts a shared reference as deep as a copy of it", () => {
+  // [x, y, [y]] with x = [[1]] and y = [x] memoized, against [[[1]], [[[1]]], [[[[1]]]]] written
+  // out in full: the last y sits a level deeper than the first, and every level below it counts
+  // there too, through y into x.
+  const shared = bytes("\x80\x02](]]K\x01aaq\x00]h\x00aq\x01]h\x01ae.");
+  const copies = bytes("\x80\x02](]]K\x01aa]]]K\x01aaa]]]]K\x01aaaae.");
+  const deepest = (p: Uint8Array) => {
+    for (let d = 1; d < 10; d++) {
+      try {
+        unpickle(p, { maxDepth: d });
+        return d;
+      } catch (e) {
+        if (!isCkptError(e, "PICKLE_LIMIT")) throw e;
+      }
+    }
+    return Infinity;
+  };
+  assert.deepEqual(unpickle(shared), unpickle(copies));
+  assert.equal(deepest(copies), 5);
+  assert.equal(deepest(shared), 5);
+});
+
+Deno.test("unpickle() reads a LONG1 of maxLongBytes bytes and refuses one byte more", () => {
+  const long1 = (n: number) => bytes(`\x80\x02\x8a${String.fromCharCode(n)}${"\x01".repeat(n)}.`);
+  assert.equal(unpickle(long1(2), { maxLongBytes: 2 }), 0x0101);
+  assert.throws(
+    () => unpickle(long1(3), { maxLongBytes: 2 }),
+    (e) => isCkptError(e, "PICKLE_LIMIT") && e.message.includes("an int of 3 bytes exceeds 2"),
+  );
+});
+
+Deno.test("unpickle() makes a Parameter of one argument require grad, as torch does", () => {
+  const persistentLoad = () =>
+    new StorageHandle({
+      key: "0",
+      storageClass: "torch.FloatStorage",
+      location: "cpu",
+      numel: 2,
+      dtype: "F32",
+      source: bytesSource(new Uint8Array(8)),
+      file: "x",
+    });
+  const storage =
+    "(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x02tQ";
+  const tensor = `ctorch._utils\n_rebuild_tensor\n(${storage}K\x00K\x02\x85K\x01\x85tR`;
+  const one = unpickle(
+    bytes(`\x80\x02ctorch._utils\n_rebuild_parameter\n(${tensor}tR.`),
+    { persistentLoad },
+  );
+  const two = unpickle(
+    bytes(`\x80\x02ctorch._utils\n_rebuild_parameter\n(${tensor}\x89tR.`),
+    { persistentLoad },
+  );
+  assert.ok(one instanceof TorchTensor && two instanceof TorchTensor);
+  assert.deepEqual([one.parameter, one.requiresGrad, two.requiresGrad], [true, true, false]);
+});
+
+Deno.test("unpickle() names the opcode's byte offset when a tensor does not fit its storage", () => {
+  const persistentLoad = () =>
+    new StorageHandle({
+      key: "0",
+      storageClass: "torch.FloatStorage",
+      location: "cpu",
+      numel: 2,
+      dtype: "F32",
+      source: bytesSource(new Uint8Array(8)),
+      file: "x",
+    });
+  const storage =
+    "(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x02tQ";
+  const p = `\x80\x02ctorch._utils\n_rebuild_tensor\n(${storage}K\x00K\x03\x85K\x01\x85tR.`;
+  let err: unknown;
+  try {
+    unpickle(bytes(p), { persistentLoad });
+  } catch (e) {
+    err = e;
+  }
+  assert.ok(isCkptError(err), String(err));
+  assert.equal(err.offset, p.length - 2); // the REDUCE opcode
+  assert.ok(err.message.endsWith(`(at byte ${p.length - 2})`), err.message);
+});
