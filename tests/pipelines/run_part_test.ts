@@ -117,7 +117,7 @@ Deno.test("`finishParts()` names the missing parts, then the failed part and its
     await runPart(config, { baseDir: dir, part: { index: 1, count: 3 } });
     const missing = await errorOf(finishParts(config, { baseDir: dir, count: 3 }));
     assert.equal(missing.code, "PARTS_MISSING");
-    assert.match(missing.message, /parts 0, 2 have no receipt/);
+    assert.match(missing.message, /parts 0, 2 have no receipt .*; rerun them with --part I\/3$/);
 
     const boom = defineStage({
       name: "boom",
@@ -140,7 +140,7 @@ Deno.test("`finishParts()` names the missing parts, then the failed part and its
     assert.equal(failed.code, "PART_FAILED");
     assert.match(
       failed.message,
-      /part 2 failed on .*: \[METRICS_INPUT\] Cannot read metrics: test/,
+      /part 2 failed on .*: \[METRICS_INPUT\] Cannot read metrics: test; rerun it with --part I\/3$/,
     );
     const { folder } = await where(dir, config, 3);
     assert.ok(await Deno.stat(folder), "the finished parts are kept");
@@ -301,5 +301,38 @@ Deno.test("a finish aborted before its rename lands on the next finish, without 
       (await finishParts(config, { baseDir: dir, count: 2 })).status,
       "already-finished",
     );
+  });
+});
+
+Deno.test("`finishParts()` refuses parts written by another ckpt version", async () => {
+  await withTempDir(async (dir) => {
+    const config = await smallModel(dir);
+    for (const index of [0, 1]) await runPart(config, { baseDir: dir, part: { index, count: 2 } });
+    const { paths } = await where(dir, config, 2);
+    const receipt = JSON.parse(await Deno.readTextFile(paths(0).receipt));
+    receipt.ckpt = "0.0.1";
+    await Deno.writeTextFile(paths(0).receipt, JSON.stringify(receipt));
+    const e = await errorOf(finishParts(config, { baseDir: dir, count: 2 }));
+    assert.equal(e.code, "PARTS_MISMATCH");
+    assert.match(e.message, /part 0 was written by ckpt 0\.0\.1, part 1 by ckpt /);
+  });
+});
+
+Deno.test("`finishParts()` never replaces an output that appeared meanwhile unless told to", async () => {
+  await withTempDir(async (dir) => {
+    const config = await smallModel(dir);
+    for (const index of [0, 1]) await runPart(config, { baseDir: dir, part: { index, count: 2 } });
+    await Deno.mkdir(join(dir, "out"));
+    await Deno.writeTextFile(join(dir, "out", "mine.txt"), "someone else's");
+    assert.equal(await codeOf(finishParts(config, { baseDir: dir, count: 2 })), "OUTPUT_EXISTS");
+    assert.equal(await Deno.readTextFile(join(dir, "out", "mine.txt")), "someone else's");
+    const done = await finishParts(config, {
+      baseDir: dir,
+      count: 2,
+      overwrite: true,
+      force: true,
+    });
+    assert.equal(done.status, "finished");
+    await assert.rejects(Deno.stat(join(dir, "out", "mine.txt")), Deno.errors.NotFound);
   });
 });
