@@ -7,7 +7,7 @@ import { CkptError } from "../errors.ts";
 import type { PipelineConfig } from "../pipelines/config.ts";
 import { finishParts } from "../pipelines/finish_parts.ts";
 import { createRenderer, formatBytes } from "../pipelines/progress.ts";
-import { runPart } from "../pipelines/run_part.ts";
+import { type PartResult, runPart } from "../pipelines/run_part.ts";
 import { parsePartCount, parsePartSpec, partFromEnv, type PartSpec } from "../pipelines/split.ts";
 import { type Parsed, stringOption, UsageError } from "./_args.ts";
 import { topModuleChanges } from "./_module_changes.ts";
@@ -31,6 +31,7 @@ Split export (one export over many machines; docs/clusters.md):
                        or a Kubernetes Indexed Job (JOB_COMPLETION_INDEX; Kubernetes gives no count:
                        pass --parts-count N or set CKPT_PARTS)
   --parts-count N      the count for --part auto
+  --dry-run            with --part: print the files that part would write, write nothing
   --finish N           after all N parts: check their receipts, write the shard index and the
                        manifest from them (no weight is read again), rename the folder into place`;
 
@@ -58,13 +59,29 @@ export function partMode(parsed: Parsed, env: Record<string, string | undefined>
   return { kind: "part", part: partFromEnv(env, count) };
 }
 
+/** Prints a part's dry-run plan as a table on stdout. */
+function printPartPlan(r: PartResult): void {
+  console.log(`plan for part ${r.part} of ${r.count} of ${r.output} (nothing written):`);
+  const width = Math.max(4, ...r.files.map((f) => f.path.length));
+  let total = 0;
+  for (const f of r.files) {
+    total += f.size;
+    console.log(`  ${f.path.padEnd(width)}  ${formatBytes(f.size).padStart(9)}`);
+  }
+  console.log(
+    `  ${"total".padEnd(width)}  ${formatBytes(total).padStart(9)}  ${r.files.length} files`,
+  );
+}
+
 /** Runs one part or the finish with the CLI's renderer and signals; returns the exit code. */
 export async function runPartsWithCli(
   config: PipelineConfig,
   mode: Exclude<PartMode, { kind: "none" }>,
   flags: RunFlags,
 ): Promise<number> {
-  if (flags.dryRun) throw new UsageError("--dry-run does not go with --part or --finish");
+  if (flags.dryRun && mode.kind === "finish") {
+    throw new UsageError("--dry-run does not go with --finish (it plans nothing: dry-run a part)");
+  }
   const render = createRenderer(flags.log, stderrWriter(), Deno.stderr.isTerminal());
   const common = {
     overwrite: flags.overwrite,
@@ -80,9 +97,14 @@ export async function runPartsWithCli(
           ...common,
           signal,
           part: { index, count },
+          dryRun: flags.dryRun,
           ...(flags.backend ? { backend: flags.backend } : {}),
         })
       );
+      if (r.status === "planned") {
+        printPartPlan(r);
+        return 0;
+      }
       if (flags.log === "json") return 0;
       const what = r.status === "already-finished"
         ? `the output is already finished: nothing to do`

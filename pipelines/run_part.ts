@@ -50,7 +50,7 @@ import { CkptError } from "../errors.ts";
 import type { PipelineConfig, RawConfig } from "./config.ts";
 import { readManifest, toolInfo } from "./manifest.ts";
 import type { ManifestFile } from "./manifest.ts";
-import type { PartContext, PartGather, PartPlan } from "./stage.ts";
+import type { PartContext, PartGather, PartPlan, PipelineEvent } from "./stage.ts";
 
 /** A gather with the stage that asked for it. */
 type PartGatherAt = PartGather & { stage: number };
@@ -82,8 +82,11 @@ import { abortError, round1, StageLoop } from "./_stage_loop.ts";
 import { checkReplaceable, exists, fsCall, StagingFolder } from "./_staging.ts";
 import type { RunOptions } from "./run.ts";
 
-/** Options of {@linkcode runPart}: the runner's, less `dryRun`, plus which part. */
-export interface PartRunOptions extends Omit<RunOptions, "dryRun"> {
+/**
+ * Options of {@linkcode runPart}: the runner's plus which part. With `dryRun` the part only plans:
+ * nothing is locked, created or written, and the result lists the files it would write.
+ */
+export interface PartRunOptions extends RunOptions {
   /** This part (0-based) and how many parts the export has. */
   part: { index: number; count: number };
 }
@@ -96,8 +99,11 @@ export interface PartResult {
   part: number;
   /** How many parts the export has. */
   count: number;
-  /** `written`; `already-done` (this part has a receipt); `already-finished` (the output is in place). */
-  status: "written" | "already-done" | "already-finished";
+  /**
+   * `written`; `planned` (a dry run: `files` are the planned files, sizes planned, no sha256);
+   * `already-done` (this part has a receipt); `already-finished` (the output is in place).
+   */
+  status: "written" | "planned" | "already-done" | "already-finished";
   /** The shared folder the parts write into. */
   folder: string;
   /** The receipt's path. */
@@ -225,6 +231,9 @@ export async function runPart(
   });
 
   const loop = new StageLoop({ ...cfg, stages }, signal, emit);
+  if (options.dryRun) {
+    return result("planned", await planPart(cfg, loop, { index, count, signal, emit, options }));
+  }
   let lock: OutputLock | undefined;
   let partLock: FileLock | undefined;
   let work: StagingFolder | undefined;
@@ -351,6 +360,49 @@ export async function runPart(
     await partLock?.release({ remove: true }).catch(() => {});
     await lock?.release().catch(() => {});
     if (!ok) await removeCreatedParents(output, createdParent);
+  }
+}
+
+/** A dry run of one part: the stages plan with `ctx.part` set; resolves to the files it would write. */
+async function planPart(
+  cfg: PipelineConfig,
+  loop: StageLoop,
+  how: {
+    index: number;
+    count: number;
+    signal: AbortSignal;
+    emit: (e: PipelineEvent) => void;
+    options: PartRunOptions;
+  },
+): Promise<ManifestFile[]> {
+  try {
+    await checkInputs(cfg);
+    const run = createRunContext({
+      cfg,
+      outDir:
+        partPaths(splitFolder(cfg.output, splitId(cfg, how.count)), how.index, how.count).work,
+      signal: how.signal,
+      dryRun: true,
+      backend: how.options.backend,
+      onOutputBytes: undefined,
+      emit: how.emit,
+      current: () => loop.current,
+      part: partContext(how.index, how.count, { plans: [], gathers: [] }, () => loop.current),
+    });
+    await loop.preflight(run.ctx);
+    run.clearReports();
+    await loop.run(run.ctx, run.reportOf, () => Promise.resolve());
+    return reportedFiles(loop.finished).map((f) => ({
+      path: f.path,
+      size: f.bytes ?? 0,
+      sha256: "",
+    }));
+  } catch (err) {
+    const e = runError(err, how.signal, cfg.output);
+    how.emit(errorEvent(e, loop.failedStage()));
+    throw e;
+  } finally {
+    await loop.stateDict?.close().catch(() => {});
   }
 }
 

@@ -175,17 +175,20 @@ export const writeModelStage: Stage = defineStage({
       tensors: plan.stateDict.size,
       recomputedInDtype: plan.recomputedInDtype,
     };
+    const share = ctx.part &&
+      splitShare(ctx, ctx.part, weightFiles(plan, options.format, maxShardSize), files);
     if (ctx.dryRun) {
-      ctx.report("writeModel", { ...report, files, estimated: options.format === "bin" });
+      // a part's plan: its shards, and the configs in the lead part (the finish writes the index)
+      const planned = share
+        ? files.filter((f) =>
+          share.only.has(f.path) ||
+          (share.configs && (f.path === "config.json" || f.path === "generation_config.json"))
+        )
+        : files;
+      ctx.report("writeModel", { ...report, files: planned, estimated: options.format === "bin" });
       return;
     }
-    const written = await writeModelFiles(
-      ctx,
-      plan,
-      options.format,
-      maxShardSize,
-      ctx.part && splitShare(ctx, ctx.part, weightFiles(plan, options.format, maxShardSize), files),
-    );
+    const written = await writeModelFiles(ctx, plan, options.format, maxShardSize, share);
     await refuseAdapterFiles(ctx.outDir, "after");
     ctx.report("writeModel", { ...report, files: await writtenSizes(ctx.outDir, written) });
   },

@@ -133,10 +133,20 @@ Deno.test("`ckpt run --part I/N` then `--finish N` equals the one-machine export
   await withTempDir(async (dir) => {
     const cfg = await dcpRun(dir);
     const out = join(dir, "dcp", "OUT");
+    const plan = await ckptEnv(["run", cfg, "--part", "0/3", "--dry-run", "--log", "quiet"]);
+    assert.equal(plan.code, 0, plan.stderr);
+    const planned = [...plan.stdout.matchAll(/^ {2}(pytorch_model-\S+\.bin) /gm)].map((m) => m[1]);
+    assert.match(plan.stdout, /^plan for part 0 of 3 of \S+OUT \(nothing written\):/);
+    assert.ok(planned.length >= 1, plan.stdout);
+    assert.deepEqual(await namesIn(join(dir, "dcp")), [], "a dry run writes nothing");
     const want = await oneMachine(cfg, out, join(dir, "dcp", "ONE"));
     assert.ok(Object.keys(want.tree).filter((p) => p.endsWith(".bin")).length >= 5);
     for (const count of [1, 3, 8]) {
-      await runParts(cfg, shuffled([...Array(count).keys()], 7 * count), count);
+      const parts = await runParts(cfg, shuffled([...Array(count).keys()], 7 * count), count);
+      if (count === 3) {
+        const part0 = parts[shuffled([0, 1, 2], 21).indexOf(0)]!;
+        assert.match(part0.stdout, new RegExp(`part 0 of 3 of \\S+: ${planned.length} files`));
+      }
       const fin = await ckptEnv(["run", cfg, "--finish", String(count), "--log", "quiet"]);
       assert.equal(fin.code, 0, fin.stderr);
       await assertSameAsOneMachine(out, want, count);

@@ -336,3 +336,37 @@ Deno.test("`finishParts()` never replaces an output that appeared meanwhile unle
     await assert.rejects(Deno.stat(join(dir, "out", "mine.txt")), Deno.errors.NotFound);
   });
 });
+
+Deno.test("`runPart()` with dryRun lists the part's files and writes, creates and locks nothing", async () => {
+  await withTempDir(async (dir) => {
+    const config = await smallModel(dir);
+    const before = (await Array.fromAsync(Deno.readDir(dir))).map((e) => e.name).sort();
+    const first = await runPart(config, {
+      baseDir: dir,
+      dryRun: true,
+      part: { index: 0, count: 3 },
+    });
+    const lead = await runPart(config, {
+      baseDir: dir,
+      dryRun: true,
+      part: { index: 2, count: 3 },
+    });
+    assert.equal(first.status, "planned");
+    assert.deepEqual(first.files.map((f) => f.path), [
+      "model-00001-of-00006.safetensors",
+      "model-00004-of-00006.safetensors",
+    ]);
+    assert.deepEqual(lead.files.map((f) => f.path), [
+      "model-00003-of-00006.safetensors",
+      "model-00006-of-00006.safetensors",
+      "metrics.json",
+    ]);
+    assert.deepEqual((await Array.fromAsync(Deno.readDir(dir))).map((e) => e.name).sort(), before);
+    // the plan is what the part then writes
+    const written = await runPart(config, { baseDir: dir, part: { index: 0, count: 3 } });
+    assert.deepEqual(
+      written.files.map((f) => [f.path, f.size]),
+      first.files.map((f) => [f.path, f.size]),
+    );
+  });
+});
