@@ -12,12 +12,17 @@
  * `ckpt <command>: [CODE] message`; an operating-system error that reached this far is coded
  * from its errno (`errors/os.ts`), anything else is `[INTERNAL]` (a bug), with its stack only
  * when `CKPT_DEBUG=1`.
+ *
+ * SIGINT/SIGTERM are handled from the first statement on, before any command's code loads
+ * (`cli/_signals.ts`): a signal at any moment ends the process within a second with exit 130
+ * (0 for `ckpt watch`), leaving no staging folder.
  * @module
  */
-import { CkptError } from "./errors.ts";
-import { isOsError, osErrorFromMessage } from "./errors/os.ts";
-import { UsageError } from "./cli/_args.ts";
+// Only the signal handling and the package version are imported statically: everything else
+// loads after the listeners are installed (errors and argument parsing too, in main()).
+import { installSignals, processSignal } from "./cli/_signals.ts";
 import denoJson from "./deno.json" with { type: "json" };
+if (import.meta.main) installSignals(Deno.args[0] === "watch" ? 0 : 130);
 
 /** A subcommand module: `cli/<name>.ts` exports `run(args)` returning an exit code. */
 export interface CommandModule {
@@ -91,8 +96,19 @@ export async function main(args: string[]): Promise<number> {
     console.error(`ckpt: unknown command "${name}"\n\n${helpText()}`);
     return 2;
   }
+  const [{ CkptError }, { isOsError, osErrorFromMessage }, { UsageError }] = await Promise.all([
+    import("./errors.ts"),
+    import("./errors/os.ts"),
+    import("./cli/_args.ts"),
+  ]);
   try {
     const mod = await command.load();
+    const signal = processSignal();
+    if (signal?.aborted) {
+      // the signal came while the command's code loaded: nothing was started
+      console.error(`ckpt ${name}: [ABORTED] Cannot start: ${(signal.reason as Error).message}`);
+      return name === "watch" ? 0 : 130;
+    }
     return await mod.run(rest);
   } catch (err) {
     if (err instanceof CkptError) {

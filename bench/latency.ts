@@ -5,7 +5,8 @@
  * renderer's ticker redraws a silent stage. Prints a Markdown table.
  *
  * Targets (what the tests used to assert): every hostile file under 2000 ms, an abort under 2 s,
- * at least 4 redraws in 80 ms with a 10 ms tick.
+ * at least 4 redraws in 80 ms with a 10 ms tick; a SIGTERM to `ckpt merge` at any moment after the
+ * runtime starts ends it under 1000 ms with exit 130 (issue 13).
  * @module
  */
 import { join } from "node:path";
@@ -68,6 +69,54 @@ try {
   ]);
 } finally {
   await Deno.remove(runs, { recursive: true });
+}
+
+// SIGTERM to a `ckpt merge` child (the demo run: a 150k-token tokenizer, so start-up, preflight,
+// merge and write all take a while) at several moments after spawn: ms from the signal to the
+// exit (target: under 1000, exit 130, no staging left).
+{
+  const { makeDemoRun } = await import("../examples/_demo_run.ts");
+  const dir = await Deno.makeTempDir();
+  try {
+    const run = await makeDemoRun(join(dir, "run"), { size: "tiny" });
+    const cli = new URL("../cli.ts", import.meta.url).pathname;
+    for (const at of [50, 150, 300, 600, 1000, 1500, 2500]) {
+      const out = join(dir, `out-${at}`);
+      const child = new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "-A",
+          cli,
+          "merge",
+          "--base",
+          run.base,
+          "--adapter",
+          run.adapter,
+          "--out",
+          out,
+          "--backend",
+          "cpu",
+          "--log",
+          "quiet",
+        ],
+        stdout: "null",
+        stderr: "null",
+      }).spawn();
+      await new Promise((r) => setTimeout(r, at));
+      const t0 = performance.now();
+      child.kill("SIGTERM");
+      const status = await child.status;
+      const left = [...Deno.readDirSync(dir)].filter((e) => e.name.startsWith(".ckpt-")).length;
+      rows.push([
+        `ckpt merge: SIGTERM ${at} ms after spawn -> exit ${status.code}${
+          left ? `, ${left} left behind` : ""
+        }`,
+        performance.now() - t0,
+      ]);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 }
 
 // The tty ticker: redraws of a silent stage in 80 ms with a 10 ms tick.

@@ -7,18 +7,19 @@
 import type { BackendChoice } from "../merge/backend.ts";
 import type { LogStyle } from "../pipelines/progress.ts";
 import { type Parsed, stringOption, UsageError } from "./_args.ts";
+import { onSignal } from "./_signals.ts";
 
-/** Wires SIGINT/SIGTERM to an AbortController for the duration of `fn`. */
+/**
+ * Wires SIGINT/SIGTERM (the process-wide signal `cli.ts` installs, or listeners of its own) to an
+ * AbortController for the duration of `fn`; a signal that came before aborts it at once.
+ */
 export async function withSignals<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
   const ac = new AbortController();
-  const handlers: Array<[Deno.Signal, () => void]> = (["SIGINT", "SIGTERM"] as const).map((
-    sig,
-  ) => [sig, () => ac.abort(new Error(`received ${sig}`))]);
-  for (const [sig, h] of handlers) Deno.addSignalListener(sig, h);
+  const stop = onSignal((reason) => ac.abort(reason));
   try {
     return await fn(ac.signal);
   } finally {
-    for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);
+    stop();
   }
 }
 

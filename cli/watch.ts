@@ -25,6 +25,7 @@ import {
 import { parseSize } from "../formats/size.ts";
 import { splitHandoffRunner } from "../pipelines/watch/split_handoff.ts";
 import { parseCommand, type Parsed, stringOption, UsageError } from "./_args.ts";
+import { onSignal } from "./_signals.ts";
 
 const HELP = `ckpt watch: export each new checkpoint of a training run, exactly once
 
@@ -212,9 +213,9 @@ export async function run(args: string[]): Promise<number> {
   const settings = await readWatchSettings(resolve(configPath), settingOverrides(parsed));
   const vars = parseVarArgs(listOption(parsed, "var") ?? []);
   const ac = new AbortController();
-  const onSignal = () => ac.abort(new CkptError("ABORTED", "Cannot go on: received a signal"));
-  const signals: Deno.Signal[] = ["SIGTERM", "SIGINT"];
-  for (const s of signals) Deno.addSignalListener(s, onSignal);
+  const stopListening = onSignal(() =>
+    ac.abort(new CkptError("ABORTED", "Cannot go on: received a signal"))
+  );
   let failed = 0;
   const exporter = pipelineRunner(resolve(configPath), {
     vars,
@@ -253,6 +254,6 @@ export async function run(args: string[]): Promise<number> {
     const summary: TickSummary = await watchOnce(options);
     return summary.aborted || failed === 0 ? 0 : 1;
   } finally {
-    for (const s of signals) Deno.removeSignalListener(s, onSignal);
+    stopListening();
   }
 }

@@ -46,6 +46,19 @@ export async function removeCreatedParents(output: string, top: string | undefin
   }
 }
 
+/** {@linkcode removeCreatedParents}, synchronously (a process that is exiting). */
+export function removeCreatedParentsSync(output: string, top: string | undefined): void {
+  if (top === undefined) return;
+  for (let p = dirname(output); p.length >= top.length; p = dirname(p)) {
+    try {
+      Deno.removeSync(p);
+    } catch {
+      return;
+    }
+    if (p === top) return;
+  }
+}
+
 /**
  * The run's hold on its output path, taken before anything is written: exclusive for a
  * one-machine run and for `--finish`, shared by the parts of a split export (they write disjoint
@@ -102,5 +115,10 @@ export class OutputLock {
    */
   async release(): Promise<void> {
     await this.#lock.release({ remove: !this.#shared });
+  }
+
+  /** {@linkcode OutputLock.release}, synchronously (a process exiting with the lock held). */
+  releaseSync(): void {
+    this.#lock.releaseSync({ remove: !this.#shared });
   }
 }

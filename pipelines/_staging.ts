@@ -299,6 +299,19 @@ export class StagingFolder {
     }
   }
 
+  /**
+   * Removes the folder synchronously unless it was committed or discarded: for a process that
+   * exits (`unload`, e.g. the CLI's grace timer after a signal) while a stage still runs.
+   */
+  discardSync(): void {
+    if (this.#settled || this.#dryRun) return;
+    this.#settled = true;
+    try {
+      Deno.removeSync(this.path, { recursive: true });
+    } catch { /* exiting: best effort */ }
+    this.#release();
+  }
+
   /** Lets the folder go without removing it (a failed finish keeps the parts' work). */
   release(): void {
     this.#settled = true;

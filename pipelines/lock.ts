@@ -218,6 +218,34 @@ export class FileLock {
     }
   }
 
+  /**
+   * {@linkcode FileLock.release} with `remove`, synchronously: for a process that is exiting
+   * (`unload`) with the lock still held.
+   */
+  releaseSync(options: { remove?: boolean } = {}): void {
+    const file = this.#file;
+    if (!file) return;
+    this.#file = undefined;
+    try {
+      if (!options.remove) return;
+      const [a, b] = [
+        file.statSync(),
+        (() => {
+          try {
+            return Deno.statSync(this.path);
+          } catch {
+            return undefined;
+          }
+        })(),
+      ];
+      if (b !== undefined && a.ino === b.ino && a.dev === b.dev) Deno.removeSync(this.path);
+    } catch {
+      /* exiting: best effort */
+    } finally {
+      file.close();
+    }
+  }
+
   /** Releases the lock at the end of an `await using` block. */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.release();

@@ -55,7 +55,12 @@ import { createRunContext } from "./_context.ts";
 import { OutputHasher } from "./_output_hasher.ts";
 import { abortError, round1, StageLoop } from "./_stage_loop.ts";
 import { checkReplaceable, exists, removeStaleStaging, StagingFolder } from "./_staging.ts";
-import { makeParents, OutputLock, removeCreatedParents } from "./_output_lock.ts";
+import {
+  makeParents,
+  OutputLock,
+  removeCreatedParents,
+  removeCreatedParentsSync,
+} from "./_output_lock.ts";
 import { fsStep } from "./_faults.ts";
 import {
   checkInputs,
@@ -213,6 +218,14 @@ export async function runPipeline(
   let hasher: OutputHasher | undefined;
   let lock: OutputLock | undefined;
   let createdParent: string | undefined;
+  // A process that exits while this run is live (Deno.exit: the CLI's grace timer after a signal,
+  // with a stage stuck in a read) takes its staging folder and lock file with it.
+  const onUnload = () => {
+    staging?.discardSync();
+    lock?.releaseSync();
+    removeCreatedParentsSync(output, createdParent);
+  };
+  globalThis.addEventListener("unload", onUnload);
   try {
     if (signal.aborted) throw abortError(signal);
     await checkInputs(cfg);
@@ -279,6 +292,7 @@ export async function runPipeline(
     hasher?.close();
     await loop.stateDict?.close().catch(() => {});
     await staging?.discard(loop.inFlight);
+    globalThis.removeEventListener("unload", onUnload);
     await lock?.release().catch(() => {});
     await removeCreatedParents(output, createdParent);
   }

@@ -67,6 +67,8 @@ export interface TokenizerDoc {
   present: Map<string, string>;
   /** `tokenizer.json` as `JSON.parse` reads it (lookups, validation), if present. */
   tokenizer: TokenizerJson | undefined;
+  /** `tokenizer.json`'s text as read (what a worker loads when no edit changed it). */
+  tokenizerText?: string | undefined;
   /** `tokenizer.json` as an order-keeping tree, read only when an edit must rewrite it. */
   tokenizerTree: Map<string, PyJson> | undefined;
   /** `tokenizer_config.json` (empty when the folder has none). */
@@ -120,7 +122,7 @@ async function readJson(path: string): Promise<PyJson> {
 async function readTokenizerJson(
   path: string,
   tree: boolean,
-): Promise<{ plain: TokenizerJson; tree: Map<string, PyJson> | undefined }> {
+): Promise<{ plain: TokenizerJson; tree: Map<string, PyJson> | undefined; text: string }> {
   const text = await readTextInput(path, { code: "TOKENIZER_INVALID", what: "tokenizer file" });
   let t: unknown;
   try {
@@ -139,6 +141,7 @@ async function readTokenizerJson(
   return {
     plain: t as TokenizerJson,
     tree: tree ? parsePyJson(text, path) as Map<string, PyJson> : undefined,
+    text,
   };
 }
 
@@ -205,6 +208,7 @@ export async function readTokenizerFolder(
     source,
     present,
     tokenizer: tok?.plain,
+    tokenizerText: tok?.text,
     tokenizerTree: tok?.tree,
     config,
     specialMap: map !== undefined && isObject(map) ? map : undefined,

@@ -144,7 +144,7 @@ export async function prepareTokenizer(args: PrepareTokenizerArgs): Promise<Toke
   });
   await applyEdits(doc, args);
   if (args.validate ?? true) {
-    checkTokenizerLoads(doc);
+    await checkTokenizerLoads(doc, args.signal);
     await checkTemplateRenders(doc, args.signal);
   }
   const vocabSize = tokenizerVocabSize(doc);

@@ -23,8 +23,8 @@
  * ```
  * @module
  */
-import { Worker } from "node:worker_threads";
 import { CkptError } from "../../../errors.ts";
+import { runBounded, type WorkerFailure } from "./_bounded_worker.ts";
 
 /** How long a chat template may take to render (a real one takes milliseconds). */
 export const TEMPLATE_TIME_LIMIT_MS = 5_000;
@@ -58,7 +58,7 @@ type Reply = { ok: true; text: string } | {
  * Renders `template` with `context` in a bounded worker; resolves to the text (see the module
  * doc for the errors).
  */
-export function renderTemplate(
+export async function renderTemplate(
   template: string,
   context: Record<string, unknown>,
   options: RenderOptions = {},
@@ -70,78 +70,38 @@ export function renderTemplate(
     ? "the chat template"
     : `the chat template of "${options.file}"`;
   const file = options.file === undefined ? {} : { file: options.file };
-  const signal = options.signal;
-  if (signal?.aborted) {
-    return Promise.reject(new CkptError("ABORTED", `Cannot render ${where}: aborted`, file));
-  }
-  return new Promise<string>((resolve, reject) => {
-    const worker = new Worker(new URL("./_render_worker.ts", import.meta.url), {
-      workerData: { template, context, maxOutput },
-      resourceLimits: { maxOldGenerationSizeMb: heapLimitMb, maxYoungGenerationSizeMb: 16 },
+  const tooLarge = (what: string) =>
+    new CkptError("TEMPLATE_TOO_LARGE", `Cannot render ${where}: ${what}`, {
+      ...file,
+      details: { heapLimitMb, maxOutput },
     });
-    let settled = false;
-    const finish = (fn: () => void) => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      signal?.removeEventListener("abort", onAbort);
-      void worker.terminate();
-      fn();
-    };
-    const timer = setTimeout(() =>
-      finish(() =>
-        reject(
-          new CkptError(
+  const reply = await runBounded<Reply>(
+    new URL("./_render_worker.ts", import.meta.url),
+    { template, context, maxOutput },
+    { timeLimitMs, heapLimitMb, signal: options.signal },
+    (failure: WorkerFailure) => {
+      switch (failure.kind) {
+        case "timeout":
+          return new CkptError(
             "TEMPLATE_TIMEOUT",
             `Cannot render ${where}: it ran longer than the ${timeLimitMs} ms limit (an unbounded loop?)`,
             { ...file, details: { limitMs: timeLimitMs } },
-          ),
-        )
-      ), timeLimitMs);
-    const onAbort = () =>
-      finish(() => reject(new CkptError("ABORTED", `Cannot render ${where}: aborted`, file)));
-    signal?.addEventListener("abort", onAbort, { once: true });
-    const tooLarge = (what: string) =>
-      new CkptError("TEMPLATE_TOO_LARGE", `Cannot render ${where}: ${what}`, {
-        ...file,
-        details: { heapLimitMb, maxOutput },
-      });
-    worker.on("message", (reply: Reply) =>
-      finish(() => {
-        if (reply.ok) resolve(reply.text);
-        else if (reply.tooLarge) {
-          reject(tooLarge(`it renders ${reply.length} characters, over the ${maxOutput} limit`));
-        } else {
-          reject(
-            new CkptError("TOKENIZER_TEMPLATE", `Cannot render ${where}: ${reply.message}`, file),
           );
-        }
-      }));
-    worker.on("error", (err: Error & { code?: string }) =>
-      finish(() =>
-        reject(
-          isOutOfMemory(err)
-            ? tooLarge(`it needed more than the ${heapLimitMb} MiB memory limit`)
-            : new CkptError("TOKENIZER_TEMPLATE", `Cannot render ${where}: ${err.message}`, {
-              ...file,
-              cause: err,
-            }),
-        )
-      ));
-    worker.on("exit", (code: number) =>
-      finish(() =>
-        reject(
-          new CkptError(
-            "TOKENIZER_TEMPLATE",
-            `Cannot render ${where}: the renderer exited (${code}) without an answer`,
-            file,
-          ),
-        )
-      ));
-  });
-}
-
-/** Node's error for a worker that reached its heap limit (`ERR_WORKER_OUT_OF_MEMORY`). */
-function isOutOfMemory(err: Error & { code?: string }): boolean {
-  return /^ERR_WORKER_OUT_OF_MEMORY$/.test(err.code ?? "");
+        case "memory":
+          return tooLarge(`it needed more than the ${heapLimitMb} MiB memory limit`);
+        case "aborted":
+          return new CkptError("ABORTED", `Cannot render ${where}: aborted`, file);
+        case "crashed":
+          return new CkptError("TOKENIZER_TEMPLATE", `Cannot render ${where}: ${failure.message}`, {
+            ...file,
+            cause: failure.cause,
+          });
+      }
+    },
+  );
+  if (reply.ok) return reply.text;
+  if (reply.tooLarge) {
+    throw tooLarge(`it renders ${reply.length} characters, over the ${maxOutput} limit`);
+  }
+  throw new CkptError("TOKENIZER_TEMPLATE", `Cannot render ${where}: ${reply.message}`, file);
 }

@@ -5,12 +5,12 @@
  * (`TOKENIZER_TEMPLATE`).
  * @module
  */
-import { Tokenizer } from "@huggingface/tokenizers";
 import { CkptError } from "../../../errors.ts";
 import { toPlain } from "../_pyjson.ts";
 import { SPECIAL_KEYS, specialToken, tokenContent } from "./edits.ts";
 import type { TokenizerDoc } from "./folder.ts";
 import { renderTemplate } from "./render.ts";
+import { runBounded, type WorkerFailure } from "./_bounded_worker.ts";
 
 /** Every special token the config and the map name, `additional_special_tokens` included. */
 function specialTokens(doc: TokenizerDoc): Set<string> {
@@ -29,32 +29,47 @@ function specialTokens(doc: TokenizerDoc): Set<string> {
   return specials;
 }
 
-/** Loads `tokenizer.json` (when the folder has one), encodes a sample, resolves the specials. */
-export function checkTokenizerLoads(doc: TokenizerDoc): void {
+/** How long loading `tokenizer.json` may take (a 250k-token one takes a few seconds). */
+export const TOKENIZER_TIME_LIMIT_MS = 120_000;
+
+/**
+ * Loads `tokenizer.json` (when the folder has one) in a worker thread, encodes a sample, resolves
+ * the specials (`TOKENIZER_INVALID`); an abort ends the worker (`ABORTED`). The main thread stays
+ * free while a large tokenizer loads.
+ */
+export async function checkTokenizerLoads(doc: TokenizerDoc, signal?: AbortSignal): Promise<void> {
   if (!doc.tokenizer) return;
   const file = doc.present.get("tokenizer.json") ?? doc.source;
-  let tok: Tokenizer;
-  try {
-    tok = new Tokenizer(doc.tokenizer, toPlain(doc.config) as object);
-    tok.encode("Hello, world! 123 ünïcödé");
-  } catch (cause) {
-    throw new CkptError(
+  const text = doc.changed.has("tokenizer.json") || doc.tokenizerText === undefined
+    ? JSON.stringify(doc.tokenizer)
+    : doc.tokenizerText;
+  const invalid = (message: string, cause?: unknown) =>
+    new CkptError(
       "TOKENIZER_INVALID",
-      `Cannot load "${doc.present.get("tokenizer.json")}" with @huggingface/tokenizers: ${
-        (cause as Error).message
-      }`,
+      `Cannot load "${file}" with @huggingface/tokenizers: ${message}`,
       { file, cause },
     );
+  const reply = await runBounded<{ ok: boolean; missing?: string; message?: string }>(
+    new URL("./_tokenizer_worker.ts", import.meta.url),
+    { text, config: toPlain(doc.config), specials: [...specialTokens(doc)] },
+    { timeLimitMs: TOKENIZER_TIME_LIMIT_MS, signal },
+    (failure: WorkerFailure) =>
+      failure.kind === "aborted"
+        ? new CkptError("ABORTED", `Cannot load "${file}": aborted`, { file })
+        : failure.kind === "timeout"
+        ? invalid(`it took longer than ${TOKENIZER_TIME_LIMIT_MS} ms`)
+        : failure.kind === "memory"
+        ? invalid("it ran out of memory")
+        : invalid(failure.message, failure.cause),
+  );
+  if (reply.missing !== undefined) {
+    throw new CkptError(
+      "TOKENIZER_INVALID",
+      `Cannot use special token "${reply.missing}": tokenizer.json has no id for it`,
+      { file, details: { token: reply.missing } },
+    );
   }
-  for (const s of specialTokens(doc)) {
-    if (tok.token_to_id(s) === undefined) {
-      throw new CkptError(
-        "TOKENIZER_INVALID",
-        `Cannot use special token "${s}": tokenizer.json has no id for it`,
-        { file, details: { token: s } },
-      );
-    }
-  }
+  if (!reply.ok) throw invalid(reply.message ?? "unknown error");
 }
 
 /**
