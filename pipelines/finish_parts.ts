@@ -269,6 +269,9 @@ export async function finishParts(
   emit({ type: "pipeline-start", output, stages: [`finish ${count} parts`] });
   let lock: OutputLock | undefined;
   let staging: StagingFolder | undefined;
+  // a process that exits mid-finish (the CLI's grace timer) leaves the parts' work, not its lock
+  const onUnload = () => lock?.releaseSync();
+  globalThis.addEventListener("unload", onUnload);
   try {
     lock = await OutputLock.acquire(output, {
       wait: options.wait ?? false,
@@ -319,6 +322,7 @@ export async function finishParts(
     throw e;
   } finally {
     staging?.release();
+    globalThis.removeEventListener("unload", onUnload);
     await lock?.release().catch(() => {});
   }
 }

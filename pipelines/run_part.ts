@@ -59,7 +59,12 @@ import { describeHolder, FileLock, readLockHolder } from "./lock.ts";
 import { fsStep } from "./_faults.ts";
 import { createRunContext } from "./_context.ts";
 import { OutputHasher } from "./_output_hasher.ts";
-import { makeParents, OutputLock, removeCreatedParents } from "./_output_lock.ts";
+import {
+  makeParents,
+  OutputLock,
+  removeCreatedParents,
+  removeCreatedParentsSync,
+} from "./_output_lock.ts";
 import {
   checkInputs,
   errorEvent,
@@ -240,6 +245,16 @@ export async function runPart(
   let hasher: OutputHasher | undefined;
   let createdParent: string | undefined;
   let ok = false;
+  // A process that exits while this part is live (the CLI's grace timer after a signal) takes
+  // its work folder and locks with it, as the finally below would.
+  const onUnload = () => {
+    if (ok) return;
+    work?.discardSync();
+    partLock?.releaseSync({ remove: true });
+    lock?.releaseSync();
+    removeCreatedParentsSync(output, createdParent);
+  };
+  globalThis.addEventListener("unload", onUnload);
   try {
     if (signal.aborted) throw abortError(signal);
     await checkInputs(cfg);
@@ -357,6 +372,7 @@ export async function runPart(
         await Deno.remove(paths.work, { recursive: true }).catch(() => {});
       } else await work.discard(loop.inFlight);
     }
+    globalThis.removeEventListener("unload", onUnload);
     await partLock?.release({ remove: true }).catch(() => {});
     await lock?.release().catch(() => {});
     if (!ok) await removeCreatedParents(output, createdParent);
