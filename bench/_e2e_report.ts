@@ -31,7 +31,8 @@ export function resultTable(jobs: Job[]): string {
     ["job", "wall", "x copy", "CPU", "peak RSS", "what"],
     jobs.map((j) => {
       const floor = j.name === "halos-final" ? halosCopy : copy;
-      const ratio = floor && j !== floor && !j.name.includes("copy")
+      // the 4x model has no copy of its own: its row is about memory
+      const ratio = floor && j !== floor && !j.name.includes("copy") && !j.name.includes("4x")
         ? `${(j.ms / floor.ms).toFixed(2)}x`
         : "";
       const cpu = j.cpuS === undefined ? "–" : `${j.cpuS.toFixed(2)} s`;
