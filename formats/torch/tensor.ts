@@ -284,6 +284,16 @@ export function torchTensor(
       return bytes.subarray(skip, skip + (end - start));
     },
   };
+  if (ref.readInto) {
+    // whole rows go straight into the writer's buffer (a merged ref merges into it in place)
+    const readInto = ref.readInto.bind(ref);
+    source.readInto = async (start: number, end: number, into: Uint8Array) => {
+      const whole = rowBytes > 0 && start % rowBytes === 0 && end % rowBytes === 0 &&
+        start >= 0 && start <= end && end <= total && into.byteLength >= end - start;
+      if (!whole) return await source.read(start, end);
+      return await readInto(start / rowBytes, end / rowBytes, into);
+    };
+  }
   const storage = new TorchStorage(ref.dtype, n, source);
   return new TorchTensor(storage, ref.shape, {
     source: ref.source ?? "memory",
