@@ -29,6 +29,9 @@ Options:
   --backend <b>            merge backend: auto (default), webgpu or cpu
   --tied-embeddings <t>    untie (default) or refuse: what to do when the model ties lm_head to
                            embed_tokens and the adapter changes only one of them (see below)
+  --untargeted <u>         refuse (default) or skip: LoRA tensors of modules the adapter's own
+                           config would not adapt (target_modules, exclude_modules,
+                           layers_to_transform); skip merges only what PEFT applies
   --overwrite              replace an existing ckpt output (one with ckpt-manifest.json)
   --force                  with --overwrite: replace it even if ckpt did not write it
   --wait                   wait for another run writing the same output (default: OUTPUT_LOCKED)
@@ -67,6 +70,7 @@ export async function mergeConfig(flags: {
   format?: string | undefined;
   maxShardSize?: string | undefined;
   tiedEmbeddings?: string | undefined;
+  untargeted?: string | undefined;
   report?: boolean | undefined;
 }): Promise<RawConfig> {
   const writeModel: Record<string, unknown> = { use: "writeModel" };
@@ -79,6 +83,7 @@ export async function mergeConfig(flags: {
       use: "mergeLora",
       adapter: resolve(flags.adapter),
       ...(flags.tiedEmbeddings === undefined ? {} : { tiedEmbeddings: flags.tiedEmbeddings }),
+      ...(flags.untargeted === undefined ? {} : { untargeted: flags.untargeted }),
     },
     writeModel as RawConfig["stages"][number],
   ];
@@ -95,6 +100,12 @@ function tiedEmbeddingsFlag(value: string | undefined): string | undefined {
   throw new UsageError(`--tied-embeddings must be untie or refuse, not "${value}"`);
 }
 
+/** `--untargeted`: `refuse` or `skip` (a usage error otherwise). */
+function untargetedFlag(value: string | undefined): string | undefined {
+  if (value === undefined || value === "refuse" || value === "skip") return value;
+  throw new UsageError(`--untargeted must be refuse or skip, not "${value}"`);
+}
+
 /** Entry point of `ckpt merge`. */
 export async function run(args: string[]): Promise<number> {
   const parsed = parseCommand(args, {
@@ -105,6 +116,7 @@ export async function run(args: string[]): Promise<number> {
     format: { type: "string" },
     "max-shard-size": { type: "string" },
     "tied-embeddings": { type: "string" },
+    untargeted: { type: "string" },
     report: { type: "boolean" },
     ...RUN_FLAG_OPTIONS,
   }, HELP);
@@ -121,6 +133,7 @@ export async function run(args: string[]): Promise<number> {
     format: stringOption(parsed, "format"),
     maxShardSize: stringOption(parsed, "max-shard-size"),
     tiedEmbeddings: tiedEmbeddingsFlag(stringOption(parsed, "tied-embeddings")),
+    untargeted: untargetedFlag(stringOption(parsed, "untargeted")),
     report: parsed.values.report === true,
   });
   const config = validateConfig(raw, {

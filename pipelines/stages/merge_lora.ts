@@ -35,6 +35,7 @@ import { dirname } from "node:path";
 import { CkptError } from "../../errors.ts";
 import { isWrappedStateDict, loadAdapter } from "../../formats/peft.ts";
 import { mergeLora } from "../../merge/lora.ts";
+import { untargetedError, untargetedModules } from "../../merge/_lora_targets.ts";
 import type { AdapterInput, MergeLoraOptions } from "../../merge/lora_types.ts";
 import type { StateDict } from "../../formats/state_dict.ts";
 import { parseDType } from "../../formats/dtype.ts";
@@ -186,7 +187,9 @@ export const mergeLoraStage: Stage = defineStage({
   split: "every-part",
   /**
    * Checks every adapter before any stage runs: it exists, has a weights file whose header reads,
-   * and a valid `adapter_config.json` (`PEFT_ADAPTER_MISSING`, `PEFT_CONFIG`, `PEFT_UNSUPPORTED`).
+   * a valid `adapter_config.json`, and no LoRA tensors its config would not adapt unless
+   * `untargeted: "skip"` (`PEFT_ADAPTER_MISSING`, `PEFT_CONFIG`, `PEFT_UNSUPPORTED`,
+   * `LORA_UNTARGETED`).
    * Whether the weights are PEFT-wrapped is only known once gathered, so `r`/`alpha` are checked then.
    */
   async preflight(ctx, options) {
@@ -198,7 +201,13 @@ export const mergeLoraStage: Stage = defineStage({
     for (const e of entries) {
       const path = ctx.resolve(typeof e === "string" ? e : e.path);
       const adapter = await loadAdapter(path, typeof e === "string" ? undefined : e.name);
-      await adapter.tensors.close();
+      try {
+        // tensors the adapter's own config would not adapt: refused before anything is merged
+        const found = options.untargeted === "skip" ? [] : untargetedModules(adapter);
+        if (found.length > 0) throw untargetedError(adapter, found);
+      } finally {
+        await adapter.tensors.close();
+      }
     }
     // where writeTokenizer's preflight looks first, as in the run
     const first = entries[0];

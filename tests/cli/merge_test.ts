@@ -1,6 +1,9 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { mergeConfig } from "../../cli/merge.ts";
+import { makeDemoRun } from "../../examples/_demo_run.ts";
+import { openSafetensors } from "../../formats/safetensors.ts";
+import { verifyCheckpoint } from "../../pipelines/verify.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
 import { ckpt } from "./_cli.ts";
 
@@ -60,4 +63,64 @@ Deno.test("`ckpt merge --tied-embeddings` passes untie/refuse to mergeLora and r
   assert.match(bad.stderr, /--tied-embeddings must be untie or refuse/);
   const help = await ckpt(["merge", "--help"]);
   assert.match(help.stdout, /--tied-embeddings <t>/);
+});
+
+Deno.test("`ckpt merge` refuses LoRA tensors its adapter's config would not adapt, or skips them with --untargeted skip", async () => {
+  await withTempDir(async (dir) => {
+    const run = await makeDemoRun(join(dir, "run"), {
+      size: { hidden: 16, intermediate: 32, layers: 2, heads: 2, kvHeads: 1, vocab: 64, rank: 2 },
+    });
+    for (const f of ["tokenizer.json", "tokenizer_config.json"]) {
+      await Deno.remove(join(run.base, f));
+    }
+    // the adapter holds q/k/v/o/gate/up/down LoRA tensors; its config now adapts q_proj of layer 1
+    const cfgPath = join(run.adapter, "adapter_config.json");
+    const cfg = JSON.parse(await Deno.readTextFile(cfgPath));
+    await Deno.writeTextFile(
+      cfgPath,
+      JSON.stringify({ ...cfg, target_modules: ["q_proj"], layers_to_transform: [1] }),
+    );
+    const args = (out: string, ...extra: string[]) => [
+      "merge",
+      "--base",
+      run.base,
+      "--adapter",
+      run.adapter,
+      "--out",
+      out,
+      "--backend",
+      "cpu",
+      ...extra,
+    ];
+    const refused = await ckpt(args(join(dir, "refused")));
+    assert.equal(refused.code, 1, refused.stderr);
+    // in preflight: before any weights are read
+    assert.match(refused.stderr, /"code":"LORA_UNTARGETED".* 13 modules /);
+    assert.match(refused.stderr, /model\.layers\.0\.self_attn\.q_proj \(layers_to_transform\)/);
+    assert.doesNotMatch(refused.stderr, /"stage-start"/);
+    assert.match(refused.stderr, /model\.layers\.0\.self_attn\.k_proj \(target_modules\)/);
+    await assert.rejects(Deno.stat(join(dir, "refused")));
+
+    const out = join(dir, "skipped");
+    const skipped = await ckpt(args(out, "--untargeted", "skip"));
+    assert.equal(skipped.code, 0, skipped.stderr);
+    await using base = await openSafetensors(join(run.base, "model.safetensors"));
+    await using merged = await openSafetensors(join(out, "model.safetensors"));
+    const changed: string[] = [];
+    for (const [name, ref] of base) {
+      const a = await ref.read();
+      const b = await merged.require(name).read();
+      if (a.length !== b.length || a.some((x, i) => x !== b[i])) changed.push(name);
+    }
+    assert.deepEqual(changed, ["model.layers.1.self_attn.q_proj.weight"]);
+    const manifest = JSON.parse(await Deno.readTextFile(join(out, "ckpt-manifest.json")));
+    const report = manifest.stages.find((s: { name: string }) => s.name === "mergeLora").report;
+    assert.equal(report.untargeted.length, 13);
+    const v = await verifyCheckpoint(out, { base: run.base, adapter: run.adapter });
+    assert.ok(v.ok, JSON.stringify(v.checks.filter((c) => !c.ok)));
+
+    const bad = await ckpt(args(join(dir, "bad"), "--untargeted", "ignore"));
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /--untargeted must be refuse or skip/);
+  });
 });
