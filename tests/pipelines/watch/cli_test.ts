@@ -172,3 +172,62 @@ Deno.test("`ckpt watch --split-commands` logs the split-export commands of a lar
     assert.ok((await Deno.stat(join(root, "exports", "step-64", "metrics.json"))).isFile);
   });
 });
+
+/** `root/runs` with one quiet checkpoint whose chat template loops 10^10 times, and its config. */
+async function bombRun(root: string): Promise<{ runs: string; config: string }> {
+  const runs = join(root, "runs");
+  const { "tokenizer.json": _tok, ...files } = halosCheckpoint(64);
+  await writeTree(join(runs, "step-64"), {
+    ...files,
+    "tokenizer_config.json": JSON.stringify({
+      chat_template:
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    }),
+  });
+  await age(runs, 120);
+  const config = join(root, "c.jsonc");
+  await Deno.writeTextFile(
+    config,
+    JSON.stringify({
+      output: "${run}/../exports/${name}",
+      stages: [{ use: "writeTokenizer", from: "${checkpoint}" }],
+    }),
+  );
+  return { runs, config };
+}
+
+Deno.test("`ckpt watch` with a loop-bomb chat template: the export fails with TEMPLATE_TIMEOUT, or stops on SIGTERM, and the lock is free again", async () => {
+  await withTempDir(async (root) => {
+    const { runs, config } = await bombRun(root);
+    const tick = await ckpt(["watch", runs, "--config", config, "--log", "json"]);
+    assert.equal(tick.code, 1, tick.stderr);
+    const events = tick.stdout.trim().split("\n").map((l) => JSON.parse(l));
+    assert.equal(events.find((e) => e.event === "failed")?.code, "TEMPLATE_TIMEOUT");
+
+    // SIGTERM while the template renders: exit 0 (watch's stop), and the next tick gets the lock
+    const child = spawnCkpt(["watch", runs, "--config", config, "--log", "json", "--retry-failed"]);
+    const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    let text = "";
+    while (!text.includes('"started"')) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += value;
+    }
+    await new Promise((r) => setTimeout(r, 500));
+    child.kill("SIGTERM");
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += value;
+    }
+    const status = await child.status;
+    await child.stderr.cancel();
+    assert.equal(status.signal, null);
+    assert.equal(status.code, 0, text);
+    // the next tick takes the watcher's lock and tries again (not WATCH_LOCK_TIMEOUT)
+    const next = await ckpt(["watch", runs, "--config", config, "--log", "json"]);
+    assert.doesNotMatch(next.stdout + next.stderr, /WATCH_LOCK/);
+    const again = next.stdout.trim().split("\n").map((l) => JSON.parse(l));
+    assert.ok(again.some((e) => e.event === "started"), next.stdout);
+  });
+});
