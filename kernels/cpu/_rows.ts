@@ -117,9 +117,55 @@ function decodeAt(
   return out;
 }
 
+const tables: Partial<Record<"BF16" | "F16", Float32Array>> = {};
+
+/** Every 16-bit pattern of `dtype` as f32 (256 KiB, made once per thread). */
+function table(dtype: "BF16" | "F16"): Float32Array {
+  let tab = tables[dtype];
+  if (!tab) {
+    tab = new Float32Array(65536);
+    if (dtype === "BF16") {
+      const bits = new Uint32Array(tab.buffer);
+      for (let i = 0; i < 65536; i++) bits[i] = i << 16;
+    } else for (let i = 0; i < 65536; i++) tab[i] = f16ToF32(i);
+    tables[dtype] = tab;
+  }
+  return tab;
+}
+
+/** {@linkcode blockChangeSums} of 16-bit W and W': one pass, table lookups, two sums each. */
+function changeSums16(buf: ArrayBuffer, t: CpuTask, tw: Float32Array, to: Float32Array) {
+  const end = t.row1 * t.cols;
+  const wu = new Uint16Array(buf, t.wPtr, end);
+  const ou = new Uint16Array(buf, t.outPtr, end);
+  let sw0 = 0, sw1 = 0, sd0 = 0, sd1 = 0, max = 0;
+  let i = t.row0 * t.cols;
+  for (; i + 1 < end; i += 2) {
+    const x0 = tw[wu[i]!]!, x1 = tw[wu[i + 1]!]!;
+    const d0 = to[ou[i]!]! - x0, d1 = to[ou[i + 1]!]! - x1;
+    sw0 += x0 * x0;
+    sw1 += x1 * x1;
+    sd0 += d0 * d0;
+    sd1 += d1 * d1;
+    const a0 = Math.abs(d0), a1 = Math.abs(d1);
+    if (a0 > max) max = a0;
+    if (a1 > max) max = a1;
+  }
+  if (i < end) {
+    const x = tw[wu[i]!]!, d = to[ou[i]!]! - x;
+    sw0 += x * x;
+    sd0 += d * d;
+    if (Math.abs(d) > max) max = Math.abs(d);
+  }
+  return { sumSqW: sw0 + sw1, sumSqDelta: sd0 + sd1, maxAbs: max };
+}
+
 /** Σ W², Σ (W' − W)² and max |W' − W| over the task's rows (W at `wPtr`, W' at `outPtr`). */
 export function blockChangeSums(mem: WebAssembly.Memory, t: CpuTask): MergeChangeSums {
   const buf = mem.buffer as unknown as ArrayBuffer;
+  if (t.wDtype !== "F32" && t.outDtype !== "F32") {
+    return changeSums16(buf, t, table(t.wDtype), table(t.outDtype));
+  }
   let sw = 0, sd = 0, max = 0;
   const end = t.row1 * t.cols;
   for (let at = t.row0 * t.cols; at < end; at += CHUNK) {
