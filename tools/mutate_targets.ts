@@ -58,6 +58,7 @@ export const TARGETS: MutationTarget[] = [
     name: "runner",
     files: [
       "pipelines/run.ts",
+      "pipelines/_run_shared.ts",
       "pipelines/_staging.ts",
       "pipelines/_staging_contents.ts",
       "pipelines/_output_lock.ts",
