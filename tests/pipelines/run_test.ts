@@ -446,3 +446,35 @@ Deno.test("`runPipeline()` honours an abort that comes as the last stage ends, d
     });
   }
 });
+
+Deno.test("`runPipeline()` reports its time as a duration within the time around the call, dry run or not", async () => {
+  for (const dryRun of [false, true]) {
+    await withTempDir(async (dir) => {
+      const before = performance.now();
+      const result = await runPipeline(
+        { output: "out", stages: [{ use: "writeText", name: "a.txt" }] },
+        { ...base, baseDir: dir, dryRun },
+      );
+      const around = performance.now() - before;
+      const total = result.manifest.timings.totalMs;
+      assert.ok(result.ms >= 0 && result.ms <= around, `dryRun ${dryRun}: ms ${result.ms}`);
+      assert.ok(total >= 0 && total <= Math.ceil(around), `dryRun ${dryRun}: totalMs ${total}`);
+    });
+  }
+});
+
+Deno.test("`runPipeline()` refuses an existing empty output folder without overwrite", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.mkdir(join(dir, "out"));
+    await assert.rejects(
+      () =>
+        runPipeline({ output: "out", stages: [{ use: "writeText", name: "a.txt" }] }, {
+          ...base,
+          baseDir: dir,
+        }),
+      (e: unknown) => isCkptError(e, "OUTPUT_EXISTS"),
+    );
+    assert.deepEqual(await entries(join(dir, "out")), []);
+    assert.deepEqual(await entries(dir), ["out"]);
+  });
+});
