@@ -25,7 +25,12 @@ export function abortError(signal: AbortSignal): CkptError {
  * not watch the signal cannot hold an aborted run (its late writes land in a removed folder).
  */
 function untilAborted<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(signal.reason);
+  if (signal.aborted) {
+    // The run ends as aborted; the work's own late failure must not escape as an unhandled
+    // rejection (which ends a Deno process).
+    work.catch(() => {});
+    return Promise.reject(signal.reason);
+  }
   return new Promise<T>((resolve, reject) => {
     const onAbort = () => reject(signal.reason);
     signal.addEventListener("abort", onAbort, { once: true });

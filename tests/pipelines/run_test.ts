@@ -478,3 +478,55 @@ Deno.test("`runPipeline()` refuses an existing empty output folder without overw
     assert.deepEqual(await entries(dir), ["out"]);
   });
 });
+
+Deno.test("`runPipeline()` codes an OS error a stage lets escape by its kind, naming the path", async () => {
+  await withTempDir(async (dir) => {
+    const reads = {
+      ...FAKE_STAGES.fakeMerge!,
+      name: "reads",
+      run: async () => {
+        await Deno.readTextFile(join(dir, "no-such-input.txt"));
+      },
+    };
+    await assert.rejects(
+      () =>
+        runPipeline({ output: "out", stages: [{ use: "reads" }] }, {
+          ...base,
+          stages: { reads },
+          baseDir: dir,
+        }),
+      (e: unknown) =>
+        isCkptError(e) && e.code !== "STAGE_FAILED" && e.message.includes("no-such-input.txt"),
+    );
+    assert.deepEqual(await entries(dir), []);
+  });
+});
+
+Deno.test("`runPipeline()` reports an abort during a preflight as ABORTED, whatever the reason or the preflight's own error", async () => {
+  // A reason that is itself a coded error must not pass for the run's error.
+  for (const reason of ["stop", new CkptError("TENSOR_MISSING", "Cannot go on: stop")]) {
+    await withTempDir(async (dir) => {
+      const ac = new AbortController();
+      const checks = {
+        ...FAKE_STAGES.fakeMerge!,
+        name: "checks",
+        preflight: () => {
+          ac.abort(reason);
+          return Promise.reject(new Error("the check broke as the run stopped"));
+        },
+      };
+      await assert.rejects(
+        () =>
+          runPipeline({ output: "out", stages: [{ use: "checks" }] }, {
+            ...base,
+            stages: { checks },
+            baseDir: dir,
+            signal: ac.signal,
+          }),
+        (e: unknown) => isCkptError(e, "ABORTED") && e.message.includes("aborted ("),
+        String(reason),
+      );
+      assert.deepEqual(await entries(dir), []);
+    });
+  }
+});
