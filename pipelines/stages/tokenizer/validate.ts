@@ -31,6 +31,8 @@ function specialTokens(doc: TokenizerDoc): Set<string> {
 
 /** How long loading `tokenizer.json` may take (a 250k-token one takes a few seconds). */
 export const TOKENIZER_TIME_LIMIT_MS = 120_000;
+/** The heap loading `tokenizer.json` may use, in MiB (a 250k-token one needs well under 1 GiB). */
+export const TOKENIZER_HEAP_LIMIT_MB = 4096;
 
 /**
  * Loads `tokenizer.json` (when the folder has one) in a worker thread, encodes a sample, resolves
@@ -52,14 +54,14 @@ export async function checkTokenizerLoads(doc: TokenizerDoc, signal?: AbortSigna
   const reply = await runBounded<{ ok: boolean; missing?: string; message?: string }>(
     new URL("./_tokenizer_worker.ts", import.meta.url),
     { text, config: toPlain(doc.config), specials: [...specialTokens(doc)] },
-    { timeLimitMs: TOKENIZER_TIME_LIMIT_MS, signal },
+    { timeLimitMs: TOKENIZER_TIME_LIMIT_MS, heapLimitMb: TOKENIZER_HEAP_LIMIT_MB, signal },
     (failure: WorkerFailure) =>
       failure.kind === "aborted"
         ? new CkptError("ABORTED", `Cannot load "${file}": aborted`, { file })
         : failure.kind === "timeout"
         ? invalid(`it took longer than ${TOKENIZER_TIME_LIMIT_MS} ms`)
         : failure.kind === "memory"
-        ? invalid("it ran out of memory")
+        ? invalid(`it needed more than the ${TOKENIZER_HEAP_LIMIT_MB} MiB memory limit`)
         : invalid(failure.message, failure.cause),
   );
   if (reply.missing !== undefined) {
