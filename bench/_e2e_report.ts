@@ -81,7 +81,7 @@ export function ratioLines(jobs: Job[]): string[] {
 
 const PHASES: Array<[Phase, string]> = [
   ["read", "positional reads of the base (pread into the backend's memory)"],
-  ["merge", "blocks on the merge backend (bf16 decode, W + s·B·A, encode: one kernel)"],
+  ["merge", "blocks on the merge backend (decode, W + s·B·A, encode; the ‖ΔW‖ sums)"],
   ["cast", "dtype conversions outside the kernel"],
   ["write", "output bytes handed to the OS"],
   ["hash", "sha256 on the hash worker"],
