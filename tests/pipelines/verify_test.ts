@@ -9,6 +9,7 @@ import {
 import { StateDict, tensorFromBytes } from "../../formats/state_dict.ts";
 import { saveTorch } from "../../formats/torch/save.ts";
 import { writeTorchSharded } from "../../formats/torch/state_dict.ts";
+import { isCkptError } from "../../errors.ts";
 import { buildManifest, writeManifest } from "../../pipelines/manifest.ts";
 import { sampleRows, verifyCheckpoint } from "../../pipelines/verify.ts";
 import { runPipeline } from "../../pipelines/run.ts";
@@ -417,5 +418,42 @@ Deno.test("`verifyCheckpoint()` fails the merge check for an adapter without fac
     } finally {
       await full.close();
     }
+  });
+});
+
+Deno.test("`verifyCheckpoint()` stops with ABORTED on an aborted signal, hashing or merging", async () => {
+  await withTempDir(async (dir) => {
+    const run = await makeDemoRun(join(dir, "run"), { size: "tiny" });
+    await writeReferenceMerge(run.base, run.adapter, run.alpha / run.shape.rank, join(dir, "good"));
+    const ac = new AbortController();
+    ac.abort(new Error("SIGTERM"));
+    const cases: [string, Record<string, string>][] = [
+      ["good", {}],
+      ["good", { base: run.base, adapter: run.adapter }],
+    ];
+    for (const [folder, options] of cases) {
+      await assert.rejects(
+        () => verifyCheckpoint(join(dir, folder), { ...options, signal: ac.signal }),
+        (e: unknown) =>
+          isCkptError(e, "ABORTED") && e.message.includes("Cannot finish verifying") &&
+          e.message.endsWith(": aborted"),
+        JSON.stringify(options),
+      );
+    }
+  });
+});
+
+Deno.test("`verifyCheckpoint()` parses every line of a .jsonl file and fails on one that is not JSON", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.writeTextFile(join(dir, "log.jsonl"), '{"step": 1}\n\n{"loss": NaN}\n');
+    await sealed(dir);
+    const load = async () => (await verifyCheckpoint(dir)).checks.find((c) => c.kind === "load")!;
+    assert.deepEqual(
+      [(await load()).ok, (await load()).message],
+      [true, "2 JSON lines parse"],
+    );
+    await Deno.writeTextFile(join(dir, "log.jsonl"), '{"step": 1}\n{"loss": nan}\n');
+    await sealed(dir);
+    assert.equal((await load()).ok, false);
   });
 });
