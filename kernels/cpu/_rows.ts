@@ -7,6 +7,7 @@
 import { bf16ToF32, f16ToF32 } from "../../formats/dtype.ts";
 import { doraSumOfSquares, encodeMergedRow } from "../reference.ts";
 import { KERNEL_MAX_UNROLL, KERNEL_TILE_COLS, mergeKernelWasm } from "./kernel.ts";
+import { changeSumsWasm } from "./change_kernel.ts";
 import { MERGE_DTYPE_SIZE, type MergeChangeSums, type MergeDType } from "../types.ts";
 
 /** One slice of a block for one thread: pointers into the shared memory and the row range. */
@@ -133,13 +134,51 @@ function table(dtype: "BF16" | "F16"): Float32Array {
   return tab;
 }
 
-/** {@linkcode blockChangeSums} of 16-bit W and W': one pass, table lookups, two sums each. */
-function changeSums16(buf: ArrayBuffer, t: CpuTask, tw: Float32Array, to: Float32Array) {
+/** The bf16 sums kernel of each memory (this thread's instance). */
+const changeKernels = new WeakMap<WebAssembly.Memory, (...args: number[]) => number[]>();
+
+function changeKernel(mem: WebAssembly.Memory): (...args: number[]) => number[] {
+  let k = changeKernels.get(mem);
+  if (!k) {
+    const inst = new WebAssembly.Instance(new WebAssembly.Module(changeSumsWasm()), {
+      env: { mem },
+    });
+    k = inst.exports.run as (...args: number[]) => number[];
+    changeKernels.set(mem, k);
+  }
+  return k;
+}
+
+/**
+ * {@linkcode blockChangeSums} of 16-bit W and W': bf16 pairs through the SIMD kernel
+ * (`change_kernel.ts`) 8 elements at a time, the rest (and f16) in one pass with table lookups,
+ * two sums each.
+ */
+function changeSums16(
+  mem: WebAssembly.Memory,
+  buf: ArrayBuffer,
+  t: CpuTask,
+  tw: Float32Array,
+  to: Float32Array,
+) {
   const end = t.row1 * t.cols;
   const wu = new Uint16Array(buf, t.wPtr, end);
   const ou = new Uint16Array(buf, t.outPtr, end);
   let sw0 = 0, sw1 = 0, sd0 = 0, sd1 = 0, max = 0;
   let i = t.row0 * t.cols;
+  if (t.wDtype === "BF16" && t.outDtype === "BF16") {
+    const groups = Math.floor((end - i) / 8);
+    if (groups > 0) {
+      const r = changeKernel(mem)(t.wPtr + i * 2, t.outPtr + i * 2, groups);
+      sw0 = r[0]!;
+      sw1 = r[1]!;
+      sd0 = r[2]!;
+      sd1 = r[3]!;
+      if (r[4]! > max) max = r[4]!;
+      if (r[5]! > max) max = r[5]!;
+      i += groups * 8;
+    }
+  }
   for (; i + 1 < end; i += 2) {
     const x0 = tw[wu[i]!]!, x1 = tw[wu[i + 1]!]!;
     const d0 = to[ou[i]!]! - x0, d1 = to[ou[i + 1]!]! - x1;
@@ -164,7 +203,7 @@ function changeSums16(buf: ArrayBuffer, t: CpuTask, tw: Float32Array, to: Float3
 export function blockChangeSums(mem: WebAssembly.Memory, t: CpuTask): MergeChangeSums {
   const buf = mem.buffer as unknown as ArrayBuffer;
   if (t.wDtype !== "F32" && t.outDtype !== "F32") {
-    return changeSums16(buf, t, table(t.wDtype), table(t.outDtype));
+    return changeSums16(mem, buf, t, table(t.wDtype), table(t.outDtype));
   }
   let sw = 0, sd = 0, max = 0;
   const end = t.row1 * t.cols;

@@ -26,6 +26,8 @@ export const I32 = 0x7f;
 export const F32 = 0x7d;
 /** Value type byte: v128. */
 export const V128 = 0x7b;
+/** Value type byte: f64. */
+export const F64 = 0x7c;
 
 /** Unsigned LEB128. */
 export function uleb(n: number): number[] {
@@ -112,6 +114,14 @@ export const op = {
   f32x4Abs: simd(0xe0),
   f32x4Add: simd(0xe4),
   f32x4Mul: simd(0xe6),
+  i8x16Shuffle: (lanes: readonly number[]): number[] => simd(0x0d, ...lanes),
+  f64x2ExtractLane: (lane: number): number[] => simd(0x21, lane),
+  f64x2PromoteLowF32x4: simd(0x5f),
+  f64x2Abs: simd(0xec),
+  f64x2Add: simd(0xf0),
+  f64x2Sub: simd(0xf1),
+  f64x2Mul: simd(0xf2),
+  f64x2Pmax: simd(0xf7),
 } as const;
 
 /** One function of a single-function module. */
