@@ -358,3 +358,16 @@ Deno.test("`readSafetensorsHeader()` says what an oversized length prefix looks 
     );
   });
 });
+
+Deno.test("`readSafetensorsHeader()` orders tensors that begin at the same offset by their end: an empty one first", async () => {
+  await withTempDir(async (dir) => {
+    const path = join(dir, "e.safetensors");
+    // "b" and the empty "z" both begin at 4; the header lists "b" first.
+    const header = '{"b":{"dtype":"U8","shape":[4],"data_offsets":[4,8]},' +
+      '"z":{"dtype":"U8","shape":[0],"data_offsets":[4,4]},' +
+      '"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}}';
+    await Deno.writeFile(path, rawFile(header, new Uint8Array(8)));
+    const h = await readSafetensorsHeader(path);
+    assert.deepEqual(h.tensors.map((t) => t.name), ["a", "z", "b"]);
+  });
+});
