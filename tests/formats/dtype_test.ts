@@ -373,3 +373,15 @@ Deno.test("`parseDType()` reads ckpt names in any case, short names, torch names
   );
   assert.throws(() => parseDType("float128"), (e) => isCkptError(e, "DTYPE_UNKNOWN"));
 });
+
+Deno.test("`encodeF32()` writes every NaN payload, signalling ones included, as the scalar encoders do", () => {
+  const bits = [0x7f800001, 0x7fc00000, 0x7fffffff, 0xff800001, 0xffc00000];
+  const src = new Float32Array(new Uint32Array(bits).buffer);
+  for (const dtype of ["BF16", "F16"] as const) {
+    const scalar = dtype === "BF16" ? f32ToBf16 : f32ToF16;
+    const got = new Uint16Array(encodeF32(dtype, src).buffer);
+    assert.deepEqual([...got], [...src].map(scalar), dtype);
+    // ...and none of them became an infinity.
+    for (const h of got) assert.notEqual(h & 0x7fff, dtype === "BF16" ? 0x7f80 : 0x7c00, dtype);
+  }
+});
