@@ -415,6 +415,27 @@ Deno.test("`verifyCheckpoint()` fails the merge check for an adapter without fac
       assert.deepEqual(await merges(await variant("ghost", () => true, extra)), [
         `${ghost}.weight: base has no tensor ${ghost}.weight`,
       ]);
+      // An output without a tensor the adapter targets.
+      const lacking = join(dir, "lacking");
+      await Deno.mkdir(lacking);
+      await Deno.copyFile(join(dir, "good", "config.json"), join(lacking, "config.json"));
+      const good = await openSafetensors(join(dir, "good", "model.safetensors"));
+      const kept = new StateDict();
+      for (const [n, t] of good) {
+        if (n !== `${q}.weight`) kept.set(n, tensorFromBytes(t.dtype, t.shape, await t.read()));
+      }
+      await good.close();
+      await writeSafetensors(join(lacking, "model.safetensors"), kept);
+      await sealed(lacking);
+      const r = await verifyCheckpoint(lacking, {
+        base: run.base,
+        adapter: run.adapter,
+        samples: 2,
+      });
+      assert.deepEqual(
+        r.checks.filter((c) => c.kind === "merge" && !c.ok).map((c) => c.message),
+        [`output has no tensor ${q}.weight`],
+      );
     } finally {
       await full.close();
     }
