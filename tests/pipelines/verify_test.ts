@@ -281,6 +281,7 @@ Deno.test("`verifyCheckpoint()` reports every entry the manifest does not list, 
     await new Deno.Command("mkfifo", { args: [join(dir, "pipe")] }).output();
     await Deno.mkdir(join(dir, "empty"));
     await Deno.mkdir(join(dir, "sub", "deeper", "empty"), { recursive: true });
+    using _socket = Deno.listen({ transport: "unix", path: join(dir, "sub", "sock") });
     const r = await verifyCheckpoint(dir);
     assert.equal(r.ok, false);
     assert.deepEqual(
@@ -291,6 +292,7 @@ Deno.test("`verifyCheckpoint()` reports every entry the manifest does not list, 
         "pipe: not in the manifest (a FIFO)",
         "sub/dangling.json: not in the manifest (a symlink)",
         "sub/deeper/empty: not in the manifest (an empty folder)",
+        "sub/sock: not in the manifest (a socket)",
       ],
     );
   });
