@@ -480,3 +480,18 @@ Deno.test("`verifyCheckpoint()` parses every line of a .jsonl file and fails on 
     assert.equal((await load()).ok, false);
   });
 });
+
+Deno.test("`verifyCheckpoint()` reports a missing file once: the folder it leaves empty is not an extra entry", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.mkdir(join(dir, "sub"));
+    await Deno.writeTextFile(join(dir, "sub", "x.txt"), "x");
+    await Deno.writeTextFile(join(dir, "a.txt"), "a");
+    await sealed(dir);
+    await Deno.remove(join(dir, "sub", "x.txt"));
+    const r = await verifyCheckpoint(dir);
+    assert.deepEqual(
+      r.checks.filter((c) => !c.ok).map((c) => `${c.kind} ${c.file}: ${c.message}`),
+      ["hash sub/x.txt: missing"],
+    );
+  });
+});
