@@ -417,6 +417,12 @@ Deno.test("`verifyCheckpoint()` fails the merge check for an adapter without fac
       assert.deepEqual(await merges(await variant("ghost", () => true, extra)), [
         `${ghost}.weight: base has no tensor ${ghost}.weight`,
       ]);
+      // A full replacement (modules_to_save) beside the factors is no LoRA module to check.
+      const lm = new StateDict([[
+        "base_model.model.lm_head.modules_to_save.default.weight",
+        tensorFromBytes("F32", [2, 2], new Uint8Array(16)),
+      ]]);
+      assert.deepEqual(await merges(await variant("saved", () => true, lm)), []);
       // An output without a tensor the adapter targets.
       const lacking = join(dir, "lacking");
       await Deno.mkdir(lacking);
