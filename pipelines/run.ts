@@ -190,9 +190,21 @@ async function finish(
   if (how) options.emit(how);
   const manifestSha256 = await writeManifest(staging.path, manifest);
   await staging.syncFolders(files);
+  await signalsPolled();
   if (info.signal.aborted) throw abortError(info.signal);
   await staging.commit(options);
   return { manifest, manifestSha256 };
+}
+
+/**
+ * Lets the runtime poll its signal driver before the last abort check. Deno notices a SIGINT or
+ * SIGTERM when its event loop idles, not between file-system calls that complete at once, so a
+ * signal that arrived during the final fsyncs could otherwise race the rename (seen once in the
+ * fault suite: exit 0 with a finished output). A short timer makes the loop idle; 2 ms per run.
+ */
+async function signalsPolled(): Promise<void> {
+  await new Promise((resolve) => setTimeout(resolve, 2));
+  await new Promise((resolve) => setTimeout(resolve, 0));
 }
 
 /**
