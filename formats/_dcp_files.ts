@@ -16,13 +16,19 @@ interface Slot {
   users: number;
 }
 
+/** A file being opened and the callers waiting for it. */
+interface Opening {
+  waiters: number;
+  slot: Promise<Slot>;
+}
+
 /** Files of one checkpoint folder: sizes known up front, handles opened lazily. */
 export class DcpFilePool {
   readonly #dir: string;
   readonly #max: number;
   readonly #sizes = new Map<string, number>();
   #open = new Map<string, Slot>(); // insertion order = least recently used first
-  #opening = new Map<string, Promise<Slot>>();
+  #opening = new Map<string, Opening>();
   #closed = false;
 
   /** A pool over files of `dir`, at most `max` open at once (more only while all are in use). */
@@ -90,19 +96,24 @@ export class DcpFilePool {
       hit.users++;
       return hit;
     }
-    let pending = this.#opening.get(rel);
-    if (!pending) {
-      pending = (async () => {
-        const file = await RandomAccessFile.open(this.path(rel));
-        const slot = { file, users: 0 };
-        this.#open.set(rel, slot);
-        return slot;
-      })();
-      this.#opening.set(rel, pending);
-      pending.finally(() => this.#opening.delete(rel)).catch(() => {});
+    // Every caller waiting for the file to open is counted before it opens, so the slot enters
+    // the pool already in use: an eviction between the open and a waiter's turn cannot close it.
+    let opening = this.#opening.get(rel);
+    if (!opening) {
+      const counted = { waiters: 0 };
+      opening = Object.assign(counted, { slot: this.#openSlot(rel, counted) });
+      this.#opening.set(rel, opening);
+      opening.slot.finally(() => this.#opening.delete(rel)).catch(() => {});
     }
-    const slot = await pending;
-    slot.users++;
+    opening.waiters++;
+    return await opening.slot;
+  }
+
+  /** Opens `rel` into a slot held by everyone who waited for it. */
+  async #openSlot(rel: string, counted: { waiters: number }): Promise<Slot> {
+    const file = await RandomAccessFile.open(this.path(rel));
+    const slot = { file, users: counted.waiters };
+    this.#open.set(rel, slot);
     return slot;
   }
 

@@ -372,3 +372,21 @@ Deno.test("DcpFilePool closes idle files beyond its limit, never one in use", as
   await pool.close();
   assert.equal(pool.openCount, 0);
 });
+
+Deno.test("DcpFilePool never closes a file that callers were waiting to open, however reads interleave", async () => {
+  const { DcpFilePool } = await import("../../formats/_dcp_files.ts");
+  const dir = join(FIX, "files_w2", "model");
+  const names = [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.endsWith(".distcp"));
+  assert.ok(names.length >= 3, `${names.length} files`);
+  const pool = new DcpFilePool(dir, 1);
+  for (const n of names) await pool.stat(n, "t");
+  // many readers of every file at once through a one-file pool: each open races the others' evictions
+  for (let round = 0; round < 20; round++) {
+    const reads = names.flatMap((n) =>
+      Array.from({ length: 4 }, () => pool.use(n, (f) => f.readAt(0, 4)))
+    );
+    for (const bytes of await Promise.all(reads)) assert.equal(bytes.length, 4);
+  }
+  assert.ok(pool.openCount <= 1, `${pool.openCount} open`);
+  await pool.close();
+});
