@@ -335,6 +335,7 @@ export async function verifyCheckpoint(
   let rowsChecked = 0;
   const signal = options.signal;
   try {
+    signal?.throwIfAborted();
     let listed: string[] = [];
     try {
       const manifest = await readManifest(folder);

@@ -450,15 +450,19 @@ Deno.test("`verifyCheckpoint()` fails the merge check for an adapter without fac
   });
 });
 
-Deno.test("`verifyCheckpoint()` stops with ABORTED on an aborted signal, hashing or merging", async () => {
+Deno.test("`verifyCheckpoint()` stops with ABORTED on an aborted signal, hashing, merging or with nothing to hash", async () => {
   await withTempDir(async (dir) => {
     const run = await makeDemoRun(join(dir, "run"), { size: "tiny" });
     await writeReferenceMerge(run.base, run.adapter, run.alpha / run.shape.rank, join(dir, "good"));
+    await Deno.mkdir(join(dir, "empty"));
+    await sealed(join(dir, "empty")); // a manifest that lists no files: nothing to hash
     const ac = new AbortController();
     ac.abort(new Error("SIGTERM"));
     const cases: [string, Record<string, string>][] = [
       ["good", {}],
       ["good", { base: run.base, adapter: run.adapter }],
+      ["empty", {}],
+      ["empty", { base: run.base, adapter: run.adapter }],
     ];
     for (const [folder, options] of cases) {
       await assert.rejects(
