@@ -464,13 +464,9 @@ export async function verifyCheckpoint(
         }
       }
     }
-  } catch (err) {
-    if (signal?.aborted) {
-      throw new CkptError("ABORTED", `Cannot finish verifying "${folder}": aborted`, {
-        cause: err,
-      });
-    }
-    throw err;
+  } catch (cause) {
+    if (!signal?.aborted) throw cause;
+    throw new CkptError("ABORTED", `Cannot finish verifying "${folder}": aborted`, { cause });
   }
   return {
     ok: checks.length > 0 && checks.every((c) => c.ok),
