@@ -4,6 +4,7 @@
  * split-export options.
  * @module
  */
+import { CkptError } from "../errors.ts";
 import type { BackendChoice } from "../merge/backend.ts";
 import type { LogStyle } from "../pipelines/progress.ts";
 import { type Parsed, stringOption, UsageError } from "./_args.ts";
@@ -75,4 +76,18 @@ export function runFlags(parsed: Parsed): RunFlags {
   };
   if (flags.force && !flags.overwrite) throw new UsageError("--force goes with --overwrite");
   return flags;
+}
+
+/**
+ * The exit code of a run that failed with `err`: 130 for `ABORTED` (said on stderr), 1 for an
+ * error already rendered as a pipeline-error event (JSON logs stay JSON, whatever failed); any
+ * other error is thrown on to the CLI's last net.
+ */
+export function runFailureCode(err: unknown, log: LogStyle): number {
+  if (err instanceof CkptError && err.code === "ABORTED") {
+    console.error(`ckpt: ${err.message}`);
+    return 130;
+  }
+  if ((err instanceof CkptError && log !== "quiet") || log === "json") return 1;
+  throw err;
 }

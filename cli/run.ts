@@ -13,6 +13,7 @@ import {
   backendChoice,
   logStyle,
   RUN_FLAG_OPTIONS,
+  runFailureCode,
   type RunFlags,
   runFlags,
   stderrWriter,
@@ -25,6 +26,7 @@ export {
   backendChoice,
   logStyle,
   RUN_FLAG_OPTIONS,
+  runFailureCode,
   runFlags,
   stderrWriter,
   topModuleChanges,
@@ -122,16 +124,7 @@ export async function runWithCli(
     }
     return 0;
   } catch (err) {
-    if (err instanceof CkptError && err.code === "ABORTED") {
-      console.error(`ckpt: ${err.message}`);
-      return 130;
-    }
-    if ((err instanceof CkptError && flags.log !== "quiet") || flags.log === "json") {
-      // Already rendered as a pipeline-error event (JSON logs stay JSON, whatever failed); the exit
-      // code says the rest.
-      return 1;
-    }
-    throw err;
+    return runFailureCode(err, flags.log);
   }
 }
 

@@ -3,7 +3,6 @@
  * split export, and its finish (`pipelines/run_part.ts`, `pipelines/finish_parts.ts`).
  * @module
  */
-import { CkptError } from "../errors.ts";
 import type { PipelineConfig } from "../pipelines/config.ts";
 import { finishParts } from "../pipelines/finish_parts.ts";
 import { createRenderer, formatBytes } from "../pipelines/progress.ts";
@@ -11,7 +10,7 @@ import { type PartResult, runPart } from "../pipelines/run_part.ts";
 import { parsePartCount, parsePartSpec, partFromEnv, type PartSpec } from "../pipelines/split.ts";
 import { type Parsed, stringOption, UsageError } from "./_args.ts";
 import { topModuleChanges } from "./_module_changes.ts";
-import { type RunFlags, stderrWriter, withSignals } from "./_run_flags.ts";
+import { runFailureCode, type RunFlags, stderrWriter, withSignals } from "./_run_flags.ts";
 
 /** The options `ckpt run` takes for split exports, for `parseCommand`. */
 export const PART_OPTIONS = {
@@ -127,11 +126,6 @@ export async function runPartsWithCli(
     }
     return 0;
   } catch (err) {
-    if (err instanceof CkptError && err.code === "ABORTED") {
-      console.error(`ckpt: ${err.message}`);
-      return 130;
-    }
-    if ((err instanceof CkptError && flags.log !== "quiet") || flags.log === "json") return 1;
-    throw err;
+    return runFailureCode(err, flags.log);
   }
 }
