@@ -35,3 +35,26 @@ export function spawnCkpt(args: string[], cwd: string = REPO_ROOT): Deno.ChildPr
     env: { NO_COLOR: "1" },
   }).spawn();
 }
+
+/**
+ * `ckpt merge` arguments for `run` (a base folder and its adapter) into `out` on the CPU backend,
+ * then `extra`.
+ */
+export function mergeArgs(
+  run: { base: string; adapter: string },
+  out: string,
+  ...extra: string[]
+): string[] {
+  return [
+    "merge",
+    "--base",
+    run.base,
+    "--adapter",
+    run.adapter,
+    "--out",
+    out,
+    "--backend",
+    "cpu",
+    ...extra,
+  ];
+}

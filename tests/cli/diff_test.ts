@@ -6,7 +6,7 @@ import { openSafetensors, writeSafetensors } from "../../formats/safetensors.ts"
 import { StateDict, tensorFromBytes } from "../../formats/state_dict.ts";
 import { REPO_ROOT } from "../_helpers/peer.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
-import { ckpt } from "./_cli.ts";
+import { ckpt, mergeArgs } from "./_cli.ts";
 
 const DCP = join(REPO_ROOT, "tests", "fixtures", "dcp");
 const TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
@@ -53,19 +53,7 @@ Deno.test("ckpt diff of base against merged differs exactly on the adapted modul
   await withTempDir(async (dir) => {
     const run = await makeDemoRun(dir, { size: "tiny" });
     const merged = join(dir, "merged");
-    const m = await ckpt([
-      "merge",
-      "--base",
-      run.base,
-      "--adapter",
-      run.adapter,
-      "--out",
-      merged,
-      "--backend",
-      "cpu",
-      "--log",
-      "quiet",
-    ]);
+    const m = await ckpt(mergeArgs(run, merged, "--log", "quiet"));
     assert.equal(m.code, 0, m.stderr);
     const manifest = JSON.parse(await Deno.readTextFile(join(merged, "ckpt-manifest.json")));
     const mergeStage = manifest.stages.find((s: { name: string }) => s.name === "mergeLora");

@@ -5,7 +5,7 @@ import { makeDemoRun } from "../../examples/_demo_run.ts";
 import { openSafetensors } from "../../formats/safetensors.ts";
 import { verifyCheckpoint } from "../../pipelines/verify.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
-import { ckpt } from "./_cli.ts";
+import { ckpt, mergeArgs } from "./_cli.ts";
 
 Deno.test("`mergeConfig()` builds the plain merge, with the tokenizer only when there is one", async () => {
   await withTempDir(async (dir) => {
@@ -80,19 +80,7 @@ Deno.test("`ckpt merge` refuses LoRA tensors its adapter's config would not adap
       cfgPath,
       JSON.stringify({ ...cfg, target_modules: ["q_proj"], layers_to_transform: [1] }),
     );
-    const args = (out: string, ...extra: string[]) => [
-      "merge",
-      "--base",
-      run.base,
-      "--adapter",
-      run.adapter,
-      "--out",
-      out,
-      "--backend",
-      "cpu",
-      ...extra,
-    ];
-    const refused = await ckpt(args(join(dir, "refused")));
+    const refused = await ckpt(mergeArgs(run, join(dir, "refused")));
     assert.equal(refused.code, 1, refused.stderr);
     // in preflight: before any weights are read
     assert.match(refused.stderr, /"code":"LORA_UNTARGETED".* 13 modules /);
@@ -102,7 +90,7 @@ Deno.test("`ckpt merge` refuses LoRA tensors its adapter's config would not adap
     await assert.rejects(Deno.stat(join(dir, "refused")));
 
     const out = join(dir, "skipped");
-    const skipped = await ckpt(args(out, "--untargeted", "skip"));
+    const skipped = await ckpt(mergeArgs(run, out, "--untargeted", "skip"));
     assert.equal(skipped.code, 0, skipped.stderr);
     await using base = await openSafetensors(join(run.base, "model.safetensors"));
     await using merged = await openSafetensors(join(out, "model.safetensors"));
@@ -119,7 +107,7 @@ Deno.test("`ckpt merge` refuses LoRA tensors its adapter's config would not adap
     const v = await verifyCheckpoint(out, { base: run.base, adapter: run.adapter });
     assert.ok(v.ok, JSON.stringify(v.checks.filter((c) => !c.ok)));
 
-    const bad = await ckpt(args(join(dir, "bad"), "--untargeted", "ignore"));
+    const bad = await ckpt(mergeArgs(run, join(dir, "bad"), "--untargeted", "ignore"));
     assert.equal(bad.code, 2);
     assert.match(bad.stderr, /--untargeted must be refuse or skip/);
   });

@@ -9,7 +9,7 @@ import { makeDemoRun } from "../../examples/_demo_run.ts";
 import { artifactPath, type ChromiumPage, openChromium } from "../_helpers/chromium.ts";
 import { REPO_ROOT } from "../_helpers/peer.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
-import { ckpt } from "./_cli.ts";
+import { ckpt, mergeArgs } from "./_cli.ts";
 
 const MODULES = ["q", "k", "v", "o", "gate", "up", "down"];
 
@@ -55,19 +55,7 @@ Deno.test("ckpt diff --html writes a page Chromium renders: no errors, a bar per
   await withTempDir(async (dir) => {
     const run = await makeDemoRun(dir, { size: "tiny" });
     const merged = join(dir, "merged");
-    const m = await ckpt([
-      "merge",
-      "--base",
-      run.base,
-      "--adapter",
-      run.adapter,
-      "--out",
-      merged,
-      "--backend",
-      "cpu",
-      "--log",
-      "quiet",
-    ]);
+    const m = await ckpt(mergeArgs(run, merged, "--log", "quiet"));
     assert.equal(m.code, 0, m.stderr);
     const html = join(dir, "diff.html");
     const r = await ckpt(["diff", run.base, merged, "--json", "--html", html]);
@@ -116,20 +104,7 @@ Deno.test("ckpt merge --report writes ckpt-report.html into the output, listed i
   await withTempDir(async (dir) => {
     const run = await makeDemoRun(dir, { size: "tiny" });
     const out = join(dir, "merged");
-    const m = await ckpt([
-      "merge",
-      "--base",
-      run.base,
-      "--adapter",
-      run.adapter,
-      "--out",
-      out,
-      "--backend",
-      "cpu",
-      "--report",
-      "--log",
-      "quiet",
-    ]);
+    const m = await ckpt(mergeArgs(run, out, "--report", "--log", "quiet"));
     assert.equal(m.code, 0, m.stderr);
     const manifest = JSON.parse(await Deno.readTextFile(join(out, "ckpt-manifest.json")));
     assert.ok(manifest.files.some((f: { path: string }) => f.path === "ckpt-report.html"));

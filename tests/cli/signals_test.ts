@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { makeDemoRun } from "../../examples/_demo_run.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
-import { ckpt, spawnCkpt } from "./_cli.ts";
+import { ckpt, mergeArgs, spawnCkpt } from "./_cli.ts";
 
 const BOMB = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}";
 
@@ -43,19 +43,7 @@ Deno.test("a loop-bomb chat template is refused in preflight with TEMPLATE_TIMEO
   await withTempDir(async (dir) => {
     const run = await bombRun(dir);
     const out = join(dir, "exports", "out");
-    const r = await ckpt([
-      "merge",
-      "--base",
-      run.base,
-      "--adapter",
-      run.adapter,
-      "--out",
-      out,
-      "--backend",
-      "cpu",
-      "--log",
-      "json",
-    ]);
+    const r = await ckpt(mergeArgs(run, out, "--log", "json"));
     assert.equal(r.code, 1, r.stderr);
     assert.match(r.stderr, /"code":"TEMPLATE_TIMEOUT".*5000 ms limit/);
     assert.doesNotMatch(r.stdout + r.stderr, /"stage-start"|^\s+at /m);
@@ -82,17 +70,7 @@ Deno.test("SIGTERM or SIGINT at start-up, while loading and while a template ren
       await t.step(`${signal} ${what}`, async () => {
         const parent = join(dir, what.replaceAll(/[^a-z0-9]/g, "-"));
         await Deno.mkdir(parent);
-        const child = spawnCkpt([
-          "merge",
-          "--base",
-          run.base,
-          "--adapter",
-          run.adapter,
-          "--out",
-          join(parent, "out"),
-          "--backend",
-          "cpu",
-        ]);
+        const child = spawnCkpt(mergeArgs(run, join(parent, "out")));
         await wait(child);
         child.kill(signal);
         const r = await child.output();

@@ -15,6 +15,7 @@ import { makeDemoRun } from "../../examples/_demo_run.ts";
 import { runPipeline } from "../../pipelines/run.ts";
 import { verifyCheckpoint } from "../../pipelines/verify.ts";
 import { REPO_ROOT } from "../_helpers/peer.ts";
+export { mergeArgs } from "../cli/_cli.ts";
 
 /** The inputs of the small run. */
 export interface SmallRun {
@@ -31,22 +32,6 @@ export async function makeSmallRun(dir: string): Promise<SmallRun> {
     await Deno.remove(join(run.base, f));
   }
   return { base: run.base, adapter: run.adapter };
-}
-
-/** `ckpt merge` arguments for the small run into `out`. */
-export function mergeArgs(run: SmallRun, out: string, ...extra: string[]): string[] {
-  return [
-    "merge",
-    "--base",
-    run.base,
-    "--adapter",
-    run.adapter,
-    "--out",
-    out,
-    "--backend",
-    "cpu",
-    ...extra,
-  ];
 }
 
 /** What a CLI child did. */
