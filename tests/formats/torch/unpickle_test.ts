@@ -31,6 +31,28 @@ import { REPO_ROOT } from "../../_helpers/peer.ts";
 
 const bytes = (s: string) => Uint8Array.from(s, (c) => c.charCodeAt(0));
 
+/**
+ * A persistent-id loader that gives a CPU FloatStorage "0" of `numel` zeros, and the pickle of
+ * that storage's persistent id (`numel` < 256), for tensors built by hand below.
+ */
+function floatStorage(numel: number): { persistentLoad: () => StorageHandle; storage: string } {
+  return {
+    persistentLoad: () =>
+      new StorageHandle({
+        key: "0",
+        storageClass: "torch.FloatStorage",
+        location: "cpu",
+        numel,
+        dtype: "F32",
+        source: bytesSource(new Uint8Array(4 * numel)),
+        file: "x",
+      }),
+    storage:
+      "(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK" +
+      String.fromCharCode(numel) + "tQ",
+  };
+}
+
 Deno.test("encodeLong() matches Python's pickle.encode_long", () => {
   const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
   const cases: [bigint, string][] = [
@@ -313,18 +335,7 @@ Deno.test("unpickle() counts marks in the stack limit: maxStack entries fit, one
 });
 
 Deno.test("unpickle() takes requires_grad from _rebuild_tensor_v2 and defaults it to False for the 4-argument _rebuild_tensor", () => {
-  const persistentLoad = () =>
-    new StorageHandle({
-      key: "0",
-      storageClass: "torch.FloatStorage",
-      location: "cpu",
-      numel: 2,
-      dtype: "F32",
-      source: bytesSource(new Uint8Array(8)),
-      file: "x",
-    });
-  const storage =
-    "(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x02tQ";
+  const { persistentLoad, storage } = floatStorage(2);
   const v1 = unpickle(
     bytes(`\x80\x02ctorch._utils\n_rebuild_tensor\n(${storage}K\x00K\x02\x85K\x01\x85tR.`),
     { persistentLoad },
@@ -414,18 +425,7 @@ Deno.test("unpickle() refuses to pop across a mark or from an empty stack", () =
 });
 
 Deno.test("unpickle() refuses a tensor whose size or stride is not all ints", () => {
-  const persistentLoad = () =>
-    new StorageHandle({
-      key: "0",
-      storageClass: "torch.FloatStorage",
-      location: "cpu",
-      numel: 2,
-      dtype: "F32",
-      source: bytesSource(new Uint8Array(8)),
-      file: "x",
-    });
-  const storage =
-    "(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x02tQ";
+  const { persistentLoad, storage } = floatStorage(2);
   const rebuild = (size: string, stride: string) =>
     unpickle(
       bytes(`\x80\x02ctorch._utils\n_rebuild_tensor\n(${storage}K\x00${size}${stride}tR.`),
@@ -478,18 +478,7 @@ function le32(s: string): string {
 }
 
 Deno.test("unpickle() result check walks tuples and lists: a storage outside a tensor is refused there too", () => {
-  const persistentLoad = () =>
-    new StorageHandle({
-      key: "0",
-      storageClass: "torch.FloatStorage",
-      location: "cpu",
-      numel: 1,
-      dtype: "F32",
-      source: bytesSource(new Uint8Array(4)),
-      file: "x",
-    });
-  const storage =
-    "(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x01tQ";
+  const { persistentLoad, storage } = floatStorage(1);
   for (const wrap of [`${storage}\x85`, `]${storage}a`, `K\x01${storage}\x86`]) {
     assert.throws(
       () => unpickle(bytes(`\x80\x02${wrap}.`), { persistentLoad }),
@@ -537,18 +526,7 @@ Deno.test("unpickle() reads a LONG1 of maxLongBytes bytes and refuses one byte m
 });
 
 Deno.test("unpickle() makes a Parameter of one argument require grad, as torch does", () => {
-  const persistentLoad = () =>
-    new StorageHandle({
-      key: "0",
-      storageClass: "torch.FloatStorage",
-      location: "cpu",
-      numel: 2,
-      dtype: "F32",
-      source: bytesSource(new Uint8Array(8)),
-      file: "x",
-    });
-  const storage =
-    "(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x02tQ";
+  const { persistentLoad, storage } = floatStorage(2);
   const tensor = `ctorch._utils\n_rebuild_tensor\n(${storage}K\x00K\x02\x85K\x01\x85tR`;
   const one = unpickle(
     bytes(`\x80\x02ctorch._utils\n_rebuild_parameter\n(${tensor}tR.`),
@@ -563,18 +541,7 @@ Deno.test("unpickle() makes a Parameter of one argument require grad, as torch d
 });
 
 Deno.test("unpickle() names the opcode's byte offset when a tensor does not fit its storage", () => {
-  const persistentLoad = () =>
-    new StorageHandle({
-      key: "0",
-      storageClass: "torch.FloatStorage",
-      location: "cpu",
-      numel: 2,
-      dtype: "F32",
-      source: bytesSource(new Uint8Array(8)),
-      file: "x",
-    });
-  const storage =
-    "(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x02tQ";
+  const { persistentLoad, storage } = floatStorage(2);
   const p = `\x80\x02ctorch._utils\n_rebuild_tensor\n(${storage}K\x00K\x03\x85K\x01\x85tR.`;
   let err: unknown;
   try {
