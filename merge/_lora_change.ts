@@ -9,16 +9,10 @@
  */
 import { decodeF32, type DType, DTYPES } from "../formats/dtype.ts";
 import { rowCount } from "../formats/state_dict.ts";
+import type { MergeChangeSums } from "../kernels/types.ts";
 
-/** Sums over some blocks of one tensor. */
-export interface BlockChange {
-  /** Σ W². */
-  sumSqW: number;
-  /** Σ (W' − W)². */
-  sumSqDelta: number;
-  /** max |W' − W|. */
-  maxAbs: number;
-}
+/** Sums over some blocks of one tensor: the sums the merge backends add to (Σ W², Σ ΔW², max |ΔW|). */
+export type BlockChange = MergeChangeSums;
 
 /** Empty sums. */
 export function noChange(): BlockChange {

@@ -191,6 +191,22 @@ async function runBlocks(
   const step = Math.max(1, Math.floor(ctx.blockBytes / Math.max(1, cols * wSize)));
   const starts: number[] = [];
   for (let r = r0; r < r1; r += step) starts.push(r);
+  // what a merge request says of rows s..e, whether the backend reads W itself or is given it
+  const block = (s: number, e: number): Omit<MergeRowsRequest, "w"> => {
+    const req: Omit<MergeRowsRequest, "w"> = {
+      name: job.name,
+      wDtype: source.dtype as MergeDType,
+      outDtype,
+      rows: e - s,
+      cols,
+      rank: prep.rank,
+      a: prep.a,
+      b: prep.b.subarray(s * prep.rank, e * prep.rank),
+      scale: prep.scale,
+    };
+    if (prep.rowMagnitude) req.magnitude = prep.rowMagnitude.subarray(s, e);
+    return req;
+  };
   let next = 0;
   const worker = async (): Promise<void> => {
     while (next < starts.length) {
@@ -198,44 +214,17 @@ async function runBlocks(
       const e = Math.min(r1, s + step);
       if (inPlace) {
         const req: MergeRowsIntoRequest = {
-          name: job.name,
+          ...block(s, e),
           readW: (buf) => source.readInto ? source.readInto(s, e, buf) : source.read(s, e),
-          wDtype: source.dtype as MergeDType,
-          outDtype,
-          rows: e - s,
-          cols,
-          rank: prep.rank,
-          a: prep.a,
-          b: prep.b.subarray(s * prep.rank, e * prep.rank),
-          scale: prep.scale,
         };
-        if (prep.rowMagnitude) req.magnitude = prep.rowMagnitude.subarray(s, e);
-        // the backend measures the block's change where it merges it (the workers)
-        const sums = change ? noChange() : undefined;
-        if (sums) req.change = sums;
+        // the backend adds the block's change to the sums where it merges it (the workers)
+        if (change) req.change = change;
         const out = into.subarray((s - r0) * cols * outSize, (e - r0) * cols * outSize);
         await ctx.backend!.mergeRowsInto!(req, out);
-        if (change && sums) {
-          change.sumSqW += sums.sumSqW;
-          change.sumSqDelta += sums.sumSqDelta;
-          change.maxAbs = Math.max(change.maxAbs, sums.maxAbs);
-        }
         continue;
       }
-      const w = await job.source.read(s, e);
-      const req: MergeRowsRequest = {
-        name: job.name,
-        w,
-        wDtype: job.source.dtype as MergeDType,
-        outDtype,
-        rows: e - s,
-        cols,
-        rank: prep.rank,
-        a: prep.a,
-        b: prep.b.subarray(s * prep.rank, e * prep.rank),
-        scale: prep.scale,
-      };
-      if (prep.rowMagnitude) req.magnitude = prep.rowMagnitude.subarray(s, e);
+      const w = await source.read(s, e);
+      const req: MergeRowsRequest = { ...block(s, e), w };
       sink(s, e - s, await ctx.backend!.mergeRows(req), w);
     }
   };
