@@ -21,6 +21,18 @@ export function abortError(signal: AbortSignal): CkptError {
 }
 
 /**
+ * Lets the runtime poll its signal driver before a run's last abort check, just before its rename.
+ * Deno notices a SIGINT or SIGTERM when its event loop idles, not between file-system calls that
+ * complete at once, so a signal that arrived during the final fsyncs could otherwise race the
+ * rename (seen once in the fault suite: exit 0 with a finished output). A short timer makes the
+ * loop idle; 2 ms per run.
+ */
+export async function signalsPolled(): Promise<void> {
+  await new Promise((resolve) => setTimeout(resolve, 2));
+  await new Promise((resolve) => setTimeout(resolve, 0));
+}
+
+/**
  * Resolves with `work`, or rejects as soon as `signal` aborts, so a stage blocked in I/O that does
  * not watch the signal cannot hold an aborted run (its late writes land in a removed folder).
  */

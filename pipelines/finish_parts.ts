@@ -38,7 +38,7 @@ import {
   splitFolder,
   type StageGather,
 } from "./_split_receipts.ts";
-import { round1 } from "./_stage_loop.ts";
+import { round1, signalsPolled } from "./_stage_loop.ts";
 import { exists, fsCall, StagingFolder } from "./_staging.ts";
 import type { RunOptions } from "./run.ts";
 import { finishedBySplit } from "./run_part.ts";
@@ -310,8 +310,9 @@ export async function finishParts(
     } else {
       ({ manifest, manifestSha256 } = await assemble(staging, folder, id, count, cfg, t0));
     }
-    if (signal.aborted) throw new CkptError("ABORTED", "Cannot finish the parts: aborted");
     await staging.syncFolders(manifest.files.map((f) => f.path));
+    await signalsPolled();
+    if (signal.aborted) throw new CkptError("ABORTED", "Cannot finish the parts: aborted");
     await staging.commit({ overwrite: options.overwrite ?? false, force: options.force ?? false });
     const ms = performance.now() - t0;
     emit({ type: "pipeline-end", output, ms: round1(ms), manifestSha256 });

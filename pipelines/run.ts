@@ -53,7 +53,7 @@ import type { BackendChoice } from "../merge/backend.ts";
 import type { PipelineEvent, Stage } from "./stage.ts";
 import { createRunContext } from "./_context.ts";
 import { OutputHasher } from "./_output_hasher.ts";
-import { abortError, round1, StageLoop } from "./_stage_loop.ts";
+import { abortError, round1, signalsPolled, StageLoop } from "./_stage_loop.ts";
 import { checkReplaceable, exists, removeStaleStaging, StagingFolder } from "./_staging.ts";
 import {
   makeParents,
@@ -194,17 +194,6 @@ async function finish(
   if (info.signal.aborted) throw abortError(info.signal);
   await staging.commit(options);
   return { manifest, manifestSha256 };
-}
-
-/**
- * Lets the runtime poll its signal driver before the last abort check. Deno notices a SIGINT or
- * SIGTERM when its event loop idles, not between file-system calls that complete at once, so a
- * signal that arrived during the final fsyncs could otherwise race the rename (seen once in the
- * fault suite: exit 0 with a finished output). A short timer makes the loop idle; 2 ms per run.
- */
-async function signalsPolled(): Promise<void> {
-  await new Promise((resolve) => setTimeout(resolve, 2));
-  await new Promise((resolve) => setTimeout(resolve, 0));
 }
 
 /**

@@ -83,7 +83,7 @@ import {
   type StagePlan,
   writeJsonDurably,
 } from "./_split_receipts.ts";
-import { abortError, round1, StageLoop } from "./_stage_loop.ts";
+import { abortError, round1, signalsPolled, StageLoop } from "./_stage_loop.ts";
 import { checkReplaceable, exists, fsCall, StagingFolder } from "./_staging.ts";
 import type { RunOptions } from "./run.ts";
 
@@ -330,6 +330,7 @@ export async function runPart(
       const { size, sha256 } = await outputHasher.hash(join(paths.work, path));
       files.push({ path, size, sha256, stage: stageOf.get(path) ?? "" });
     }
+    await signalsPolled();
     if (signal.aborted) throw abortError(signal); // last moment: nothing is in the shared folder yet
     await moveInto(paths.work, folder, sealed);
     const receipt: PartReceipt = {
