@@ -35,7 +35,20 @@ export function installSignals(code = 130): AbortSignal {
       Deno.unrefTimer(setTimeout(() => Deno.exit(exitCode), GRACE_MS));
     });
   }
+  markListening();
   return ac.signal;
+}
+
+/**
+ * Test-only: with `CKPT_TEST_SIGNALS_READY=<file>`, writes the file once the listeners are in
+ * place. The kernel's view (SigCgt in /proc) cannot tell: Deno catches SIGTERM from its start and
+ * ends the process as the default action would while no listener is added.
+ */
+function markListening(): void {
+  try {
+    const file = Deno.env.get("CKPT_TEST_SIGNALS_READY");
+    if (file) Deno.writeTextFileSync(file, `${Deno.pid}\n`);
+  } catch { /* no --allow-env or --allow-write: nothing to mark */ }
 }
 
 /** The process-wide signal, when {@linkcode installSignals} ran. */

@@ -25,14 +25,18 @@ export async function ckpt(args: string[], cwd: string = REPO_ROOT): Promise<Cli
   return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
 }
 
-/** Starts the CLI without waiting (for kill tests). */
-export function spawnCkpt(args: string[], cwd: string = REPO_ROOT): Deno.ChildProcess {
+/** Starts the CLI without waiting (for kill tests), with `env` added to its environment. */
+export function spawnCkpt(
+  args: string[],
+  cwd: string = REPO_ROOT,
+  env: Record<string, string> = {},
+): Deno.ChildProcess {
   return new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", join(REPO_ROOT, "cli.ts"), ...args],
     cwd,
     stdout: "piped",
     stderr: "piped",
-    env: { NO_COLOR: "1" },
+    env: { NO_COLOR: "1", ...env },
   }).spawn();
 }
 
