@@ -30,6 +30,7 @@ import { loadTorch } from "../formats/torch/load.ts";
 import { openInput } from "../readers/kinds.ts";
 import { stripStateDict } from "../readers/names.ts";
 import { hashFile, listFiles, MANIFEST_NAME, readManifest } from "./manifest.ts";
+import { folderEntries } from "./_folder_entries.ts";
 import { parsePyJson } from "./stages/_pyjson.ts";
 
 /** Options of {@linkcode verifyCheckpoint}. */
@@ -74,46 +75,6 @@ export interface VerifyResult {
   filesLoaded: number;
   /** Merged rows recomputed. */
   rowsChecked: number;
-}
-
-/** What a folder holds: its regular files, and every other entry with its kind. */
-interface FolderEntries {
-  /** Regular files, relative, `/`-separated. */
-  files: string[];
-  /** Symlinks, FIFOs, sockets, devices and empty folders: relative path -> kind. */
-  others: Map<string, string>;
-}
-
-/**
- * Every entry under `folder`, symlinks not followed: regular files, and everything else
- * (a symlink, a FIFO, a socket, a device, an empty folder) with its kind.
- */
-async function folderEntries(folder: string): Promise<FolderEntries> {
-  const files: string[] = [];
-  const others = new Map<string, string>();
-  async function walk(rel: string): Promise<void> {
-    let n = 0;
-    for await (const e of Deno.readDir(rel === "" ? folder : join(folder, rel))) {
-      n++;
-      const p = rel === "" ? e.name : `${rel}/${e.name}`;
-      if (e.isSymlink) others.set(p, "symlink");
-      else if (e.isDirectory) await walk(p);
-      else if (e.isFile) files.push(p);
-      else others.set(p, await specialKind(join(folder, p)));
-    }
-    if (n === 0 && rel !== "") others.set(rel, "empty folder");
-  }
-  await walk("");
-  return { files: files.sort(), others };
-}
-
-/** The kind of a special file, in words. */
-async function specialKind(path: string): Promise<string> {
-  const st = await Deno.lstat(path).catch(() => undefined);
-  if (st?.isFifo) return "FIFO";
-  if (st?.isSocket) return "socket";
-  if (st?.isBlockDevice || st?.isCharDevice) return "device";
-  return "special file";
 }
 
 const WEIGHT_FILES = /^(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)$/;

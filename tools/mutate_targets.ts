@@ -65,7 +65,6 @@ export const TARGETS: MutationTarget[] = [
       "pipelines/_stage_loop.ts",
       "pipelines/_output_hasher.ts",
       "pipelines/_context.ts",
-      "pipelines/_run_shared.ts",
     ],
     tests: [
       "tests/pipelines/run_test.ts",
@@ -87,8 +86,13 @@ export const TARGETS: MutationTarget[] = [
   },
   {
     name: "verify",
-    files: ["pipelines/verify.ts"],
-    tests: ["tests/pipelines/verify_test.ts", "tests/cli/verify_test.ts"],
+    files: ["pipelines/verify.ts", "pipelines/_folder_entries.ts"],
+    tests: [
+      "tests/pipelines/verify_test.ts",
+      "tests/pipelines/verify_merge_test.ts",
+      "tests/pipelines/folder_entries_test.ts",
+      "tests/cli/verify_test.ts",
+    ],
   },
   {
     name: "merge-kernels",

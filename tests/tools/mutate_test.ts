@@ -5,6 +5,7 @@ import { applyMutant, findMutants } from "../../tools/_mutate_ops.ts";
 import { renderReport } from "../../tools/_mutate_report.ts";
 import { compileErrors, exactFilter, parseLcov, reaches } from "../../tools/_mutate_run.ts";
 import { sampleByKey, stratified, wilson } from "../../tools/_mutate_sample.ts";
+import { TARGETS } from "../../tools/mutate_targets.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
 
 const SOURCE = `import { CkptError } from "./errors.ts";
@@ -206,4 +207,14 @@ Deno.test("renderReport() scores a sampled target with its interval and lists su
     /## Equivalent \(1, from tools\/mutate_equivalent\.json\)\n\n- f\.ts:3 .*: same result\n/,
   );
   assert.match(md, /## Stale equivalents \(no such mutant now\)\n\n- f\.ts gone\n$/);
+});
+
+Deno.test("TARGETS name each source and test file once, and every one exists", async () => {
+  const sources = TARGETS.flatMap((t) => t.files);
+  const tests = TARGETS.flatMap((t) => t.tests.map((f) => `${t.name} ${f}`));
+  assert.deepEqual(sources.filter((f, i) => sources.indexOf(f) !== i), []);
+  assert.deepEqual(tests.filter((f, i) => tests.indexOf(f) !== i), []);
+  for (const f of [...sources, ...TARGETS.flatMap((t) => t.tests)]) {
+    assert.ok((await Deno.stat(new URL(`../../${f}`, import.meta.url))).isFile, f);
+  }
 });

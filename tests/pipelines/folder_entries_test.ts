@@ -1,0 +1,45 @@
+/** The folder walk `ckpt verify` reports entries by: every kind of entry, named in words. */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { folderEntries, specialKind } from "../../pipelines/_folder_entries.ts";
+import { withTempDir } from "../_helpers/tmp.ts";
+
+Deno.test("`specialKind()` names a FIFO, a socket and a device, and anything it cannot look up a special file", async () => {
+  await withTempDir(async (dir) => {
+    await new Deno.Command("mkfifo", { args: [join(dir, "pipe")] }).output();
+    using _socket = Deno.listen({ transport: "unix", path: join(dir, "sock") });
+    assert.deepEqual(
+      [
+        await specialKind(join(dir, "pipe")),
+        await specialKind(join(dir, "sock")),
+        await specialKind("/dev/null"), // a character device on every Linux
+        await specialKind(join(dir, "gone")),
+      ],
+      ["FIFO", "socket", "device", "special file"],
+    );
+  });
+});
+
+Deno.test("`folderEntries()` lists regular files sorted and every other entry with its kind", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.mkdir(join(dir, "b", "c", "empty"), { recursive: true });
+    await Deno.writeTextFile(join(dir, "b", "c", "z.txt"), "z");
+    await Deno.writeTextFile(join(dir, "a.txt"), "a");
+    await Deno.symlink("/dev/null", join(dir, "null"));
+    await new Deno.Command("mkfifo", { args: [join(dir, "b", "pipe")] }).output();
+    const { files, others } = await folderEntries(dir);
+    assert.deepEqual(files, ["a.txt", "b/c/z.txt"]);
+    assert.deepEqual([...others].sort(), [
+      ["b/c/empty", "empty folder"],
+      ["b/pipe", "FIFO"],
+      ["null", "symlink"], // never followed to the device it names
+    ]);
+  });
+});
+
+Deno.test("`folderEntries()` of an empty folder is empty: only a folder below it counts as an empty folder", async () => {
+  await withTempDir(async (dir) => {
+    const { files, others } = await folderEntries(dir);
+    assert.deepEqual([files, [...others]], [[], []]);
+  });
+});

@@ -1,0 +1,200 @@
+/**
+ * `verifyCheckpoint()`'s merge check on hand-built one-module models, at its exact edges: the
+ * tolerance of each stored dtype one step inside and one step outside, the layouts it skips (each
+ * of the five shape conditions alone), and an abort at any point of the check.
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { type DType, encodeF32 } from "../../formats/dtype.ts";
+import { writeSafetensors } from "../../formats/safetensors.ts";
+import { StateDict, tensorFromBytes } from "../../formats/state_dict.ts";
+import { isCkptError } from "../../errors.ts";
+import { buildManifest, writeManifest } from "../../pipelines/manifest.ts";
+import { type VerifyCheck, verifyCheckpoint } from "../../pipelines/verify.ts";
+import { withTempDir } from "../_helpers/tmp.ts";
+
+interface Tensor {
+  dtype?: DType;
+  shape: number[];
+  values: number[];
+}
+
+function tensor(t: Tensor) {
+  return tensorFromBytes(
+    t.dtype ?? "F32",
+    t.shape,
+    encodeF32(t.dtype ?? "F32", new Float32Array(t.values)),
+  );
+}
+
+/**
+ * Writes a base (`base.safetensors` holding `proj.weight` = `w`), an adapter for module `proj`
+ * (r = 1, alpha = 1: scale 1) and an output folder holding `proj.weight` = `out`, sealed; resolves
+ * to the merge checks of `verifyCheckpoint()` on it.
+ */
+async function mergeChecks(
+  dir: string,
+  model: { w: Tensor; a: Tensor; b: Tensor; out: Tensor },
+  signal?: AbortSignal,
+): Promise<VerifyCheck[]> {
+  await writeSafetensors(
+    join(dir, "base.safetensors"),
+    new StateDict([["proj.weight", tensor(model.w)]]),
+  );
+  const adapter = join(dir, "adapter");
+  await Deno.mkdir(adapter);
+  await Deno.writeTextFile(
+    join(adapter, "adapter_config.json"),
+    JSON.stringify({ peft_type: "LORA", r: 1, lora_alpha: 1, target_modules: ["proj"] }),
+  );
+  await writeSafetensors(
+    join(adapter, "adapter_model.safetensors"),
+    new StateDict([
+      ["base_model.model.proj.lora_A.weight", tensor(model.a)],
+      ["base_model.model.proj.lora_B.weight", tensor(model.b)],
+    ]),
+  );
+  const out = join(dir, "out");
+  await Deno.mkdir(out);
+  await writeSafetensors(
+    join(out, "model.safetensors"),
+    new StateDict([["proj.weight", tensor(model.out)]]),
+  );
+  await writeManifest(out, await buildManifest(out, { output: out }));
+  try {
+    const r = await verifyCheckpoint(out, {
+      base: join(dir, "base.safetensors"),
+      adapter,
+      ...(signal ? { signal } : {}),
+    });
+    return r.checks.filter((c) => c.kind === "merge");
+  } finally {
+    await Deno.remove(adapter, { recursive: true });
+    await Deno.remove(out, { recursive: true });
+  }
+}
+
+const zero = { shape: [1, 1], values: [0] };
+
+Deno.test("`verifyCheckpoint()` accepts a stored value one step inside its dtype's tolerance and refuses one step outside", async (t) => {
+  // W = 1 + e, B·A = 0, the output stores exactly 1: the error is e. The tolerance is the dtype's
+  // relative step (2^-11 for F16, 2^-8 for BF16, 2^-20 otherwise) of the expected value plus
+  // 2^-20 of |W|, so e = rel + 2^-20 is inside and the next value chosen is just outside.
+  const cases: [DType, number, number][] = [
+    ["F16", 2 ** -11 + 2 ** -20, 2 ** -11 + 2 ** -19],
+    ["BF16", 2 ** -8 + 2 ** -20, 2 ** -8 + 2 ** -15],
+    ["F32", 2 ** -19, 2 ** -19 + 2 ** -23],
+  ];
+  await withTempDir(async (dir) => {
+    for (const [dtype, inside, outside] of cases) {
+      await t.step(`${dtype}: an error of 1 + ${inside} passes, 1 + ${outside} fails`, async () => {
+        const check = async (e: number) =>
+          (await mergeChecks(dir, {
+            w: { shape: [1, 1], values: [1 + e] },
+            a: zero,
+            b: zero,
+            out: { dtype, shape: [1, 1], values: [1] },
+          })).map((c) => [c.ok, c.message.split(" (")[0]]);
+        assert.deepEqual(await check(inside), [[true, "sampled rows match W + 1·B·A"]]);
+        assert.deepEqual(await check(outside), [[
+          false,
+          "1 sampled elements differ from W + 1·B·A",
+        ]]);
+      });
+    }
+  });
+});
+
+Deno.test("`verifyCheckpoint()` skips, as passed, a module whose shapes are not a plain Linear's, for each shape alone", async (t) => {
+  // The output stores the base weight unmerged while B·A is not zero: recomputing would fail.
+  const w = { shape: [2, 2], values: [1, 2, 3, 4] };
+  const a = { shape: [1, 2], values: [1, 1] };
+  const b = { shape: [2, 1], values: [1, 1] };
+  const cases: [string, { w: Tensor; a: Tensor; b: Tensor; out: Tensor }, string][] = [
+    [
+      "W is not 2-D",
+      {
+        w: { shape: [2, 2, 1], values: w.values },
+        a,
+        b,
+        out: { shape: [2, 2, 1], values: w.values },
+      },
+      "W[2,2,1] A[1,2] B[2,1]",
+    ],
+    [
+      "A's inputs are not W's",
+      { w, a: { shape: [1, 3], values: [1, 1, 1] }, b, out: w },
+      "W[2,2] A[1,3] B[2,1]",
+    ],
+    [
+      "B's outputs are not W's",
+      { w, a, b: { shape: [3, 1], values: [1, 1, 1] }, out: w },
+      "W[2,2] A[1,2] B[3,1]",
+    ],
+    [
+      "B's rank is not A's",
+      { w, a, b: { shape: [2, 2], values: [1, 1, 1, 1] }, out: w },
+      "W[2,2] A[1,2] B[2,2]",
+    ],
+    [
+      "the output's shape is not W's",
+      { w, a, b, out: { shape: [2, 3], values: [1, 2, 0, 3, 4, 0] } },
+      "W[2,2] A[1,2] B[2,1]",
+    ],
+  ];
+  await withTempDir(async (dir) => {
+    for (const [what, model, layout] of cases) {
+      await t.step(what, async () => {
+        assert.deepEqual(
+          (await mergeChecks(dir, model)).map((c) => [c.tensor, c.ok, c.message]),
+          [["proj.weight", true, `skipped: layout ${layout} is not a plain Linear`]],
+        );
+      });
+    }
+    await t.step(
+      "the same model in a plain layout is recomputed, and its unmerged output fails",
+      async () => {
+        assert.deepEqual(
+          (await mergeChecks(dir, { w, a, b, out: w })).map((
+            c,
+          ) => [c.ok, c.message.split(" (")[0]]),
+          [[false, "4 sampled elements differ from W + 1·B·A"]],
+        );
+      },
+    );
+  });
+});
+
+/** A signal that aborts itself on the `n`-th time a check point asks it (`throwIfAborted`). */
+function abortingAt(n: number): { signal: AbortSignal; asked: () => number } {
+  const ac = new AbortController();
+  const ask = ac.signal.throwIfAborted.bind(ac.signal);
+  let calls = 0;
+  ac.signal.throwIfAborted = () => {
+    if (++calls === n) ac.abort(new Error("SIGTERM"));
+    ask();
+  };
+  return { signal: ac.signal, asked: () => calls };
+}
+
+Deno.test("`verifyCheckpoint()` rejects with ABORTED when the signal aborts at any of its check points, the merge check's included", async () => {
+  await withTempDir(async (dir) => {
+    const model = {
+      w: { shape: [1, 2], values: [1, 2] },
+      a: { shape: [1, 2], values: [1, 1] },
+      b: { shape: [1, 1], values: [1] },
+      out: { shape: [1, 2], values: [2, 3] },
+    };
+    const never = abortingAt(0);
+    assert.deepEqual((await mergeChecks(dir, model, never.signal)).map((c) => c.ok), [true]);
+    // at least the start, the one file hashed, the one file loaded and the one module merged
+    assert.ok(never.asked() >= 4, `${never.asked()} check points`);
+    for (let n = 1; n <= never.asked(); n++) {
+      await assert.rejects(
+        () => mergeChecks(dir, model, abortingAt(n).signal),
+        (e: unknown) => isCkptError(e, "ABORTED"),
+        `aborted at check point ${n}`,
+      );
+    }
+  });
+});
