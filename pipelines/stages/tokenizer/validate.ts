@@ -5,6 +5,7 @@
  * (`TOKENIZER_TEMPLATE`).
  * @module
  */
+import { createHash } from "node:crypto";
 import { CkptError } from "../../../errors.ts";
 import { toPlain } from "../_pyjson.ts";
 import { SPECIAL_KEYS, specialToken, tokenContent } from "./edits.ts";
@@ -35,9 +36,35 @@ export const TOKENIZER_TIME_LIMIT_MS = 120_000;
 export const TOKENIZER_HEAP_LIMIT_MB = 4096;
 
 /**
+ * Digests of the inputs whose check passed in this process: the run of writeTokenizer repeats its
+ * preflight's checks on the same bytes, and a large tokenizer takes most of a second to load.
+ * Only passes are kept (a failure is checked again); the set is bounded.
+ */
+const passed = new Set<string>();
+const PASSED_MAX = 64;
+
+/** How many checks ran in a worker in this process (not remembered ones): for tests. */
+export const checksRun: { tokenizer: number; template: number } = { tokenizer: 0, template: 0 };
+
+function inputDigest(kind: string, parts: readonly string[]): string {
+  const h = createHash("sha256").update(kind);
+  for (const p of parts) h.update(`\0${p.length}\0`).update(p);
+  return h.digest("hex");
+}
+
+/** Runs `check` unless the same inputs passed before in this process; remembers a pass. */
+async function once(key: string, check: () => Promise<void>): Promise<void> {
+  if (passed.has(key)) return;
+  await check();
+  if (passed.size >= PASSED_MAX) passed.clear();
+  passed.add(key);
+}
+
+/**
  * Loads `tokenizer.json` (when the folder has one) in a worker thread, encodes a sample, resolves
  * the specials (`TOKENIZER_INVALID`); an abort ends the worker (`ABORTED`). The main thread stays
- * free while a large tokenizer loads.
+ * free while a large tokenizer loads. Inputs that passed before in this process (the preflight's
+ * check, repeated by the run) pass without loading again.
  */
 export async function checkTokenizerLoads(doc: TokenizerDoc, signal?: AbortSignal): Promise<void> {
   if (!doc.tokenizer) return;
@@ -45,6 +72,19 @@ export async function checkTokenizerLoads(doc: TokenizerDoc, signal?: AbortSigna
   const text = doc.changed.has("tokenizer.json") || doc.tokenizerText === undefined
     ? JSON.stringify(doc.tokenizer)
     : doc.tokenizerText;
+  const config = toPlain(doc.config);
+  const specials = [...specialTokens(doc)];
+  const key = inputDigest("tokenizer", [text, JSON.stringify(config), ...specials]);
+  await once(key, () => loadInWorker(file, { text, config, specials }, signal));
+}
+
+/** The worker run of {@linkcode checkTokenizerLoads}: throws the coded error of a failure. */
+async function loadInWorker(
+  file: string,
+  data: { text: string; config: unknown; specials: string[] },
+  signal: AbortSignal | undefined,
+): Promise<void> {
+  checksRun.tokenizer++;
   const invalid = (message: string, cause?: unknown) =>
     new CkptError(
       "TOKENIZER_INVALID",
@@ -53,7 +93,7 @@ export async function checkTokenizerLoads(doc: TokenizerDoc, signal?: AbortSigna
     );
   const reply = await runBounded<{ ok: boolean; missing?: string; message?: string }>(
     new URL("./_tokenizer_worker.ts", import.meta.url),
-    { text, config: toPlain(doc.config), specials: [...specialTokens(doc)] },
+    data,
     { timeLimitMs: TOKENIZER_TIME_LIMIT_MS, heapLimitMb: TOKENIZER_HEAP_LIMIT_MB, signal },
     (failure: WorkerFailure) =>
       failure.kind === "aborted"
@@ -82,7 +122,8 @@ export async function checkTemplateRenders(doc: TokenizerDoc, signal?: AbortSign
   if (doc.template === undefined) return;
   const file = doc.present.get("chat_template.jinja") ?? doc.present.get("tokenizer_config.json") ??
     doc.source;
-  const out = await renderTemplate(doc.template, {
+  const template = doc.template;
+  const context = {
     messages: [
       { role: "user", content: "Hello" },
       { role: "assistant", content: "Hi there" },
@@ -92,12 +133,16 @@ export async function checkTemplateRenders(doc: TokenizerDoc, signal?: AbortSign
     bos_token: tokenContent(doc.config.get("bos_token")) ?? "",
     eos_token: specialToken(doc, "eos_token") ?? "",
     pad_token: specialToken(doc, "pad_token") ?? "",
-  }, { signal, file });
-  if (!out.includes("How are you?")) {
-    throw new CkptError(
-      "TOKENIZER_TEMPLATE",
-      `Cannot render the chat template of "${file}": the rendered text does not contain the last message`,
-      { file },
-    );
-  }
+  };
+  await once(inputDigest("template", [template, JSON.stringify(context)]), async () => {
+    checksRun.template++;
+    const out = await renderTemplate(template, context, { signal, file });
+    if (!out.includes("How are you?")) {
+      throw new CkptError(
+        "TOKENIZER_TEMPLATE",
+        `Cannot render the chat template of "${file}": the rendered text does not contain the last message`,
+        { file },
+      );
+    }
+  });
 }
