@@ -69,6 +69,7 @@ export const TARGETS: MutationTarget[] = [
     tests: [
       "tests/pipelines/run_test.ts",
       "tests/pipelines/staging_test.ts",
+      "tests/pipelines/staging_folder_test.ts",
       "tests/pipelines/bad_input_test.ts",
       "tests/pipelines/hash_stream_test.ts",
       "tests/pipelines/manifest_test.ts",
