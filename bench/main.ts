@@ -8,6 +8,7 @@ const BENCHES: Record<string, string[]> = {
   pickle: ["./pickle.ts"],
   merge: ["./merge.ts"],
   merge_lora: ["./merge_lora.ts"],
+  merge_kernel: ["./merge_kernel.ts"],
   e2e: ["./e2e.ts"],
   gather: ["./gather.ts"],
   watch: ["./watch.ts"],

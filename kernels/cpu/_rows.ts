@@ -254,10 +254,12 @@ export function runCpuTask(
   }
   const buf = mem.buffer as unknown as ArrayBuffer;
   const { cols, rank } = t;
-  const a = new Float32Array(buf, t.aPtr, rank * cols);
   const outBytes = new Uint8Array(buf, t.outPtr);
   if (colsVec < cols) {
-    const tail = new Float32Array(cols - colsVec);
+    // A's tail columns follow its packed tiles as a row-major rank × (cols - colsVec) matrix
+    const tc = cols - colsVec;
+    const a = new Float32Array(buf, t.aPtr + colsVec * rank * 4, rank * tc);
+    const tail = new Float32Array(tc);
     const wsz = MERGE_DTYPE_SIZE[t.wDtype];
     const w = new DataView(buf, t.wPtr);
     const b = new Float32Array(buf, t.bPtr);
@@ -272,8 +274,9 @@ export function runCpuTask(
           : f16ToF32(w.getUint16(e * wsz, true));
         let v = wv;
         if (rank > 0) {
-          let acc = fr(b[i * rank]! * a[j]!);
-          for (let k = 1; k < rank; k++) acc = fr(acc + fr(b[i * rank + k]! * a[k * cols + j]!));
+          const at = j - colsVec;
+          let acc = fr(b[i * rank]! * a[at]!);
+          for (let k = 1; k < rank; k++) acc = fr(acc + fr(b[i * rank + k]! * a[k * tc + at]!));
           v = fr(wv + fr(s * acc));
         }
         if (y) y[e] = v;

@@ -35,7 +35,7 @@ import {
   kernelKind,
   runCpuTask,
 } from "./_rows.ts";
-import { KERNEL_MAX_PAGES } from "./kernel.ts";
+import { KERNEL_MAX_PAGES, packA } from "./kernel.ts";
 import { phaseClock } from "../../formats/phase_clock.ts";
 import {
   MERGE_DTYPE_SIZE,
@@ -233,7 +233,12 @@ class CpuBackend implements CpuMergeBackend {
     }
     if (pages > have) this.#mem.grow(pages - have);
     const u8 = new Uint8Array(this.#mem.buffer as unknown as ArrayBuffer);
-    u8.set(new Uint8Array(req.a.buffer, req.a.byteOffset, req.a.byteLength), aPtr);
+    packA(
+      req.a,
+      rank,
+      cols,
+      new Float32Array(this.#mem.buffer as unknown as ArrayBuffer, aPtr, rank * cols),
+    );
     u8.set(new Uint8Array(req.b.buffer, req.b.byteOffset, req.b.byteLength), bPtr);
     if ("w" in req) u8.set(req.w, wPtr);
     else {
