@@ -106,7 +106,12 @@ export const TARGETS: MutationTarget[] = [
       "kernels/cpu/wasm_emit.ts",
       "kernels/cpu/worker.ts",
     ],
-    tests: ["tests/kernels/reference_test.ts", "tests/kernels/cpu/backend_test.ts"],
+    tests: [
+      "tests/kernels/reference_test.ts",
+      "tests/kernels/cpu/backend_test.ts",
+      "tests/kernels/cpu/backend_pipeline_test.ts",
+      "tests/kernels/cpu/change_sums_test.ts",
+    ],
   },
   {
     name: "dtype",

@@ -67,8 +67,15 @@ export function kernelKey(k: KernelKind): string {
   return `${k.wDtype}>${k.kernelOut}${k.unroll ? `:r${k.unroll.rank}:c${k.unroll.cols}` : ""}`;
 }
 
+/**
+ * Kernels this thread has compiled ({@linkcode compileKernel} calls): what the caches save, which
+ * a test can read (results do not show it).
+ */
+export const kernelsCompiled: { count: number } = { count: 0 };
+
 /** Compiles a kernel kind. */
 export function compileKernel(k: KernelKind): WebAssembly.Module {
+  kernelsCompiled.count++;
   return new WebAssembly.Module(mergeKernelWasm(k.wDtype, k.kernelOut, k.unroll));
 }
 

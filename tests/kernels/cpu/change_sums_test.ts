@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { blockChangeSums, type CpuTask } from "../../../kernels/cpu/_rows.ts";
 import { addBlockChange } from "../../../merge/_lora_change.ts";
-import type { MergeDType } from "../../../kernels/types.ts";
+import { MERGE_DTYPE_SIZE, type MergeDType } from "../../../kernels/types.ts";
+import { encodeF32 } from "../../../formats/dtype.ts";
 import { weights } from "../_corpus.ts";
 
 Deno.test("`blockChangeSums()` equals the scalar sums for every length around the 8-element SIMD groups and every 16-bit pair", () => {
@@ -35,6 +36,46 @@ Deno.test("`blockChangeSums()` equals the scalar sums for every length around th
       for (const k of ["sumSqW", "sumSqDelta", "maxAbs"] as const) {
         assert.ok(
           same(got[k], want[k]),
+          `${wd}>${od} ${rows}x${cols} ${k}: ${got[k]} vs ${want[k]}`,
+        );
+      }
+    }
+  }
+});
+
+Deno.test("`blockChangeSums()` with f32 on either side equals the scalar sums on finite values, around its 4096-element chunks", () => {
+  const mem = new WebAssembly.Memory({ initial: 4, maximum: 16, shared: true });
+  const bytes = new Uint8Array(mem.buffer as unknown as ArrayBuffer);
+  const pairs: [MergeDType, MergeDType][] = [
+    ["F32", "F32"],
+    ["F32", "BF16"],
+    ["BF16", "F32"],
+    ["F16", "F32"],
+    ["F32", "F16"],
+  ];
+  // elements after row0: 1, one short of a chunk, a chunk, one past, two chunks and one
+  const shapes: [number, number][] = [[2, 1], [2, 4095], [2, 4096], [1, 4097], [3, 4097]];
+  for (const [wd, od] of pairs) {
+    for (const [rows, cols] of shapes) {
+      const n = rows * cols;
+      // finite values only, so that a wrong sum cannot hide behind NaN
+      const finite = (dtype: MergeDType, seed: number) =>
+        encodeF32(dtype, Float32Array.from({ length: n }, (_, i) => Math.sin(i * 0.37 + seed) * 3));
+      const w = finite(wd, 1);
+      const o = finite(od, 2);
+      bytes.set(w, 0);
+      bytes.set(o, 65536);
+      const row0 = rows === 1 ? 0 : 1;
+      const t = { wDtype: wd, outDtype: od, wPtr: 0, outPtr: 65536, row0, row1: rows, cols };
+      const got = blockChangeSums(mem, t as CpuTask);
+      const want = { sumSqW: 0, sumSqDelta: 0, maxAbs: 0 };
+      const from = row0 * cols;
+      const [ws, os] = [MERGE_DTYPE_SIZE[wd], MERGE_DTYPE_SIZE[od]];
+      addBlockChange(want, wd, w.subarray(from * ws), od, o.subarray(from * os));
+      for (const k of ["sumSqW", "sumSqDelta", "maxAbs"] as const) {
+        assert.ok(want[k] > 0 && Number.isFinite(want[k]), `${k} of the scalar sums`);
+        assert.ok(
+          Math.abs(got[k] - want[k]) <= 1e-12 * want[k],
           `${wd}>${od} ${rows}x${cols} ${k}: ${got[k]} vs ${want[k]}`,
         );
       }

@@ -1,0 +1,139 @@
+/**
+ * The CPU backend's machinery around the kernel, which its results do not show: the compiled
+ * kernel caches (counted by `kernelsCompiled`), the two memory slots that let a block be read in
+ * while another is in flight, the phase clock's merge entry, and its description.
+ */
+import assert from "node:assert/strict";
+import { createCpuBackend } from "../../../kernels/cpu/backend.ts";
+import { KernelCache, kernelKind, kernelsCompiled } from "../../../kernels/cpu/_rows.ts";
+import { mergeRowsReference } from "../../../kernels/reference.ts";
+import { MERGE_DTYPE_SIZE } from "../../../kernels/types.ts";
+import { mergeKernelWasm } from "../../../kernels/cpu/kernel.ts";
+import { phaseClock } from "../../../formats/phase_clock.ts";
+import { assertSameBytes, request } from "../_corpus.ts";
+
+/** 66 kernel kinds, each its own kernel (rank 1 unrolled for 16 to 81 columns). */
+const KINDS = Array.from({ length: 66 }, (_, i) => kernelKind("BF16", "BF16", 1, 16 + i));
+
+Deno.test("`KernelCache.get()` compiles a kind once, keeps up to 65 kinds and starts over at the 66th", () => {
+  const mem = new WebAssembly.Memory({ initial: 1, maximum: 2, shared: true });
+  const cache = new KernelCache(mem);
+  const compiled = () => kernelsCompiled.count;
+  const at = compiled();
+  const first = cache.get(KINDS[0]!);
+  assert.equal(cache.get(KINDS[0]!), first, "the same kind again is the same kernel");
+  assert.equal(compiled() - at, 1);
+  for (const k of KINDS.slice(1, 65)) cache.get(k);
+  assert.equal(compiled() - at, 65);
+  cache.get(KINDS[0]!); // 65 kinds held: the first is still there
+  assert.equal(compiled() - at, 65);
+  cache.get(KINDS[65]!); // the 66th clears the cache first
+  cache.get(KINDS[0]!);
+  assert.equal(compiled() - at, 67);
+});
+
+Deno.test("`KernelCache.get()` instantiates a module it is given without compiling one", () => {
+  const mem = new WebAssembly.Memory({ initial: 1, maximum: 2, shared: true });
+  const other = new KernelCache(mem);
+  const at = kernelsCompiled.count;
+  other.get(KINDS[1]!);
+  assert.equal(kernelsCompiled.count - at, 1);
+  // a worker's cache: the module comes from the backend
+  const cache = new KernelCache(mem);
+  const k = KINDS[1]!;
+  const module = new WebAssembly.Module(mergeKernelWasm(k.wDtype, k.kernelOut, k.unroll));
+  assert.equal(typeof cache.get(KINDS[1]!, module), "function");
+  assert.equal(kernelsCompiled.count - at, 1);
+});
+
+Deno.test("`createCpuBackend()` with workers compiles each kernel kind once for all its blocks and workers", async () => {
+  const cpu = await createCpuBackend({ workers: 2, inlineBelow: 0 });
+  try {
+    const at = kernelsCompiled.count;
+    for (const seed of [1, 2, 3]) {
+      const r = request("BF16", "F16", 8, 48, 4, seed);
+      assertSameBytes(await cpu.mergeRows(r), mergeRowsReference(r), r.name);
+    }
+    assert.equal(kernelsCompiled.count - at, 1);
+    const r = request("BF16", "F16", 8, 64, 4, 4); // another width: another kernel
+    assertSameBytes(await cpu.mergeRows(r), mergeRowsReference(r), r.name);
+    assert.equal(kernelsCompiled.count - at, 2);
+  } finally {
+    await cpu.dispose();
+  }
+});
+
+Deno.test("`createCpuBackend()` with workers keeps up to 65 compiled kinds and starts over at the 66th", async () => {
+  // two workers: a block of two rows is split between them (with one, it merges on this thread)
+  const cpu = await createCpuBackend({ workers: 2, inlineBelow: 0 });
+  try {
+    const merge = async (cols: number) => {
+      const r = request("BF16", "BF16", 2, cols, 1, cols);
+      assertSameBytes(await cpu.mergeRows(r), mergeRowsReference(r), r.name);
+    };
+    const at = kernelsCompiled.count;
+    for (let cols = 16; cols < 16 + 65; cols++) await merge(cols);
+    await merge(16);
+    assert.equal(kernelsCompiled.count - at, 65);
+    await merge(16 + 65);
+    await merge(16);
+    assert.equal(kernelsCompiled.count - at, 67);
+  } finally {
+    await cpu.dispose();
+  }
+});
+
+Deno.test("`mergeRowsInto()` reads the next block in while the one before is still being read: two slots take turns", async () => {
+  for (const workers of [0, 1]) {
+    const cpu = await createCpuBackend({ workers, inlineBelow: 0 });
+    try {
+      const reqs = [1, 2, 3].map((seed) => request("BF16", "BF16", 4, 32, 2, seed));
+      const reads: number[] = [];
+      let releaseFirst = () => {};
+      const firstHeld = new Promise<void>((r) => (releaseFirst = r));
+      const outs = reqs.map((r) => new Uint8Array(r.rows * r.cols * MERGE_DTYPE_SIZE[r.outDtype]));
+      const done = reqs.map((r, n) => {
+        const { w, ...rest } = r;
+        const readW = async (into: Uint8Array) => {
+          reads.push(n);
+          if (n === 0) await firstHeld;
+          into.set(w);
+          return into;
+        };
+        return cpu.mergeRowsInto({ ...rest, readW }, outs[n]!);
+      });
+      await new Promise((r) => setTimeout(r, 0));
+      // the second block has its own slot; the third waits for the first's
+      assert.deepEqual(reads, [0, 1], `${workers} workers`);
+      releaseFirst();
+      await Promise.all(done);
+      assert.deepEqual(reads, [0, 1, 2]);
+      reqs.forEach((r, n) => assertSameBytes(outs[n]!, mergeRowsReference(r), r.name));
+    } finally {
+      await cpu.dispose();
+    }
+  }
+});
+
+Deno.test("`createCpuBackend()` adds each merged block to the phase clock once, and a kernel timing not at all", async () => {
+  const cpu = await createCpuBackend({ workers: 0 });
+  phaseClock.enable();
+  try {
+    const r = request("BF16", "BF16", 4, 32, 2, 7);
+    await cpu.mergeRows(r);
+    await cpu.timeKernel(r, 3);
+    const merge = phaseClock.snapshot().merge;
+    assert.deepEqual([merge?.calls, merge?.bytes], [1, r.w.byteLength]);
+  } finally {
+    phaseClock.disable();
+    await cpu.dispose();
+  }
+});
+
+Deno.test("`createCpuBackend()` describes its worker count in words", async () => {
+  for (const [workers, words] of [[0, "0 workers"], [1, "1 worker"], [2, "2 workers"]] as const) {
+    const cpu = await createCpuBackend({ workers });
+    assert.equal(cpu.description, `cpu: WebAssembly SIMD, ${words}`);
+    await cpu.dispose();
+  }
+});
