@@ -35,10 +35,6 @@ export interface CpuTask {
 
 type Kernel = (...args: number[]) => void;
 
-/** Rows per kernel call: keeps a call's B rows and W/output lines in L1 beside the A tile, and
- * lets V8 tier the kernel up to optimized code after the first few calls. */
-export const ROWS_PER_CALL = 32;
-
 /** What a kernel is specialised for: dtypes, and rank and columns when unrolled. */
 export interface KernelKind {
   /** W dtype. */

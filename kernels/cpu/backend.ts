@@ -3,7 +3,8 @@
  * run by workers that share one `WebAssembly.Memory`, each merging a contiguous range of the
  * block's rows. Results equal `kernels/reference.ts` bit for bit.
  *
- * A block is copied into the shared memory, merged by the workers in parallel (one block at a
+ * A block is copied into the shared memory (A rearranged by 16-column tile as the kernel reads it,
+ * `packA`), merged by the workers in parallel (one block at a
  * time: they already use every core) and copied out. The memory has two slots, so with calls in
  * flight the calling thread copies the next block in (and the previous one out) while the workers
  * merge this one. Blocks too small to be worth a round trip to the workers are merged on the

@@ -3,12 +3,17 @@ import { blockChangeSums, type CpuTask } from "../../../kernels/cpu/_rows.ts";
 import { addBlockChange } from "../../../merge/_lora_change.ts";
 import { MERGE_DTYPE_SIZE, type MergeDType } from "../../../kernels/types.ts";
 import { encodeF32 } from "../../../formats/dtype.ts";
-import { weights } from "../_corpus.ts";
+import { seeded, weights } from "../_corpus.ts";
 
 Deno.test("`blockChangeSums()` equals the scalar sums for every length around the 8-element SIMD groups and every 16-bit pair", () => {
   const mem = new WebAssembly.Memory({ initial: 2, maximum: 16, shared: true });
   const bytes = new Uint8Array(mem.buffer as unknown as ArrayBuffer);
-  const pairs: [MergeDType, MergeDType][] = [["BF16", "BF16"], ["BF16", "F16"], ["F16", "F16"]];
+  const pairs: [MergeDType, MergeDType][] = [
+    ["BF16", "BF16"],
+    ["BF16", "F16"],
+    ["F16", "BF16"],
+    ["F16", "F16"],
+  ];
   for (const [wd, od] of pairs) {
     const shapes: [number, number][] = [[1, 1], [1, 7], [1, 8], [1, 9], [3, 17], [5, 64], [7, 129]];
     for (const [rows, cols] of shapes) {
@@ -77,6 +82,33 @@ Deno.test("`blockChangeSums()` with f32 on either side equals the scalar sums on
         assert.ok(
           Math.abs(got[k] - want[k]) <= 1e-12 * want[k],
           `${wd}>${od} ${rows}x${cols} ${k}: ${got[k]} vs ${want[k]}`,
+        );
+      }
+    }
+  }
+});
+
+Deno.test("`blockChangeSums()` of finite 16-bit blocks equals the scalar sums to 1e-12 for each dtype pair, subnormals included", () => {
+  const mem = new WebAssembly.Memory({ initial: 4, maximum: 16, shared: true });
+  const bytes = new Uint8Array(mem.buffer as unknown as ArrayBuffer);
+  const n = 8 * 1000 + 5;
+  // magnitudes from 1e-6 (f16 subnormals) to 100, W' = W plus a small change
+  const x = seeded(n, 3, 2).map((v, i) => v * 10 ** ((i % 9) - 6));
+  const y = x.map((v, i) => v + (i % 4 === 0 ? 0 : v * 0.01 * ((i % 7) - 3)));
+  for (const wd of ["BF16", "F16"] as const) {
+    for (const od of ["BF16", "F16"] as const) {
+      const w = encodeF32(wd, x), o = encodeF32(od, y);
+      bytes.set(w, 0);
+      bytes.set(o, 65536);
+      const t = { wDtype: wd, outDtype: od, wPtr: 0, outPtr: 65536, row0: 0, row1: 1, cols: n };
+      const got = blockChangeSums(mem, t as CpuTask);
+      const want = { sumSqW: 0, sumSqDelta: 0, maxAbs: 0 };
+      addBlockChange(want, wd, w, od, o);
+      for (const k of ["sumSqW", "sumSqDelta", "maxAbs"] as const) {
+        assert.ok(want[k] > 0 && Number.isFinite(want[k]), `${wd}>${od} ${k} is ${want[k]}`);
+        assert.ok(
+          Math.abs(got[k] - want[k]) <= 1e-12 * want[k],
+          `${wd}>${od} ${k}: ${got[k]} vs ${want[k]}`,
         );
       }
     }
