@@ -11,7 +11,7 @@ import { MAX_HEADER_SIZE, planFile, type PlannedFile } from "./_safetensors_head
 import { MAX_HEADER_ENTRIES } from "./_safetensors_entries.ts";
 import type { StateDict, TensorRef } from "./state_dict.ts";
 import { phaseClock } from "./phase_clock.ts";
-import { Writeback } from "./_writeback.ts";
+import { createFileSink, type FileSink } from "./_file_sink.ts";
 
 /** Default metadata of written files, as `save_pretrained` writes it. */
 export const DEFAULT_SAFETENSORS_METADATA: Readonly<Record<string, string>> = { format: "pt" };
@@ -197,10 +197,9 @@ async function fillSegment(seg: Segment, buffer: Uint8Array, path: string): Prom
   return target;
 }
 
-async function writeAll(file: Deno.FsFile, bytes: Uint8Array): Promise<void> {
+async function writeAll(sink: FileSink, bytes: Uint8Array): Promise<void> {
   const t0 = phaseClock.start();
-  let done = 0;
-  while (done < bytes.length) done += await file.write(bytes.subarray(done));
+  await sink.write(bytes);
   phaseClock.stop("write", t0, bytes.length);
 }
 
@@ -223,20 +222,18 @@ export async function writePlanned(
 ): Promise<void> {
   signal?.throwIfAborted();
   const tmp = `${path}.tmp-${randomSuffix()}`;
-  const writeback = syncEvery > 0 ? new Writeback(tmp, syncEvery) : undefined;
-  let file: Deno.FsFile;
+  let sink: FileSink;
   try {
-    file = await Deno.open(tmp, { write: true, createNew: true });
+    sink = await createFileSink(tmp, { expectedBytes: plan.fileBytes, syncEvery });
   } catch (cause) {
     throw osError(cause, "create", tmp, { code: "FILE_WRITE" });
   }
   let closed = false;
   let pending: Promise<Uint8Array> | undefined;
   try {
-    await writeAll(file, plan.headerBytes);
+    await writeAll(sink, plan.headerBytes);
     if (onBytes) await onBytes(path, plan.headerBytes);
     progress?.(plan.headerBytes.length);
-    writeback?.wrote(plan.headerBytes.length);
     const block = Math.min(STREAM_BLOCK_BYTES, Math.max(plan.dataBytes, 1));
     const buffers = [new Uint8Array(block), new Uint8Array(0)];
     const segments = segmentsOf(sd, plan, block);
@@ -256,16 +253,14 @@ export async function writePlanned(
       phaseClock.stop("wait-data", waited);
       signal?.throwIfAborted();
       pending = start(++i);
-      await writeAll(file, bytes);
-      writeback?.wrote(bytes.byteLength);
+      await writeAll(sink, bytes);
       const hashWait = phaseClock.start();
       if (onBytes) await onBytes(path, bytes);
       phaseClock.stop("wait-hash", hashWait);
       progress?.(bytes.byteLength);
     }
-    await writeback?.finish();
-    file.close();
     closed = true;
+    await sink.finish();
     const { size } = await Deno.stat(tmp);
     if (size !== plan.fileBytes) {
       throw new CkptError(
@@ -277,12 +272,7 @@ export async function writePlanned(
     await Deno.rename(tmp, path);
   } catch (err) {
     await pending?.catch(() => {});
-    await writeback?.abandon();
-    if (!closed) {
-      try {
-        file.close();
-      } catch { /* already closed */ }
-    }
+    if (!closed) await sink.abandon();
     await Deno.remove(tmp).catch(() => {});
     if (err instanceof CkptError || (err instanceof DOMException && err.name === "AbortError")) {
       throw err;

@@ -163,6 +163,7 @@ export async function saveTorch(
       prefix,
       onBytes && ((b) => onBytes(path, b)),
       options.syncEvery,
+      total + pickle.length, // about the file's size: large ones are written with direct I/O
     );
   } catch (cause) {
     throw osError(cause, "create", tmp, { code: "FILE_WRITE" });
@@ -191,7 +192,7 @@ export async function saveTorch(
     await Deno.rename(tmp, path);
     return { bytes, storages: storages.length };
   } catch (err) {
-    w.abort();
+    await w.abort();
     await Deno.remove(tmp).catch(() => {});
     if (err instanceof CkptError || (signal?.aborted && err === signal.reason)) throw err;
     throw osError(err, "write", path, { code: "FILE_WRITE" });

@@ -24,7 +24,7 @@ import * as zlib from "node:zlib";
 import { CkptError } from "../../errors.ts";
 import { torchSerializationId } from "./_serialization_id.ts";
 import { phaseClock } from "../phase_clock.ts";
-import { Writeback } from "../_writeback.ts";
+import { createFileSink, type FileSink } from "../_file_sink.ts";
 
 const crc32Native =
   (zlib as unknown as { crc32: (data: Uint8Array, value?: number) => number }).crc32;
@@ -58,7 +58,7 @@ export function torchPadding(cursor: number, nameLength: number, size: number): 
 
 /** Writes a torch-layout zip record by record; call {@linkcode TorchZipWriter.finish} at the end. */
 export class TorchZipWriter {
-  #file: Deno.FsFile;
+  #file: FileSink;
   #prefix: string;
   #pos = 0;
   #records: Written[] = [];
@@ -68,22 +68,19 @@ export class TorchZipWriter {
   #names: string[] = [];
   #crcs: number[] = [];
   #onBytes: ((bytes: Uint8Array) => void | Promise<void>) | undefined;
-  #writeback: Writeback | undefined;
   /** Path being written. */
   readonly path: string;
 
   private constructor(
     path: string,
-    file: Deno.FsFile,
+    file: FileSink,
     prefix: string,
     onBytes: ((bytes: Uint8Array) => void | Promise<void>) | undefined,
-    syncEvery: number,
   ) {
     this.path = path;
     this.#file = file;
     this.#prefix = prefix;
     this.#onBytes = onBytes;
-    if (syncEvery > 0) this.#writeback = new Writeback(path, syncEvery);
   }
 
   /**
@@ -91,16 +88,23 @@ export class TorchZipWriter {
    * given, is called with every byte written, in file order, right after it is written (the buffer
    * is reused afterwards: copy what you keep; a returned promise is awaited). With `syncEvery`,
    * an `fdatasync` of the file starts in the background after every that many bytes (its error
-   * fails {@linkcode TorchZipWriter.finish}).
+   * fails {@linkcode TorchZipWriter.finish}). With `expectedBytes` (about the file's size), a new
+   * `path` (which must not exist) is created and a large file is written with direct I/O
+   * (`_file_sink.ts`); without it, `path` is truncated if it exists.
    */
   static async create(
     path: string,
     prefix: string,
     onBytes?: (bytes: Uint8Array) => void | Promise<void>,
     syncEvery = 0,
+    expectedBytes?: number,
   ): Promise<TorchZipWriter> {
-    const file = await Deno.open(path, { write: true, create: true, truncate: true });
-    return new TorchZipWriter(path, file, prefix, onBytes, syncEvery);
+    const file = await createFileSink(path, {
+      expectedBytes: expectedBytes ?? 0,
+      syncEvery,
+      replace: expectedBytes === undefined,
+    });
+    return new TorchZipWriter(path, file, prefix, onBytes);
   }
 
   /** Bytes written so far. */
@@ -116,11 +120,9 @@ export class TorchZipWriter {
   }
 
   async #writeAll(data: Uint8Array): Promise<void> {
-    let done = 0;
     const t0 = phaseClock.start();
-    while (done < data.length) done += await this.#file.write(data.subarray(done));
+    await this.#file.write(data);
     phaseClock.stop("write", t0, data.length);
-    this.#writeback?.wrote(data.length);
     const hashWait = phaseClock.start();
     if (this.#onBytes) await this.#onBytes(data);
     phaseClock.stop("wait-hash", hashWait);
@@ -279,17 +281,13 @@ export class TorchZipWriter {
     dv.setUint32(92, Math.min(cdStart, BIG), true);
     await this.#put(end);
     await this.#flush();
-    await this.#writeback?.finish();
-    this.#file.close();
+    await this.#file.finish();
     return this.#pos;
   }
 
-  /** Closes the file without finishing it (the caller removes it). */
-  abort(): void {
-    void this.#writeback?.abandon();
-    try {
-      this.#file.close();
-    } catch { /* already closed */ }
+  /** Closes the file without finishing it, once the writes in flight end (the caller removes it). */
+  abort(): Promise<void> {
+    return this.#file.abandon();
   }
 }
 
@@ -304,7 +302,7 @@ export async function writeTorchZip(
     for (const r of records) await w.add(r.name, r.bytes);
     return await w.finish();
   } catch (e) {
-    w.abort();
+    await w.abort();
     throw e;
   }
 }

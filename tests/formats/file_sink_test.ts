@@ -1,0 +1,140 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { createFileSink, DIRECT_BLOCK_BYTES, DIRECT_MIN_BYTES } from "../../formats/_file_sink.ts";
+import { readSafetensorsHeader, writeSafetensors } from "../../formats/safetensors.ts";
+import { StateDict, tensorFromBytes } from "../../formats/state_dict.ts";
+import { saveTorchStateDict } from "../../formats/torch/save.ts";
+import { openTorchStateDict } from "../../formats/torch/state_dict.ts";
+import { withTempDir } from "../_helpers/tmp.ts";
+
+/** Deterministic bytes that differ at every offset of a block (a shifted block would show). */
+function pattern(n: number, seed: number): Uint8Array {
+  const out = new Uint8Array(n);
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    out[i] = x & 0xff;
+  }
+  return out;
+}
+
+/** Runs `fn` with `CKPT_DIRECT_IO` set to `value` (or unset), restoring it afterwards. */
+async function withDirectIo<T>(value: string | undefined, fn: () => Promise<T>): Promise<T> {
+  const before = Deno.env.get("CKPT_DIRECT_IO");
+  if (value === undefined) Deno.env.delete("CKPT_DIRECT_IO");
+  else Deno.env.set("CKPT_DIRECT_IO", value);
+  try {
+    return await fn();
+  } finally {
+    if (before === undefined) Deno.env.delete("CKPT_DIRECT_IO");
+    else Deno.env.set("CKPT_DIRECT_IO", before);
+  }
+}
+
+Deno.test("a large file is written with direct I/O, byte for byte, whatever sizes the chunks have", async () => {
+  await withTempDir(async (dir) => {
+    await withDirectIo(undefined, async () => {
+      const path = join(dir, "big");
+      const sink = await createFileSink(path, { expectedBytes: DIRECT_MIN_BYTES });
+      assert.equal(sink.direct, true, "this machine's temporary folder takes O_DIRECT");
+      // around every edge: one byte, the alignment, a block, blocks plus a tail
+      const sizes = [1, 4095, 4097, DIRECT_BLOCK_BYTES - 3, 2 * DIRECT_BLOCK_BYTES + 5, 12_345];
+      const expected = pattern(sizes.reduce((a, b) => a + b, 0), 7);
+      const scratch = new Uint8Array(Math.max(...sizes)); // reused at once, as the writers do
+      let at = 0;
+      for (const n of sizes) {
+        scratch.set(expected.subarray(at, at + n));
+        await sink.write(scratch.subarray(0, n));
+        scratch.fill(0xee, 0, n);
+        at += n;
+      }
+      await sink.finish();
+      const got = await Deno.readFile(path);
+      assert.equal(got.length, expected.length, "truncated to the exact size, not the padding");
+      assert.ok(got.every((v, i) => v === expected[i]), "the same bytes in the same places");
+    });
+  });
+});
+
+Deno.test("small files, and every file with CKPT_DIRECT_IO=0, go through the page cache", async () => {
+  await withTempDir(async (dir) => {
+    const small = await createFileSink(join(dir, "small"), { expectedBytes: DIRECT_MIN_BYTES - 1 });
+    assert.equal(small.direct, false);
+    await small.write(new Uint8Array([1, 2, 3]));
+    await small.finish();
+    assert.deepEqual([...await Deno.readFile(join(dir, "small"))], [1, 2, 3]);
+    await withDirectIo("0", async () => {
+      const off = await createFileSink(join(dir, "off"), { expectedBytes: DIRECT_MIN_BYTES });
+      assert.equal(off.direct, false);
+      await off.finish();
+    });
+  });
+});
+
+Deno.test("a direct sink refuses a path that exists and a folder that does not, with the OS error", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.writeTextFile(join(dir, "taken"), "someone's file");
+    await assert.rejects(
+      () => createFileSink(join(dir, "taken"), { expectedBytes: DIRECT_MIN_BYTES }),
+      (e) => (e as { code?: string }).code === "EEXIST",
+    );
+    assert.equal(await Deno.readTextFile(join(dir, "taken")), "someone's file");
+    await assert.rejects(
+      () => createFileSink(join(dir, "no", "such"), { expectedBytes: DIRECT_MIN_BYTES }),
+      (e) => (e as { code?: string }).code === "ENOENT",
+    );
+  });
+});
+
+Deno.test("an abandoned direct sink ends its writes and its worker, and leaves the file to remove", async () => {
+  await withTempDir(async (dir) => {
+    const path = join(dir, "partial");
+    const sink = await createFileSink(path, { expectedBytes: DIRECT_MIN_BYTES });
+    await sink.write(pattern(DIRECT_BLOCK_BYTES + 10, 3));
+    await sink.abandon();
+    await Deno.remove(path); // the test's sanitizers fail on a worker or file left open
+  });
+});
+
+/** A state dict of `mib` MiB of BF16 rows with distinct bytes, in three tensors. */
+function bigStateDict(mib: number): StateDict {
+  const cols = 4096, rows = (mib * 2 ** 20) / (2 * cols);
+  const third = Math.floor(rows / 3);
+  return new StateDict(
+    [third, third, rows - 2 * third].map((r, i) => [
+      `layer.${i}.weight`,
+      tensorFromBytes("BF16", [r + i, cols], pattern((r + i) * cols * 2, 11 + i)),
+    ]),
+  );
+}
+
+Deno.test("safetensors and torch files above the direct I/O size are the same bytes as written through the page cache", async () => {
+  await withTempDir(async (dir) => {
+    const sd = bigStateDict(Math.ceil(DIRECT_MIN_BYTES / 2 ** 20) + 1);
+    for (const env of [undefined, "0"]) {
+      await withDirectIo(env, async () => {
+        // the same names in two folders (torch's record prefix comes from the file name)
+        const out = join(dir, env ?? "direct");
+        await Deno.mkdir(out);
+        await writeSafetensors(join(out, "model.safetensors"), sd);
+        await saveTorchStateDict(join(out, "model.bin"), sd);
+      });
+    }
+    for (const ext of ["safetensors", "bin"]) {
+      const [a, b] = await Promise.all([
+        Deno.readFile(join(dir, "direct", `model.${ext}`)),
+        Deno.readFile(join(dir, "0", `model.${ext}`)),
+      ]);
+      assert.ok(a.length > DIRECT_MIN_BYTES);
+      assert.equal(a.length, b.length, `${ext}: same size`);
+      assert.ok(a.every((v, i) => v === b[i]), `${ext}: same bytes`);
+    }
+    const header = await readSafetensorsHeader(join(dir, "direct", "model.safetensors"));
+    assert.equal(header.tensors.length, 3);
+    await using back = await openTorchStateDict(join(dir, "direct", "model.bin"));
+    const last = await back.require("layer.2.weight").read();
+    assert.deepEqual(last, await sd.require("layer.2.weight").read());
+  });
+});
