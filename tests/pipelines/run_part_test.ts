@@ -370,3 +370,95 @@ Deno.test("`runPart()` with dryRun lists the part's files and writes, creates an
     );
   });
 });
+
+Deno.test("`runPart()` refuses a part outside 0 to N-1 with PART_SPEC before it touches anything", async () => {
+  await withTempDir(async (dir) => {
+    const config = await smallModel(dir);
+    const before = (await Array.fromAsync(Deno.readDir(dir))).map((e) => e.name).sort();
+    for (const part of [{ index: 2, count: 2 }, { index: -1, count: 2 }, { index: 0, count: 0 }]) {
+      assert.equal(
+        await codeOf(runPart(config, { baseDir: dir, part })),
+        "PART_SPEC",
+        JSON.stringify(part),
+      );
+    }
+    assert.deepEqual((await Array.fromAsync(Deno.readDir(dir))).map((e) => e.name).sort(), before);
+  });
+});
+
+Deno.test("`runPart()` with a signal aborted before it starts is ABORTED and creates nothing", async () => {
+  await withTempDir(async (dir) => {
+    const config = await smallModel(dir);
+    const before = (await Array.fromAsync(Deno.readDir(dir))).map((e) => e.name).sort();
+    const ac = new AbortController();
+    ac.abort(new Error("SIGTERM"));
+    assert.equal(
+      await codeOf(runPart({ ...config, output: "deep/er/out" }, {
+        baseDir: dir,
+        part: { index: 0, count: 2 },
+        signal: ac.signal,
+      })),
+      "ABORTED",
+    );
+    assert.deepEqual((await Array.fromAsync(Deno.readDir(dir))).map((e) => e.name).sort(), before);
+  });
+});
+
+Deno.test("`runPart()` moves a file two folders deep into the shared folder, and the finish lands it", async () => {
+  await withTempDir(async (dir) => {
+    const config = await smallModel(dir);
+    const nested = defineStage({
+      name: "nested",
+      summary: "writes sub/deeper/x.txt",
+      split: "one-part",
+      options: z.strictObject({}),
+      async run(ctx) {
+        ctx.report("nested", { files: [{ path: "sub/deeper/x.txt", bytes: 1 }] });
+        if (ctx.dryRun) return;
+        await Deno.mkdir(join(ctx.outDir, "sub", "deeper"), { recursive: true });
+        await Deno.writeTextFile(join(ctx.outDir, "sub", "deeper", "x.txt"), "x");
+      },
+    });
+    const stages = { ...(await builtinStages()), nested };
+    const withNested = { ...config, stages: [...config.stages, { use: "nested" }] };
+    for (const index of [0, 1]) {
+      await runPart(withNested, { baseDir: dir, stages, part: { index, count: 2 } });
+    }
+    const done = await finishParts(withNested, { baseDir: dir, stages, count: 2 });
+    assert.ok(done.manifest.files.some((f) => f.path === "sub/deeper/x.txt"));
+    assert.equal(await Deno.readTextFile(join(dir, "out", "sub", "deeper", "x.txt")), "x");
+  });
+});
+
+Deno.test("`finishParts()` with one part missing names it alone: 'part 1 has no receipt', 'rerun it'", async () => {
+  await withTempDir(async (dir) => {
+    const config = await smallModel(dir);
+    for (const index of [0, 2]) await runPart(config, { baseDir: dir, part: { index, count: 3 } });
+    const e = await errorOf(finishParts(config, { baseDir: dir, count: 3 }));
+    assert.equal(e.code, "PARTS_MISSING");
+    assert.match(
+      e.message,
+      /: part 1 has no receipt \(not run yet, or killed\); rerun it with --part I\/3$/,
+    );
+  });
+});
+
+Deno.test("`finishParts()` refuses an earlier finish's folder whose manifest is another split's", async () => {
+  await withTempDir(async (dir) => {
+    const config = await smallModel(dir);
+    for (const index of [0, 1]) await runPart(config, { baseDir: dir, part: { index, count: 2 } });
+    const ac = new AbortController();
+    ac.abort(new Error("SIGTERM"));
+    await errorOf(finishParts(config, { baseDir: dir, count: 2, signal: ac.signal }));
+    // the folder now holds a finished manifest and no receipts: make it another split's
+    const { folder } = await where(dir, config, 2);
+    const path = join(folder, "ckpt-manifest.json");
+    const manifest = JSON.parse(await Deno.readTextFile(path));
+    manifest.split.id = "another split";
+    await Deno.writeTextFile(path, JSON.stringify(manifest));
+    const e = await errorOf(finishParts(config, { baseDir: dir, count: 2 }));
+    assert.equal(e.code, "PARTS_MISMATCH");
+    assert.match(e.message, /its manifest is not this split's/);
+    await assert.rejects(Deno.stat(join(dir, "out")), Deno.errors.NotFound);
+  });
+});

@@ -5,6 +5,8 @@ import {
   assignParts,
   checkSplittable,
   leadPart,
+  MAX_PARTS,
+  parsePartCount,
   parsePartSpec,
   partFromEnv,
   partName,
@@ -29,6 +31,23 @@ Deno.test("`parsePartSpec()` reads I/N with I from 0 to N-1 and refuses anything
   for (const bad of ["8/8", "1/0", "-1/4", "a/4", "3", "2/8/9", "1.5/4", "0/99999"]) {
     assert.equal(code(() => parsePartSpec(bad)), "PART_SPEC", bad);
   }
+});
+
+Deno.test("`parsePartCount()` takes 1 to MAX_PARTS parts, not 0 and not one more", () => {
+  assert.equal(parsePartCount("1", "--parts-count"), 1);
+  assert.equal(parsePartCount(String(MAX_PARTS), "--parts-count"), MAX_PARTS);
+  for (const bad of ["0", String(MAX_PARTS + 1), "", "-1"]) {
+    assert.equal(code(() => parsePartCount(bad, "--parts-count")), "PART_SPEC", bad);
+  }
+});
+
+Deno.test("`parsePartSpec()` names the parts that exist when I is out of range", () => {
+  assert.throws(
+    () => parsePartSpec("8/8"),
+    (e: unknown) =>
+      e instanceof CkptError &&
+      e.message === 'Cannot use --part "8/8": part 8 does not exist, the parts are 0 to 7',
+  );
 });
 
 Deno.test("`partFromEnv()` takes a Slurm array's task id and count, counted from the array's first id", () => {
