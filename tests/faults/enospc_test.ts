@@ -4,10 +4,14 @@
  * file's note, every output file and block, the manifest) is the one that fails at some size.
  * Each failing run exits 1 with `FS_NO_SPACE` (`--log json`: a `pipeline-error` line, no stack
  * trace) and leaves nothing; after growing the tmpfs the next run cleans up and its output
- * verifies. The same for an `--overwrite` run over an existing output, which must survive.
+ * verifies. The same for an `--overwrite` run over an existing output, which must survive. And
+ * a weights file large enough for direct I/O fails the same way when the space runs out.
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { DIRECT_MIN_BYTES } from "../../formats/_file_sink.ts";
+import { writeSafetensors } from "../../formats/safetensors.ts";
+import { StateDict, tensorFromBytes } from "../../formats/state_dict.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
 import {
   assertCoded,
@@ -93,6 +97,36 @@ Deno.test("faults: ENOSPC at every write of a merge and of an --overwrite merge 
           `pages; ${[...codes].map(([k, n]) => `${k} x${n}`).join(", ")}`,
       );
       assert.ok(pages - 1 >= 3, "several writes hit ENOSPC");
+    }
+  });
+});
+
+Deno.test("faults: ENOSPC in the direct-I/O write of a large weights file is FS_NO_SPACE and leaves nothing", async () => {
+  await withTempDir(async (dir) => {
+    // above DIRECT_MIN_BYTES, so model.safetensors is written with O_DIRECT (tmpfs takes it)
+    const cols = 4096, rows = (DIRECT_MIN_BYTES + 8 * 2 ** 20) / (2 * cols);
+    const base = join(dir, "base.safetensors");
+    await writeSafetensors(
+      base,
+      new StateDict([[
+        "w",
+        tensorFromBytes("BF16", [rows, cols], new Uint8Array(rows * cols * 2)),
+      ]]),
+    );
+    const mnt = join(dir, "mnt");
+    for (const mib of [1, 16, 64]) {
+      await mountTmpfs(mnt, mib * 2 ** 20);
+      try {
+        const what = `gather of a ${
+          DIRECT_MIN_BYTES / 2 ** 20 + 8
+        } MiB model onto a ${mib} MiB tmpfs`;
+        const r = await ckptChild(["gather", base, "--out", join(mnt, "out"), "--log", "json"]);
+        assert.equal(r.code, 1, what);
+        assertCoded(r, ["FS_NO_SPACE"], what);
+        assert.deepEqual(await leftovers(mnt), [], `${what}: a failed run leaves nothing`);
+      } finally {
+        await unmount(mnt);
+      }
     }
   });
 });
