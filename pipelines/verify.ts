@@ -24,6 +24,7 @@
  */
 import { dirname, join } from "node:path";
 import { CkptError } from "../errors.ts";
+import { isOsError, osError } from "../errors/os.ts";
 import { decodeF32, type DType } from "../formats/dtype.ts";
 import type { StateDict, TensorRef } from "../formats/state_dict.ts";
 import { loadTorch } from "../formats/torch/load.ts";
@@ -283,7 +284,8 @@ async function checkMerge(
 }
 
 /**
- * Verifies `folder` (see the module doc). Resolves to a {@linkcode VerifyResult}; only an abort
+ * Verifies `folder` (see the module doc). Resolves to a {@linkcode VerifyResult}, a folder that
+ * cannot be read included (a failed `manifest` check with the OS error's code); only an abort
  * (`ABORTED`) rejects.
  */
 export async function verifyCheckpoint(
@@ -363,12 +365,18 @@ export async function verifyCheckpoint(
         }`.trim(),
       });
     } catch (err) {
-      if (!(err instanceof CkptError)) throw err;
+      // a folder that cannot be read or walked (a path past PATH_MAX) is a failed check too
+      const coded = err instanceof CkptError
+        ? err
+        : isOsError(err) && !signal?.aborted
+        ? osError(err, "read the folder", folder)
+        : undefined;
+      if (coded === undefined) throw err;
       checks.push({
         kind: "manifest",
         file: MANIFEST_NAME,
         ok: false,
-        message: `[${err.code}] ${err.message}`,
+        message: `[${coded.code}] ${coded.message}`,
       });
       listed = (await listFiles(folder).catch(() => [])).filter((f) => f !== MANIFEST_NAME);
     }

@@ -27,39 +27,43 @@ function tensor(t: Tensor) {
   );
 }
 
+interface Model {
+  w: Tensor;
+  a: Tensor;
+  b: Tensor;
+  out: Tensor;
+}
+
 /**
- * Writes a base (`base.safetensors` holding `proj.weight` = `w`), an adapter for module `proj`
- * (r = 1, alpha = 1: scale 1) and an output folder holding `proj.weight` = `out`, sealed; resolves
- * to the merge checks of `verifyCheckpoint()` on it.
+ * Writes a base (`base.safetensors` holding `<module>.weight` = `w` of each module), an adapter for
+ * the modules (r = 1, alpha = 1: scale 1) and an output folder holding `<module>.weight` = `out`,
+ * sealed; resolves to the merge checks of `verifyCheckpoint()` on it.
  */
-async function mergeChecks(
+async function mergeChecksOf(
   dir: string,
-  model: { w: Tensor; a: Tensor; b: Tensor; out: Tensor },
+  modules: [string, Model][],
   signal?: AbortSignal,
 ): Promise<VerifyCheck[]> {
-  await writeSafetensors(
-    join(dir, "base.safetensors"),
-    new StateDict([["proj.weight", tensor(model.w)]]),
-  );
+  const base = new StateDict(modules.map(([m, t]) => [`${m}.weight`, tensor(t.w)]));
+  await writeSafetensors(join(dir, "base.safetensors"), base);
   const adapter = join(dir, "adapter");
   await Deno.mkdir(adapter);
+  const targets = [...new Set(modules.map(([m]) => m.split(".").pop()!))];
   await Deno.writeTextFile(
     join(adapter, "adapter_config.json"),
-    JSON.stringify({ peft_type: "LORA", r: 1, lora_alpha: 1, target_modules: ["proj"] }),
+    JSON.stringify({ peft_type: "LORA", r: 1, lora_alpha: 1, target_modules: targets }),
   );
   await writeSafetensors(
     join(adapter, "adapter_model.safetensors"),
-    new StateDict([
-      ["base_model.model.proj.lora_A.weight", tensor(model.a)],
-      ["base_model.model.proj.lora_B.weight", tensor(model.b)],
-    ]),
+    new StateDict(modules.flatMap(([m, t]) => [
+      [`base_model.model.${m}.lora_A.weight`, tensor(t.a)],
+      [`base_model.model.${m}.lora_B.weight`, tensor(t.b)],
+    ])),
   );
   const out = join(dir, "out");
   await Deno.mkdir(out);
-  await writeSafetensors(
-    join(out, "model.safetensors"),
-    new StateDict([["proj.weight", tensor(model.out)]]),
-  );
+  const merged = new StateDict(modules.map(([m, t]) => [`${m}.weight`, tensor(t.out)]));
+  await writeSafetensors(join(out, "model.safetensors"), merged);
   await writeManifest(out, await buildManifest(out, { output: out }));
   try {
     const r = await verifyCheckpoint(out, {
@@ -72,6 +76,11 @@ async function mergeChecks(
     await Deno.remove(adapter, { recursive: true });
     await Deno.remove(out, { recursive: true });
   }
+}
+
+/** {@linkcode mergeChecksOf} for one module, `proj`. */
+function mergeChecks(dir: string, model: Model, signal?: AbortSignal): Promise<VerifyCheck[]> {
+  return mergeChecksOf(dir, [["proj", model]], signal);
 }
 
 const zero = { shape: [1, 1], values: [0] };
@@ -110,7 +119,7 @@ Deno.test("`verifyCheckpoint()` skips, as passed, a module whose shapes are not 
   const w = { shape: [2, 2], values: [1, 2, 3, 4] };
   const a = { shape: [1, 2], values: [1, 1] };
   const b = { shape: [2, 1], values: [1, 1] };
-  const cases: [string, { w: Tensor; a: Tensor; b: Tensor; out: Tensor }, string][] = [
+  const cases: [string, Model, string][] = [
     [
       "W is not 2-D",
       {
@@ -196,5 +205,39 @@ Deno.test("`verifyCheckpoint()` rejects with ABORTED when the signal aborts at a
         `aborted at check point ${n}`,
       );
     }
+  });
+});
+
+Deno.test("`verifyCheckpoint()` checks a merged value that cancels to zero against the products' size, not against zero", async () => {
+  // W = 0 and B·A = 1·1 + 1·(-1) = 0 over rank 2: the expected value is 0, and the tolerance is
+  // 2^-20 of the products' magnitudes (2): an error of 2^-19 passes, one of 2^-18 fails
+  const model = (stored: number): Model => ({
+    w: { shape: [1, 1], values: [0] },
+    a: { shape: [2, 1], values: [1, -1] },
+    b: { shape: [1, 2], values: [1, 1] },
+    out: { shape: [1, 1], values: [stored] },
+  });
+  await withTempDir(async (dir) => {
+    const ok = async (stored: number) =>
+      (await mergeChecksOf(dir, [["proj", model(stored)]]))[0]?.ok;
+    assert.deepEqual([await ok(0), await ok(2 ** -19), await ok(2 ** -18)], [true, true, false]);
+  });
+});
+
+Deno.test("`verifyCheckpoint()` checks modules in the order of their names, whatever the adapter's order", async () => {
+  // the adapter's keys sort a.b, a.c, a ("a.b.lora_A" < "a.lora_A"); the checks come a, a.b, a.c
+  const plain: Model = {
+    w: { shape: [1, 1], values: [1] },
+    a: zero,
+    b: zero,
+    out: { shape: [1, 1], values: [1] },
+  };
+  await withTempDir(async (dir) => {
+    const checks = await mergeChecksOf(dir, [["a.b", plain], ["a.c", plain], ["a", plain]]);
+    assert.deepEqual(checks.map((c) => [c.tensor, c.ok]), [
+      ["a.weight", true],
+      ["a.b.weight", true],
+      ["a.c.weight", true],
+    ]);
   });
 });
