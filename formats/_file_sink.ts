@@ -139,6 +139,7 @@ class DirectSink implements FileSink {
   #offset = 0;
   #size = 0;
   #done = false;
+  #failed: Error | undefined;
 
   private constructor(worker: Worker, memory: Uint8Array) {
     this.#worker = worker;
@@ -153,8 +154,8 @@ class DirectSink implements FileSink {
     };
     worker.onerror = (e) => {
       e.preventDefault();
-      const err = new Error(`the direct I/O worker failed: ${e.message}`);
-      for (const p of this.#pending.values()) p.reject(err);
+      this.#failed = new Error(`the direct I/O worker failed: ${e.message}`);
+      for (const p of this.#pending.values()) p.reject(this.#failed);
       this.#pending.clear();
     };
   }
@@ -184,6 +185,8 @@ class DirectSink implements FileSink {
   }
 
   #call(message: Record<string, unknown>): Promise<Reply> {
+    // a worker that failed answers nothing more: fail at once instead of waiting forever
+    if (this.#failed) return Promise.reject(this.#failed);
     const id = this.#nextId++;
     return new Promise<Reply>((resolve, reject) => {
       this.#pending.set(id, { resolve, reject });
