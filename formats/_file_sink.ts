@@ -7,9 +7,9 @@
  * involved, so there is no per-page copy and allocation in the kernel for every byte written
  * (which costs more CPU than the copy here, and varies a lot on virtual machines) and nothing is
  * left dirty for the fsync before the rename. The last block is padded to the alignment and the
- * file truncated to its exact size. Where the file system refuses direct I/O, or
- * `CKPT_DIRECT_IO=0` is set, or for small files, the bytes are written through the page cache
- * as before, with an early background `fdatasync` every `syncEvery` bytes.
+ * file truncated to its exact size. Where the file system refuses direct I/O, on systems other
+ * than Linux, with `CKPT_DIRECT_IO=0`, and for small files, the bytes are written through the
+ * page cache, with an early background `fdatasync` every `syncEvery` bytes.
  * @module
  */
 import { Writeback } from "./_writeback.ts";
@@ -47,8 +47,12 @@ export interface FileSinkOptions {
   replace?: boolean | undefined;
 }
 
-/** Whether `CKPT_DIRECT_IO=0` turns direct I/O off (an environment we may not read keeps it on). */
+/**
+ * Whether to try direct I/O: on Linux (the `O_DIRECT` flag is Linux's), unless `CKPT_DIRECT_IO=0`
+ * turns it off (an environment we may not read keeps it on).
+ */
 function directAllowed(): boolean {
+  if (Deno.build.os !== "linux") return false;
   try {
     return Deno.env.get("CKPT_DIRECT_IO") !== "0";
   } catch {
