@@ -19,6 +19,7 @@ export interface MutationTarget {
 
 const TORCH_TESTS = [
   "tests/formats/torch/unpickle_test.ts",
+  "tests/formats/torch/unpickle_edges_test.ts",
   "tests/formats/torch/hostile_test.ts",
   "tests/formats/torch/load_test.ts",
   "tests/formats/torch/zip_test.ts",

@@ -395,3 +395,70 @@ Deno.test("ZipReader.open() takes a slice of the file that ends at its end, and 
     }
   });
 });
+
+Deno.test("ZipReader.open() says 21 bytes are too short for a zip, and takes an empty slice as too short, not outside", async () => {
+  await withTempDir(async (dir) => {
+    const eocd = new Uint8Array(22);
+    eocd.set([0x50, 0x4b, 0x05, 0x06]);
+    assert.equal(
+      await openOutcome(dir, eocd.subarray(0, 21)),
+      "ZIP_EOCD: 21 bytes is too short for a zip",
+    );
+    const path = join(dir, "z.zip");
+    await Deno.writeFile(path, eocd);
+    const file = await RandomAccessFile.open(path);
+    try {
+      const code = (options: { base?: number; length?: number }) =>
+        ZipReader.open(file, options).then(
+          (z) => `${z.entries.length} entries`,
+          (e: unknown) => isCkptError(e) ? e.code : String(e),
+        );
+      assert.deepEqual(
+        [
+          await code({ base: 0, length: 0 }),
+          await code({ base: 22, length: 0 }),
+          await code({ base: -1, length: 22 }),
+          await code({ base: 0, length: -1 }),
+          await code({ base: 0, length: 22 }),
+        ],
+        ["ZIP_EOCD", "ZIP_EOCD", "ZIP_BAD_OFFSET", "ZIP_BAD_OFFSET", "0 entries"],
+      );
+    } finally {
+      await file.close();
+    }
+  });
+});
+
+Deno.test("ZipReader.open() refuses a directory whose second entry is one byte short of its 46 fixed bytes", async () => {
+  await withTempDir(async (dir) => {
+    // the one-entry zip, its directory followed by 45 bytes of a second entry, the end record
+    // claiming two entries in 56 + 45 = 101 bytes (room for two 46-byte entries by count)
+    const one = oneEntryZip(new Uint8Array(0), new Uint8Array(0), {});
+    const cdAt = one.length - 22 - 56;
+    const second = new Uint8Array(45);
+    new DataView(second.buffer).setUint32(0, 0x02014b50, true);
+    const bytes = new Uint8Array(one.length + 45);
+    bytes.set(one.subarray(0, one.length - 22), 0);
+    bytes.set(second, one.length - 22);
+    bytes.set(one.subarray(one.length - 22), one.length - 22 + 45);
+    const e = new DataView(bytes.buffer, bytes.length - 22);
+    e.setUint16(8, 2, true);
+    e.setUint16(10, 2, true);
+    e.setUint32(12, 56 + 45, true);
+    assert.equal(e.getUint32(16, true), cdAt);
+    assert.equal(
+      await openOutcome(dir, bytes),
+      "ZIP_MALFORMED: central directory entry 1 is malformed",
+    );
+  });
+});
+
+Deno.test("ZipReader.open() refuses a stored entry whose compressed and uncompressed sizes differ", async () => {
+  await withTempDir(async (dir) => {
+    const none = new Uint8Array(0);
+    assert.equal(
+      await openOutcome(dir, oneEntryZip(none, none, { usize: 4 })),
+      'ZIP_MALFORMED: stored entry "a/data.pkl" has csize 3 != size 4',
+    );
+  });
+});
