@@ -1,0 +1,140 @@
+/**
+ * What the runner's shared parts do at edges a held-out mutation sample (seed 3) found open: a
+ * stage's reports merged (files added up, anything else replaced), inputs recorded with a size
+ * only when they are files, a raw config validated even when it carries a baseDir, the error a
+ * failed run ends with, and the staging folder's lock refused or taken twice.
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { z } from "zod";
+import { CkptError, isCkptError } from "../../errors.ts";
+import { runPipeline } from "../../pipelines/run.ts";
+import type { Stage } from "../../pipelines/stage.ts";
+import { runError } from "../../pipelines/_run_shared.ts";
+import { exists, StagingFolder } from "../../pipelines/_staging.ts";
+import { withTempDir } from "../_helpers/tmp.ts";
+import { FAKE_STAGES } from "./_fake_stages.ts";
+
+const twice: Stage = {
+  name: "twice",
+  summary: "reports in two calls",
+  options: z.strictObject({}),
+  async run(ctx) {
+    ctx.report("twice", { files: [{ path: "a.txt", bytes: 1 }], notes: ["first"] });
+    ctx.report("twice", { files: [{ path: "b.txt", bytes: 1 }], notes: ["second"] });
+    if (ctx.dryRun) return;
+    await Deno.writeTextFile(join(ctx.outDir, "a.txt"), "a");
+    await Deno.writeTextFile(join(ctx.outDir, "b.txt"), "b");
+  },
+};
+
+Deno.test("a stage reporting twice: its files add up, any other field takes the last value", async () => {
+  await withTempDir(async (dir) => {
+    const r = await runPipeline({ output: "out", stages: [{ use: "twice" }] }, {
+      stages: { ...FAKE_STAGES, twice },
+      env: {},
+      baseDir: dir,
+    });
+    assert.deepEqual(r.manifest.files.map((f) => f.path), ["a.txt", "b.txt"]);
+    const report = r.manifest.stages[0]!.report as { files: unknown[]; notes: string[] };
+    assert.equal(report.files.length, 2);
+    assert.deepEqual(report.notes, ["second"]);
+  });
+});
+
+Deno.test("the manifest records an input file with its size, an input folder without one", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.writeTextFile(join(dir, "src.txt"), "12345");
+    await Deno.mkdir(join(dir, "srcdir"));
+    const r = await runPipeline({
+      output: "out",
+      stages: [
+        { use: "writeText", name: "a.txt", from: "src.txt" },
+        { use: "writeText", name: "b.txt", from: "srcdir" },
+      ],
+    }, { stages: FAKE_STAGES, env: {}, baseDir: dir });
+    const inputs = r.manifest.inputs.map((i) => [i.path.slice(dir.length + 1), i.size]);
+    assert.deepEqual(inputs, [["src.txt", 5], ["srcdir", undefined]]);
+  });
+});
+
+Deno.test("`runPipeline()` validates a raw config even when it carries a baseDir", async () => {
+  await withTempDir(async (dir) => {
+    const raw = { output: "out", baseDir: dir, stages: [{ use: "writeText", name: "a.txt" }] };
+    await assert.rejects(
+      () => runPipeline(raw as never, { stages: FAKE_STAGES, env: {}, baseDir: dir }),
+      (e: unknown) => isCkptError(e) && e.code.startsWith("CONFIG_"),
+    );
+    assert.deepEqual(await Array.fromAsync(Deno.readDir(dir)), []);
+  });
+});
+
+Deno.test("`runError()` codes an OS error, turns anything uncoded after an abort into ABORTED, and keeps a coded error", () => {
+  const live = new AbortController().signal;
+  const gone = Object.assign(new Error("No such file or directory (os error 2)"), {
+    code: "ENOENT",
+  });
+  const os = runError(gone, live, "/x/out");
+  assert.ok(isCkptError(os) && os.code === "FS_ERROR" && os.message.includes("/x/out"), String(os));
+  const full = Object.assign(new Error("No space left on device (os error 28)"), {
+    code: "ENOSPC",
+  });
+  assert.ok(isCkptError(runError(full, live, "/x/out"), "FS_NO_SPACE"));
+  const coded = new CkptError("TENSOR_MISSING", "Cannot go on: test");
+  assert.equal(runError(coded, live, "/x/out"), coded);
+  const plain = new TypeError("a bug");
+  assert.equal(runError(plain, live, "/x/out"), plain);
+  const ac = new AbortController();
+  ac.abort(new Error("SIGTERM"));
+  assert.ok(isCkptError(runError(plain, ac.signal, "/x/out"), "ABORTED"));
+  assert.equal(runError(coded, ac.signal, "/x/out"), coded);
+});
+
+Deno.test("`exists()` answers for a missing path and a path through a file, and codes a name too long", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.writeTextFile(join(dir, "f"), "x");
+    assert.equal(await exists(join(dir, "f")), true);
+    assert.equal(await exists(join(dir, "missing")), false);
+    assert.equal(await exists(join(dir, "f", "below")), false); // NotADirectory
+    await assert.rejects(
+      () => exists(join(dir, "n".repeat(300))),
+      (e: unknown) => isCkptError(e, "FS_NAME_TOO_LONG"),
+    );
+  });
+});
+
+Deno.test("`StagingFolder.adopt()` refuses a folder another holder has locked, or that is not there", async () => {
+  await withTempDir(async (dir) => {
+    const folder = join(dir, "shared");
+    await Deno.mkdir(folder);
+    const first = await StagingFolder.adopt(join(dir, "out"), folder);
+    await assert.rejects(
+      () => StagingFolder.adopt(join(dir, "out"), folder),
+      (e: unknown) => isCkptError(e, "OUTPUT_LOCKED"),
+    );
+    first.release();
+    (await StagingFolder.adopt(join(dir, "out"), folder)).release();
+    await assert.rejects(
+      () => StagingFolder.adopt(join(dir, "out"), join(dir, "missing")),
+      (e: unknown) => isCkptError(e, "OUTPUT_LOCKED"),
+    );
+  });
+});
+
+Deno.test("`StagingFolder.create()` on a file system that refuses the lock is OUTPUT_LOCKED and leaves nothing", async () => {
+  await withTempDir(async (dir) => {
+    // a file system without flock: every tryLock says no (replaced for this test only)
+    const proto = Deno.FsFile.prototype as { tryLock: (exclusive?: boolean) => Promise<boolean> };
+    const real = proto.tryLock;
+    proto.tryLock = () => Promise.resolve(false);
+    try {
+      await assert.rejects(
+        () => StagingFolder.create(join(dir, "out"), { dryRun: false }),
+        (e: unknown) => isCkptError(e, "OUTPUT_LOCKED"),
+      );
+    } finally {
+      proto.tryLock = real;
+    }
+    assert.deepEqual(await Array.fromAsync(Deno.readDir(dir)), []);
+  });
+});
