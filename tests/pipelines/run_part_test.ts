@@ -462,3 +462,53 @@ Deno.test("`finishParts()` refuses an earlier finish's folder whose manifest is 
     await assert.rejects(Deno.stat(join(dir, "out")), Deno.errors.NotFound);
   });
 });
+
+Deno.test("`runPart()`'s receipt: the lead part alone records the stages, and its time lies within the call", async () => {
+  await withTempDir(async (dir) => {
+    const config = await smallModel(dir);
+    const { paths } = await where(dir, config, 2);
+    const before = performance.now();
+    await runPart(config, { baseDir: dir, part: { index: 0, count: 2 } });
+    await runPart(config, { baseDir: dir, part: { index: 1, count: 2 } });
+    const elapsed = performance.now() - before;
+    const first = JSON.parse(await Deno.readTextFile(paths(0).receipt));
+    const lead = JSON.parse(await Deno.readTextFile(paths(1).receipt));
+    assert.deepEqual([first.lead, "stages" in first], [false, false]);
+    assert.deepEqual([lead.lead, Array.isArray(lead.stages)], [true, true]);
+    for (const r of [first, lead]) assert.ok(r.ms >= 0 && r.ms <= Math.ceil(elapsed), String(r.ms));
+  });
+});
+
+Deno.test("`finishParts()` refuses a receipt that names another part, or that is not a receipt", async () => {
+  await withTempDir(async (dir) => {
+    const config = await smallModel(dir);
+    for (const index of [0, 1]) await runPart(config, { baseDir: dir, part: { index, count: 2 } });
+    const { paths } = await where(dir, config, 2);
+    const receipt = JSON.parse(await Deno.readTextFile(paths(0).receipt));
+    await Deno.writeTextFile(paths(0).receipt, JSON.stringify({ ...receipt, part: 1 }));
+    const other = await errorOf(finishParts(config, { baseDir: dir, count: 2 }));
+    assert.equal(other.code, "PARTS_MISMATCH");
+    assert.match(other.message, /it says it is part 1 of 2 of split .*, not 0 of 2 of /);
+    await Deno.writeTextFile(paths(0).receipt, JSON.stringify({ hello: "world" }));
+    const junk = await errorOf(finishParts(config, { baseDir: dir, count: 2 }));
+    assert.equal(junk.code, "PARTS_MISMATCH");
+    assert.match(junk.message, /it is not a ckpt part receipt/);
+  });
+});
+
+Deno.test("`finishParts()` takes a count of 1 (a one-part split) and refuses 0", async () => {
+  await withTempDir(async (dir) => {
+    const config = await smallModel(dir);
+    assert.equal(await codeOf(finishParts(config, { baseDir: dir, count: 0 })), "PART_SPEC");
+    await runPart(config, { baseDir: dir, part: { index: 0, count: 1 } });
+    const { paths } = await where(dir, config, 1);
+    const partMs = JSON.parse(await Deno.readTextFile(paths(0).receipt)).ms;
+    const done = await finishParts(config, { baseDir: dir, count: 1 });
+    assert.equal(done.status, "finished");
+    // the export's time: the slowest part's, plus the finish's own
+    assert.ok(
+      done.manifest.timings.totalMs >= partMs,
+      `${done.manifest.timings.totalMs} < ${partMs}`,
+    );
+  });
+});

@@ -68,6 +68,22 @@ Deno.test("`partFromEnv()` takes a Slurm array's task id and count, counted from
   assert.throws(() => partFromEnv({ SLURM_ARRAY_TASK_ID: "1" }), /SLURM_ARRAY_TASK_COUNT/);
 });
 
+Deno.test("`partFromEnv()` takes a Slurm array's first and last ids as parts 0 and N-1, and refuses one id past either end", () => {
+  const env = (id: number) => ({
+    SLURM_ARRAY_TASK_ID: String(id),
+    SLURM_ARRAY_TASK_COUNT: "4",
+    SLURM_ARRAY_TASK_MIN: "10",
+    SLURM_ARRAY_TASK_MAX: "13",
+  });
+  assert.deepEqual(partFromEnv(env(10)), { index: 0, count: 4, source: "slurm" });
+  assert.deepEqual(partFromEnv(env(13)), { index: 3, count: 4, source: "slurm" });
+  assert.throws(
+    () => partFromEnv(env(9)),
+    /SLURM_ARRAY_TASK_ID 9 is not one of the 4 parts \(ids 10 to 13\)/,
+  );
+  assert.throws(() => partFromEnv(env(14)), /SLURM_ARRAY_TASK_ID 14 is not one of the 4 parts/);
+});
+
 Deno.test("`partFromEnv()` takes a Kubernetes completion index with the count from --parts-count or CKPT_PARTS", () => {
   assert.deepEqual(partFromEnv({ JOB_COMPLETION_INDEX: "2" }, 4), {
     index: 2,
