@@ -43,12 +43,14 @@ async function mergeChecksOf(
   dir: string,
   modules: [string, Model][],
   signal?: AbortSignal,
+  options: { baseNames?: Record<string, string>; targets?: string[] } = {},
 ): Promise<VerifyCheck[]> {
-  const base = new StateDict(modules.map(([m, t]) => [`${m}.weight`, tensor(t.w)]));
+  const baseName = (m: string) => options.baseNames?.[m] ?? `${m}.weight`;
+  const base = new StateDict(modules.map(([m, t]) => [baseName(m), tensor(t.w)]));
   await writeSafetensors(join(dir, "base.safetensors"), base);
   const adapter = join(dir, "adapter");
   await Deno.mkdir(adapter);
-  const targets = [...new Set(modules.map(([m]) => m.split(".").pop()!))];
+  const targets = options.targets ?? [...new Set(modules.map(([m]) => m.split(".").pop()!))];
   await Deno.writeTextFile(
     join(adapter, "adapter_config.json"),
     JSON.stringify({ peft_type: "LORA", r: 1, lora_alpha: 1, target_modules: targets }),
@@ -97,18 +99,23 @@ Deno.test("`verifyCheckpoint()` accepts a stored value one step inside its dtype
   await withTempDir(async (dir) => {
     for (const [dtype, inside, outside] of cases) {
       await t.step(`${dtype}: an error of 1 + ${inside} passes, 1 + ${outside} fails`, async () => {
-        const check = async (e: number) =>
-          (await mergeChecks(dir, {
+        const check = async (e: number) => {
+          const [c] = await mergeChecks(dir, {
             w: { shape: [1, 1], values: [1 + e] },
             a: zero,
             b: zero,
             out: { dtype, shape: [1, 1], values: [1] },
-          })).map((c) => [c.ok, c.message.split(" (")[0]]);
-        assert.deepEqual(await check(inside), [[true, "sampled rows match W + 1·B·A"]]);
-        assert.deepEqual(await check(outside), [[
-          false,
-          "1 sampled elements differ from W + 1·B·A",
-        ]]);
+          });
+          // the worst error as a share of its tolerance, as the message gives it
+          const worst = Number(/\(worst (?:error )?([0-9.e+-]+)/.exec(c!.message)?.[1]);
+          return [c!.ok, c!.message.split(" (")[0], worst];
+        };
+        const [okIn, textIn, worstIn] = await check(inside);
+        assert.deepEqual([okIn, textIn], [true, "sampled rows match W + 1·B·A"]);
+        assert.ok(Number(worstIn) > 0.99 && Number(worstIn) <= 1, `inside: ${worstIn}`);
+        const [okOut, textOut, worstOut] = await check(outside);
+        assert.deepEqual([okOut, textOut], [false, "1 sampled elements differ from W + 1·B·A"]);
+        assert.ok(Number(worstOut) >= 1 && Number(worstOut) < 1.1, `outside: ${worstOut}`);
       });
     }
   });
@@ -239,5 +246,40 @@ Deno.test("`verifyCheckpoint()` checks modules in the order of their names, what
       ["a.b.weight", true],
       ["a.c.weight", true],
     ]);
+  });
+});
+
+Deno.test("`verifyCheckpoint()` takes a tied base's input embedding as lm_head's original", async () => {
+  // the base stores lm_head once, as model.embed_tokens.weight; the output holds the merged head
+  const head: Model = {
+    w: { shape: [1, 2], values: [1, 2] },
+    a: { shape: [1, 2], values: [1, 1] },
+    b: { shape: [1, 1], values: [1] },
+    out: { shape: [1, 2], values: [2, 3] },
+  };
+  await withTempDir(async (dir) => {
+    const checks = await mergeChecksOf(dir, [["lm_head", head]], undefined, {
+      baseNames: { lm_head: "model.embed_tokens.weight" },
+    });
+    assert.deepEqual(checks.map((c) => [c.tensor, c.ok, c.message.split(" (")[0]]), [
+      ["lm_head.weight", true, "sampled rows match W + 1·B·A"],
+    ]);
+  });
+});
+
+Deno.test("`verifyCheckpoint()` expects the base weight where the adapter's config does not target a module", async () => {
+  // factors for proj, but target_modules names another module: PEFT leaves proj as it is
+  const model = (stored: number[]): Model => ({
+    w: { shape: [1, 2], values: [1, 2] },
+    a: { shape: [1, 2], values: [1, 1] },
+    b: { shape: [1, 1], values: [1] },
+    out: { shape: [1, 2], values: stored },
+  });
+  await withTempDir(async (dir) => {
+    const check = async (stored: number[]) =>
+      (await mergeChecksOf(dir, [["proj", model(stored)]], undefined, { targets: ["other"] }))
+        .map((c) => [c.ok, c.message.split(" (")[0]]);
+    assert.deepEqual(await check([1, 2]), [[true, "sampled rows equal the base"]]);
+    assert.deepEqual(await check([2, 3]), [[false, "2 sampled elements differ from W + 0·B·A"]]);
   });
 });
