@@ -262,6 +262,15 @@ Deno.test("`decodeF32()` handles unaligned input and writes into a given array",
   assert.deepEqual([...dst.subarray(1, 5)], [0x00, 0x3c, 0x00, 0xc0]);
 });
 
+Deno.test("`decodeF32()` fills an array of exactly the values' length, and refuses one element shorter", () => {
+  const bytes = new Uint8Array(new Uint16Array([0x3f80, 0x4000]).buffer);
+  assert.deepEqual([...decodeF32("BF16", bytes, new Float32Array(2))], [1, 2]);
+  assert.throws(
+    () => decodeF32("BF16", bytes, new Float32Array(1)),
+    (e: unknown) => isCkptError(e, "TENSOR_SIZE"),
+  );
+});
+
 Deno.test("`decodeF32()` rejects integer dtypes and ragged byte counts", () => {
   assert.throws(
     () => decodeF32("I32", new Uint8Array(4)),

@@ -138,13 +138,15 @@ Deno.test("`createCpuBackend()` describes its worker count in words", async () =
   }
 });
 
-Deno.test("`createCpuBackend()` merges a block whose factors alone are larger than the memory it starts with", async () => {
+Deno.test("`createCpuBackend()` merges, on a fresh backend, a block whose factors alone are larger than the memory it starts with, and a tall DoRA block", async () => {
   // rank 64 × 4168 columns: A is 1,067,008 bytes, past the first 16 pages (1 MiB) of the memory
   const plain = request("BF16", "BF16", 3, 4168, 64, 11, { factorScale: 0.05 });
   const dora = request("BF16", "F16", 3, 4168, 64, 12, { factorScale: 0.05, dora: true });
+  // and a DoRA block of many rows: its magnitudes need their own room beside the rows' scratch
+  const tall = request("BF16", "BF16", 33, 512, 16, 13, { dora: true });
   assert.ok(plain.a.byteLength > 16 * 65536);
   for (const workers of [0, 2]) {
-    for (const r of [plain, dora]) {
+    for (const r of [plain, dora, tall]) {
       // a fresh backend each: its first block goes at the start of the memory's growth
       const cpu = await createCpuBackend({ workers, inlineBelow: 0 });
       try {

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { blockChangeSums, type CpuTask } from "../../../kernels/cpu/_rows.ts";
 import { addBlockChange } from "../../../merge/_lora_change.ts";
 import { MERGE_DTYPE_SIZE, type MergeDType } from "../../../kernels/types.ts";
-import { encodeF32 } from "../../../formats/dtype.ts";
+import { bf16ToF32, encodeF32, f16ToF32 } from "../../../formats/dtype.ts";
 import { seeded, weights } from "../_corpus.ts";
 
 Deno.test("`blockChangeSums()` equals the scalar sums for every length around the 8-element SIMD groups and every 16-bit pair", () => {
@@ -112,5 +112,26 @@ Deno.test("`blockChangeSums()` of finite 16-bit blocks equals the scalar sums to
         );
       }
     }
+  }
+});
+
+Deno.test("`blockChangeSums()` decodes every one of the 65,536 bf16 and f16 patterns as formats/dtype does", () => {
+  const mem = new WebAssembly.Memory({ initial: 1, maximum: 2, shared: true });
+  const u16 = new Uint16Array(mem.buffer as unknown as ArrayBuffer);
+  const decoders = { BF16: bf16ToF32, F16: f16ToF32 } as const;
+  for (const dtype of ["BF16", "F16"] as const) {
+    // one element W = the pattern, W' = +0: Σ W² is its square and max |ΔW| its size (NaN skipped)
+    const t = { wDtype: dtype, outDtype: dtype, wPtr: 0, outPtr: 64, row0: 0, row1: 1, cols: 1 };
+    u16[32] = 0;
+    let wrong = 0;
+    for (let p = 0; p < 65536; p++) {
+      u16[0] = p;
+      const x = decoders[dtype](p);
+      const got = blockChangeSums(mem, t as CpuTask);
+      if (!Object.is(got.sumSqW, x * x) || got.maxAbs !== (Number.isNaN(x) ? 0 : Math.abs(x))) {
+        wrong++;
+      }
+    }
+    assert.equal(wrong, 0, `${dtype}: ${wrong} patterns decoded otherwise`);
   }
 });
