@@ -283,3 +283,21 @@ Deno.test("`verifyCheckpoint()` expects the base weight where the adapter's conf
     assert.deepEqual(await check([2, 3]), [[false, "2 sampled elements differ from W + 0·B·A"]]);
   });
 });
+
+Deno.test("`verifyCheckpoint()` lets an error that is not an abort surface as itself, never as ABORTED", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.writeTextFile(join(dir, "a.txt"), "a");
+    await writeManifest(dir, await buildManifest(dir, { output: dir }));
+    // a caller's signal that breaks when asked (a programming error, not an abort)
+    const broken = {
+      aborted: false,
+      throwIfAborted() {
+        throw new TypeError("broken signal");
+      },
+    } as unknown as AbortSignal;
+    await assert.rejects(
+      () => verifyCheckpoint(dir, { signal: broken }),
+      (e: unknown) => e instanceof TypeError && e.message === "broken signal",
+    );
+  });
+});
