@@ -17,7 +17,7 @@ import { createFileSink, type FileSink } from "./_file_sink.ts";
 export const DEFAULT_SAFETENSORS_METADATA: Readonly<Record<string, string>> = { format: "pt" };
 
 /** Bytes moved per read/write while streaming (rows are grouped up to this size). */
-export const STREAM_BLOCK_BYTES: number = 16 * 2 ** 20;
+export const STREAM_BLOCK_BYTES: number = 8 * 2 ** 20;
 
 /** Options of {@linkcode writeSafetensors}. */
 export interface WriteSafetensorsOptions {

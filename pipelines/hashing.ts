@@ -48,7 +48,7 @@ export interface HashStream {
 }
 
 /** Bytes a {@linkcode HashStream} lets wait on the worker before `update` asks the caller to wait. */
-const STREAM_QUEUE_BYTES = 64 * 2 ** 20;
+const STREAM_QUEUE_BYTES = 32 * 2 ** 20;
 
 /** Block buffers a {@linkcode HashWorker} keeps for reuse. */
 const SPARE_BUFFERS = 6;
@@ -146,7 +146,7 @@ export class HashWorker {
 
   /**
    * Starts a sha256 over bytes fed in order, hashed on the worker while the caller goes on (one
-   * worker serves any number of streams). At most `maxQueuedBytes` (default 64 MiB) wait on the
+   * worker serves any number of streams). At most `maxQueuedBytes` (default 32 MiB) wait on the
    * worker before {@linkcode HashStream.update} returns a promise to await.
    */
   stream(maxQueuedBytes: number = STREAM_QUEUE_BYTES): HashStream {
