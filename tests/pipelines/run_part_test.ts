@@ -20,6 +20,7 @@ import { defineStage } from "../../pipelines/stage.ts";
 import { OutputLock } from "../../pipelines/_output_lock.ts";
 import { partPaths, splitFolder } from "../../pipelines/_split_receipts.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
+import { makeDemoRun } from "../../examples/_demo_run.ts";
 
 /** Six 100-byte tensors, written as 100-byte shards: six weight files. */
 async function smallModel(dir: string): Promise<RawConfig> {
@@ -510,5 +511,52 @@ Deno.test("`finishParts()` takes a count of 1 (a one-part split) and refuses 0",
       done.manifest.timings.totalMs >= partMs,
       `${done.manifest.timings.totalMs} < ${partMs}`,
     );
+  });
+});
+
+Deno.test("`finishParts()` joins the module changes each part of a LoRA merge measured, in the one-machine order", async () => {
+  await withTempDir(async (dir) => {
+    const run = await makeDemoRun(join(dir, "run"), { size: "tiny" });
+    const config = (output: string): RawConfig => ({
+      output,
+      stages: [
+        { use: "gatherShards", from: run.base },
+        { use: "mergeLora", adapter: run.adapter, backend: "cpu" },
+        { use: "writeModel", dtype: "bfloat16", maxShardSize: "8KB" },
+      ],
+    });
+    const one = await runPipeline(config("one"), { baseDir: dir });
+    for (const index of [0, 1, 2]) {
+      await runPart(config("split"), { baseDir: dir, part: { index, count: 3 } });
+    }
+    const split = await finishParts(config("split"), { baseDir: dir, count: 3 });
+    const changes = (m: { stages: { name: string; report: Record<string, unknown> }[] }) =>
+      m.stages.find((s) => s.name === "mergeLora")!.report.moduleChanges as { tensor: string }[];
+    const want = changes(one.manifest);
+    assert.equal(want.length, 7 * run.shape.layers);
+    assert.deepEqual(changes(split.manifest), want);
+  });
+});
+
+Deno.test("a part's unload handler (its process exiting mid-run) removes the part's work folder", async () => {
+  await withTempDir(async (dir) => {
+    const config = await smallModel(dir);
+    let workLeft: boolean | undefined;
+    const exiting = defineStage({
+      name: "exiting",
+      summary: "the process exits while this stage runs",
+      split: "one-part",
+      options: z.strictObject({}),
+      async run(ctx) {
+        if (ctx.dryRun) return;
+        await Deno.writeTextFile(join(ctx.outDir, "x.txt"), "x");
+        globalThis.dispatchEvent(new Event("unload"));
+        workLeft = await Deno.stat(ctx.outDir).then(() => true, () => false);
+      },
+    });
+    const stages = { ...(await builtinStages()), exiting };
+    const withExit = { ...config, stages: [...config.stages, { use: "exiting" }] };
+    await errorOf(runPart(withExit, { baseDir: dir, stages, part: { index: 1, count: 2 } }));
+    assert.equal(workLeft, false);
   });
 });
