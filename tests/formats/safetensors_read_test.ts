@@ -349,6 +349,13 @@ Deno.test("`readSafetensorsHeader()` says what an oversized length prefix looks 
       /^SAFETENSORS_HEADER_TOO_LARGE: .*\(this looks like a pickle/,
     );
     assert.match(await message(other), /^SAFETENSORS_HEADER_TOO_LARGE: .*-byte limit$/);
+    // a zip needs both "P" and "K": either alone is no zip
+    for (const half of [[0x50, 0x41], [0x41, 0x4b]]) {
+      assert.match(
+        await message([...half, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41]),
+        /^SAFETENSORS_HEADER_TOO_LARGE: .*-byte limit$/,
+      );
+    }
     // A length that fits, over bytes that are not JSON.
     const path = join(dir, "j.safetensors");
     await Deno.writeFile(path, rawFile('{"a":', new Uint8Array(0)));

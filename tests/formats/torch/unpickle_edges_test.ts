@@ -113,3 +113,24 @@ Deno.test("unpickle() builds an OrderedDict from a list of pairs and refuses any
   assert.equal(od("K\x01K\x02K\x03\x87"), "PICKLE_ARGS");
   assert.equal(od("K\x01\x85"), "PICKLE_ARGS");
 });
+
+Deno.test("unpickle() builds an allowed class with protocol 0's INST and protocol 1's OBJ", () => {
+  const inst = outcome("(icollections\nOrderedDict\n.");
+  assert.ok(inst instanceof PyDict && inst.kind === "OrderedDict", String(inst));
+  const obj = outcome("(ccollections\nOrderedDict\no.");
+  assert.ok(obj instanceof PyDict && obj.kind === "OrderedDict", String(obj));
+  assert.equal(outcome("(o."), "PICKLE_STACK");
+});
+
+Deno.test("unpickle() reads _rebuild_tensor_v3's metadata from its eighth argument: conj/neg bits are refused", () => {
+  const { persistentLoad, storage } = floatStorage(2);
+  // _rebuild_tensor_v3(storage, 0, (2,), (1,), False, OrderedDict(), torch.float32, metadata)
+  const v3 = (meta: string) =>
+    outcome(
+      `\x80\x02ctorch._utils\n_rebuild_tensor_v3\n(${storage}K\x00K\x02\x85K\x01\x85\x89` +
+        `ccollections\nOrderedDict\n)Rctorch\nfloat32\n${meta}tR.`,
+      { persistentLoad },
+    );
+  assert.ok(v3("}") instanceof TorchTensor);
+  assert.equal(v3("}X\x03\x00\x00\x00negK\x01s"), "PICKLE_UNSUPPORTED");
+});

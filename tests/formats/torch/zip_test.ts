@@ -462,3 +462,88 @@ Deno.test("ZipReader.open() refuses a stored entry whose compressed and uncompre
     );
   });
 });
+
+/** The error of opening `bytes` as a zip: code, message tail and offset. */
+async function openError(dir: string, bytes: Uint8Array) {
+  const path = join(dir, "e.zip");
+  await Deno.writeFile(path, bytes);
+  const file = await RandomAccessFile.open(path);
+  try {
+    await ZipReader.open(file);
+    return undefined;
+  } catch (e) {
+    return isCkptError(e)
+      ? { code: e.code, message: e.message.replace(/^.*?archive: /, ""), offset: e.offset }
+      : { code: String(e), message: "", offset: undefined };
+  } finally {
+    await file.close();
+  }
+}
+
+Deno.test("ZipReader.open() names where a directory entry runs past the directory: the entry's offset in the file", async () => {
+  await withTempDir(async (dir) => {
+    const none = new Uint8Array(0);
+    const bytes = oneEntryZip(none, new Uint8Array([0x20]), { clen: 2 });
+    const cdAt = bytes.length - 22 - (46 + 10 + 1);
+    assert.deepEqual(await openError(dir, bytes), {
+      code: "ZIP_MALFORMED",
+      message: "central directory entry 0 runs past the directory",
+      offset: cdAt,
+    });
+    // a second entry of 46 bytes whose 1-byte name is missing: named at its own offset
+    const one = oneEntryZip(none, none, {});
+    const second = new Uint8Array(46);
+    const sv = new DataView(second.buffer);
+    sv.setUint32(0, 0x02014b50, true);
+    sv.setUint16(28, 1, true);
+    const two = new Uint8Array(one.length + 46);
+    two.set(one.subarray(0, one.length - 22), 0);
+    two.set(second, one.length - 22);
+    two.set(one.subarray(one.length - 22), one.length - 22 + 46);
+    const e = new DataView(two.buffer, two.length - 22);
+    e.setUint16(8, 2, true);
+    e.setUint16(10, 2, true);
+    e.setUint32(12, 56 + 46, true);
+    assert.deepEqual(await openError(dir, two), {
+      code: "ZIP_MALFORMED",
+      message: "central directory entry 1 runs past the directory",
+      offset: one.length - 22,
+    });
+  });
+});
+
+Deno.test("ZipReader.open() reads a zip64 size after another extra field, and refuses a local header closer than 30 bytes to the directory", async () => {
+  await withTempDir(async (dir) => {
+    // an unknown 2-byte field, then the zip64 field carrying the size the directory says is 0xFFFFFFFF
+    const extra = new Uint8Array([0xfe, 0xca, 2, 0, 9, 9, 1, 0, 8, 0, 3, 0, 0, 0, 0, 0, 0, 0]);
+    const none = new Uint8Array(0);
+    assert.equal(
+      await openOutcome(dir, oneEntryZip(extra, none, { usize: 0xffffffff })),
+      "ok a/data.pkl",
+    );
+    // the local header at 14 of a 43-byte data area: 14 + 30 > 43
+    const bytes = oneEntryZip(none, none, {});
+    const cdAt = bytes.length - 22 - 56;
+    assert.equal(cdAt, 43);
+    new DataView(bytes.buffer).setUint32(cdAt + 42, 13, true);
+    // 13 + 30 = 43: inside the data area (refused later, for what is there: no local header)
+    assert.doesNotMatch(await openOutcome(dir, bytes), /outside the data area/);
+    new DataView(bytes.buffer).setUint32(cdAt + 42, 14, true);
+    assert.equal(
+      await openOutcome(dir, bytes),
+      'ZIP_BAD_OFFSET: entry "a/data.pkl" has its local header at 14, outside the data area',
+    );
+  });
+});
+
+Deno.test("ZipReader.open() names the zip64 locator's place when the end record it points to is outside the archive", async () => {
+  const bytes = await Deno.readFile(join(FIX, "zip64", "python_zip64.zip"));
+  const v = new DataView(bytes.buffer);
+  const locator = bytes.length - 22 - 20;
+  v.setBigUint64(locator + 8, BigInt(bytes.length), true);
+  await withTempDir(async (dir) => {
+    const e = await openError(dir, bytes);
+    assert.equal(e?.code, "ZIP_BAD_OFFSET");
+    assert.equal(e?.offset, locator);
+  });
+});
