@@ -74,6 +74,7 @@ export const TARGETS: MutationTarget[] = [
       "tests/pipelines/output_lock_test.ts",
       "tests/pipelines/stage_loop_test.ts",
       "tests/pipelines/run_context_test.ts",
+      "tests/pipelines/run_part_test.ts",
       "tests/pipelines/bad_input_test.ts",
       "tests/pipelines/hash_stream_test.ts",
       "tests/pipelines/manifest_test.ts",

@@ -12,6 +12,7 @@ import { runPipeline } from "../../pipelines/run.ts";
 import type { Stage } from "../../pipelines/stage.ts";
 import { runError } from "../../pipelines/_run_shared.ts";
 import { exists, StagingFolder } from "../../pipelines/_staging.ts";
+import { realPathOf } from "../../pipelines/_context.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
 import { FAKE_STAGES } from "./_fake_stages.ts";
 
@@ -136,5 +137,101 @@ Deno.test("`StagingFolder.create()` on a file system that refuses the lock is OU
       proto.tryLock = real;
     }
     assert.deepEqual(await Array.fromAsync(Deno.readDir(dir)), []);
+  });
+});
+
+Deno.test("`realPathOf()` resolves the symlinks of a path's nearest existing folder and appends the rest", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.mkdir(join(dir, "real"));
+    await Deno.symlink(join(dir, "real"), join(dir, "link"));
+    const real = Deno.realPathSync(join(dir, "real"));
+    assert.equal(realPathOf(join(dir, "link", "new", "out")), join(real, "new", "out"));
+    assert.equal(realPathOf(join(dir, "link")), real);
+  });
+});
+
+/** Writes a.txt and feeds its bytes to the output hasher while writing it. */
+const fed: Stage = {
+  name: "fed",
+  summary: "writes a.txt, hashed while written",
+  options: z.strictObject({}),
+  async run(ctx) {
+    const bytes = new TextEncoder().encode("abc");
+    ctx.report("fed", { files: [{ path: "a.txt", bytes: 3 }] });
+    if (ctx.dryRun) return;
+    await Deno.writeFile(join(ctx.outDir, "a.txt"), bytes);
+    await ctx.onOutputBytes?.("a.txt", bytes);
+  },
+};
+
+Deno.test("`runPipeline()` honours an abort that comes after the manifest is written, just before the rename: no output", async () => {
+  await withTempDir(async (dir) => {
+    const ac = new AbortController();
+    await assert.rejects(
+      () =>
+        runPipeline({ output: "out", stages: [{ use: "fed" }] }, {
+          stages: { ...FAKE_STAGES, fed },
+          env: {},
+          baseDir: dir,
+          signal: ac.signal,
+          // the hashing summary comes once the manifest is built, before it is written and renamed
+          onEvent: (e) => {
+            if (e.type === "log" && e.message.startsWith("output hashes")) ac.abort(new Error("x"));
+          },
+        }),
+      (e: unknown) => isCkptError(e, "ABORTED"),
+    );
+    assert.deepEqual(await Array.fromAsync(Deno.readDir(dir)), []);
+  });
+});
+
+Deno.test("`runPipeline()` with a signal aborted before it starts touches nothing, not even a dead run's staging folder", async () => {
+  await withTempDir(async (dir) => {
+    const ac = new AbortController();
+    ac.abort(new Error("SIGTERM"));
+    // a dead run's staging folder for this output: unlocked, so a live run would remove it
+    const dead = await StagingFolder.create(join(dir, "out"), { dryRun: false });
+    dead.release();
+    const before = (await Array.fromAsync(Deno.readDir(dir))).map((e) => e.name);
+    await assert.rejects(
+      () =>
+        runPipeline({ output: "out", stages: [{ use: "writeText", name: "a.txt" }] }, {
+          stages: FAKE_STAGES,
+          env: {},
+          baseDir: dir,
+          signal: ac.signal,
+        }),
+      (e: unknown) => isCkptError(e, "ABORTED"),
+    );
+    assert.deepEqual((await Array.fromAsync(Deno.readDir(dir))).map((e) => e.name), before);
+  });
+});
+
+Deno.test("`runPipeline()` without overwrite never replaces an output that appeared while it ran, even one ckpt wrote", async () => {
+  const appear: Stage = {
+    name: "appear",
+    summary: "another run's output appears meanwhile",
+    options: z.strictObject({}),
+    async run(ctx) {
+      ctx.report("appear", { files: [] });
+      if (ctx.dryRun) return;
+      await Deno.mkdir(join(ctx.baseDir, "out"));
+      await Deno.writeTextFile(join(ctx.baseDir, "out", "ckpt-manifest.json"), "{}");
+    },
+  };
+  await withTempDir(async (dir) => {
+    await assert.rejects(
+      () =>
+        runPipeline({ output: "out", stages: [{ use: "appear" }] }, {
+          stages: { ...FAKE_STAGES, appear },
+          env: {},
+          baseDir: dir,
+        }),
+      (e: unknown) => isCkptError(e, "OUTPUT_EXISTS"),
+    );
+    assert.deepEqual(
+      (await Array.fromAsync(Deno.readDir(join(dir, "out")))).map((e) => e.name),
+      ["ckpt-manifest.json"],
+    );
   });
 });

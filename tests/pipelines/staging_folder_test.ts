@@ -180,3 +180,16 @@ Deno.test("`release()` keeps the folder: neither discard removes it afterwards",
     adopted.release();
   });
 });
+
+Deno.test("`commit()` refuses an empty output folder that appeared meanwhile: OUTPUT_EXISTS, not a rename over it", async () => {
+  await withTempDir(async (dir) => {
+    const staging = await staged(dir);
+    await Deno.mkdir(join(dir, "out")); // a rename would replace an empty folder silently
+    await assert.rejects(
+      () => staging.commit({ overwrite: false, force: false }),
+      (e: unknown) => isCkptError(e, "OUTPUT_EXISTS"),
+    );
+    assert.deepEqual(await entries(join(dir, "out")), []);
+    assert.deepEqual(await entries(staging.path), ["new.txt"]);
+  });
+});
