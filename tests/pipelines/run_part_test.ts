@@ -560,3 +560,52 @@ Deno.test("a part's unload handler (its process exiting mid-run) removes the par
     assert.equal(workLeft, false);
   });
 });
+
+Deno.test("`runPart()` after the finish is already finished; with overwrite it still refuses an output ckpt did not write", async () => {
+  await withTempDir(async (dir) => {
+    const config = await smallModel(dir);
+    for (const index of [0, 1]) await runPart(config, { baseDir: dir, part: { index, count: 2 } });
+    await finishParts(config, { baseDir: dir, count: 2 });
+    const late = await runPart(config, { baseDir: dir, part: { index: 0, count: 2 } });
+    assert.deepEqual([late.status, late.files], ["already-finished", []]);
+    // another export's folder, no manifest: overwrite alone does not replace it, force does
+    const other = { ...config, output: "theirs" };
+    await Deno.mkdir(join(dir, "theirs"));
+    await Deno.writeTextFile(join(dir, "theirs", "mine.txt"), "x");
+    assert.equal(
+      await codeOf(runPart(other, { baseDir: dir, overwrite: true, part: { index: 0, count: 2 } })),
+      "OUTPUT_NOT_CKPT",
+    );
+    assert.equal(
+      (await runPart(other, {
+        baseDir: dir,
+        overwrite: true,
+        force: true,
+        part: { index: 0, count: 2 },
+      })).status,
+      "written",
+    );
+  });
+});
+
+Deno.test("`runPart()`'s PART_RUNNING names the holder in its details; a receipt that cannot be read is an error, not a missing part", async () => {
+  await withTempDir(async (dir) => {
+    const config = await smallModel(dir);
+    await runPart(config, { baseDir: dir, part: { index: 0, count: 2 } });
+    const { paths } = await where(dir, config, 2);
+    const held = await FileLock.tryAcquire(paths(1).lock, "another host", { mkdir: false });
+    try {
+      const e = await errorOf(runPart(config, { baseDir: dir, part: { index: 1, count: 2 } }));
+      const details = e.details as { part?: number; pid?: number; purpose?: string };
+      assert.deepEqual([details.part, details.pid, details.purpose], [1, Deno.pid, "another host"]);
+    } finally {
+      await held?.release();
+    }
+    // part 0's receipt replaced by a folder: reading it fails (EISDIR)
+    await Deno.remove(paths(0).receipt);
+    await Deno.mkdir(paths(0).receipt);
+    const e = await errorOf(finishParts(config, { baseDir: dir, count: 2 }));
+    assert.notEqual(e.code, "PARTS_MISSING");
+    assert.match(e.message, /Cannot read/);
+  });
+});

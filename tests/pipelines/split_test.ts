@@ -36,7 +36,8 @@ Deno.test("`parsePartSpec()` reads I/N with I from 0 to N-1 and refuses anything
 Deno.test("`parsePartCount()` takes 1 to MAX_PARTS parts, not 0 and not one more", () => {
   assert.equal(parsePartCount("1", "--parts-count"), 1);
   assert.equal(parsePartCount(String(MAX_PARTS), "--parts-count"), MAX_PARTS);
-  for (const bad of ["0", String(MAX_PARTS + 1), "", "-1"]) {
+  // digits only: no exponent, hex or sign, which Number() would read
+  for (const bad of ["0", String(MAX_PARTS + 1), "", "-1", "1e1", "0x8", "+2", "1.0"]) {
     assert.equal(code(() => parsePartCount(bad, "--parts-count")), "PART_SPEC", bad);
   }
 });
