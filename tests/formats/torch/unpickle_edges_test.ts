@@ -134,3 +134,9 @@ Deno.test("unpickle() reads _rebuild_tensor_v3's metadata from its eighth argume
   assert.ok(v3("}") instanceof TorchTensor);
   assert.equal(v3("}X\x03\x00\x00\x00negK\x01s"), "PICKLE_UNSUPPORTED");
 });
+
+Deno.test("unpickle() reads Python 2 byte strings as Latin-1 text", () => {
+  assert.equal(outcome("\x80\x02U\x03abc."), "abc"); // SHORT_BINSTRING
+  assert.equal(outcome("\x80\x02T\x02\x00\x00\x00\xe9\xff."), "\xe9\xff"); // BINSTRING, é and ÿ
+  assert.equal(outcome("\x80\x02U\x00."), "");
+});

@@ -157,3 +157,52 @@ Deno.test("`createCpuBackend()` merges, on a fresh backend, a block whose factor
     }
   }
 });
+
+Deno.test("`createCpuBackend()` at rank 0 keeps every weight as it is, -0 included, whatever the scale's sign", async () => {
+  // W holds ±0 and ordinary values; s·(-0) is +0 for a negative s, and -0 + +0 would be +0
+  const values = Array.from(
+    { length: 32 },
+    (_, i) => (i % 4 === 0 ? -0 : i % 4 === 1 ? 0 : i - 7.5),
+  );
+  const w = new Uint8Array(new Float32Array(values).buffer);
+  for (const workers of [0, 2]) {
+    const cpu = await createCpuBackend({ workers, inlineBelow: 0 });
+    try {
+      for (const scale of [1, -1.5]) {
+        const r = {
+          name: `rank0.s${scale}`,
+          w,
+          wDtype: "F32",
+          outDtype: "F32",
+          rows: 2,
+          cols: 16,
+          rank: 0,
+          a: new Float32Array(0),
+          b: new Float32Array(0),
+          scale,
+        } as const;
+        const got = await cpu.mergeRows(r);
+        assertSameBytes(got, mergeRowsReference(r), `${workers} workers, ${r.name}`);
+        assertSameBytes(got, w, `${workers} workers, ${r.name}: W itself`);
+      }
+    } finally {
+      await cpu.dispose();
+    }
+  }
+});
+
+Deno.test("`createCpuBackend()` with workers merges a DoRA block and then a plain one of the same shape, each with its own kernel", async () => {
+  const cpu = await createCpuBackend({ workers: 2, inlineBelow: 0 });
+  try {
+    const dora = request("BF16", "BF16", 8, 48, 4, 21, { dora: true });
+    const plain = request("BF16", "BF16", 8, 48, 4, 22);
+    const at = kernelsCompiled.count;
+    for (const r of [dora, plain, dora, plain]) {
+      assertSameBytes(await cpu.mergeRows(r), mergeRowsReference(r), r.name);
+    }
+    // the DoRA kernel (f32 rows out) and the plain one are cached apart: two compilations here
+    assert.equal(kernelsCompiled.count - at, 2);
+  } finally {
+    await cpu.dispose();
+  }
+});
