@@ -235,3 +235,33 @@ Deno.test("`runPipeline()` without overwrite never replaces an output that appea
     );
   });
 });
+
+Deno.test("`runPipeline()` with overwrite but not force never replaces an output that appeared meanwhile without a ckpt manifest", async () => {
+  const appear: Stage = {
+    name: "appear",
+    summary: "someone else's folder appears at the output meanwhile",
+    options: z.strictObject({}),
+    async run(ctx) {
+      ctx.report("appear", { files: [] });
+      if (ctx.dryRun) return;
+      await Deno.mkdir(join(ctx.baseDir, "out"));
+      await Deno.writeTextFile(join(ctx.baseDir, "out", "theirs.txt"), "x");
+    },
+  };
+  await withTempDir(async (dir) => {
+    await assert.rejects(
+      () =>
+        runPipeline({ output: "out", stages: [{ use: "appear" }] }, {
+          stages: { ...FAKE_STAGES, appear },
+          env: {},
+          baseDir: dir,
+          overwrite: true,
+        }),
+      (e: unknown) => isCkptError(e, "OUTPUT_NOT_CKPT"),
+    );
+    assert.deepEqual(
+      (await Array.fromAsync(Deno.readDir(join(dir, "out")))).map((e) => e.name),
+      ["theirs.txt"],
+    );
+  });
+});
