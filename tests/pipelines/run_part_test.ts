@@ -535,6 +535,27 @@ Deno.test("`finishParts()` joins the module changes each part of a LoRA merge me
     const want = changes(one.manifest);
     assert.equal(want.length, 7 * run.shape.layers);
     assert.deepEqual(changes(split.manifest), want);
+
+    // a module two parts measured differently (a receipt edited): the finish refuses to join them
+    const again = config("again");
+    for (const index of [0, 1, 2]) {
+      await runPart(again, { baseDir: dir, part: { index, count: 3 } });
+    }
+    const { paths } = await where(dir, again, 3);
+    const receipts = [0, 1, 2].map((i) => paths(i).receipt);
+    const read = async (path: string) => JSON.parse(await Deno.readTextFile(path));
+    const all = await Promise.all(receipts.map(read));
+    const from = all.findIndex((r) => r.gathered[0].items.length > 0);
+    const to = (from + 1) % 3;
+    const item = all[from].gathered[0].items[0];
+    all[to].gathered[0].items.push({ ...item, sumSqDelta: -1 });
+    await Deno.writeTextFile(receipts[to]!, JSON.stringify(all[to]));
+    const e = await errorOf(finishParts(again, { baseDir: dir, count: 3 }));
+    assert.equal(e.code, "PARTS_MISMATCH");
+    assert.match(
+      e.message,
+      new RegExp(`measured "${item.tensor}" differently \\(moduleChanges\\)`),
+    );
   });
 });
 
