@@ -207,18 +207,23 @@ Deno.test("`runPipeline()` with a signal aborted before it starts touches nothin
   });
 });
 
-Deno.test("`runPipeline()` without overwrite never replaces an output that appeared while it ran, even one ckpt wrote", async () => {
-  const appear: Stage = {
+/** A stage during which a folder holding `file` appears at the output "out" (another writer). */
+function appearsAtOutput(file: string, text: string): Stage {
+  return {
     name: "appear",
-    summary: "another run's output appears meanwhile",
+    summary: `a folder holding ${file} appears at the output meanwhile`,
     options: z.strictObject({}),
     async run(ctx) {
       ctx.report("appear", { files: [] });
       if (ctx.dryRun) return;
       await Deno.mkdir(join(ctx.baseDir, "out"));
-      await Deno.writeTextFile(join(ctx.baseDir, "out", "ckpt-manifest.json"), "{}");
+      await Deno.writeTextFile(join(ctx.baseDir, "out", file), text);
     },
   };
+}
+
+Deno.test("`runPipeline()` without overwrite never replaces an output that appeared while it ran, even one ckpt wrote", async () => {
+  const appear = appearsAtOutput("ckpt-manifest.json", "{}");
   await withTempDir(async (dir) => {
     await assert.rejects(
       () =>
@@ -237,17 +242,7 @@ Deno.test("`runPipeline()` without overwrite never replaces an output that appea
 });
 
 Deno.test("`runPipeline()` with overwrite but not force never replaces an output that appeared meanwhile without a ckpt manifest", async () => {
-  const appear: Stage = {
-    name: "appear",
-    summary: "someone else's folder appears at the output meanwhile",
-    options: z.strictObject({}),
-    async run(ctx) {
-      ctx.report("appear", { files: [] });
-      if (ctx.dryRun) return;
-      await Deno.mkdir(join(ctx.baseDir, "out"));
-      await Deno.writeTextFile(join(ctx.baseDir, "out", "theirs.txt"), "x");
-    },
-  };
+  const appear = appearsAtOutput("theirs.txt", "x");
   await withTempDir(async (dir) => {
     await assert.rejects(
       () =>

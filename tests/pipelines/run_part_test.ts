@@ -87,7 +87,7 @@ Deno.test("`runPart()` writes only its share, and the lead part alone runs the o
   });
 });
 
-Deno.test("`runPart()` of a part that is already running is PART_RUNNING naming it", async () => {
+Deno.test("`runPart()` of a part that is already running is PART_RUNNING naming it and its holder", async () => {
   await withTempDir(async (dir) => {
     const config = await smallModel(dir);
     await runPart(config, { baseDir: dir, part: { index: 0, count: 2 } });
@@ -97,6 +97,8 @@ Deno.test("`runPart()` of a part that is already running is PART_RUNNING naming 
       const e = await errorOf(runPart(config, { baseDir: dir, part: { index: 1, count: 2 } }));
       assert.equal(e.code, "PART_RUNNING");
       assert.match(e.message, /part 1 of 2: it is already running: pid \d+ .*another host/);
+      const details = e.details as { part?: number; pid?: number; purpose?: string };
+      assert.deepEqual([details.part, details.pid, details.purpose], [1, Deno.pid, "another host"]);
     } finally {
       await held?.release();
     }
@@ -609,19 +611,11 @@ Deno.test("`runPart()` after the finish is already finished; with overwrite it s
   });
 });
 
-Deno.test("`runPart()`'s PART_RUNNING names the holder in its details; a receipt that cannot be read is an error, not a missing part", async () => {
+Deno.test("`finishParts()` takes a receipt that cannot be read for an error, not a missing part", async () => {
   await withTempDir(async (dir) => {
     const config = await smallModel(dir);
     await runPart(config, { baseDir: dir, part: { index: 0, count: 2 } });
     const { paths } = await where(dir, config, 2);
-    const held = await FileLock.tryAcquire(paths(1).lock, "another host", { mkdir: false });
-    try {
-      const e = await errorOf(runPart(config, { baseDir: dir, part: { index: 1, count: 2 } }));
-      const details = e.details as { part?: number; pid?: number; purpose?: string };
-      assert.deepEqual([details.part, details.pid, details.purpose], [1, Deno.pid, "another host"]);
-    } finally {
-      await held?.release();
-    }
     // part 0's receipt replaced by a folder: reading it fails (EISDIR)
     await Deno.remove(paths(0).receipt);
     await Deno.mkdir(paths(0).receipt);

@@ -6,8 +6,9 @@
  */
 import assert from "node:assert/strict";
 import { isCkptError } from "../../../errors.ts";
-import { StorageHandle, unpickle } from "../../../formats/torch/unpickle.ts";
-import { bytesSource, PyDict, type PyValue, TorchTensor } from "../../../formats/torch/values.ts";
+import { unpickle } from "../../../formats/torch/unpickle.ts";
+import { PyDict, type PyValue, TorchTensor } from "../../../formats/torch/values.ts";
+import { floatStorage } from "./_float_storage.ts";
 
 const bytes = (s: string) => Uint8Array.from(s, (c) => c.charCodeAt(0));
 
@@ -19,25 +20,6 @@ function outcome(p: string, options: Parameters<typeof unpickle>[1] = {}): PyVal
     if (isCkptError(e)) return e.code;
     throw e;
   }
-}
-
-/** A loader of a CPU FloatStorage of `numel` zeros, and the pickle of its persistent id. */
-function floatStorage(numel: number) {
-  return {
-    persistentLoad: () =>
-      new StorageHandle({
-        key: "0",
-        storageClass: "torch.FloatStorage",
-        location: "cpu",
-        numel,
-        dtype: "F32",
-        source: bytesSource(new Uint8Array(4 * numel)),
-        file: "x",
-      }),
-    storage:
-      "(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK" +
-      String.fromCharCode(numel) + "tQ",
-  };
 }
 
 Deno.test("unpickle() reads protocol 0's text memo: PUT then GET gives the same object, a bad index is refused", () => {

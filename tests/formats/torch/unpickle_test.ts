@@ -28,30 +28,9 @@ import {
   TorchTensor,
 } from "../../../formats/torch/values.ts";
 import { REPO_ROOT } from "../../_helpers/peer.ts";
+import { floatStorage } from "./_float_storage.ts";
 
 const bytes = (s: string) => Uint8Array.from(s, (c) => c.charCodeAt(0));
-
-/**
- * A persistent-id loader that gives a CPU FloatStorage "0" of `numel` zeros, and the pickle of
- * that storage's persistent id (`numel` < 256), for tensors built by hand below.
- */
-function floatStorage(numel: number): { persistentLoad: () => StorageHandle; storage: string } {
-  return {
-    persistentLoad: () =>
-      new StorageHandle({
-        key: "0",
-        storageClass: "torch.FloatStorage",
-        location: "cpu",
-        numel,
-        dtype: "F32",
-        source: bytesSource(new Uint8Array(4 * numel)),
-        file: "x",
-      }),
-    storage:
-      "(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK" +
-      String.fromCharCode(numel) + "tQ",
-  };
-}
 
 Deno.test("encodeLong() matches Python's pickle.encode_long", () => {
   const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
