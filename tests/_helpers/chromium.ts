@@ -95,7 +95,17 @@ export async function openChromium(
       child.kill("SIGKILL");
     } catch { /* gone */ }
     await child.status;
-    await Deno.remove(profile, { recursive: true }).catch(() => {});
+    // Chromium's helper processes outlive the browser by a moment and may still write into the
+    // profile while it is removed (a removal then fails with the folder not empty): retry.
+    for (let attempt = 0; attempt < 50; attempt++) {
+      try {
+        await Deno.remove(profile, { recursive: true });
+        return;
+      } catch (e) {
+        if (e instanceof Deno.errors.NotFound) return;
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+    }
   };
   try {
     const port = await devtoolsPort(child.stderr);
