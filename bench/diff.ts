@@ -13,6 +13,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { type DEMO_SHAPES, makeDemoRun } from "../examples/_demo_run.ts";
 import { formatBytes, formatDuration } from "../pipelines/progress.ts";
+import { mergeArgs } from "../tests/cli/_cli.ts";
 import { runChild } from "./_util.ts";
 
 const { values } = parseArgs({
@@ -46,17 +47,7 @@ try {
       "run",
       "-A",
       new URL("../cli.ts", import.meta.url).pathname,
-      "merge",
-      "--base",
-      run.base,
-      "--adapter",
-      run.adapter,
-      "--out",
-      merged,
-      "--backend",
-      "cpu",
-      "--log",
-      "quiet",
+      ...mergeArgs(run, merged, "--log", "quiet"),
     ],
     stdout: "null",
   }).output();

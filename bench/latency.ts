@@ -15,6 +15,7 @@ import { loadTorch } from "../formats/torch/load.ts";
 import { createTtyRenderer } from "../pipelines/progress.ts";
 import { parseWatchSettings } from "../pipelines/watch/config.ts";
 import { type ExportRunner, watchOnce } from "../pipelines/watch/watch.ts";
+import { mergeArgs } from "../tests/cli/_cli.ts";
 import { age, halosCheckpoint, writeTree } from "../tests/pipelines/watch/_files.ts";
 import { markdownTable, median } from "./_util.ts";
 
@@ -83,22 +84,7 @@ try {
     for (const at of [50, 150, 300, 600, 1000, 1500, 2500]) {
       const out = join(dir, `out-${at}`);
       const child = new Deno.Command(Deno.execPath(), {
-        args: [
-          "run",
-          "-A",
-          cli,
-          "merge",
-          "--base",
-          run.base,
-          "--adapter",
-          run.adapter,
-          "--out",
-          out,
-          "--backend",
-          "cpu",
-          "--log",
-          "quiet",
-        ],
+        args: ["run", "-A", cli, ...mergeArgs(run, out, "--log", "quiet")],
         stdout: "null",
         stderr: "null",
       }).spawn();

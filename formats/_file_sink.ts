@@ -140,8 +140,8 @@ class DirectSink implements FileSink {
   readonly #inFlight: (Promise<void> | undefined)[] = [undefined, undefined];
   #block = 0;
   #fill = 0;
+  /** File offset of the current block: the bytes sent to the worker so far. */
   #offset = 0;
-  #size = 0;
   #done = false;
   #failed: Error | undefined;
 
@@ -220,7 +220,6 @@ class DirectSink implements FileSink {
       const n = Math.min(DIRECT_BLOCK_BYTES - this.#fill, bytes.length - at);
       this.#memory.set(bytes.subarray(at, at + n), this.#block * DIRECT_BLOCK_BYTES + this.#fill);
       this.#fill += n;
-      this.#size += n;
       at += n;
       if (this.#fill === DIRECT_BLOCK_BYTES) this.#send(DIRECT_BLOCK_BYTES);
     }
@@ -228,6 +227,7 @@ class DirectSink implements FileSink {
 
   async finish(): Promise<void> {
     try {
+      const size = this.#offset + this.#fill; // before the last block is padded
       if (this.#fill > 0) {
         const padded = Math.ceil(this.#fill / ALIGN) * ALIGN;
         const start = this.#block * DIRECT_BLOCK_BYTES;
@@ -235,7 +235,7 @@ class DirectSink implements FileSink {
         this.#send(padded);
       }
       for (const w of this.#inFlight) await w;
-      const reply = await this.#call({ op: "finish", size: this.#size });
+      const reply = await this.#call({ op: "finish", size });
       this.#direct = reply.direct ?? this.#direct;
     } finally {
       this.#end();
