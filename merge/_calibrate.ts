@@ -2,9 +2,11 @@
  * `auto`'s calibration: when a WebGPU adapter is at hand, both backends merge the same synthetic
  * blocks (bf16, the adapter's rank and column count, about 8 MiB of W each, two in flight, transfers
  * included, as the merge transform feeds them) and the faster one in weights per second wins. The
- * figures are cached per machine (core count), WebGPU adapter and LoRA rank in
- * `$CKPT_CACHE_DIR` (default `$XDG_CACHE_HOME/ckpt`, else `~/.cache/ckpt`), `calibration.json`,
- * so later runs pay nothing. Private to `merge/backend.ts`.
+ * figures are cached in `$CKPT_CACHE_DIR` (default `$XDG_CACHE_HOME/ckpt`, else `~/.cache/ckpt`),
+ * `calibration.json`, so later runs pay nothing. The key names the machine without loading the GPU
+ * driver (core count, Deno version and so the bundled wgpu, and on Linux the PCI ids of the GPUs'
+ * render nodes and the NVIDIA driver version), the LoRA rank and the column count; each entry also
+ * names the WebGPU adapter it measured. Private to `merge/backend.ts`.
  * @module
  */
 import { join } from "node:path";
@@ -16,6 +18,8 @@ export interface Calibration {
   cpu: number;
   /** WebGPU backend, M weights/s. */
   webgpu: number;
+  /** The WebGPU adapter measured, e.g. `llvmpipe (LLVM 15.0.6, 256 bits) (fallback)`. */
+  adapter: string;
   /** When it was measured (ISO time). */
   measured: string;
   /** True when read from the cache instead of measured now. */
@@ -45,10 +49,66 @@ export function calibrationFile(): string | undefined {
   return dir ? join(dir, "calibration.json") : undefined;
 }
 
-/** The cache key: core count, WebGPU adapter, rank, and the column count rounded to a power of 2. */
-export function calibrationKey(adapter: string, shape: CalibrationShape): string {
+/** How {@linkcode gpuHardware} reads the system; each returns nothing when it cannot. */
+export interface SystemFiles {
+  /** A text file's content, or undefined (missing, no permission). */
+  read(path: string): string | undefined;
+  /** A folder's entry names, or none. */
+  list(dir: string): string[];
+}
+
+/** Whether `path` may be read without asking (a permission prompt would stop a merge). */
+function mayRead(path: string): boolean {
+  try {
+    return Deno.permissions.querySync({ name: "read", path }).state === "granted";
+  } catch {
+    return false;
+  }
+}
+
+/** The real file system, read only where permission is already granted. */
+export const systemFiles: SystemFiles = {
+  read(path) {
+    try {
+      return mayRead(path) ? Deno.readTextFileSync(path) : undefined;
+    } catch {
+      return undefined;
+    }
+  },
+  list(dir) {
+    try {
+      return mayRead(dir) ? [...Deno.readDirSync(dir)].map((e) => e.name) : [];
+    } catch {
+      return [];
+    }
+  },
+};
+
+/**
+ * The GPU hardware visible without loading a driver: on Linux the sorted PCI `vendor:device` ids
+ * of `/sys/class/drm/renderD*` (`pci none` without any) and the first line of
+ * `/proc/driver/nvidia/version` when there is one; elsewhere the fixed `gpu ?`.
+ */
+export function gpuHardware(files: SystemFiles = systemFiles, os: string = Deno.build.os): string {
+  if (os !== "linux") return "gpu ?";
+  const hex = (s: string | undefined) => (s ?? "?").trim().replace(/^0x/i, "");
+  const ids = files.list("/sys/class/drm").filter((n) => /^renderD\d+$/.test(n)).map((n) => {
+    const dev = `/sys/class/drm/${n}/device`;
+    return `${hex(files.read(`${dev}/vendor`))}:${hex(files.read(`${dev}/device`))}`;
+  }).sort();
+  const nvidia = files.read("/proc/driver/nvidia/version")?.split("\n")[0]?.trim();
+  return `pci ${ids.join(",") || "none"}${nvidia ? `|nvidia ${nvidia}` : ""}`;
+}
+
+/** The machine part of the cache key: core count, Deno version, {@linkcode gpuHardware}. */
+export function machineKey(files: SystemFiles = systemFiles): string {
+  return `${navigator.hardwareConcurrency} cores|deno ${Deno.version.deno}|${gpuHardware(files)}`;
+}
+
+/** The cache key: the machine, the rank, and the column count rounded to a power of 2. */
+export function calibrationKey(shape: CalibrationShape, machine: string = machineKey()): string {
   const cols = 2 ** Math.round(Math.log2(Math.max(1, shape.cols)));
-  return `${navigator.hardwareConcurrency} cores|${adapter}|r${shape.rank}|c${cols}`;
+  return `${machine}|r${shape.rank}|c${cols}`;
 }
 
 async function readCache(file: string): Promise<Record<string, Calibration>> {
@@ -60,15 +120,21 @@ async function readCache(file: string): Promise<Record<string, Calibration>> {
   }
 }
 
-/** The cached calibration of `key`, if any. */
+/** The cached calibration of `key`, if any (an entry without its adapter is not one). */
 export async function cachedCalibration(
   file: string | undefined,
   key: string,
 ): Promise<Calibration | undefined> {
   if (!file) return undefined;
   const c = (await readCache(file))[key];
-  if (!c || !(c.cpu > 0) || !(c.webgpu > 0)) return undefined;
-  return { cpu: c.cpu, webgpu: c.webgpu, measured: String(c.measured), cached: true };
+  if (!c || !(c.cpu > 0) || !(c.webgpu > 0) || typeof c.adapter !== "string") return undefined;
+  return {
+    cpu: c.cpu,
+    webgpu: c.webgpu,
+    adapter: c.adapter,
+    measured: String(c.measured),
+    cached: true,
+  };
 }
 
 /** Stores `c` under `key` (best effort: a cache that cannot be written is skipped). */
@@ -136,10 +202,11 @@ async function rate(backend: MergeBackend, req: MergeRowsRequest, blocks: number
   return (req.rows * req.cols * blocks) / 1e6 / Math.max(s, 1e-6);
 }
 
-/** Measures both backends on the same blocks (`blocks` each, default 4). */
+/** Measures both backends on the same blocks (`blocks` each, default 4); `adapter` names WebGPU's. */
 export async function calibrate(
   cpu: MergeBackend,
   webgpu: MergeBackend,
+  adapter: string,
   shape: CalibrationShape,
   blocks = 4,
 ): Promise<Calibration> {
@@ -149,6 +216,7 @@ export async function calibrate(
   return {
     cpu: Math.round(c),
     webgpu: Math.round(g),
+    adapter,
     measured: new Date().toISOString(),
     cached: false,
   };

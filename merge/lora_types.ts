@@ -132,7 +132,7 @@ export interface MergeReport {
     kind: "webgpu" | "cpu";
     description: string;
     reason: string;
-    /** M weights/s of each backend when `auto` calibrated (see `createMergeBackend`). */
+    /** M weights/s of each backend and the WebGPU adapter measured, when `auto` calibrated. */
     calibration?: Calibration;
   };
   /** The adapters, in order. */
