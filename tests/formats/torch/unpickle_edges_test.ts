@@ -2,7 +2,9 @@
  * The restricted unpickler at edges a held-out mutation sample (seed 3) found unguarded: the text
  * memo opcodes, NEWOBJ of the two classes it allows, BUILD on a tensor, a MARK past the stack
  * limit, LONG4's length, reads of an empty stack, ints at 2^53 − 1, OrderedDict pairs and the int
- * tuples of a tensor rebuild.
+ * tuples of a tensor rebuild. Then those of an exploratory sample (seed 101): a storage as the whole
+ * result, SETITEMS' pairs, the 8-byte-length strings and bytes, BINSTRING's length, reading the top
+ * above a single mark, and a memo bomb checked once per distinct value.
  */
 import assert from "node:assert/strict";
 import { isCkptError } from "../../../errors.ts";
@@ -121,4 +123,53 @@ Deno.test("unpickle() reads Python 2 byte strings as Latin-1 text", () => {
   assert.equal(outcome("\x80\x02U\x03abc."), "abc"); // SHORT_BINSTRING
   assert.equal(outcome("\x80\x02T\x02\x00\x00\x00\xe9\xff."), "\xe9\xff"); // BINSTRING, é and ÿ
   assert.equal(outcome("\x80\x02U\x00."), "");
+});
+
+Deno.test("unpickle() refuses a storage that is the whole result, not only one inside a container", () => {
+  const { persistentLoad, storage } = floatStorage(1);
+  assert.equal(outcome(`\x80\x02${storage}.`, { persistentLoad }), "PICKLE_MALFORMED");
+  assert.equal(outcome(`\x80\x02${storage}\x85.`, { persistentLoad }), "PICKLE_MALFORMED");
+});
+
+Deno.test("unpickle() builds SETITEMS from pairs and refuses an odd count", () => {
+  const d = outcome("\x80\x02}(K\x01K\x02K\x03K\x04u.");
+  assert.ok(d instanceof PyDict, String(d));
+  assert.deepEqual([...d], [[1, 2], [3, 4]]);
+  assert.equal(outcome("\x80\x02}(K\x01K\x02K\x03u."), "PICKLE_MALFORMED");
+  assert.equal(outcome("\x80\x02}(K\x01u."), "PICKLE_MALFORMED");
+});
+
+Deno.test("unpickle() reads BINUNICODE8, BINBYTES, BINBYTES8 and BYTEARRAY8", () => {
+  const len8 = (n: number) => String.fromCharCode(n, 0, 0, 0, 0, 0, 0, 0);
+  const list = (v: PyValue | string) => v instanceof Uint8Array ? [...v] : v;
+  assert.equal(outcome(`\x80\x04\x8d${len8(2)}hi.`), "hi"); // BINUNICODE8
+  assert.deepEqual(list(outcome("\x80\x03B\x02\x00\x00\x00xy.")), [0x78, 0x79]); // BINBYTES
+  assert.deepEqual(list(outcome(`\x80\x04\x8e${len8(1)}z.`)), [0x7a]); // BINBYTES8
+  assert.deepEqual(list(outcome(`\x80\x05\x96${len8(1)}w.`)), [0x77]); // BYTEARRAY8
+});
+
+Deno.test("unpickle() refuses BINSTRING with a negative length as malformed, not as truncated", () => {
+  assert.equal(outcome("\x80\x02T\xff\xff\xff\xff."), "PICKLE_MALFORMED");
+  assert.equal(outcome("\x80\x02T\x00\x00\x00\x00."), "");
+});
+
+Deno.test("unpickle() refuses DUP and BINPUT right after a single mark, even with a value below it", () => {
+  assert.equal(outcome("\x80\x02N(N2."), null); // DUP reads the None above the mark
+  assert.equal(outcome("\x80\x02N(2."), "PICKLE_STACK"); // DUP would read past the only mark
+  assert.equal(outcome("\x80\x02N(q\x00."), "PICKLE_STACK"); // so would BINPUT
+});
+
+Deno.test("unpickle() checks a shared value once: 64 levels of a list holding the level below twice pass when maxExpanded allows", () => {
+  // x0 = [0]; x(i) = [x(i-1), x(i-1)]: 64 levels, 3 * 2^64 - 1 items as a tree but 65 lists. A
+  // check that walked the tree instead of its distinct values would not end.
+  let p = "\x80\x02]K\x00aq\x00";
+  for (let i = 1; i <= 64; i++) {
+    p += `(h${String.fromCharCode(i - 1)}h${String.fromCharCode(i - 1)}lq${
+      String.fromCharCode(i)
+    }0`;
+  }
+  const v = outcome(`${p}h\x40.`, { maxExpanded: Infinity });
+  // (no String(v) as the message: it would write out 2^64 items)
+  assert.ok(Array.isArray(v) && v.length === 2 && v[0] === v[1], typeof v);
+  assert.equal(outcome(`${p}h\x40.`), "PICKLE_LIMIT"); // the default maxExpanded
 });
