@@ -188,12 +188,12 @@ export class PickleState {
       `uses an unhashable ${pyTypeName(v as PyValue)} as a dict key`,
     );
   }
-  /** A little-endian two's-complement int (`LONG1`/`LONG4`). */
+  /** A little-endian two's-complement int (`LONG1`/`LONG4`); no bytes is 0. */
   long(b: Uint8Array): number | bigint {
-    if (b.length === 0) return 0;
     if (b.length > this.maxLong) {
       throw this.err("PICKLE_LIMIT", `an int of ${b.length} bytes exceeds ${this.maxLong}`);
     }
+    if (b.length === 0) return 0;
     let v = 0n;
     for (let i = b.length - 1; i >= 0; i--) v = (v << 8n) | BigInt(b[i]!);
     if (b[b.length - 1]! & 0x80) v -= 1n << BigInt(8 * b.length);
