@@ -41,6 +41,16 @@ Deno.test("`makeParents()` creates the missing folders above the output and name
   });
 });
 
+Deno.test("`makeParents()` leaves a parent that is there alone, even a file or a dangling link: it creates nothing and fails nothing", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.writeTextFile(join(dir, "file"), "x");
+    await Deno.symlink(join(dir, "nowhere"), join(dir, "dangling"));
+    assert.equal(await makeParents(join(dir, "file", "out")), undefined);
+    assert.equal(await makeParents(join(dir, "dangling", "out")), undefined);
+    assert.deepEqual(await tree(dir), ["dangling", "file"]);
+  });
+});
+
 Deno.test("`removeCreatedParents()` removes the empty folders up to the topmost it created, and stops at one that is not empty", async (t) => {
   for (
     const [name, remove] of [

@@ -2,17 +2,21 @@
  * What the runner's shared parts do at edges a held-out mutation sample (seed 3) found open: a
  * stage's reports merged (files added up, anything else replaced), inputs recorded with a size
  * only when they are files, a raw config validated even when it carries a baseDir, the error a
- * failed run ends with, and the staging folder's lock refused or taken twice.
+ * failed run ends with, and the staging folder's lock refused or taken twice; and where the
+ * exploratory sample (seed 101) found them open: realPathOf without read permission, and each way
+ * checkOutputAgainst compares paths (as written, real paths, device/inode) catching a case the
+ * others miss.
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { z } from "zod";
 import { CkptError, isCkptError } from "../../errors.ts";
 import { runPipeline } from "../../pipelines/run.ts";
 import type { Stage } from "../../pipelines/stage.ts";
 import { runError } from "../../pipelines/_run_shared.ts";
 import { exists, StagingFolder } from "../../pipelines/_staging.ts";
-import { realPathOf } from "../../pipelines/_context.ts";
+import { checkOutputAgainst, realPathOf } from "../../pipelines/_context.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
 import { FAKE_STAGES } from "./_fake_stages.ts";
 
@@ -147,6 +151,79 @@ Deno.test("`realPathOf()` resolves the symlinks of a path's nearest existing fol
     const real = Deno.realPathSync(join(dir, "real"));
     assert.equal(realPathOf(join(dir, "link", "new", "out")), join(real, "new", "out"));
     assert.equal(realPathOf(join(dir, "link")), real);
+  });
+});
+
+Deno.test("`realPathOf()` in a process that may read nothing gives the path as written: no folder, not even the root, resolves", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.mkdir(join(dir, "real"));
+    await Deno.symlink(join(dir, "real"), join(dir, "link"));
+    const path = join(dir, "link", "out");
+    assert.equal(realPathOf(path), join(Deno.realPathSync(join(dir, "real")), "out"));
+    const script = join(dir, "real_path_of.ts");
+    const module = JSON.stringify(import.meta.resolve("../../pipelines/_context.ts"));
+    await Deno.writeTextFile(
+      script,
+      `import { realPathOf } from ${module};\nconsole.log(realPathOf(${JSON.stringify(path)}));\n`,
+    );
+    const config = fileURLToPath(import.meta.resolve("../../deno.json"));
+    const ac = new AbortController();
+    const guard = setTimeout(() => ac.abort(), 60_000); // a realPathOf that loops fails here
+    try {
+      const child = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "--no-prompt", "--config", config, script], // no --allow-read
+        stdout: "piped",
+        stderr: "piped",
+        signal: ac.signal,
+      }).output();
+      const stderr = new TextDecoder().decode(child.stderr);
+      assert.equal(new TextDecoder().decode(child.stdout), `${path}\n`, stderr);
+    } finally {
+      clearTimeout(guard);
+    }
+  });
+});
+
+/** Where `checkOutputAgainst()` places `output`: "is inside" or "contains" the input, or "apart". */
+function placed(output: string, input: string): string {
+  try {
+    checkOutputAgainst(output, input, "folder");
+    return "apart";
+  } catch (e) {
+    if (!isCkptError(e, "OUTPUT_INSIDE_INPUT")) throw e;
+    return / it (is inside|contains) the input /.exec(e.message)?.[1] ?? e.message;
+  }
+}
+
+Deno.test("`checkOutputAgainst()` goes by the path as written too: a symlink inside the input or the output that leads elsewhere does not hide one in the other", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.mkdir(join(dir, "elsewhere"));
+    await Deno.writeTextFile(join(dir, "elsewhere", "model"), "x");
+    await Deno.mkdir(join(dir, "in"));
+    await Deno.symlink(join(dir, "elsewhere"), join(dir, "in", "a"));
+    assert.equal(placed(join(dir, "in", "a", "out"), join(dir, "in")), "is inside");
+    await Deno.mkdir(join(dir, "out"));
+    await Deno.symlink(join(dir, "elsewhere"), join(dir, "out", "a"));
+    assert.equal(placed(join(dir, "out"), join(dir, "out", "a", "model")), "contains");
+  });
+});
+
+Deno.test("`checkOutputAgainst()` resolves the symlinked parents of paths not there yet: an input a stage records before it reads it", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.mkdir(join(dir, "real"));
+    await Deno.symlink(join(dir, "real"), join(dir, "link"));
+    assert.equal(placed(join(dir, "real", "in", "out"), join(dir, "link", "in")), "is inside");
+    assert.equal(placed(join(dir, "real", "out"), join(dir, "link", "out", "model")), "contains");
+    assert.equal(placed(join(dir, "real", "out"), join(dir, "link", "in")), "apart");
+  });
+});
+
+Deno.test("`checkOutputAgainst()` refuses an output that is the input under another name (a hard link) as inside it, as it does the same path", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.writeTextFile(join(dir, "model"), "x");
+    await Deno.link(join(dir, "model"), join(dir, "out"));
+    assert.equal(placed(join(dir, "model"), join(dir, "model")), "is inside");
+    assert.equal(placed(join(dir, "out"), join(dir, "model")), "is inside");
   });
 });
 

@@ -447,6 +447,36 @@ Deno.test("`runPipeline()` honours an abort that comes as the last stage ends, d
   }
 });
 
+Deno.test("`runPipeline()` starts no further stage once an abort comes as a stage ends", async () => {
+  await withTempDir(async (dir) => {
+    const ac = new AbortController();
+    let runs = 0;
+    const counted = {
+      ...FAKE_STAGES.fakeMerge!,
+      name: "counted",
+      run: () => (runs++, Promise.resolve()),
+    };
+    const started: number[] = [];
+    await assert.rejects(
+      () =>
+        runPipeline({ output: "out", stages: [{ use: "counted" }, { use: "counted" }] }, {
+          ...base,
+          stages: { counted },
+          baseDir: dir,
+          signal: ac.signal,
+          onEvent: (e) => {
+            if (e.type === "stage-start") started.push(e.index);
+            if (e.type === "stage-end") ac.abort("enough");
+          },
+        }),
+      (e: unknown) => isCkptError(e, "ABORTED") && e.message.endsWith("aborted (enough)"),
+    );
+    assert.equal(runs, 1);
+    assert.deepEqual(started, [0]);
+    assert.deepEqual(await entries(dir), []);
+  });
+});
+
 Deno.test("`runPipeline()` reports its time as a duration within the time around the call, dry run or not", async () => {
   for (const dryRun of [false, true]) {
     await withTempDir(async (dir) => {
