@@ -102,9 +102,10 @@ export async function declaredInputs(config: PipelineConfig): Promise<string[]> 
     const strings: string[] = [];
     collectStrings(s.options, strings);
     for (const str of strings) {
-      if (str === "" || str.length > 4096 || str.includes("\n")) continue;
+      if (str === "" || str.includes("\n")) continue;
+      // No bound on the length: resolve() folds "./" and "x/.." away, so a long option can name
+      // an existing path. One that is no path at all (too long a name, say) is simply not an input.
       const p = resolve(config.baseDir, str);
-      // An option that is no path at all (too long a name, say) is simply not an input.
       if (await exists(p).catch(() => false)) found.add(p);
     }
   }

@@ -227,6 +227,25 @@ Deno.test("`checkOutputAgainst()` refuses an output that is the input under anot
   });
 });
 
+Deno.test("`runPipeline()` takes an option of any length that names an existing path for an input: 4,202 characters refuse the output inside it", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.mkdir(join(dir, "in"));
+    for (const text of ["in", `${"./".repeat(2100)}in`]) {
+      await assert.rejects(
+        () =>
+          runPipeline({ output: "in/out", stages: [{ use: "writeText", name: "a.txt", text }] }, {
+            stages: FAKE_STAGES,
+            env: {},
+            baseDir: dir,
+          }),
+        (e: unknown) => isCkptError(e, "OUTPUT_INSIDE_INPUT"),
+        `an option of ${text.length} characters`,
+      );
+      assert.deepEqual(await Array.fromAsync(Deno.readDir(join(dir, "in"))), []);
+    }
+  });
+});
+
 /** Writes a.txt and feeds its bytes to the output hasher while writing it. */
 const fed: Stage = {
   name: "fed",
