@@ -335,14 +335,11 @@ export class StagingFolder {
     try {
       await Deno.remove(this.path, { recursive: true }).catch(() => {});
       let timer: ReturnType<typeof setTimeout> | undefined;
-      const settled = await Promise.race([
-        inFlight.then(() => true),
-        new Promise<boolean>((r) => (timer = setTimeout(() => r(false), STRAGGLER_MS))),
-      ]);
+      await Promise.race([inFlight, new Promise((r) => (timer = setTimeout(r, STRAGGLER_MS)))]);
       clearTimeout(timer);
-      if (settled || await exists(this.path)) {
-        await Deno.remove(this.path, { recursive: true }).catch(() => {});
-      }
+      // Whether the stage ended or the wait did, remove again what it may have written meanwhile
+      // (a folder that is not there is nothing to remove).
+      await Deno.remove(this.path, { recursive: true }).catch(() => {});
     } finally {
       this.#release();
     }
