@@ -107,6 +107,16 @@ Deno.test("`partFromEnv()` takes a Kubernetes completion index with the count fr
   assert.throws(() => partFromEnv({}), /neither SLURM_ARRAY_TASK_ID .* nor JOB_COMPLETION_INDEX/);
 });
 
+Deno.test("`partFromEnv()` names the parts that exist when a Kubernetes completion index is out of range", () => {
+  assert.throws(
+    () => partFromEnv({ JOB_COMPLETION_INDEX: "4", CKPT_PARTS: "4" }),
+    (e: unknown) =>
+      e instanceof CkptError &&
+      e.message ===
+        "Cannot use --part auto: JOB_COMPLETION_INDEX 4 is not one of the 4 parts (0 to 3)",
+  );
+});
+
 Deno.test("`assignParts()` balances bytes: largest first to the lightest part, the same in every call", () => {
   const files = [7, 1, 9, 3, 8, 2, 6, 4, 5, 10].map((b, i) => ({ path: `f${i}`, bytes: b * 100 }));
   const owner = assignParts(files, 3);
