@@ -561,10 +561,11 @@ Deno.test("`finishParts()` joins the module changes each part of a LoRA merge me
   });
 });
 
-Deno.test("a part's unload handler (its process exiting mid-run) removes the part's work folder", async () => {
+Deno.test("a part's unload handler (its process exiting mid-run) removes the part's work folder and its lock file", async () => {
   await withTempDir(async (dir) => {
     const config = await smallModel(dir);
     let workLeft: boolean | undefined;
+    let lockLeft: boolean | undefined;
     const exiting = defineStage({
       name: "exiting",
       summary: "the process exits while this stage runs",
@@ -575,12 +576,13 @@ Deno.test("a part's unload handler (its process exiting mid-run) removes the par
         await Deno.writeTextFile(join(ctx.outDir, "x.txt"), "x");
         globalThis.dispatchEvent(new Event("unload"));
         workLeft = await Deno.stat(ctx.outDir).then(() => true, () => false);
+        lockLeft = await Deno.stat(`${ctx.outDir}.lock`).then(() => true, () => false);
       },
     });
     const stages = { ...(await builtinStages()), exiting };
     const withExit = { ...config, stages: [...config.stages, { use: "exiting" }] };
     await errorOf(runPart(withExit, { baseDir: dir, stages, part: { index: 1, count: 2 } }));
-    assert.equal(workLeft, false);
+    assert.deepEqual({ workLeft, lockLeft }, { workLeft: false, lockLeft: false });
   });
 });
 
@@ -622,5 +624,66 @@ Deno.test("`finishParts()` takes a receipt that cannot be read for an error, not
     const e = await errorOf(finishParts(config, { baseDir: dir, count: 2 }));
     assert.notEqual(e.code, "PARTS_MISSING");
     assert.match(e.message, /Cannot read/);
+  });
+});
+
+Deno.test("`finishParts()` of an output whose name is too long for the file system says so, not that no part has run", async () => {
+  await withTempDir(async (dir) => {
+    const config = { ...(await smallModel(dir)), output: "o".repeat(300) };
+    const e = await errorOf(finishParts(config, { baseDir: dir, count: 2 }));
+    assert.equal(e.code, "FS_NAME_TOO_LONG");
+  });
+});
+
+Deno.test("`runPart()` clears what a killed run of the same part left in its work folder, then writes the part", async () => {
+  await withTempDir(async (dir) => {
+    const config = await smallModel(dir);
+    const { paths } = await where(dir, config, 2);
+    // killed mid-stage (no cleanup): the work folder still holds a folder with a half-written file
+    await Deno.mkdir(join(paths(0).work, "sub"), { recursive: true });
+    await Deno.writeTextFile(join(paths(0).work, "sub", "half.bin"), "x");
+    const part = await runPart(config, { baseDir: dir, part: { index: 0, count: 2 } });
+    assert.equal(part.status, "written");
+    await assert.rejects(Deno.stat(paths(0).work), Deno.errors.NotFound);
+  });
+});
+
+Deno.test("`finishParts()` lists every weight file in the writing stage's report, as a one-machine run does", async () => {
+  await withTempDir(async (dir) => {
+    const config = await smallModel(dir);
+    const one = await runPipeline({ ...config, output: "one" }, { baseDir: dir });
+    for (const index of [0, 1]) await runPart(config, { baseDir: dir, part: { index, count: 2 } });
+    const split = await finishParts(config, { baseDir: dir, count: 2 });
+    const files = (m: { stages: { name: string; report: Record<string, unknown> }[] }) =>
+      m.stages.map((s) => [s.name, s.report.files]);
+    assert.deepEqual(files(split.manifest), files(one.manifest));
+    assert.equal((split.manifest.stages[1]!.report.files as unknown[]).length, 7);
+  });
+});
+
+Deno.test("`finishParts()` names the first part that measured an item when a later part measured it differently", async () => {
+  await withTempDir(async (dir) => {
+    const config = await smallModel(dir);
+    // every part measures "shared"; parts 0 and 1 alike, part 2 otherwise
+    const measure = defineStage({
+      name: "measure",
+      summary: "measures one item in every part",
+      split: "every-part",
+      options: z.strictObject({}),
+      run(ctx) {
+        const value = ctx.part?.index === 2 ? 2 : 1;
+        ctx.report("measure", { seen: [{ name: "shared", value }] });
+        ctx.part?.gather({ key: "seen", by: "name", order: ["shared"] });
+        return Promise.resolve();
+      },
+    });
+    const stages = { ...(await builtinStages()), measure };
+    const measured = { ...config, stages: [...config.stages, { use: "measure" }] };
+    for (const index of [0, 1, 2]) {
+      await runPart(measured, { baseDir: dir, stages, part: { index, count: 3 } });
+    }
+    const e = await errorOf(finishParts(measured, { baseDir: dir, stages, count: 3 }));
+    assert.equal(e.code, "PARTS_MISMATCH");
+    assert.match(e.message, /: parts 0 and 2 measured "shared" differently \(seen\)$/);
   });
 });
