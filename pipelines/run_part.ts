@@ -244,11 +244,9 @@ export async function runPart(
   let work: StagingFolder | undefined;
   let hasher: OutputHasher | undefined;
   let createdParent: string | undefined;
-  let ok = false;
   // A process that exits while this part is live (the CLI's grace timer after a signal) takes
-  // its work folder and locks with it, as the finally below would.
+  // its work folder and locks with it, as the finally below would (after the receipt too).
   const onUnload = () => {
-    if (ok) return;
     work?.discardSync();
     partLock?.releaseSync({ remove: true });
     lock?.releaseSync();
@@ -266,7 +264,6 @@ export async function runPart(
       purpose: `part ${index} of ${count} of ${output}`,
     });
     if (await finishedBySplit(output, id)) {
-      ok = true;
       return result("already-finished", []);
     }
     if (await exists(output)) {
@@ -289,7 +286,6 @@ export async function runPart(
     partLock = await lockPart(paths.lock, index, count);
     const done = await readReceipt(folder, id, index, count);
     if (done) {
-      ok = true;
       return result(
         "already-done",
         done.files.map(({ path, size, sha256 }) => ({ path, size, sha256 })),
@@ -356,7 +352,6 @@ export async function runPart(
       ...(lead ? { stages: loop.finished } : {}),
     };
     await writeJsonDurably(paths.receipt, receipt);
-    ok = true;
     emit({ type: "pipeline-end", output, ms: round1(performance.now() - t0) });
     return result("written", files.map(({ path, size, sha256 }) => ({ path, size, sha256 })));
   } catch (err) {
@@ -367,16 +362,15 @@ export async function runPart(
   } finally {
     hasher?.close();
     await loop.stateDict?.close().catch(() => {});
-    if (work) {
-      if (ok) {
-        work.release();
-        await Deno.remove(paths.work, { recursive: true }).catch(() => {});
-      } else await work.discard(loop.inFlight);
-    }
+    // Failed: what the stages wrote. Finished: only the folders its files were moved out of (and
+    // no stage is in flight).
+    await work?.discard(loop.inFlight);
     globalThis.removeEventListener("unload", onUnload);
     await partLock?.release({ remove: true }).catch(() => {});
     await lock?.release().catch(() => {});
-    if (!ok) await removeCreatedParents(output, createdParent);
+    // Empty folders only: a part that got past the lock left the lock file there (a shared holder
+    // does not remove it), so only a failure before that can leave a folder it made empty.
+    await removeCreatedParents(output, createdParent);
   }
 }
 

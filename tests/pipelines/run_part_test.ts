@@ -60,8 +60,16 @@ async function errorOf(p: Promise<unknown>): Promise<CkptError> {
   throw new Error("expected an error");
 }
 
-async function where(dir: string, config: RawConfig, count: number) {
-  const cfg = await validateConfig(config, { baseDir: dir, stages: await builtinStages() });
+async function where(
+  dir: string,
+  config: RawConfig,
+  count: number,
+  stages?: Awaited<ReturnType<typeof builtinStages>>,
+) {
+  const cfg = await validateConfig(config, {
+    baseDir: dir,
+    stages: stages ?? await builtinStages(),
+  });
   const folder = splitFolder(cfg.output, splitId(cfg, count));
   return { folder, paths: (i: number) => partPaths(folder, i, count) };
 }
@@ -427,6 +435,9 @@ Deno.test("`runPart()` moves a file two folders deep into the shared folder, and
     for (const index of [0, 1]) {
       await runPart(withNested, { baseDir: dir, stages, part: { index, count: 2 } });
     }
+    // the lead's work folder, which held sub/deeper/, is gone with the folders its file left
+    const { paths } = await where(dir, withNested, 2, stages);
+    await assert.rejects(Deno.stat(paths(1).work), Deno.errors.NotFound);
     const done = await finishParts(withNested, { baseDir: dir, stages, count: 2 });
     assert.ok(done.manifest.files.some((f) => f.path === "sub/deeper/x.txt"));
     assert.equal(await Deno.readTextFile(join(dir, "out", "sub", "deeper", "x.txt")), "x");
@@ -648,6 +659,33 @@ Deno.test("`runPart()` clears what a killed run of the same part left in its wor
   });
 });
 
+Deno.test("a part whose process exits as it reports its end keeps its receipt, and takes its lock file and work folder with it", async () => {
+  await withTempDir(async (dir) => {
+    const config = await smallModel(dir);
+    const { paths } = await where(dir, config, 2);
+    const there = (path: string) => {
+      try {
+        Deno.statSync(path);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    let left: Record<string, boolean> = {};
+    await runPart(config, {
+      baseDir: dir,
+      part: { index: 0, count: 2 },
+      onEvent: (ev) => {
+        if (ev.type !== "pipeline-end") return;
+        globalThis.dispatchEvent(new Event("unload"));
+        const { receipt, lock, work } = paths(0);
+        left = { receipt: there(receipt), lock: there(lock), work: there(work) };
+      },
+    });
+    assert.deepEqual(left, { receipt: true, lock: false, work: false });
+  });
+});
+
 Deno.test("`finishParts()` lists every weight file in the writing stage's report, as a one-machine run does", async () => {
   await withTempDir(async (dir) => {
     const config = await smallModel(dir);
@@ -685,5 +723,15 @@ Deno.test("`finishParts()` names the first part that measured an item when a lat
     const e = await errorOf(finishParts(measured, { baseDir: dir, stages, count: 3 }));
     assert.equal(e.code, "PARTS_MISMATCH");
     assert.match(e.message, /: parts 0 and 2 measured "shared" differently \(seen\)$/);
+  });
+});
+
+Deno.test("`runPart()` that wrote its share leaves only its receipt in the bookkeeping folder: no work folder, no lock file", async () => {
+  await withTempDir(async (dir) => {
+    const config = await smallModel(dir);
+    await runPart(config, { baseDir: dir, part: { index: 0, count: 2 } });
+    const { folder } = await where(dir, config, 2);
+    const left = await Array.fromAsync(Deno.readDir(join(folder, ".ckpt-split")));
+    assert.deepEqual(left.map((e) => e.name), ["part-00000-of-00002.json"]);
   });
 });
