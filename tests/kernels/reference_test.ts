@@ -150,6 +150,32 @@ Deno.test("`doraSumOfSquares()` is the float64 sum of squares up to f32 rounding
   }
 });
 
+Deno.test("`doraSumOfSquares()` sums each lane's strided squares first and adds the lanes in a pairwise tree: four 2^-24 in odd lanes survive beside a 1", () => {
+  // y² = [1, 2^-24, 0, 2^-24, 0, 2^-24, 0, 2^-24]: the odd lanes meet the 1 only at the tree's last
+  // step, as 4 · 2^-24 = 2^-22. Summed in any order that adds a 2^-24 to the 1 alone, each is lost
+  // (1 + 2^-24 rounds to even, to 1): a running sum gives 1, pairs (0,1), (2,3), … give 1 + 2^-23.
+  const e = 2 ** -12;
+  const y = new Float32Array([1, e, 0, e, 0, e, 0, e]);
+  assert.equal(doraSumOfSquares(y), 1 + 2 ** -22);
+  // and what a DoRA merge makes of it: norm = f32(sqrt(1 + 2^-22)) = 1 + 2^-23, m / norm with
+  // m = 1 is 1 - 2^-23 (W itself at rank 1 with B = 0)
+  const out = mergeRowsReference({
+    name: "dora.lanes",
+    w: new Uint8Array(y.buffer),
+    wDtype: "F32",
+    outDtype: "F32",
+    rows: 1,
+    cols: 8,
+    rank: 1,
+    a: new Float32Array(8).fill(1),
+    b: new Float32Array(1),
+    scale: 1,
+    magnitude: new Float32Array([1]),
+  });
+  const f = 1 - 2 ** -23;
+  assert.deepEqual([...decodeOut("F32", out)], [...y].map((v) => Math.fround(f * v)));
+});
+
 Deno.test("`mergeRowsReference()` validates shapes before computing", () => {
   const req = request("BF16", "BF16", 2, 8, 2, 1);
   assert.throws(() => mergeRowsReference({ ...req, a: new Float32Array(15) }), {

@@ -1,11 +1,12 @@
 /**
  * The CPU backend's machinery around the kernel, which its results do not show: the compiled
- * kernel caches (counted by `kernelsCompiled`), the two memory slots that let a block be read in
- * while another is in flight, the phase clock's merge entry, and its description.
+ * kernel caches (counted by `kernelsCompiled`, which also shows where a block was merged), the two
+ * memory slots that let a block be read in while another is in flight, the phase clock's merge
+ * entry, its description, and what a worker answers.
  */
 import assert from "node:assert/strict";
 import { createCpuBackend } from "../../../kernels/cpu/backend.ts";
-import { KernelCache, kernelKind, kernelsCompiled } from "../../../kernels/cpu/_rows.ts";
+import { KernelCache, kernelKey, kernelKind, kernelsCompiled } from "../../../kernels/cpu/_rows.ts";
 import { mergeRowsReference } from "../../../kernels/reference.ts";
 import { MERGE_DTYPE_SIZE } from "../../../kernels/types.ts";
 import { mergeKernelWasm } from "../../../kernels/cpu/kernel.ts";
@@ -204,5 +205,96 @@ Deno.test("`createCpuBackend()` with workers merges a DoRA block and then a plai
     assert.equal(kernelsCompiled.count - at, 2);
   } finally {
     await cpu.dispose();
+  }
+});
+
+Deno.test("`createCpuBackend()` with workers merges a one-row block on the calling thread: its kernel is compiled for this thread, apart from the module the workers get", async () => {
+  const cpu = await createCpuBackend({ workers: 2, inlineBelow: 0 });
+  try {
+    const at = kernelsCompiled.count;
+    const one = request("BF16", "F16", 1, 48, 4, 51);
+    assertSameBytes(await cpu.mergeRows(one), mergeRowsReference(one), one.name);
+    assert.equal(kernelsCompiled.count - at, 1);
+    // two rows of the same kind go to the workers: their module is compiled now, once
+    const two = request("BF16", "F16", 2, 48, 4, 52);
+    assertSameBytes(await cpu.mergeRows(two), mergeRowsReference(two), two.name);
+    assert.equal(kernelsCompiled.count - at, 2);
+    assertSameBytes(await cpu.mergeRows(one), mergeRowsReference(one), `${one.name} again`);
+    assertSameBytes(await cpu.mergeRows(two), mergeRowsReference(two), `${two.name} again`);
+    assert.equal(kernelsCompiled.count - at, 2);
+  } finally {
+    await cpu.dispose();
+  }
+});
+
+Deno.test("`createCpuBackend()` gives the phase clock a block's merge time in milliseconds, as `performance.now()` measured it", async () => {
+  const cpu = await createCpuBackend({ workers: 0 });
+  const now = performance.now;
+  let clock = 0;
+  // a clock that moves on 250 ms at each reading: the merge reads it before and after
+  performance.now = () => (clock += 250);
+  phaseClock.enable();
+  try {
+    await cpu.mergeRows(request("BF16", "BF16", 4, 32, 2, 8));
+    performance.now = now;
+    assert.equal(phaseClock.snapshot().merge?.ms, 250);
+  } finally {
+    performance.now = now;
+    phaseClock.disable();
+    await cpu.dispose();
+  }
+});
+
+Deno.test("the CPU merge worker answers a task with its id, and a task that throws with the error's stack: what failed and where", async () => {
+  const worker = new Worker(new URL("../../../kernels/cpu/worker.ts", import.meta.url).href, {
+    type: "module",
+  });
+  try {
+    const replies: unknown[] = [];
+    let wake = () => {};
+    worker.onmessage = (e: MessageEvent) => {
+      replies.push(e.data);
+      wake();
+    };
+    const reply = async () => {
+      while (replies.length === 0) await new Promise<void>((r) => (wake = r));
+      return replies.shift();
+    };
+    const mem = new WebAssembly.Memory({ initial: 1, maximum: 2, shared: true });
+    new Float32Array(mem.buffer as unknown as ArrayBuffer).set([1, -2, 3], 0);
+    worker.postMessage({ type: "init", mem });
+    // one row of 3 columns (scalar tail only), rank 0: W copied from 0 to 256
+    const task = {
+      key: kernelKey(kernelKind("F32", "F32", 0, 3)),
+      wDtype: "F32",
+      outDtype: "F32",
+      wPtr: 0,
+      aPtr: 64,
+      bPtr: 128,
+      outPtr: 256,
+      yPtr: 0,
+      magPtr: 0,
+      dora: false,
+      row0: 0,
+      row1: 1,
+      cols: 3,
+      rank: 0,
+      scale: 1,
+    };
+    worker.postMessage({ type: "task", id: 1, task });
+    assert.deepEqual(await reply(), { id: 1 });
+    assert.deepEqual([...new Float32Array(mem.buffer as unknown as ArrayBuffer, 256, 3)], [
+      1,
+      -2,
+      3,
+    ]);
+    // rank 1 with A past the end of the memory: the tail's view of A (3 floats) cannot be made
+    worker.postMessage({ type: "task", id: 2, task: { ...task, rank: 1, aPtr: 1 << 20 } });
+    const failed = await reply() as { id: number; error: string };
+    assert.equal(failed.id, 2);
+    assert.match(failed.error, /^RangeError: Invalid typed array length: 3\n/);
+    assert.match(failed.error, /\n +at runCpuTask \(.*kernels\/cpu\/_rows\.ts:\d+:\d+\)/);
+  } finally {
+    worker.terminate();
   }
 });

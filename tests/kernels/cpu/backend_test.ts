@@ -1,9 +1,10 @@
 import assert from "node:assert/strict";
 import { createCpuBackend } from "../../../kernels/cpu/backend.ts";
 import { mergeRowsReference } from "../../../kernels/reference.ts";
-import { MERGE_DTYPE_SIZE } from "../../../kernels/types.ts";
+import { MERGE_DTYPE_SIZE, type MergeRowsRequest } from "../../../kernels/types.ts";
+import { encodeF32 } from "../../../formats/dtype.ts";
 import { addBlockChange } from "../../../merge/_lora_change.ts";
-import { assertSameBytes, corpus, request, roundingEdges } from "../_corpus.ts";
+import { assertSameBytes, corpus, request, roundingEdges, seeded } from "../_corpus.ts";
 import { kernelKey, kernelKind } from "../../../kernels/cpu/_rows.ts";
 import { KERNEL_MAX_UNROLL, KERNEL_TILE_COLS } from "../../../kernels/cpu/kernel.ts";
 import { sleb, uleb } from "../../../kernels/cpu/wasm_emit.ts";
@@ -197,4 +198,47 @@ Deno.test("`mergeRowsInto()` with change adds the block's Σ W², Σ ΔW² and m
       await cpu.dispose();
     }
   }
+});
+
+Deno.test("`createCpuBackend()` merges the column tail of a DoRA block's last row without touching the magnitudes that follow its scratch rows", async () => {
+  // 32 × 17 f32 scratch rows are 2,176 bytes, a multiple of 64: the magnitudes start right after
+  // them, so anything written for a row past the block's last lands on magnitude 16 onwards
+  const req = request("BF16", "BF16", 32, 17, 2, 31, { dora: true });
+  // finite weights, so that a wrong magnitude shows in every row it scales
+  req.w = encodeF32("BF16", seeded(32 * 17, 32, 4));
+  for (const workers of [0, 2]) {
+    const cpu = await createCpuBackend({ workers, inlineBelow: 0 });
+    try {
+      assertSameBytes(await cpu.mergeRows(req), mergeRowsReference(req), `${workers} workers`);
+    } finally {
+      await cpu.dispose();
+    }
+  }
+});
+
+Deno.test("`mergeRowsInto()` without DoRA takes no room for DoRA's f32 rows in the shared memory", async () => {
+  // 64 × 1024 bf16 at rank 16: A, B, W and the output take 324 KiB; f32 rows would add 256 KiB
+  const rows = 64, cols = 1024, rank = 16;
+  const { w, ...plain } = request("BF16", "BF16", rows, cols, rank, 41);
+  const needs = plain.a.byteLength + plain.b.byteLength + 2 * w.byteLength;
+  const grown = async (req: Omit<MergeRowsRequest, "w">) => {
+    const cpu = await createCpuBackend({ workers: 0 });
+    try {
+      let memory = 0;
+      const readW = (into: Uint8Array) => {
+        memory = into.buffer.byteLength; // the whole shared memory, grown for this block
+        into.set(w);
+        return Promise.resolve(into);
+      };
+      await cpu.mergeRowsInto({ ...req, readW }, new Uint8Array(rows * cols * 2));
+      return memory - 16 * 65536; // past the 16 pages a backend starts with
+    } finally {
+      await cpu.dispose();
+    }
+  };
+  // a fresh backend grows its memory by 1.25 times the block's layout, in whole pages
+  const slack = (bytes: number) => Math.ceil((bytes + 5 * 64) * 1.25 / 65536) * 65536;
+  assert.ok((await grown(plain)) <= slack(needs), "the plain block");
+  const dora = { ...plain, magnitude: seeded(rows, 42, 3) };
+  assert.ok((await grown(dora)) >= needs + rows * cols * 4, "the DoRA block");
 });

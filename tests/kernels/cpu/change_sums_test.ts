@@ -1,8 +1,16 @@
 import assert from "node:assert/strict";
-import { blockChangeSums, type CpuTask } from "../../../kernels/cpu/_rows.ts";
+import {
+  blockChangeSums,
+  type CpuTask,
+  KernelCache,
+  kernelKey,
+  kernelKind,
+  runCpuTask,
+} from "../../../kernels/cpu/_rows.ts";
 import { addBlockChange } from "../../../merge/_lora_change.ts";
 import { MERGE_DTYPE_SIZE, type MergeDType } from "../../../kernels/types.ts";
-import { bf16ToF32, encodeF32, f16ToF32 } from "../../../formats/dtype.ts";
+import { bf16ToF32, decodeF32, encodeF32, f16ToF32 } from "../../../formats/dtype.ts";
+import { createCpuBackend } from "../../../kernels/cpu/backend.ts";
 import { seeded, weights } from "../_corpus.ts";
 
 Deno.test("`blockChangeSums()` equals the scalar sums for every length around the 8-element SIMD groups and every 16-bit pair", () => {
@@ -133,5 +141,126 @@ Deno.test("`blockChangeSums()` decodes every one of the 65,536 bf16 and f16 patt
       }
     }
     assert.equal(wrong, 0, `${dtype}: ${wrong} patterns decoded otherwise`);
+  }
+});
+
+/** Σ W², Σ ΔW² and max |ΔW| in float64, element by element (exact for the small values below). */
+function exactSums(w: readonly number[], o: readonly number[]) {
+  let sumSqW = 0, sumSqDelta = 0, maxAbs = 0;
+  w.forEach((x, i) => {
+    const d = o[i]! - x;
+    sumSqW += x * x;
+    sumSqDelta += d * d;
+    maxAbs = Math.max(maxAbs, Math.abs(d));
+  });
+  return { sumSqW, sumSqDelta, maxAbs };
+}
+
+Deno.test("`blockChangeSums()` finds the largest |ΔW| wherever it sits: either lane of either 8-element SIMD group or the scalar tail, beside equal runners-up", () => {
+  const mem = new WebAssembly.Memory({ initial: 1, maximum: 2, shared: true });
+  const bytes = new Uint8Array(mem.buffer as unknown as ArrayBuffer);
+  // 19 elements: two SIMD groups (the kernel keeps one max per f64 lane: even and odd elements)
+  // and a scalar tail of 3. Every other change is at most 5 in size, 5 itself in both lanes and
+  // the tail; the largest, -6 (a fall), is put at each position in turn.
+  const w = [2, 1, -3, 0.5, 4, -2, 1.5, 0, -1, 3, 2.5, -4, 1, 0.25, -0.5, 6, 3, -2, 1];
+  const change = [1, 5, -2, 0, 3, -5, 2, -1, 0.5, 4, -5, 1, 5, -3, -0.5, 2, 5, -5, 1];
+  for (const [wd, od] of [["BF16", "BF16"], ["BF16", "F16"], ["F16", "F16"], ["F32", "BF16"]]) {
+    for (let at = 0; at < w.length; at++) {
+      const d = change.map((v, i) => (i === at ? -6 : v));
+      const o = w.map((x, i) => x + d[i]!);
+      const want = exactSums(w, o);
+      assert.equal(want.maxAbs, 6);
+      bytes.set(encodeF32(wd as MergeDType, Float32Array.from(w)), 0);
+      bytes.set(encodeF32(od as MergeDType, Float32Array.from(o)), 4096);
+      const t = { wDtype: wd, outDtype: od, wPtr: 0, outPtr: 4096, row0: 0, row1: 1, cols: 19 };
+      assert.deepEqual(blockChangeSums(mem, t as CpuTask), want, `${wd}>${od}, -6 at ${at}`);
+    }
+  }
+});
+
+Deno.test("`runCpuTask()` measures the change only for a task that asks for it", () => {
+  const mem = new WebAssembly.Memory({ initial: 1, maximum: 2, shared: true });
+  const f32 = new Float32Array(mem.buffer as unknown as ArrayBuffer);
+  // one row of 3 columns (all scalar tail), rank 1: W' = W + 0.5 · 1 · 1 for W at 0, A at 64,
+  // B at 128, the output at 192 (byte offsets)
+  f32.set([1, -2, 3], 0);
+  f32.set([1, 1, 1], 16);
+  f32.set([1], 32);
+  const task: CpuTask = {
+    key: kernelKey(kernelKind("F32", "F32", 1, 3)),
+    wDtype: "F32",
+    outDtype: "F32",
+    wPtr: 0,
+    aPtr: 64,
+    bPtr: 128,
+    outPtr: 192,
+    yPtr: 0,
+    magPtr: 0,
+    dora: false,
+    row0: 0,
+    row1: 1,
+    cols: 3,
+    rank: 1,
+    scale: 0.5,
+  };
+  const cache = new KernelCache(mem);
+  assert.equal(runCpuTask(mem, cache, task), undefined);
+  assert.deepEqual([...f32.subarray(48, 51)], [1.5, -1.5, 3.5]);
+  assert.deepEqual(runCpuTask(mem, cache, { ...task, change: true }), {
+    sumSqW: 14,
+    sumSqDelta: 0.75,
+    maxAbs: 0.5,
+  });
+});
+
+Deno.test("`mergeRowsInto()` adds a block's exact Σ W², Σ ΔW² and max |ΔW| to the request's sums, merged on this thread and split between workers", async () => {
+  // 6 × 40 (two 16-column tiles and a tail of 8), rank 2: W whole numbers in -5 … 5, A and B
+  // quarters and whole numbers, so that s·B·A and W' are exact in bf16 and every sum exact in f64
+  const rows = 6, cols = 40, rank = 2, scale = 2;
+  const w = Array.from(
+    { length: rows * cols },
+    (_, e) => ((e * 3 + Math.floor(e / cols)) % 11) - 5,
+  );
+  const a = Float32Array.from({ length: rank * cols }, (_, e) => ((e * 7) % 9 - 4) / 4);
+  const b = Float32Array.from({ length: rows * rank }, (_, e) => (e % 3) - 1);
+  const o = w.map((x, e) => {
+    const i = Math.floor(e / cols), j = e % cols;
+    let acc = 0;
+    for (let k = 0; k < rank; k++) acc += b[i * rank + k]! * a[k * cols + j]!;
+    return x + scale * acc;
+  });
+  const block = exactSums(w, o);
+  assert.ok(block.sumSqW > 0 && block.sumSqDelta > 0 && block.maxAbs > 1);
+  for (const [wd, od] of [["BF16", "BF16"], ["F16", "F32"]] as const) {
+    for (const workers of [0, 2]) {
+      const cpu = await createCpuBackend({ workers, inlineBelow: 0 });
+      try {
+        const wBytes = encodeF32(wd, Float32Array.from(w));
+        const out = new Uint8Array(rows * cols * MERGE_DTYPE_SIZE[od]);
+        // sums already there (an earlier block of the tensor): the block's are added to them
+        const change = { sumSqW: 100, sumSqDelta: 10, maxAbs: 1 };
+        await cpu.mergeRowsInto({
+          name: "exact",
+          wDtype: wd,
+          outDtype: od,
+          rows,
+          cols,
+          rank,
+          a,
+          b,
+          scale,
+          readW: () => Promise.resolve(wBytes),
+          change,
+        }, out);
+        assert.deepEqual([...decodeF32(od, out)], o, `${wd}>${od}, ${workers} workers: W'`);
+        assert.deepEqual(change, {
+          sumSqW: 100 + block.sumSqW,
+          sumSqDelta: 10 + block.sumSqDelta,
+          maxAbs: block.maxAbs,
+        }, `${wd}>${od}, ${workers} workers`);
+      } finally {
+        await cpu.dispose();
+      }
+    }
   }
 });
