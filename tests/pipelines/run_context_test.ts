@@ -356,3 +356,23 @@ Deno.test("`runPipeline()` with overwrite but not force never replaces an output
     );
   });
 });
+
+Deno.test("`runPipeline()` gives a one-machine run's stages a context without a `part` key at all, as the StageContext doc says", async () => {
+  const seen: boolean[] = [];
+  const probe: Stage = {
+    name: "probe",
+    summary: "records whether its context has a `part` key",
+    options: z.strictObject({}),
+    run(ctx) {
+      seen.push("part" in ctx);
+      return Promise.resolve();
+    },
+  };
+  await withTempDir(async (dir) => {
+    await runPipeline({
+      output: "out",
+      stages: [{ use: "probe" }, { use: "writeText", name: "a.txt" }],
+    }, { stages: { ...FAKE_STAGES, probe }, env: {}, baseDir: dir });
+  });
+  assert.deepEqual(seen, [false]);
+});
