@@ -210,6 +210,8 @@ class DirectSink implements FileSink {
   }
 
   async write(bytes: Uint8Array): Promise<void> {
+    // not only when a block is sent: bytes copied into a block of a dead worker are lost
+    if (this.#failed) throw this.#failed;
     let at = 0;
     while (at < bytes.length) {
       const busy = this.#inFlight[this.#block];

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { CkptError } from "../../errors.ts";
 import { createFileSink, DIRECT_BLOCK_BYTES, DIRECT_MIN_BYTES } from "../../formats/_file_sink.ts";
 import { readSafetensorsHeader, writeSafetensors } from "../../formats/safetensors.ts";
 import { StateDict, tensorFromBytes } from "../../formats/state_dict.ts";
@@ -136,5 +137,74 @@ Deno.test("safetensors and torch files above the direct I/O size are the same by
     await using back = await openTorchStateDict(join(dir, "direct", "model.bin"));
     const last = await back.require("layer.2.weight").read();
     assert.deepEqual(last, await sd.require("layer.2.weight").read());
+  });
+});
+
+/**
+ * Runs `fn` with every direct sink it creates driven by the failing test worker
+ * (`_failing_sink_worker.ts`: the real one, whose first "write" or "finish" throws uncaught). The
+ * global `Worker` is replaced for this call only; other workers are left as they are. Deno prints
+ * the worker's uncaught error on stderr even though the sink handles it.
+ */
+async function withFailingWorker<T>(fn: () => Promise<T>): Promise<T> {
+  const Real = globalThis.Worker;
+  const failing = new URL("./_failing_sink_worker.ts", import.meta.url);
+  globalThis.Worker = class extends Real {
+    constructor(url: string | URL, options?: WorkerOptions) {
+      super(String(url).endsWith("/formats/_direct_file_worker.ts") ? failing : url, options);
+    }
+  };
+  try {
+    return await withDirectIo(undefined, fn);
+  } finally {
+    globalThis.Worker = Real;
+  }
+}
+
+const WORKER_FAILED = /the direct I\/O worker failed: .*the test worker fails at "(write|finish)"/;
+
+Deno.test("when the direct I/O worker fails, the write waiting on it rejects, later writes fail at once, and abandon still ends", async () => {
+  await withTempDir(async (dir) => {
+    await withFailingWorker(async () => {
+      const path = join(dir, "doomed");
+      const sink = await createFileSink(path, { expectedBytes: DIRECT_MIN_BYTES });
+      assert.equal(sink.direct, true);
+      // fills both blocks, then waits on the first block's write, at which the worker dies
+      await assert.rejects(() => sink.write(pattern(2 * DIRECT_BLOCK_BYTES + 1, 1)), WORKER_FAILED);
+      await assert.rejects(() => sink.write(new Uint8Array(1)), WORKER_FAILED);
+      await assert.rejects(() => sink.finish(), WORKER_FAILED);
+      await sink.abandon();
+      await Deno.remove(path); // the sanitizers fail on a worker or file left open
+    });
+  });
+});
+
+Deno.test("when the direct I/O worker fails at finish, finish rejects instead of waiting forever", async () => {
+  await withTempDir(async (dir) => {
+    await withFailingWorker(async () => {
+      const path = join(dir, "empty");
+      const sink = await createFileSink(path, { expectedBytes: DIRECT_MIN_BYTES });
+      await assert.rejects(() => sink.finish(), WORKER_FAILED);
+      await sink.abandon();
+      await Deno.remove(path);
+    });
+  });
+});
+
+Deno.test("writeSafetensors whose direct I/O worker fails reports a FILE_WRITE error naming the file and leaves no temporary file", async () => {
+  await withTempDir(async (dir) => {
+    const path = join(dir, "model.safetensors");
+    const sd = bigStateDict(Math.ceil(DIRECT_MIN_BYTES / 2 ** 20) + 1);
+    const err = await withFailingWorker(() =>
+      writeSafetensors(path, sd).then(() => undefined, (e) => e)
+    );
+    assert.ok(err instanceof CkptError, `a CkptError, not ${err}`);
+    assert.equal(err.code, "FILE_WRITE");
+    assert.equal(err.file, path);
+    assert.match(
+      err.message,
+      /^Cannot write ".*model\.safetensors": the direct I\/O worker failed: /,
+    );
+    assert.deepEqual(await Array.fromAsync(Deno.readDir(dir)), [], "no file, no temporary file");
   });
 });
