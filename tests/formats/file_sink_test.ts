@@ -208,3 +208,36 @@ Deno.test("writeSafetensors whose direct I/O worker fails reports a FILE_WRITE e
     assert.deepEqual(await Array.fromAsync(Deno.readDir(dir)), [], "no file, no temporary file");
   });
 });
+
+Deno.test("a direct write the file system refuses (EINVAL) goes on buffered: the bytes land, finish says direct: false and truncates", async () => {
+  await withTempDir(async (dir) => {
+    const path = join(dir, "mixed");
+    // one page of shared wasm memory, page-aligned as the direct sink's blocks are
+    const wasm = new WebAssembly.Memory({ initial: 1, maximum: 1, shared: true });
+    const sent = pattern(3 * 4096, 5);
+    new Uint8Array(wasm.buffer).set(sent);
+    const worker = new Worker(new URL("../../formats/_direct_file_worker.ts", import.meta.url), {
+      type: "module",
+    });
+    let id = 0;
+    const ask = (message: Record<string, unknown>) =>
+      new Promise<Record<string, unknown>>((resolve, reject) => {
+        worker.onmessage = (e) =>
+          e.data.error ? reject(new Error(e.data.error.message)) : resolve(e.data);
+        worker.postMessage({ ...message, id: id++ });
+      });
+    try {
+      assert.equal((await ask({ op: "open", path, buffer: wasm.buffer })).direct, true);
+      await ask({ op: "write", start: 0, length: 4096, offset: 0 }); // aligned: direct
+      // O_DIRECT refuses a length that is not a multiple of 4096 (EINVAL): reopened buffered
+      await ask({ op: "write", start: 4096, length: 100, offset: 4096 });
+      // and the rest goes buffered, at an offset direct I/O would refuse too
+      await ask({ op: "write", start: 4196, length: 2 * 4096 - 100, offset: 4196 });
+      const size = 3 * 4096 - 7;
+      assert.equal((await ask({ op: "finish", size })).direct, false);
+      assert.deepEqual(await Deno.readFile(path), sent.subarray(0, size));
+    } finally {
+      worker.terminate();
+    }
+  });
+});
