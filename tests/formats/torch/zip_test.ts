@@ -168,6 +168,8 @@ interface ZipPatch {
   name?: Uint8Array;
   /** General-purpose flags of the directory entry. */
   flags?: number;
+  /** Compression method of the directory entry. */
+  method?: number;
   /** The directory entry's signature. */
   signature?: number;
   /** Entries the end record claims. */
@@ -192,6 +194,7 @@ function oneEntryZip(
   const c = new DataView(cd.buffer);
   c.setUint32(0, patch.signature ?? 0x02014b50, true);
   c.setUint16(8, patch.flags ?? 0, true);
+  c.setUint16(10, patch.method ?? 0, true);
   c.setUint32(20, data.length, true);
   c.setUint32(24, patch.usize ?? data.length, true);
   c.setUint16(28, name.length, true);
@@ -546,4 +549,119 @@ Deno.test("ZipReader.open() names the zip64 locator's place when the end record 
     assert.equal(e?.code, "ZIP_BAD_OFFSET");
     assert.equal(e?.offset, locator);
   });
+});
+
+Deno.test("ZipReader.open() refuses an empty entry name and takes a one-character one", async () => {
+  await withTempDir(async (dir) => {
+    const none = new Uint8Array(0);
+    assert.equal(
+      await openOutcome(dir, oneEntryZip(none, none, { name: new Uint8Array(0) })),
+      'ZIP_NAME: entry name "" is not a safe relative path',
+    );
+    const a = new TextEncoder().encode("a");
+    assert.equal(await openOutcome(dir, oneEntryZip(none, none, { name: a })), "ok a");
+  });
+});
+
+Deno.test("ZipReader reads an entry's compression method little-endian and refuses to read a deflated one", async () => {
+  await withTempDir(async (dir) => {
+    const path = join(dir, "deflated.zip");
+    const none = new Uint8Array(0);
+    await Deno.writeFile(path, oneEntryZip(none, none, { method: 8 }));
+    const file = await RandomAccessFile.open(path);
+    try {
+      const zip = await ZipReader.open(file);
+      assert.equal(zip.entries[0]!.method, 8);
+      assert.throws(
+        () => zip.read(zip.entries[0]!),
+        (e) => isCkptError(e) && e.code === "ZIP_COMPRESSED" && e.message.includes("(method 8)"),
+      );
+    } finally {
+      await file.close();
+    }
+  });
+});
+
+/** A stored zip of `n` one-byte entries named `e0`, `e1`, ... */
+function manyEntryZip(n: number): Uint8Array {
+  const enc = new TextEncoder();
+  const locals: Uint8Array[] = [];
+  const centrals: Uint8Array[] = [];
+  let at = 0;
+  for (let i = 0; i < n; i++) {
+    const name = enc.encode(`e${i}`);
+    const lfh = new Uint8Array(30 + name.length + 1);
+    const l = new DataView(lfh.buffer);
+    l.setUint32(0, 0x04034b50, true);
+    l.setUint32(18, 1, true);
+    l.setUint32(22, 1, true);
+    l.setUint16(26, name.length, true);
+    lfh.set(name, 30);
+    lfh[30 + name.length] = i & 0xff;
+    const cd = new Uint8Array(46 + name.length);
+    const c = new DataView(cd.buffer);
+    c.setUint32(0, 0x02014b50, true);
+    c.setUint32(20, 1, true);
+    c.setUint32(24, 1, true);
+    c.setUint16(28, name.length, true);
+    c.setUint32(42, at, true);
+    cd.set(name, 46);
+    locals.push(lfh);
+    centrals.push(cd);
+    at += lfh.length;
+  }
+  const cdSize = centrals.reduce((s, c) => s + c.length, 0);
+  const eocd = new Uint8Array(22);
+  const e = new DataView(eocd.buffer);
+  e.setUint32(0, 0x06054b50, true);
+  e.setUint16(8, n, true);
+  e.setUint16(10, n, true);
+  e.setUint32(12, cdSize, true);
+  e.setUint32(16, at, true);
+  const out = new Uint8Array(at + cdSize + 22);
+  let p = 0;
+  for (const part of [...locals, ...centrals, eocd]) {
+    out.set(part, p);
+    p += part.length;
+  }
+  return out;
+}
+
+/** A file over `bytes` in memory that records its reads and the most of them in flight at once. */
+function recordingFile(bytes: Uint8Array) {
+  const reads: number[] = [];
+  let inFlight = 0;
+  let mostInFlight = 0;
+  return {
+    path: "memory.zip",
+    size: bytes.length,
+    reads,
+    mostInFlight: () => mostInFlight,
+    async readAt(offset: number, length: number): Promise<Uint8Array> {
+      reads.push(length);
+      inFlight++;
+      mostInFlight = Math.max(mostInFlight, inFlight);
+      await Promise.resolve();
+      inFlight--;
+      return bytes.slice(offset, offset + length);
+    },
+  };
+}
+
+Deno.test("ZipReader.open() reads the local headers of 65 entries 64 at a time, then the last one", async () => {
+  const file = recordingFile(manyEntryZip(65));
+  const zip = await ZipReader.open(file);
+  assert.equal(zip.entries.length, 65);
+  assert.equal(file.mostInFlight(), 64);
+  assert.deepEqual([...await zip.read(zip.entries[64]!)], [64]);
+});
+
+Deno.test("ZipReader.open() reads 20 + 22 + 65535 bytes from the end, the most the end records can span", async () => {
+  // A long archive: 2000 entries take more than the 65,577 bytes the tail read may cover.
+  const bytes = manyEntryZip(2000);
+  assert.ok(bytes.length > 20 + 22 + 0xffff);
+  const file = recordingFile(bytes);
+  const zip = await ZipReader.open(file);
+  assert.equal(zip.entries.length, 2000);
+  assert.equal(file.reads[0], 20 + 22 + 0xffff);
 });
