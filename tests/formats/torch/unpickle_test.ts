@@ -449,6 +449,14 @@ Deno.test("unpickle() encodes _codecs.encode strings as Latin-1 or UTF-8 and ref
   );
 });
 
+Deno.test("unpickle() refuses _codecs.encode to an encoding other than Latin-1 or UTF-8", () => {
+  const pickle = `\x80\x02c_codecs\nencode\nX${le32("e")}X${le32("utf-16")}\x86R.`;
+  assert.throws(
+    () => unpickle(bytes(pickle)),
+    (e) => isCkptError(e, "PICKLE_ARGS") && e.message.includes('uses encoding "utf-16"'),
+  );
+});
+
 /** A pickle BINUNICODE operand: the UTF-8 length as 4 little-endian bytes, then the bytes. */
 function le32(s: string): string {
   const b = new TextEncoder().encode(s);
