@@ -5,6 +5,7 @@ import { z } from "zod";
 import { StateDict, tensorFromBytes } from "../../formats/state_dict.ts";
 import { hashFile } from "../../pipelines/manifest.ts";
 import { runPipeline } from "../../pipelines/run.ts";
+import { OutputHasher } from "../../pipelines/_output_hasher.ts";
 import type { PipelineEvent, Stage } from "../../pipelines/stage.ts";
 import { writeModelStage } from "../../pipelines/stages/write_model.ts";
 import { verifyCheckpoint } from "../../pipelines/verify.ts";
@@ -130,5 +131,28 @@ Deno.test("`runPipeline()` hashes pytorch_model.bin while writeModel writes it, 
     // ok.txt was fed, then rewritten by a later stage: its streamed digest is not used
     assert.deepEqual(got.streamed, ["pytorch_model.bin"]);
     assert.equal(got.reread, got.files.length - 1);
+  });
+});
+
+Deno.test("OutputHasher.hash() reuses the hash taken when the stage ended while the file's size, mtime and inode stay the same", async () => {
+  await withTempDir(async (dir) => {
+    const path = join(dir, "a.bin");
+    const mtime = new Date(1_700_000_000_000);
+    await Deno.writeFile(path, new Uint8Array([1, 2, 3]));
+    await Deno.utime(path, mtime, mtime);
+    const hasher = new OutputHasher(dir, new AbortController().signal);
+    try {
+      await hasher.stageEnded();
+      const first = await hasher.hash(path);
+      assert.deepEqual(first, await hashFile(path));
+      // Rewritten in place with other bytes of the same length and the same mtime: its key is
+      // unchanged, so the hash taken at the stage's end stands (the manifest trusts that key).
+      await Deno.writeFile(path, new Uint8Array([4, 5, 6]));
+      await Deno.utime(path, mtime, mtime);
+      assert.notDeepEqual(await hashFile(path), first);
+      assert.deepEqual(await hasher.hash(path), first);
+    } finally {
+      hasher.close();
+    }
   });
 });

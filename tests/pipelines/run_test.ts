@@ -3,6 +3,7 @@ import { join } from "node:path";
 import { CkptError, isCkptError } from "../../errors.ts";
 import { readManifest } from "../../pipelines/manifest.ts";
 import { runPipeline } from "../../pipelines/run.ts";
+import { OutputLock } from "../../pipelines/_output_lock.ts";
 import { outputKey } from "../../pipelines/_staging.ts";
 import { round1 } from "../../pipelines/_stage_loop.ts";
 import type { PipelineEvent } from "../../pipelines/stage.ts";
@@ -132,6 +133,22 @@ Deno.test("`runPipeline()` with dryRun plans files and writes nothing", async ()
     assert.equal(result.dryRun, true);
     assert.deepEqual(result.files, [{ path: "a.txt", bytes: 20, stage: "writeText" }]);
     assert.deepEqual(await entries(dir), []);
+  });
+});
+
+Deno.test("`runPipeline()` with dryRun plans while another run holds the output's lock: it takes no lock", async () => {
+  await withTempDir(async (dir) => {
+    const signal = new AbortController().signal;
+    const held = await OutputLock.acquire(join(dir, "out"), { wait: false, signal });
+    try {
+      const result = await runPipeline(
+        { output: "out", stages: [{ use: "writeText", name: "a.txt", repeat: 4 }] },
+        { ...base, baseDir: dir, dryRun: true },
+      );
+      assert.deepEqual(result.files, [{ path: "a.txt", bytes: 20, stage: "writeText" }]);
+    } finally {
+      await held.release();
+    }
   });
 });
 
