@@ -6,7 +6,7 @@ import { encodeF32 } from "../../../formats/dtype.ts";
 import { addBlockChange } from "../../../merge/_lora_change.ts";
 import { assertSameBytes, corpus, request, roundingEdges, seeded } from "../_corpus.ts";
 import { kernelKey, kernelKind } from "../../../kernels/cpu/_rows.ts";
-import { KERNEL_MAX_UNROLL, KERNEL_TILE_COLS } from "../../../kernels/cpu/kernel.ts";
+import { KERNEL_MAX_UNROLL, KERNEL_TILE_COLS, packA } from "../../../kernels/cpu/kernel.ts";
 import { sleb, uleb } from "../../../kernels/cpu/wasm_emit.ts";
 
 Deno.test("`createCpuBackend()` equals the reference bit for bit over the corpus (inline)", async () => {
@@ -241,4 +241,13 @@ Deno.test("`mergeRowsInto()` without DoRA takes no room for DoRA's f32 rows in t
   assert.ok((await grown(plain)) <= slack(needs), "the plain block");
   const dora = { ...plain, magnitude: seeded(rows, 42, 3) };
   assert.ok((await grown(dora)) >= needs + rows * cols * 4, "the DoRA block");
+});
+
+Deno.test("`packA()` writes rank x cols values, the tail columns last, and leaves the rest of a longer out as it was", () => {
+  // rank 2, 18 columns: one tile of 16 columns, then a tail of 2 per row.
+  const a = Float32Array.from({ length: 40 }, (_, i) => i); // 4 values past rank x cols
+  const out = new Float32Array(40).fill(-1);
+  packA(a, 2, 18, out);
+  assert.deepEqual([...out.subarray(32, 36)], [16, 17, 34, 35]);
+  assert.deepEqual([...out.subarray(36)], [-1, -1, -1, -1]);
 });
