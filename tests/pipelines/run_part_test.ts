@@ -397,6 +397,19 @@ Deno.test("`runPart()` refuses a part outside 0 to N-1 with PART_SPEC before it 
   });
 });
 
+Deno.test("`runPart()` refuses a count that is not a whole number with PART_SPEC, even for part 0", async () => {
+  await withTempDir(async (dir) => {
+    const config = await smallModel(dir);
+    const before = (await Array.fromAsync(Deno.readDir(dir))).map((e) => e.name).sort();
+    // each count is at least 1 and part 0 is below it: only the integer check refuses these
+    for (const count of [2.5, NaN, Infinity]) {
+      const part = { index: 0, count };
+      assert.equal(await codeOf(runPart(config, { baseDir: dir, part })), "PART_SPEC", `${count}`);
+    }
+    assert.deepEqual((await Array.fromAsync(Deno.readDir(dir))).map((e) => e.name).sort(), before);
+  });
+});
+
 Deno.test("`runPart()` with a signal aborted before it starts is ABORTED and creates nothing", async () => {
   await withTempDir(async (dir) => {
     const config = await smallModel(dir);
