@@ -53,6 +53,23 @@ Deno.test("`verifyCheckpoint()` passes a sealed folder and fails on a flipped by
   });
 });
 
+Deno.test("`verifyCheckpoint()` loads a .safetensors file and reports its header valid with its tensor count", async () => {
+  await withTempDir(async (dir) => {
+    const sd = new StateDict([
+      ["a", tensorFromBytes("F32", [2], new Uint8Array(8))],
+      ["b", tensorFromBytes("F32", [1], new Uint8Array(4))],
+      ["c", tensorFromBytes("F32", [3], new Uint8Array(12))],
+    ]);
+    await writeSafetensors(join(dir, "model.safetensors"), sd);
+    await sealed(dir);
+    const r = await verifyCheckpoint(dir);
+    assert.deepEqual(
+      r.checks.filter((c) => c.kind === "load").map((c) => [c.file, c.ok, c.message]),
+      [["model.safetensors", true, "safetensors header valid, 3 tensors"]],
+    );
+  });
+});
+
 Deno.test("`verifyCheckpoint()` reports missing, extra and unloadable files", async () => {
   await withTempDir(async (dir) => {
     await Deno.writeTextFile(join(dir, "a.json"), "{not json");
