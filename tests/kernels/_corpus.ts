@@ -4,6 +4,7 @@
  * @module
  */
 import { MERGE_DTYPE_SIZE, type MergeDType, type MergeRowsRequest } from "../../kernels/types.ts";
+import { type CpuTask, kernelKey, kernelKind } from "../../kernels/cpu/_rows.ts";
 
 /** Deterministic pseudo-random f32s in [-scale/2, scale/2). */
 export function seeded(n: number, seed: number, scale = 1): Float32Array {
@@ -173,5 +174,29 @@ export function roundingEdges(outDtype: MergeDType): MergeRowsRequest {
     a: new Float32Array(0),
     b: new Float32Array(0),
     scale: 1,
+  };
+}
+
+/**
+ * A CPU task over one F32 row of 3 columns (all scalar tail) at byte 0 of the memory, A at 64 and
+ * B at 128 (byte offsets), its output at `outPtr`: `W' = W + scale · B · A` with the given rank.
+ */
+export function oneRowF32Task(rank: number, outPtr: number, scale: number): CpuTask {
+  return {
+    key: kernelKey(kernelKind("F32", "F32", rank, 3)),
+    wDtype: "F32",
+    outDtype: "F32",
+    wPtr: 0,
+    aPtr: 64,
+    bPtr: 128,
+    outPtr,
+    yPtr: 0,
+    magPtr: 0,
+    dora: false,
+    row0: 0,
+    row1: 1,
+    cols: 3,
+    rank,
+    scale,
   };
 }

@@ -309,19 +309,48 @@ Deno.test("ZipReader.open() finds the zip64 end records behind the longest comme
   });
 });
 
-/** What ZipReader.open() makes of `bytes`: its entries' names, or the error's code and message. */
-async function openOutcome(dir: string, bytes: Uint8Array): Promise<string> {
+/** Opens `bytes`, written to a file, as a zip: its entries' names, or what it threw. */
+async function tryOpen(
+  dir: string,
+  bytes: Uint8Array,
+): Promise<{ names: string[] } | { error: unknown }> {
   const path = join(dir, "t.zip");
   await Deno.writeFile(path, bytes);
   const file = await RandomAccessFile.open(path);
   try {
-    const zip = await ZipReader.open(file);
-    return `ok ${zip.entries.map((e) => e.name)}`;
-  } catch (e) {
-    return isCkptError(e) ? `${e.code}: ${e.message.replace(/^.*?archive: /, "")}` : String(e);
+    return { names: (await ZipReader.open(file)).entries.map((e) => e.name) };
+  } catch (error) {
+    return { error };
   } finally {
     await file.close();
   }
+}
+
+/** An error's message without the "Cannot read ... archive: " opening. */
+const tail = (message: string) => message.replace(/^.*?archive: /, "");
+
+/** What ZipReader.open() makes of `bytes`: its entries' names, or the error's code and message. */
+async function openOutcome(dir: string, bytes: Uint8Array): Promise<string> {
+  const r = await tryOpen(dir, bytes);
+  if ("names" in r) return `ok ${r.names}`;
+  return isCkptError(r.error) ? `${r.error.code}: ${tail(r.error.message)}` : String(r.error);
+}
+
+/**
+ * `one` (a one-entry zip with a 56-byte directory) with `entry` appended to its directory and the
+ * end record counting two entries in 56 + `entry.length` bytes.
+ */
+function withSecondEntry(one: Uint8Array, entry: Uint8Array): Uint8Array {
+  const end = one.length - 22;
+  const bytes = new Uint8Array(one.length + entry.length);
+  bytes.set(one.subarray(0, end), 0);
+  bytes.set(entry, end);
+  bytes.set(one.subarray(end), end + entry.length);
+  const e = new DataView(bytes.buffer, bytes.length - 22);
+  e.setUint16(8, 2, true);
+  e.setUint16(10, 2, true);
+  e.setUint32(12, 56 + entry.length, true);
+  return bytes;
 }
 
 Deno.test("ZipReader.open() refuses a directory claiming one entry more than its bytes can hold (46 bytes each)", async () => {
@@ -440,15 +469,8 @@ Deno.test("ZipReader.open() refuses a directory whose second entry is one byte s
     const cdAt = one.length - 22 - 56;
     const second = new Uint8Array(45);
     new DataView(second.buffer).setUint32(0, 0x02014b50, true);
-    const bytes = new Uint8Array(one.length + 45);
-    bytes.set(one.subarray(0, one.length - 22), 0);
-    bytes.set(second, one.length - 22);
-    bytes.set(one.subarray(one.length - 22), one.length - 22 + 45);
-    const e = new DataView(bytes.buffer, bytes.length - 22);
-    e.setUint16(8, 2, true);
-    e.setUint16(10, 2, true);
-    e.setUint32(12, 56 + 45, true);
-    assert.equal(e.getUint32(16, true), cdAt);
+    const bytes = withSecondEntry(one, second);
+    assert.equal(new DataView(bytes.buffer, bytes.length - 22).getUint32(16, true), cdAt);
     assert.equal(
       await openOutcome(dir, bytes),
       "ZIP_MALFORMED: central directory entry 1 is malformed",
@@ -468,19 +490,11 @@ Deno.test("ZipReader.open() refuses a stored entry whose compressed and uncompre
 
 /** The error of opening `bytes` as a zip: code, message tail and offset. */
 async function openError(dir: string, bytes: Uint8Array) {
-  const path = join(dir, "e.zip");
-  await Deno.writeFile(path, bytes);
-  const file = await RandomAccessFile.open(path);
-  try {
-    await ZipReader.open(file);
-    return undefined;
-  } catch (e) {
-    return isCkptError(e)
-      ? { code: e.code, message: e.message.replace(/^.*?archive: /, ""), offset: e.offset }
-      : { code: String(e), message: "", offset: undefined };
-  } finally {
-    await file.close();
-  }
+  const r = await tryOpen(dir, bytes);
+  if ("names" in r) return undefined;
+  return isCkptError(r.error)
+    ? { code: r.error.code, message: tail(r.error.message), offset: r.error.offset }
+    : { code: String(r.error), message: "", offset: undefined };
 }
 
 Deno.test("ZipReader.open() names where a directory entry runs past the directory: the entry's offset in the file", async () => {
@@ -499,14 +513,7 @@ Deno.test("ZipReader.open() names where a directory entry runs past the director
     const sv = new DataView(second.buffer);
     sv.setUint32(0, 0x02014b50, true);
     sv.setUint16(28, 1, true);
-    const two = new Uint8Array(one.length + 46);
-    two.set(one.subarray(0, one.length - 22), 0);
-    two.set(second, one.length - 22);
-    two.set(one.subarray(one.length - 22), one.length - 22 + 46);
-    const e = new DataView(two.buffer, two.length - 22);
-    e.setUint16(8, 2, true);
-    e.setUint16(10, 2, true);
-    e.setUint32(12, 56 + 46, true);
+    const two = withSecondEntry(one, second);
     assert.deepEqual(await openError(dir, two), {
       code: "ZIP_MALFORMED",
       message: "central directory entry 1 runs past the directory",

@@ -6,12 +6,12 @@
  */
 import assert from "node:assert/strict";
 import { createCpuBackend } from "../../../kernels/cpu/backend.ts";
-import { KernelCache, kernelKey, kernelKind, kernelsCompiled } from "../../../kernels/cpu/_rows.ts";
+import { KernelCache, kernelKind, kernelsCompiled } from "../../../kernels/cpu/_rows.ts";
 import { mergeRowsReference } from "../../../kernels/reference.ts";
 import { MERGE_DTYPE_SIZE } from "../../../kernels/types.ts";
 import { mergeKernelWasm } from "../../../kernels/cpu/kernel.ts";
 import { phaseClock } from "../../../formats/phase_clock.ts";
-import { assertSameBytes, request } from "../_corpus.ts";
+import { assertSameBytes, oneRowF32Task, request } from "../_corpus.ts";
 
 /** 66 kernel kinds, each its own kernel (rank 1 unrolled for 16 to 81 columns). */
 const KINDS = Array.from({ length: 66 }, (_, i) => kernelKind("BF16", "BF16", 1, 16 + i));
@@ -264,23 +264,7 @@ Deno.test("the CPU merge worker answers a task with its id, and a task that thro
     new Float32Array(mem.buffer as unknown as ArrayBuffer).set([1, -2, 3], 0);
     worker.postMessage({ type: "init", mem });
     // one row of 3 columns (scalar tail only), rank 0: W copied from 0 to 256
-    const task = {
-      key: kernelKey(kernelKind("F32", "F32", 0, 3)),
-      wDtype: "F32",
-      outDtype: "F32",
-      wPtr: 0,
-      aPtr: 64,
-      bPtr: 128,
-      outPtr: 256,
-      yPtr: 0,
-      magPtr: 0,
-      dora: false,
-      row0: 0,
-      row1: 1,
-      cols: 3,
-      rank: 0,
-      scale: 1,
-    };
+    const task = oneRowF32Task(0, 256, 1);
     worker.postMessage({ type: "task", id: 1, task });
     assert.deepEqual(await reply(), { id: 1 });
     assert.deepEqual([...new Float32Array(mem.buffer as unknown as ArrayBuffer, 256, 3)], [

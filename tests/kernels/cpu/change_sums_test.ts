@@ -3,15 +3,13 @@ import {
   blockChangeSums,
   type CpuTask,
   KernelCache,
-  kernelKey,
-  kernelKind,
   runCpuTask,
 } from "../../../kernels/cpu/_rows.ts";
 import { addBlockChange } from "../../../merge/_lora_change.ts";
 import { MERGE_DTYPE_SIZE, type MergeDType } from "../../../kernels/types.ts";
 import { bf16ToF32, decodeF32, encodeF32, f16ToF32 } from "../../../formats/dtype.ts";
 import { createCpuBackend } from "../../../kernels/cpu/backend.ts";
-import { seeded, weights } from "../_corpus.ts";
+import { oneRowF32Task, seeded, weights } from "../_corpus.ts";
 
 Deno.test("`blockChangeSums()` equals the scalar sums for every length around the 8-element SIMD groups and every 16-bit pair", () => {
   const mem = new WebAssembly.Memory({ initial: 2, maximum: 16, shared: true });
@@ -186,23 +184,7 @@ Deno.test("`runCpuTask()` measures the change only for a task that asks for it",
   f32.set([1, -2, 3], 0);
   f32.set([1, 1, 1], 16);
   f32.set([1], 32);
-  const task: CpuTask = {
-    key: kernelKey(kernelKind("F32", "F32", 1, 3)),
-    wDtype: "F32",
-    outDtype: "F32",
-    wPtr: 0,
-    aPtr: 64,
-    bPtr: 128,
-    outPtr: 192,
-    yPtr: 0,
-    magPtr: 0,
-    dora: false,
-    row0: 0,
-    row1: 1,
-    cols: 3,
-    rank: 1,
-    scale: 0.5,
-  };
+  const task = oneRowF32Task(1, 192, 0.5);
   const cache = new KernelCache(mem);
   assert.equal(runCpuTask(mem, cache, task), undefined);
   assert.deepEqual([...f32.subarray(48, 51)], [1.5, -1.5, 3.5]);
