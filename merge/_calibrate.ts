@@ -202,7 +202,10 @@ async function rate(backend: MergeBackend, req: MergeRowsRequest, blocks: number
   return (req.rows * req.cols * blocks) / 1e6 / Math.max(s, 1e-6);
 }
 
-/** Measures both backends on the same blocks (`blocks` each, default 4); `adapter` names WebGPU's. */
+/**
+ * Measures both backends on the same blocks (`blocks` each, default 4); `adapter` names the one
+ * WebGPU runs on.
+ */
 export async function calibrate(
   cpu: MergeBackend,
   webgpu: MergeBackend,

@@ -62,7 +62,8 @@ export interface MergeBackendOptions extends CpuBackendOptions, Omit<WebGpuBacke
    * `auto` with a WebGPU adapter at hand: merge a few synthetic blocks of this rank and column
    * count on both backends and use the faster (WebGPU only when over 10 % faster). The figures
    * are cached per machine, rank and column count (see `calibrationCache`) and given in the
-   * result; a cached CPU win does not load the WebGPU driver. Without it, `auto` decides by the adapter's kind (software: CPU; hardware: WebGPU).
+   * result; a cached CPU win does not load the WebGPU driver. Without it, `auto` decides by the
+   * adapter's kind (software: CPU; hardware: WebGPU).
    */
   calibrate?: CalibrationShape;
   /** The calibration cache file; default `$CKPT_CACHE_DIR` or `~/.cache/ckpt`, `calibration.json`;
