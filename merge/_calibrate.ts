@@ -10,6 +10,7 @@
  * @module
  */
 import { join } from "node:path";
+import { cacheDir } from "../formats/_cache_dir.ts";
 import type { MergeBackend, MergeRowsRequest } from "../kernels/types.ts";
 
 /** What a calibration measured: million merged weights per second per backend. */
@@ -36,16 +37,7 @@ export interface CalibrationShape {
 
 /** The calibration cache file (`CKPT_CACHE_DIR`, `XDG_CACHE_HOME/ckpt`, `~/.cache/ckpt`), or undefined. */
 export function calibrationFile(): string | undefined {
-  const env = (k: string) => {
-    try {
-      return Deno.env.get(k);
-    } catch {
-      return undefined; // no --allow-env: no cache
-    }
-  };
-  const dir = env("CKPT_CACHE_DIR") ??
-    (env("XDG_CACHE_HOME") ? join(env("XDG_CACHE_HOME")!, "ckpt") : undefined) ??
-    (env("HOME") ? join(env("HOME")!, ".cache", "ckpt") : undefined);
+  const dir = cacheDir();
   return dir ? join(dir, "calibration.json") : undefined;
 }
 

@@ -147,6 +147,8 @@ export interface RunContextInit {
   current: () => number;
   /** The part of a split export this run is (`ctx.part`); absent in a one-machine run. */
   part?: PartContext;
+  /** Takes the checks a preflight defers (`ctx.defer`, the stage loop's). */
+  defer?: (check: Promise<void>) => void;
 }
 
 /** The shared stage context plus what the stages recorded through it. */
@@ -174,6 +176,7 @@ export function createRunContext(init: RunContextInit): RunContext {
     ...(init.backend ? { backend: init.backend } : {}),
     ...(init.onOutputBytes ? { onOutputBytes: init.onOutputBytes } : {}),
     ...(init.part ? { part: init.part } : {}),
+    ...(init.defer ? { defer: init.defer } : {}),
     stateDict: undefined,
     modelConfig: undefined,
     modelDir: undefined,

@@ -2,6 +2,14 @@
  * The runner's loop over a config's stages: every preflight first, then each stage in order,
  * timed, its errors turned into coded ones (`STAGE_FAILED`, `ABORTED`), an abort honoured even
  * while a stage is blocked in I/O.
+ *
+ * A preflight may hand the loop a slow check it started (`ctx.defer`, see
+ * {@linkcode StageLoop.defer}): the stages run meanwhile, each raced against the checks, and
+ * {@linkcode StageLoop.run} awaits every check after the last stage, so a run never finishes
+ * before all passed. A failed check ends the run at once with its own error (the error event
+ * names the stage whose preflight started it) and aborts {@linkcode StageLoop.signal}, which the
+ * running stage watches. When a stage (or a preflight) fails first, its error wins: the checks
+ * still pending are stopped through the same signal and their outcome is dropped.
  * @module
  */
 import { CkptError } from "../errors.ts";
@@ -92,15 +100,69 @@ export class StageLoop {
   readonly finished: ManifestStage[] = [];
   /** The state dict the stages left in the context (closed by the runner at the end). */
   stateDict: StateDict | undefined;
+  /**
+   * The signal to give the stages (`ctx.signal`): the run's signal, also aborted when the loop
+   * fails (a failed deferred check stops the running stage; a failed stage stops the checks).
+   */
+  readonly signal: AbortSignal;
   readonly #cfg: PipelineConfig;
   readonly #signal: AbortSignal;
   readonly #emit: (event: PipelineEvent) => void;
+  readonly #stop = new AbortController();
+  /** The deferred checks, each settled to its outcome (rejecting on failure). */
+  readonly #checks: Promise<void>[] = [];
+  /** The first deferred check that failed: its error and the stage whose preflight started it. */
+  #failedCheck: { err: unknown; step: { use: string; index: number } } | undefined;
+  /** Rejects with the first failed check's error (never resolves). */
+  readonly #checkFailed: Promise<never>;
+  #rejectCheckFailed: (err: unknown) => void = () => {};
 
   /** A loop over `cfg`'s stages. */
   constructor(cfg: PipelineConfig, signal: AbortSignal, emit: (event: PipelineEvent) => void) {
     this.#cfg = cfg;
     this.#signal = signal;
     this.#emit = emit;
+    this.signal = AbortSignal.any([signal, this.#stop.signal]);
+    this.#checkFailed = new Promise<never>((_, reject) => (this.#rejectCheckFailed = reject));
+    this.#checkFailed.catch(() => {});
+  }
+
+  /**
+   * Takes a check a preflight started and need not wait for (`ctx.defer`): the stages run while
+   * it does; its failure ends the run with its error, promptly, whatever stage is running; the
+   * run never finishes before it passed. The check should watch {@linkcode StageLoop.signal}
+   * (`ctx.signal`), which stops it when the run fails otherwise.
+   */
+  defer = (check: Promise<void>): void => {
+    const step = this.#cfg.stages[this.current] ?? { use: "", index: this.current };
+    const outcome = check.then(() => {}, (err) => {
+      // An abort of the run, or a failure elsewhere that stopped the check, is not its failure.
+      if (!this.#signal.aborted && !this.#stop.signal.aborted && !this.#failedCheck) {
+        this.#failedCheck = { err, step: { use: step.use, index: step.index } };
+        this.#stop.abort(err);
+        this.#rejectCheckFailed(err);
+      }
+      throw err;
+    });
+    outcome.catch(() => {});
+    this.#checks.push(outcome);
+  };
+
+  /** `work`, or the first deferred check's failure if that comes first. */
+  #raced<T>(work: Promise<T>): Promise<T> {
+    if (!this.#failedCheck) return Promise.race([work, this.#checkFailed]);
+    work.catch(() => {});
+    return this.#checkFailed;
+  }
+
+  /** The error the loop ends with when `err` ended it (a failed check's own error first). */
+  #fail(err: unknown, step: { use: string; index: number }, outDir: string): unknown {
+    const failed = this.#failedCheck;
+    const e = failed && !this.#signal.aborted
+      ? stageError(failed.err, failed.step, this.#signal, outDir)
+      : stageError(err, step, this.#signal, outDir);
+    this.#stop.abort(e);
+    return e;
   }
 
   /**
@@ -116,10 +178,15 @@ export class StageLoop {
         if (!step.stage.preflight) continue;
         this.current = step.index;
         try {
-          await untilAborted(step.stage.preflight(ctx, step.options), this.#signal);
+          await untilAborted(this.#raced(step.stage.preflight(ctx, step.options)), this.#signal);
         } catch (err) {
-          if (this.#signal.aborted) throw abortError(this.#signal);
-          throw err;
+          const e = this.#signal.aborted
+            ? abortError(this.#signal)
+            : this.#failedCheck
+            ? this.#fail(err, step, ctx.outDir)
+            : err;
+          this.#stop.abort(e);
+          throw e;
         }
       }
     } finally {
@@ -131,7 +198,7 @@ export class StageLoop {
 
   /**
    * Every stage in order; `reportOf` gives a stage's report once it ended, `afterStage` runs after
-   * each (the output hashing).
+   * each (the output hashing). Resolves once every deferred check passed too.
    */
   async run(
     ctx: StageContext,
@@ -147,9 +214,9 @@ export class StageLoop {
       try {
         const work = step.stage.run(ctx, step.options);
         this.inFlight = work.then(() => {}, () => {});
-        await untilAborted(work, this.#signal);
+        await untilAborted(this.#raced(work), this.#signal);
       } catch (err) {
-        throw stageError(err, step, this.#signal, ctx.outDir);
+        throw this.#fail(err, step, ctx.outDir);
       } finally {
         this.stateDict = ctx.stateDict;
       }
@@ -163,10 +230,16 @@ export class StageLoop {
       this.#emit({ type: "stage-end", stage: step.use, index: step.index, ms: round1(ms) });
       await afterStage();
     }
+    try {
+      await untilAborted(this.#raced(Promise.all(this.#checks)), this.#signal);
+    } catch (err) {
+      throw this.#fail(err, { use: "", index: -1 }, ctx.outDir);
+    }
   }
 
   /** The name of the stage an error happened in, when it happened in one. */
   failedStage(): string | undefined {
+    if (this.#failedCheck && !this.#signal.aborted) return this.#failedCheck.step.use;
     if (this.current < 0 || this.finished.length >= this.#cfg.stages.length) return undefined;
     return this.#cfg.stages[this.current]?.use ?? "";
   }

@@ -242,7 +242,8 @@ export async function runPipeline(
     const run = createRunContext({
       cfg,
       outDir: staging.path,
-      signal,
+      signal: loop.signal,
+      defer: loop.defer,
       dryRun,
       backend: options.backend,
       onOutputBytes: outputHasher &&

@@ -302,7 +302,8 @@ export async function runPart(
     const run = createRunContext({
       cfg,
       outDir: paths.work,
-      signal,
+      signal: loop.signal,
+      defer: loop.defer,
       dryRun: false,
       backend: options.backend,
       onOutputBytes: (path, bytes) => {
@@ -392,7 +393,8 @@ async function planPart(
       cfg,
       outDir:
         partPaths(splitFolder(cfg.output, splitId(cfg, how.count)), how.index, how.count).work,
-      signal: how.signal,
+      signal: loop.signal,
+      defer: loop.defer,
       dryRun: true,
       backend: how.options.backend,
       onOutputBytes: undefined,

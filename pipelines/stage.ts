@@ -72,7 +72,7 @@ export interface StageContext {
   readonly outDir: string;
   /** Folder relative input paths resolve against (the config file's folder). */
   readonly baseDir: string;
-  /** Aborted on SIGINT/SIGTERM or by the caller; long loops check it. */
+  /** Aborted on SIGINT/SIGTERM, by the caller, or when the run failed; long loops check it. */
   readonly signal: AbortSignal;
   /**
    * True for `--dry-run`: stages plan but write nothing. A stage describes what it would write with
@@ -99,6 +99,15 @@ export interface StageContext {
    * this part's to write. Absent in a one-machine run.
    */
   readonly part?: PartContext;
+  /**
+   * Hands the runner a slow check a preflight started (a promise that rejects with the check's
+   * coded error), so the stages need not wait for it: the runner runs them meanwhile, ends the
+   * run with the check's error (aborting {@linkcode StageContext.signal} for the stage running)
+   * as soon as it fails, and finishes nothing (no manifest, no rename) before every check passed.
+   * The check should watch `ctx.signal`, which also stops it when the run fails otherwise. Absent
+   * when a stage is called outside the runner: a preflight then awaits its check itself.
+   */
+  readonly defer?: (check: Promise<void>) => void;
   /** The model weights as a lazy state dict, set by gatherShards and wrapped by mergeLora. */
   stateDict: StateDict | undefined;
   /** The model's `config.json` object, set by gatherShards when the input has one. */
@@ -201,7 +210,8 @@ export interface Stage<S extends OptionsSchema = OptionsSchema> {
   /**
    * Optional checks that need no earlier stage (inputs exist, files parse): the runner calls every
    * stage's preflight before the first stage runs, so bad input fails before any work is done.
-   * `ctx.stateDict` and `ctx.modelConfig` are not set yet.
+   * `ctx.stateDict` and `ctx.modelConfig` are not set yet. A slow check may be handed to
+   * {@linkcode StageContext.defer} instead of awaited: it then runs beside the stages.
    */
   preflight?(ctx: StageContext, options: StageOptions<S>): Promise<void>;
 }

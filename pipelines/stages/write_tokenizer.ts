@@ -28,7 +28,7 @@
  */
 import { readTextInput } from "../../formats/read_text.ts";
 import { defineStage, type Stage } from "../stage.ts";
-import { prepareTokenizer, writeTokenizerPlan } from "./tokenizer/prepare.ts";
+import { preflightTokenizer, preparedTokenizer, writeTokenizerPlan } from "./tokenizer/prepare.ts";
 import { writeTokenizerOptions } from "./tokenizer/options.ts";
 
 export { TOKENIZER_FILES } from "./tokenizer/folder.ts";
@@ -52,11 +52,14 @@ export const writeTokenizerStage: Stage = defineStage({
   /**
    * Finds the tokenizer files the run will use (`from`, else the adapter's folder then the model's,
    * as the earlier stages' preflights found them), reads them, applies the requested changes in
-   * memory, loads `tokenizer.json` with `@huggingface/tokenizers` and renders the chat template,
-   * so a missing, unreadable or malformed tokenizer fails before any stage runs
-   * (`TOKENIZER_MISSING`, `TOKENIZER_INVALID`, `TOKENIZER_TEMPLATE`, `JSON_PARSE`,
-   * `FS_PERMISSION`). Only the vocabulary check against the weights waits for the run. With no
-   * folder known (no gatherShards, no `from`), only a `chatTemplateFile` is read.
+   * memory, so a missing, unreadable or malformed folder fails before any stage runs
+   * (`TOKENIZER_MISSING`, `TOKENIZER_INVALID`, `JSON_PARSE`, `FS_PERMISSION`). Then it starts
+   * the slow checks (loading `tokenizer.json` with `@huggingface/tokenizers`, rendering the chat
+   * template; `TOKENIZER_INVALID`, `TOKENIZER_TEMPLATE`, `TEMPLATE_TIMEOUT`, `TEMPLATE_TOO_LARGE`)
+   * and hands them to the runner (`ctx.defer`): the stages run meanwhile, a failure ends the run
+   * at once, and the output is finished only after they passed (outside the runner it awaits
+   * them). The plan is kept for the run. Only the vocabulary check against the weights waits for
+   * the run. With no folder known (no gatherShards, no `from`), only a `chatTemplateFile` is read.
    */
   async preflight(ctx, options) {
     const { from, chatTemplateFile, ...rest } = options;
@@ -72,19 +75,27 @@ export const writeTokenizerStage: Stage = defineStage({
       }
       return;
     }
-    await prepareTokenizer({
+    const { checked } = await preflightTokenizer({
       ...rest,
       sources,
       ...(chatTemplatePath === undefined ? {} : { chatTemplatePath }),
       signal: ctx.signal,
     });
+    if (ctx.defer) ctx.defer(checked);
+    else await checked;
   },
+  /**
+   * Uses the plan the preflight made in this process when the sources and options are the same
+   * and no file it looked at changed (by `stat`: device, inode, size, modification time), after
+   * its checks passed; otherwise prepares again, checks included. Then checks the ids fit the
+   * state dict and `vocab_size` (`TOKENIZER_VOCAB`) and writes the files.
+   */
   async run(ctx, options) {
     const sources = options.from !== undefined
       ? [ctx.resolve(options.from)]
       : [ctx.adapterDir, ctx.modelDir].filter((d): d is string => d !== undefined);
     const { from: _from, chatTemplateFile, ...rest } = options;
-    const plan = await prepareTokenizer({
+    const plan = await preparedTokenizer({
       ...rest,
       sources,
       ...(chatTemplateFile === undefined

@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { CkptError } from "../../../errors.ts";
 import { inputReadError, readTextInput } from "../../../formats/read_text.ts";
 import { asInt, isObject, parsePyJson, type PyJson } from "../_pyjson.ts";
+import type { FileWitness } from "./_file_witness.ts";
 
 /** Tokenizer and processor files copied when present (mergekit's list plus the vocab files). */
 export const TOKENIZER_FILES: readonly string[] = [
@@ -85,23 +86,34 @@ export interface TokenizerDoc {
   changed: Set<string>;
 }
 
-/** Whether `path` exists; a folder that may not be searched is `FS_PERMISSION`, not absent. */
-async function exists(path: string): Promise<boolean> {
+/**
+ * Whether `path` exists; a folder that may not be searched is `FS_PERMISSION`, not absent.
+ * `seen` records what was found.
+ */
+async function exists(path: string, seen?: FileWitness): Promise<boolean> {
   try {
-    await Deno.stat(path);
+    const info = await Deno.stat(path);
+    seen?.saw(path, info);
     return true;
   } catch (cause) {
     if (cause instanceof Deno.errors.NotFound || cause instanceof Deno.errors.NotADirectory) {
+      seen?.saw(path, undefined);
       return false;
     }
     throw inputReadError(cause, "TOKENIZER_MISSING", "tokenizer file", path);
   }
 }
 
-/** The first of `sources` holding a tokenizer file; `TOKENIZER_MISSING` when none does. */
-export async function findTokenizerFolder(sources: readonly string[]): Promise<string> {
+/**
+ * The first of `sources` holding a tokenizer file; `TOKENIZER_MISSING` when none does. `seen`
+ * records every path looked at.
+ */
+export async function findTokenizerFolder(
+  sources: readonly string[],
+  seen?: FileWitness,
+): Promise<string> {
   for (const dir of sources) {
-    for (const m of MARKERS) if (await exists(join(dir, m))) return dir;
+    for (const m of MARKERS) if (await exists(join(dir, m), seen)) return dir;
   }
   const folders = sources.map((s) => `"${s}"`).join(", ") || "(no folders)";
   throw new CkptError(
@@ -178,15 +190,16 @@ function vocabJsonSize(v: PyJson): number | undefined {
  * Reads the tokenizer files of `source` (`TOKENIZER_FILES` plus `extraFiles`, when present).
  * `tree`: also read `tokenizer.json` as an order-keeping tree (an edit will rewrite it; it is big,
  * 11 MB for Qwen3). `JSON_PARSE`, `TOKENIZER_INVALID` for files that do not parse as objects.
+ * `seen` records every path looked at (each before it is read).
  */
 export async function readTokenizerFolder(
   source: string,
-  options: { extraFiles?: readonly string[] | undefined; tree: boolean },
+  options: { extraFiles?: readonly string[] | undefined; tree: boolean; seen?: FileWitness },
 ): Promise<TokenizerDoc> {
   const present = new Map<string, string>();
   for (const n of [...TOKENIZER_FILES, ...(options.extraFiles ?? [])]) {
     const p = join(source, n);
-    if (await exists(p)) present.set(n, p);
+    if (await exists(p, options.seen)) present.set(n, p);
   }
   const tokPath = present.get("tokenizer.json");
   const cfgPath = present.get("tokenizer_config.json");

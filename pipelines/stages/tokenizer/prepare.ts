@@ -2,7 +2,8 @@
  * {@linkcode prepareTokenizer}: picks the tokenizer folder, applies the requested edits in
  * memory, validates the result and lists the files to write (unchanged files are copied byte for
  * byte; changed JSON is written as transformers writes it). {@linkcode writeTokenizerPlan} writes
- * them.
+ * them. A preflight uses {@linkcode preflightTokenizer} (the checks started, not awaited; the plan
+ * kept) and the run {@linkcode preparedTokenizer} (that plan, when no file it looked at changed).
  *
  * @example Copying and validating a tokenizer folder
  * ```ts
@@ -41,6 +42,8 @@ import { findTokenizerFolder, readTokenizerFolder, type TokenizerDoc } from "./f
 import type { WriteTokenizerOptions } from "./options.ts";
 import { checkTemplateRenders, checkTokenizerLoads } from "./validate.ts";
 import { checkVocabFits, tokenizerVocabSize } from "./vocab.ts";
+import { FileWitness } from "./_file_witness.ts";
+import { CkptError } from "../../../errors.ts";
 
 /** Sub-folder of extra chat templates (copied whole when present). */
 const TEMPLATE_DIR = "additional_chat_templates";
@@ -89,10 +92,15 @@ export interface TokenizerPlan {
 }
 
 /** Applies the edits `args` asks for, in the order they were always applied. */
-async function applyEdits(doc: TokenizerDoc, args: PrepareTokenizerArgs): Promise<void> {
+async function applyEdits(
+  doc: TokenizerDoc,
+  args: PrepareTokenizerArgs,
+  seen: FileWitness | undefined,
+): Promise<void> {
   addSpecialTokens(doc, args.addSpecialTokens ?? []);
   const pad = choosePadToken(doc, args);
   if (pad !== undefined) setPadToken(doc, pad);
+  if (args.chatTemplatePath !== undefined) await seen?.stat(args.chatTemplatePath);
   const template = args.chatTemplatePath === undefined
     ? args.chatTemplate
     : await readTextInput(args.chatTemplatePath, { code: "INPUT_MISSING", what: "chat template" });
@@ -115,21 +123,76 @@ function changedBytes(doc: TokenizerDoc, name: string): Uint8Array | undefined {
 }
 
 /** The files to write: changed ones as bytes, the rest (and extra chat templates) copied. */
-async function plannedFiles(doc: TokenizerDoc): Promise<TokenizerFile[]> {
+async function plannedFiles(
+  doc: TokenizerDoc,
+  seen: FileWitness | undefined,
+): Promise<TokenizerFile[]> {
+  const stat = async (path: string) => {
+    const info = await Deno.stat(path);
+    seen?.saw(path, info);
+    return info;
+  };
   const files: TokenizerFile[] = [];
   for (const [name, path] of doc.present) {
     const bytes = doc.changed.has(name) ? changedBytes(doc, name) : undefined;
     if (bytes) files.push({ name, bytes, size: bytes.byteLength });
-    else files.push({ name, copyFrom: path, size: (await Deno.stat(path)).size });
+    else files.push({ name, copyFrom: path, size: (await stat(path)).size });
   }
   const tdir = join(doc.source, TEMPLATE_DIR);
-  if (!(await Deno.stat(tdir).then(() => true, () => false))) return files;
+  if (!(await stat(tdir).then(() => true, () => false))) {
+    seen?.saw(tdir, undefined);
+    return files;
+  }
   for await (const e of Deno.readDir(tdir)) {
     if (!e.isFile) continue;
     const p = join(tdir, e.name);
-    files.push({ name: `${TEMPLATE_DIR}/${e.name}`, copyFrom: p, size: (await Deno.stat(p)).size });
+    files.push({ name: `${TEMPLATE_DIR}/${e.name}`, copyFrom: p, size: (await stat(p)).size });
   }
   return files;
+}
+
+/** A plan made but not yet validated, with what the checks need. */
+interface Draft {
+  plan: TokenizerPlan;
+  doc: TokenizerDoc;
+  /** The file a vocabulary error names. */
+  vocabFile: string;
+}
+
+/** Picks the folder, reads it, applies the edits and lists the files; no check yet. */
+async function draftTokenizer(
+  args: PrepareTokenizerArgs,
+  seen: FileWitness | undefined,
+): Promise<Draft> {
+  const source = await findTokenizerFolder(args.sources, seen);
+  const doc = await readTokenizerFolder(source, {
+    extraFiles: args.extraFiles,
+    tree: (args.addSpecialTokens ?? []).length > 0,
+    ...(seen ? { seen } : {}),
+  });
+  await applyEdits(doc, args, seen);
+  const plan: TokenizerPlan = {
+    source,
+    files: await plannedFiles(doc, seen),
+    vocabSize: tokenizerVocabSize(doc),
+    padToken: specialToken(doc, "pad_token"),
+    changed: [...doc.changed],
+    chatTemplate: doc.template !== undefined,
+  };
+  return { plan, doc, vocabFile: doc.present.get("tokenizer.json") ?? source };
+}
+
+/** The slow checks of a draft (workers): `tokenizer.json` loads, then the template renders. */
+async function checkDraft(doc: TokenizerDoc, signal: AbortSignal | undefined): Promise<void> {
+  await checkTokenizerLoads(doc, signal);
+  await checkTemplateRenders(doc, signal);
+}
+
+/** `TOKENIZER_VOCAB` unless the plan's ids fit `args`' state dict and model config. */
+function checkPlanVocab(draft: Omit<Draft, "doc">, args: PrepareTokenizerArgs): void {
+  const { plan, vocabFile } = draft;
+  if (plan.vocabSize === undefined) return;
+  checkVocabFits(plan.vocabSize, args, { source: plan.source, file: vocabFile });
 }
 
 /**
@@ -137,31 +200,82 @@ async function plannedFiles(doc: TokenizerDoc): Promise<TokenizerFile[]> {
  * returns the files to write. Writes nothing; every problem is a coded error.
  */
 export async function prepareTokenizer(args: PrepareTokenizerArgs): Promise<TokenizerPlan> {
-  const source = await findTokenizerFolder(args.sources);
-  const doc = await readTokenizerFolder(source, {
-    extraFiles: args.extraFiles,
-    tree: (args.addSpecialTokens ?? []).length > 0,
+  const draft = await draftTokenizer(args, undefined);
+  if (args.validate ?? true) await checkDraft(draft.doc, args.signal);
+  checkPlanVocab(draft, args);
+  return draft.plan;
+}
+
+/** A plan a preflight made, kept for the run: what it saw, and its checks. */
+interface KeptPlan {
+  plan: TokenizerPlan;
+  vocabFile: string;
+  seen: FileWitness;
+  /** The checks, started by the preflight (resolved when none were asked for). */
+  checked: Promise<void>;
+}
+
+/** Plans made by preflights in this process, by {@linkcode planKey}; a few at most. */
+const kept = new Map<string, KeptPlan>();
+const KEPT_MAX = 4;
+
+/** What a plan depends on besides the files: the sources and every option (not the model). */
+function planKey(args: PrepareTokenizerArgs): string {
+  const { stateDict: _s, modelConfig: _m, signal: _g, ...rest } = args;
+  const entries = Object.entries(rest).filter(([, v]) => v !== undefined);
+  return JSON.stringify(entries.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+}
+
+/**
+ * The preflight half of {@linkcode prepareTokenizer}: reads, edits and plans at once (coded
+ * errors as it does) and starts the checks without waiting for them; resolves to the plan and
+ * `checked`, the checks' promise (it rejects with their coded error, `ABORTED` on `signal`). The plan is kept, with
+ * the state of every file it looked at, for {@linkcode preparedTokenizer} in the run.
+ */
+export async function preflightTokenizer(
+  args: PrepareTokenizerArgs,
+): Promise<{ plan: TokenizerPlan; checked: Promise<void> }> {
+  const seen = new FileWitness();
+  const draft = await draftTokenizer(args, seen);
+  checkPlanVocab(draft, args);
+  const checked = args.validate ?? true ? checkDraft(draft.doc, args.signal) : Promise.resolve();
+  const key = planKey(args);
+  const entry: KeptPlan = { plan: draft.plan, vocabFile: draft.vocabFile, seen, checked };
+  kept.delete(key);
+  if (kept.size >= KEPT_MAX) kept.delete(kept.keys().next().value!);
+  kept.set(key, entry);
+  checked.catch(() => {
+    if (kept.get(key) === entry) kept.delete(key);
   });
-  await applyEdits(doc, args);
-  if (args.validate ?? true) {
-    await checkTokenizerLoads(doc, args.signal);
-    await checkTemplateRenders(doc, args.signal);
+  return { plan: draft.plan, checked };
+}
+
+/**
+ * The run's {@linkcode prepareTokenizer}: the plan a preflight of this process made with the
+ * same sources and options, when every file it looked at still has the same device, inode, size
+ * and modification time (by `stat`, nothing read again), after its checks passed; otherwise
+ * prepared again. The checks against `args`' state dict and model config always run.
+ */
+export async function preparedTokenizer(args: PrepareTokenizerArgs): Promise<TokenizerPlan> {
+  const key = planKey(args);
+  const entry = kept.get(key);
+  if (entry !== undefined) {
+    kept.delete(key);
+    if (await entry.seen.unchanged()) {
+      try {
+        await entry.checked;
+      } catch (err) {
+        // another caller's checks were stopped: check again with this one's signal
+        if (!(err instanceof CkptError && err.code === "ABORTED") || args.signal?.aborted) {
+          throw err;
+        }
+        return await prepareTokenizer(args);
+      }
+      checkPlanVocab(entry, args);
+      return entry.plan;
+    }
   }
-  const vocabSize = tokenizerVocabSize(doc);
-  if (vocabSize !== undefined) {
-    checkVocabFits(vocabSize, args, {
-      source,
-      file: doc.present.get("tokenizer.json") ?? source,
-    });
-  }
-  return {
-    source,
-    files: await plannedFiles(doc),
-    vocabSize,
-    padToken: specialToken(doc, "pad_token"),
-    changed: [...doc.changed],
-    chatTemplate: doc.template !== undefined,
-  };
+  return await prepareTokenizer(args);
 }
 
 /** Writes a {@linkcode TokenizerPlan} into `outDir` (copies unchanged files, writes changed ones). */

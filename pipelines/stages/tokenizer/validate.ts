@@ -2,7 +2,8 @@
  * Proof that a tokenizer works before it is written: `tokenizer.json` loads with
  * `@huggingface/tokenizers` and encodes a sample, every special token has an id
  * (`TOKENIZER_INVALID`), and the chat template renders with `@huggingface/jinja`
- * (`TOKENIZER_TEMPLATE`).
+ * (`TOKENIZER_TEMPLATE`). A check whose exact inputs passed before (in this process, or in an
+ * earlier one: `_check_cache.ts`) passes without a worker; only passes are remembered.
  * @module
  */
 import { createHash } from "node:crypto";
@@ -10,8 +11,15 @@ import { CkptError } from "../../../errors.ts";
 import { toPlain } from "../_pyjson.ts";
 import { SPECIAL_KEYS, specialToken, tokenContent } from "./edits.ts";
 import type { TokenizerDoc } from "./folder.ts";
-import { renderTemplate } from "./render.ts";
+import {
+  renderTemplate,
+  TEMPLATE_HEAP_LIMIT_MB,
+  TEMPLATE_MAX_OUTPUT,
+  TEMPLATE_TIME_LIMIT_MS,
+} from "./render.ts";
 import { runBounded, type WorkerFailure } from "./_bounded_worker.ts";
+import { passedBefore, rememberPass } from "./_check_cache.ts";
+import denoJson from "../../../deno.json" with { type: "json" };
 
 /** Every special token the config and the map name, `additional_special_tokens` included. */
 function specialTokens(doc: TokenizerDoc): Set<string> {
@@ -36,35 +44,84 @@ export const TOKENIZER_TIME_LIMIT_MS = 120_000;
 export const TOKENIZER_HEAP_LIMIT_MB = 4096;
 
 /**
- * Digests of the inputs whose check passed in this process: the run of writeTokenizer repeats its
- * preflight's checks on the same bytes, and a large tokenizer takes most of a second to load.
+ * Digests of the inputs whose check passed in this process: the run of writeTokenizer may repeat
+ * its preflight's checks on the same bytes, and a large tokenizer takes most of a second to load.
  * Only passes are kept (a failure is checked again); the set is bounded.
  */
 const passed = new Set<string>();
 const PASSED_MAX = 64;
+/** The checks running now, by digest: a second caller with the same inputs shares the first's. */
+const running = new Map<string, Promise<void>>();
 
 /** How many checks ran in a worker in this process (not remembered ones): for tests. */
 export const checksRun: { tokenizer: number; template: number } = { tokenizer: 0, template: 0 };
 
+/**
+ * What a check's outcome depends on besides its inputs: the libraries that run it, ckpt, the
+ * runtime and the limits it runs under (part of every digest, so a cached pass of another
+ * version or other limits does not count).
+ */
+const CHECKER = JSON.stringify([
+  `${denoJson.name}@${denoJson.version}`,
+  denoJson.imports["@huggingface/tokenizers"],
+  denoJson.imports["@huggingface/jinja"],
+  `deno ${Deno.version.deno}`,
+  [TOKENIZER_TIME_LIMIT_MS, TOKENIZER_HEAP_LIMIT_MB],
+  [TEMPLATE_TIME_LIMIT_MS, TEMPLATE_HEAP_LIMIT_MB, TEMPLATE_MAX_OUTPUT],
+]);
+
 function inputDigest(kind: string, parts: readonly string[]): string {
-  const h = createHash("sha256").update(kind);
+  const h = createHash("sha256").update(kind).update(`\0${CHECKER}`);
   for (const p of parts) h.update(`\0${p.length}\0`).update(p);
   return h.digest("hex");
 }
 
-/** Runs `check` unless the same inputs passed before in this process; remembers a pass. */
-async function once(key: string, check: () => Promise<void>): Promise<void> {
-  if (passed.has(key)) return;
-  await check();
-  if (passed.size >= PASSED_MAX) passed.clear();
-  passed.add(key);
+function isAbort(err: unknown): boolean {
+  return err instanceof CkptError && err.code === "ABORTED";
+}
+
+/**
+ * Runs `check` unless the same inputs passed before, in this process or (the persistent cache,
+ * `_check_cache.ts`) in an earlier one; remembers a pass in both. A caller that comes while the
+ * same check runs shares it (and checks again itself when the first caller's signal ended it).
+ */
+async function once(
+  key: string,
+  check: () => Promise<void>,
+  signal: AbortSignal | undefined,
+): Promise<void> {
+  for (;;) {
+    if (passed.has(key)) return;
+    const shared = running.get(key);
+    if (shared === undefined) break;
+    try {
+      return await shared;
+    } catch (err) {
+      if (!isAbort(err) || signal?.aborted) throw err;
+    }
+  }
+  const work = (async () => {
+    if (!(await passedBefore(key))) {
+      await check();
+      await rememberPass(key);
+    }
+    if (passed.size >= PASSED_MAX) passed.clear();
+    passed.add(key);
+  })();
+  running.set(key, work);
+  try {
+    await work;
+  } finally {
+    running.delete(key);
+  }
 }
 
 /**
  * Loads `tokenizer.json` (when the folder has one) in a worker thread, encodes a sample, resolves
  * the specials (`TOKENIZER_INVALID`); an abort ends the worker (`ABORTED`). The main thread stays
- * free while a large tokenizer loads. Inputs that passed before in this process (the preflight's
- * check, repeated by the run) pass without loading again.
+ * free while a large tokenizer loads. Inputs that passed before (in this process or, through the
+ * persistent cache, an earlier one) pass without loading again; a caller that comes while the
+ * same inputs load waits for that load.
  */
 export async function checkTokenizerLoads(doc: TokenizerDoc, signal?: AbortSignal): Promise<void> {
   if (!doc.tokenizer) return;
@@ -75,7 +132,7 @@ export async function checkTokenizerLoads(doc: TokenizerDoc, signal?: AbortSigna
   const config = toPlain(doc.config);
   const specials = [...specialTokens(doc)];
   const key = inputDigest("tokenizer", [text, JSON.stringify(config), ...specials]);
-  await once(key, () => loadInWorker(file, { text, config, specials }, signal));
+  await once(key, () => loadInWorker(file, { text, config, specials }, signal), signal);
 }
 
 /** The worker run of {@linkcode checkTokenizerLoads}: throws the coded error of a failure. */
@@ -134,7 +191,8 @@ export async function checkTemplateRenders(doc: TokenizerDoc, signal?: AbortSign
     eos_token: specialToken(doc, "eos_token") ?? "",
     pad_token: specialToken(doc, "pad_token") ?? "",
   };
-  await once(inputDigest("template", [template, JSON.stringify(context)]), async () => {
+  const key = inputDigest("template", [template, JSON.stringify(context)]);
+  await once(key, async () => {
     checksRun.template++;
     const out = await renderTemplate(template, context, { signal, file });
     if (!out.includes("How are you?")) {
@@ -144,5 +202,5 @@ export async function checkTemplateRenders(doc: TokenizerDoc, signal?: AbortSign
         { file },
       );
     }
-  });
+  }, signal);
 }

@@ -1,0 +1,41 @@
+/**
+ * A small tokenizer folder for the tokenizer tests: a WordLevel `tokenizer.json` (ids `<unk>` 0,
+ * `word` 1, `</s>` 2) and a `tokenizer_config.json` with an eos token and a chat template.
+ * @module
+ */
+import { join } from "node:path";
+
+/** Writes the folder into `dir` (created when missing); resolves to `dir`. */
+export async function smallFolder(dir: string, word: string): Promise<string> {
+  await Deno.mkdir(dir, { recursive: true });
+  await Deno.writeTextFile(
+    join(dir, "tokenizer.json"),
+    JSON.stringify({
+      version: "1.0",
+      truncation: null,
+      padding: null,
+      added_tokens: [{
+        id: 2,
+        content: "</s>",
+        single_word: false,
+        lstrip: false,
+        rstrip: false,
+        normalized: false,
+        special: true,
+      }],
+      normalizer: null,
+      pre_tokenizer: { type: "Whitespace" },
+      post_processor: null,
+      decoder: null,
+      model: { type: "WordLevel", vocab: { "<unk>": 0, [word]: 1, "</s>": 2 }, unk_token: "<unk>" },
+    }),
+  );
+  await Deno.writeTextFile(
+    join(dir, "tokenizer_config.json"),
+    JSON.stringify({
+      eos_token: "</s>",
+      chat_template: "{% for m in messages %}{{ m.content }}|{% endfor %}",
+    }),
+  );
+  return dir;
+}

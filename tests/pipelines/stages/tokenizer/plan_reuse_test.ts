@@ -1,0 +1,116 @@
+/**
+ * The run of writeTokenizer reuses the plan its preflight made in this process
+ * (`preflightTokenizer()` then `preparedTokenizer()`) only while nothing it depends on changed:
+ * the same sources and options, and every file it looked at with the same device, inode, size
+ * and modification time. The checks against the model run either way.
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { isCkptError } from "../../../../errors.ts";
+import {
+  preflightTokenizer,
+  preparedTokenizer,
+  type PrepareTokenizerArgs,
+} from "../../../../pipelines/stages/tokenizer/prepare.ts";
+import { withCacheDir } from "../../../_helpers/cache_dir.ts";
+import { withTempDir } from "../../../_helpers/tmp.ts";
+import { smallFolder } from "./_small_tokenizer.ts";
+
+/** A preflight's plan (its checks awaited) and the run's, for the same `args`. */
+async function plans(
+  args: PrepareTokenizerArgs,
+  between: () => Promise<void> = () => Promise.resolve(),
+) {
+  const { plan, checked } = await preflightTokenizer(args);
+  await checked;
+  await between();
+  return { preflight: plan, run: await preparedTokenizer(args) };
+}
+
+Deno.test("the run reuses the plan its preflight made when no file changed", async () => {
+  await withCacheDir(() =>
+    withTempDir(async (dir) => {
+      const src = await smallFolder(join(dir, "tok"), "same");
+      const { preflight, run } = await plans({ sources: [src], padWithEos: true });
+      assert.equal(run, preflight);
+      assert.equal(run.padToken, "</s>");
+    })
+  );
+});
+
+Deno.test("the run prepares again when a file the plan read changed, even to the same size", async () => {
+  await withCacheDir(() =>
+    withTempDir(async (dir) => {
+      const src = await smallFolder(join(dir, "tok"), "aaaa");
+      const { preflight, run } = await plans({ sources: [src] }, async () => {
+        await smallFolder(src, "bbbb");
+        await Deno.utime(join(src, "tokenizer.json"), new Date(), new Date(Date.now() + 5_000));
+      });
+      assert.notEqual(run, preflight);
+      assert.equal(
+        run.files.find((f) => f.name === "tokenizer.json")?.size,
+        preflight.files[0]?.size,
+      );
+    })
+  );
+});
+
+Deno.test("the run prepares again when a file the plan found missing appeared", async () => {
+  await withCacheDir(() =>
+    withTempDir(async (dir) => {
+      const src = await smallFolder(join(dir, "tok"), "appear");
+      const { preflight, run } = await plans({ sources: [src] }, async () => {
+        await Deno.writeTextFile(join(src, "special_tokens_map.json"), '{"eos_token": "</s>"}');
+      });
+      assert.notEqual(run, preflight);
+      assert.deepEqual(run.files.map((f) => f.name), [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+      ]);
+    })
+  );
+});
+
+Deno.test("the run prepares again when a folder before the one used now holds a tokenizer", async () => {
+  await withCacheDir(() =>
+    withTempDir(async (dir) => {
+      const base = await smallFolder(join(dir, "base"), "base");
+      const adapter = join(dir, "adapter");
+      await Deno.mkdir(adapter);
+      const { preflight, run } = await plans({ sources: [adapter, base] }, async () => {
+        await smallFolder(adapter, "adapter");
+      });
+      assert.equal(preflight.source, base);
+      assert.equal(run.source, adapter);
+    })
+  );
+});
+
+Deno.test("the run does not take a plan made with other options", async () => {
+  await withCacheDir(() =>
+    withTempDir(async (dir) => {
+      const src = await smallFolder(join(dir, "tok"), "options");
+      const { plan, checked } = await preflightTokenizer({ sources: [src] });
+      await checked;
+      const run = await preparedTokenizer({ sources: [src], padToken: "</s>" });
+      assert.notEqual(run, plan);
+      assert.equal(plan.padToken, undefined);
+      assert.equal(run.padToken, "</s>");
+    })
+  );
+});
+
+Deno.test("a reused plan is still checked against the model's vocab_size", async () => {
+  await withCacheDir(() =>
+    withTempDir(async (dir) => {
+      const src = await smallFolder(join(dir, "tok"), "vocab");
+      const { checked } = await preflightTokenizer({ sources: [src] });
+      await checked;
+      await assert.rejects(
+        () => preparedTokenizer({ sources: [src], modelConfig: { vocab_size: 2 } }),
+        (e) => isCkptError(e, "TOKENIZER_VOCAB"),
+      );
+    })
+  );
+});
