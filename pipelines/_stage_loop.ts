@@ -207,6 +207,7 @@ export class StageLoop {
   ): Promise<void> {
     for (const step of this.#cfg.stages) {
       if (this.#signal.aborted) throw abortError(this.#signal);
+      if (this.#failedCheck) throw this.#fail(undefined, step, ctx.outDir);
       this.current = step.index;
       fsStep("stage", step.use);
       this.#emit({ type: "stage-start", stage: step.use, index: step.index });

@@ -32,18 +32,12 @@ export class FileWitness {
     if (!this.#seen.has(path)) this.#seen.set(path, signature(info));
   }
 
-  /** Looks at `path` (following links) and records it; resolves to its info, undefined if absent. */
-  async stat(path: string): Promise<Deno.FileInfo | undefined> {
-    let info: Deno.FileInfo | undefined;
-    try {
-      info = await Deno.stat(path);
-    } catch (err) {
-      if (!(err instanceof Deno.errors.NotFound || err instanceof Deno.errors.NotADirectory)) {
-        throw err;
-      }
-    }
-    this.saw(path, info);
-    return info;
+  /**
+   * Looks at `path` (following links) and records its state; never throws (a path that cannot be
+   * looked at is recorded as such, and its reader reports the coded error).
+   */
+  async stat(path: string): Promise<void> {
+    if (!this.#seen.has(path)) this.#seen.set(path, await stateOf(path));
   }
 
   /** True when every path recorded still has the same state (one `stat` each, no reads). */
@@ -51,10 +45,5 @@ export class FileWitness {
     const paths = [...this.#seen];
     const now = await Promise.all(paths.map(([p]) => stateOf(p)));
     return paths.every(([, was], i) => now[i] === was);
-  }
-
-  /** How many paths were recorded. */
-  get size(): number {
-    return this.#seen.size;
   }
 }

@@ -98,6 +98,7 @@ async function once(
       return await shared;
     } catch (err) {
       if (!isAbort(err) || signal?.aborted) throw err;
+      if (running.get(key) === shared) running.delete(key);
     }
   }
   const work = (async () => {

@@ -114,3 +114,26 @@ Deno.test("a reused plan is still checked against the model's vocab_size", async
     })
   );
 });
+
+Deno.test("the run prepares again when the chat template file it was given changed", async () => {
+  await withCacheDir(() =>
+    withTempDir(async (dir) => {
+      const src = await smallFolder(join(dir, "tok"), "template");
+      const chatTemplatePath = join(dir, "t.jinja");
+      await Deno.writeTextFile(
+        chatTemplatePath,
+        "{% for m in messages %}<{{ m.content }}>{% endfor %}",
+      );
+      const args = { sources: [src], chatTemplatePath, replaceChatTemplate: true };
+      const { preflight, run } = await plans(args, async () => {
+        await Deno.writeTextFile(
+          chatTemplatePath,
+          "{% for m in messages %}[{{ m.content }}]{% endfor %}",
+        );
+      });
+      assert.notEqual(run, preflight);
+      const config = run.files.find((f) => f.name === "tokenizer_config.json")!;
+      assert.match(new TextDecoder().decode(config.bytes), /\[\{\{ m\.content \}\}\]/);
+    })
+  );
+});
