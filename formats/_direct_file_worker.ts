@@ -3,9 +3,10 @@
  * `O_DIRECT` and writes blocks of a shared, page-aligned memory into it by position, so the data
  * goes from that memory to the device without a page-cache copy and the main thread never blocks
  * in a write. Messages in (each answered `{ id, ok: true, ... }` or `{ id, error }`):
- * `{ op: "open", path, buffer }` (answered with `direct: false` and no file left behind where the
- * file system refuses `O_DIRECT`), `{ op: "write", start, length, offset }`, `{ op: "finish", size }`
- * (truncates to the exact size and closes) and `{ op: "close" }`.
+ * `{ op: "open", path, buffer }` (opens the file the sink created, answered `direct: false` where the
+ * file system refuses `O_DIRECT`: the file is then written through the page cache; a failed open
+ * fails every later request but "close"), `{ op: "write", start, length, offset }`,
+ * `{ op: "finish", size }` (truncates to the exact size and closes) and `{ op: "close" }`.
  * @module
  */
 import fs from "node:fs";
@@ -21,12 +22,14 @@ const scope = self as unknown as {
   postMessage(message: unknown): void;
 };
 
-const { O_WRONLY, O_CREAT, O_EXCL, O_DIRECT } = fs.constants;
+const { O_WRONLY, O_CREAT, O_DIRECT } = fs.constants;
 let fd: number | undefined;
 let path = "";
 let memory: Uint8Array<ArrayBufferLike> = new Uint8Array(0);
-/** False once the file system refused a direct write and the file was reopened buffered. */
+/** False once the file system refused direct I/O and the file was opened buffered. */
 let direct = true;
+/** Why the file could not be opened: every later request but "close" fails with it. */
+let openFailed: unknown;
 
 function errnoOf(err: unknown): string | undefined {
   const code = (err as { code?: unknown })?.code;
@@ -41,21 +44,20 @@ function writeAt(start: number, length: number, offset: number): void {
 }
 
 function handle(m: Request): Record<string, unknown> {
+  if (openFailed !== undefined && m.op !== "close") throw openFailed;
   switch (m.op) {
     case "open": {
       path = m.path;
       memory = new Uint8Array(m.buffer);
       try {
-        fd = fs.openSync(path, O_WRONLY | O_CREAT | O_EXCL | O_DIRECT, 0o666);
+        fd = fs.openSync(path, O_WRONLY | O_CREAT | O_DIRECT, 0o666);
       } catch (err) {
-        if (errnoOf(err) !== "EINVAL") throw err;
-        // the file system has no direct I/O; a file created before the refusal is ours (O_EXCL)
-        try {
-          fs.unlinkSync(path);
-        } catch { /* not created */ }
-        return { direct: false };
+        if (errnoOf(err) !== "EINVAL") throw openFailed = err;
+        // the file system has no direct I/O: the same file, written through the page cache
+        fd = fs.openSync(path, O_WRONLY);
+        direct = false;
       }
-      return { direct: true };
+      return { direct };
     }
     case "write":
       try {

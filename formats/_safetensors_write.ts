@@ -11,7 +11,7 @@ import { MAX_HEADER_SIZE, planFile, type PlannedFile } from "./_safetensors_head
 import { MAX_HEADER_ENTRIES } from "./_safetensors_entries.ts";
 import type { StateDict, TensorRef } from "./state_dict.ts";
 import { phaseClock } from "./phase_clock.ts";
-import { createFileSink, type FileSink } from "./_file_sink.ts";
+import { createFileSink, type FileSink, RESERVE_MAX_BYTES } from "./_file_sink.ts";
 
 /** Default metadata of written files, as `save_pretrained` writes it. */
 export const DEFAULT_SAFETENSORS_METADATA: Readonly<Record<string, string>> = { format: "pt" };
@@ -178,13 +178,13 @@ function checkPart(p: Part, bytes: unknown, path: string): Uint8Array {
   return bytes;
 }
 
-/** Fills `buffer` with a segment's bytes (checking each part's byte count) and returns the view. */
-async function fillSegment(seg: Segment, buffer: Uint8Array, path: string): Promise<Uint8Array> {
-  // Bytes a ref returns are copied into our own buffer: the next read (which overlaps this
+/**
+ * Fills `target` (exactly the segment's size) with a segment's bytes, checking each part's byte
+ * count.
+ */
+async function fillSegment(seg: Segment, target: Uint8Array, path: string): Promise<Uint8Array> {
+  // Bytes a ref returns are copied into the target: the next read (which overlaps this
   // segment's write) may reuse the memory a ref returned last time.
-  const target = seg.bytes <= buffer.length
-    ? buffer.subarray(0, seg.bytes)
-    : new Uint8Array(seg.bytes);
   let at = 0;
   for (const p of seg.parts) {
     const view = target.subarray(at, at + p.bytes);
@@ -197,10 +197,71 @@ async function fillSegment(seg: Segment, buffer: Uint8Array, path: string): Prom
   return target;
 }
 
-async function writeAll(sink: FileSink, bytes: Uint8Array): Promise<void> {
-  const t0 = phaseClock.start();
-  await sink.write(bytes);
-  phaseClock.stop("write", t0, bytes.length);
+/** Segments filled ahead of the one being written (the merge of one overlaps the read of the next). */
+const FILL_AHEAD = 1;
+
+/**
+ * Writes `segments` to `sink` in order while the next {@linkcode FILL_AHEAD} are being filled: into
+ * the sink's own memory where it gives some (no copy), else into our own rotating buffers. A
+ * segment too large to reserve is filled once everything before it is written. Fills started are
+ * added to `inFlight` (awaited by the caller after a failure).
+ */
+async function streamSegments(
+  sink: FileSink,
+  segments: Iterator<Segment>,
+  block: number,
+  path: string,
+  inFlight: Promise<unknown>[],
+  options: { signal: AbortSignal | undefined; progress: ((n: number) => void) | undefined },
+): Promise<void> {
+  const buffers: Uint8Array[] = [];
+  let started = 0;
+  /** A buffer of ours for a segment of `n` bytes, not in use by the fills in flight. */
+  const ownBuffer = (n: number): Uint8Array => {
+    if (n > block) return new Uint8Array(n);
+    return (buffers[started % (FILL_AHEAD + 1)] ??= new Uint8Array(block)).subarray(0, n);
+  };
+  const queue: Promise<Uint8Array>[] = [];
+  let large: Segment | undefined;
+  const refill = (): void => {
+    while (!large && queue.length < FILL_AHEAD) {
+      const next = segments.next();
+      if (next.done) return;
+      const seg = next.value;
+      if (seg.bytes > RESERVE_MAX_BYTES) {
+        large = seg; // filled once the queue is empty: no reservation may be outstanding
+        return;
+      }
+      const own = ownBuffer(seg.bytes);
+      started++;
+      const p = sink.reserve(seg.bytes).then((view) => fillSegment(seg, view ?? own, path));
+      p.catch(() => {}); // awaited below, or by the caller after a failure
+      inFlight.push(p);
+      queue.push(p);
+    }
+  };
+  const write = async (bytes: Uint8Array): Promise<void> => {
+    await sink.write(bytes);
+    options.progress?.(bytes.byteLength);
+  };
+  refill();
+  for (;;) {
+    if (queue.length > 0) {
+      const waited = phaseClock.start();
+      const bytes = await queue.shift()!;
+      phaseClock.stop("wait-data", waited);
+      inFlight.shift();
+      options.signal?.throwIfAborted();
+      refill(); // the next segments fill while this one is written
+      await write(bytes);
+    } else if (large) {
+      const bytes = await fillSegment(large, new Uint8Array(large.bytes), path);
+      large = undefined;
+      options.signal?.throwIfAborted();
+      await write(bytes); // written before anything else is reserved
+      refill();
+    } else return;
+  }
 }
 
 export function randomSuffix(): string {
@@ -208,8 +269,9 @@ export function randomSuffix(): string {
 }
 
 /**
- * Streams a planned file's data from `sd` into `path` (temp file + rename). Two block buffers
- * alternate: the next segment is read into one while the other is being written.
+ * Streams a planned file's data from `sd` into `path` (temp file + rename). The next segment is
+ * read while the one before is written: into the sink's own memory where it has some to give (no
+ * copy), else into one of two block buffers that alternate.
  */
 export async function writePlanned(
   path: string,
@@ -224,41 +286,24 @@ export async function writePlanned(
   const tmp = `${path}.tmp-${randomSuffix()}`;
   let sink: FileSink;
   try {
-    sink = await createFileSink(tmp, { expectedBytes: plan.fileBytes, syncEvery });
+    sink = await createFileSink(tmp, {
+      expectedBytes: plan.fileBytes,
+      syncEvery,
+      onBytes: onBytes && ((bytes) => onBytes(path, bytes)),
+    });
   } catch (cause) {
     throw osError(cause, "create", tmp, { code: "FILE_WRITE" });
   }
   let closed = false;
-  let pending: Promise<Uint8Array> | undefined;
+  const inFlight: Promise<unknown>[] = [];
   try {
-    await writeAll(sink, plan.headerBytes);
-    if (onBytes) await onBytes(path, plan.headerBytes);
+    await sink.write(plan.headerBytes);
     progress?.(plan.headerBytes.length);
     const block = Math.min(STREAM_BLOCK_BYTES, Math.max(plan.dataBytes, 1));
-    const buffers = [new Uint8Array(block), new Uint8Array(0)];
-    const segments = segmentsOf(sd, plan, block);
-    const start = (i: number): Promise<Uint8Array> | undefined => {
-      const next = segments.next();
-      if (next.done) return undefined;
-      if (i === 1 && buffers[1]!.length === 0) buffers[1] = new Uint8Array(block);
-      const p = fillSegment(next.value, buffers[i % 2]!, path);
-      p.catch(() => {}); // awaited below; no unhandled rejection when we stop early
-      return p;
-    };
-    let i = 0;
-    pending = start(i);
-    while (pending) {
-      const waited = phaseClock.start();
-      const bytes = await pending;
-      phaseClock.stop("wait-data", waited);
-      signal?.throwIfAborted();
-      pending = start(++i);
-      await writeAll(sink, bytes);
-      const hashWait = phaseClock.start();
-      if (onBytes) await onBytes(path, bytes);
-      phaseClock.stop("wait-hash", hashWait);
-      progress?.(bytes.byteLength);
-    }
+    await streamSegments(sink, segmentsOf(sd, plan, block), block, path, inFlight, {
+      signal,
+      progress,
+    });
     closed = true;
     await sink.finish();
     const { size } = await Deno.stat(tmp);
@@ -271,7 +316,7 @@ export async function writePlanned(
     }
     await Deno.rename(tmp, path);
   } catch (err) {
-    await pending?.catch(() => {});
+    await Promise.allSettled(inFlight);
     if (!closed) await sink.abandon();
     await Deno.remove(tmp).catch(() => {});
     if (err instanceof CkptError || (err instanceof DOMException && err.name === "AbortError")) {

@@ -3,7 +3,8 @@
  * outputs while the next stages run, and hash output bytes while they are written. Messages in:
  * `{ id, path }` hashes a file, answered `{ id, size, sha256 }` or `{ id, error }`; a stream is
  * `{ id, op: "update", bytes }` (answered `{ id, ack, buffer }` with the byte count, so the sender
- * can bound what is queued, and the block's buffer transferred back for reuse), then `{ id, op: "digest" }` (answered `{ id, size, sha256, ms }`, `ms` the time spent hashing it) or
+ * can bound what is queued, and the block's buffer transferred back for reuse; with `shared: true`
+ * the bytes are a view of shared memory, answered `{ id, ack, shared: true }` once hashed), then `{ id, op: "digest" }` (answered `{ id, size, sha256, ms }`, `ms` the time spent hashing it) or
  * `{ id, op: "abort" }` (discards it, no answer). Streams with different ids are independent.
  * @module
  */
@@ -12,7 +13,7 @@ import { hashFile } from "./hash_file.ts";
 
 type HashRequest =
   | { id: number; path: string; op?: undefined }
-  | { id: number; op: "update"; bytes: Uint8Array<ArrayBuffer> }
+  | { id: number; op: "update"; bytes: Uint8Array<ArrayBuffer>; shared?: boolean }
   | { id: number; op: "digest" }
   | { id: number; op: "abort" };
 
@@ -32,7 +33,8 @@ scope.onmessage = async (e) => {
     s.hash.update(msg.bytes);
     s.ms += performance.now() - t0;
     s.size += msg.bytes.length;
-    // the block's buffer goes back to the sender for reuse
+    // bytes in shared memory stay where they are; a copied block's buffer goes back for reuse
+    if (msg.shared) return scope.postMessage({ id: msg.id, ack: msg.bytes.length, shared: true });
     const buffer = msg.bytes.buffer;
     scope.postMessage({ id: msg.id, ack: msg.bytes.length, buffer }, [buffer]);
     return;

@@ -46,6 +46,7 @@ export class OutputHasher {
   constructor(dir: string, signal: AbortSignal) {
     this.#dir = dir;
     this.#signal = signal;
+    this.#worker.start(); // ready by the time the first stage writes
   }
 
   /** The `ctx.onOutputBytes` of the run: feeds `bytes` of `path` (relative to the folder). */

@@ -36,9 +36,11 @@ export interface HashStream {
   /** Bytes fed so far. */
   readonly size: number;
   /**
-   * Feeds `bytes`. They are copied before this returns, so the caller may reuse its buffer. Returns
-   * a promise while more than the stream's queue limit waits on the worker: await it before
-   * feeding more, to keep memory bounded.
+   * Feeds `bytes`. They are copied before this returns, so the caller may reuse its buffer, and a
+   * promise is returned while more than the stream's queue limit waits on the worker: await it
+   * before feeding more, to keep memory bounded. Bytes in shared memory (a `SharedArrayBuffer`)
+   * are not copied: the worker reads them where they are, and the returned promise settles once
+   * it has; they must not change before then.
    */
   update(bytes: Uint8Array): Promise<void> | void;
   /** Ends the stream: the size and sha256 of everything fed. */
@@ -82,11 +84,14 @@ interface StreamState {
   queued: number;
   max: number;
   waiters: Array<() => void>;
+  /** Updates of shared memory the worker has not hashed yet, oldest first. */
+  shared: Array<() => void>;
 }
 
 function release(s: StreamState): void {
-  const w = s.waiters;
+  const w = [...s.waiters, ...s.shared];
   s.waiters = [];
+  s.shared = [];
   for (const r of w) r();
 }
 
@@ -133,6 +138,11 @@ export class HashWorker {
     return copy;
   }
 
+  /** Starts the worker now (it takes some milliseconds), so that the first hash does not wait. */
+  start(): void {
+    this.#start();
+  }
+
   /** Size and sha256 of `path`. */
   hash(path: string): Promise<{ size: number; sha256: string }> {
     const worker = this.#start();
@@ -153,7 +163,7 @@ export class HashWorker {
     const worker = this.#start();
     if (!worker) return localHashStream();
     const id = this.#next++;
-    const state: StreamState = { queued: 0, max: maxQueuedBytes, waiters: [] };
+    const state: StreamState = { queued: 0, max: maxQueuedBytes, waiters: [], shared: [] };
     this.#streams.set(id, state);
     let size = 0;
     let ended = false;
@@ -169,6 +179,13 @@ export class HashWorker {
       update: (bytes: Uint8Array): Promise<void> | void => {
         if (ended) throw new Error("hash stream already ended");
         if (bytes.length === 0) return;
+        if (bytes.buffer instanceof SharedArrayBuffer) {
+          size += bytes.length;
+          return new Promise<void>((r) => {
+            state.shared.push(r);
+            worker.postMessage({ id, op: "update", bytes, shared: true });
+          });
+        }
         const copy = this.#copy(bytes);
         size += copy.length;
         state.queued += copy.length;
@@ -206,6 +223,7 @@ export class HashWorker {
             sha256?: string;
             error?: string;
             ack?: number;
+            shared?: boolean;
             buffer?: ArrayBuffer;
             ms?: number;
           }
@@ -215,6 +233,7 @@ export class HashWorker {
           if (e.data.buffer && this.#spare.length < SPARE_BUFFERS) this.#spare.push(e.data.buffer);
           const s = this.#streams.get(e.data.id);
           if (!s) return;
+          if (e.data.shared) return s.shared.shift()?.();
           s.queued -= e.data.ack;
           if (s.queued <= s.max) release(s);
           return;

@@ -23,7 +23,6 @@
 import * as zlib from "node:zlib";
 import { CkptError } from "../../errors.ts";
 import { torchSerializationId } from "./_serialization_id.ts";
-import { phaseClock } from "../phase_clock.ts";
 import { createFileSink, type FileSink } from "../_file_sink.ts";
 
 const crc32Native =
@@ -67,26 +66,19 @@ export class TorchZipWriter {
   #enc = new TextEncoder();
   #names: string[] = [];
   #crcs: number[] = [];
-  #onBytes: ((bytes: Uint8Array) => void | Promise<void>) | undefined;
   /** Path being written. */
   readonly path: string;
 
-  private constructor(
-    path: string,
-    file: FileSink,
-    prefix: string,
-    onBytes: ((bytes: Uint8Array) => void | Promise<void>) | undefined,
-  ) {
+  private constructor(path: string, file: FileSink, prefix: string) {
     this.path = path;
     this.#file = file;
     this.#prefix = prefix;
-    this.#onBytes = onBytes;
   }
 
   /**
    * Creates (truncates) `path` and writes records under the folder `prefix`. `onBytes`, when
-   * given, is called with every byte written, in file order, right after it is written (the buffer
-   * is reused afterwards: copy what you keep; a returned promise is awaited). With `syncEvery`,
+   * given, is called with every byte written, in file order, as it is written (the bytes may
+   * change once it returns, or once a promise it returns settles: copy what you keep). With `syncEvery`,
    * an `fdatasync` of the file starts in the background after every that many bytes (its error
    * fails {@linkcode TorchZipWriter.finish}). With `expectedBytes` (about the file's size), a new
    * `path` (which must not exist) is created and a large file is written with direct I/O
@@ -103,8 +95,9 @@ export class TorchZipWriter {
       expectedBytes: expectedBytes ?? 0,
       syncEvery,
       replace: expectedBytes === undefined,
+      onBytes,
     });
-    return new TorchZipWriter(path, file, prefix, onBytes);
+    return new TorchZipWriter(path, file, prefix);
   }
 
   /** Bytes written so far. */
@@ -114,24 +107,15 @@ export class TorchZipWriter {
 
   async #flush(): Promise<void> {
     if (this.#bufLen === 0) return;
-    await this.#writeAll(this.#buf.subarray(0, this.#bufLen));
+    await this.#file.write(this.#buf.subarray(0, this.#bufLen));
     this.#pos += this.#bufLen;
     this.#bufLen = 0;
-  }
-
-  async #writeAll(data: Uint8Array): Promise<void> {
-    const t0 = phaseClock.start();
-    await this.#file.write(data);
-    phaseClock.stop("write", t0, data.length);
-    const hashWait = phaseClock.start();
-    if (this.#onBytes) await this.#onBytes(data);
-    phaseClock.stop("wait-hash", hashWait);
   }
 
   async #put(data: Uint8Array): Promise<void> {
     if (data.length > this.#buf.length / 2) {
       await this.#flush();
-      await this.#writeAll(data);
+      await this.#file.write(data);
       this.#pos += data.length;
       return;
     }

@@ -1,7 +1,13 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { CkptError } from "../../errors.ts";
-import { createFileSink, DIRECT_BLOCK_BYTES, DIRECT_MIN_BYTES } from "../../formats/_file_sink.ts";
+import {
+  createFileSink,
+  DIRECT_BLOCK_BYTES,
+  DIRECT_MIN_BYTES,
+  DIRECT_RING_BYTES,
+  RESERVE_MAX_BYTES,
+} from "../../formats/_file_sink.ts";
 import { readSafetensorsHeader, writeSafetensors } from "../../formats/safetensors.ts";
 import { StateDict, tensorFromBytes } from "../../formats/state_dict.ts";
 import { saveTorchStateDict } from "../../formats/torch/save.ts";
@@ -56,6 +62,115 @@ Deno.test("a large file is written with direct I/O, byte for byte, whatever size
       assert.equal(got.length, expected.length, "truncated to the exact size, not the padding");
       assert.ok(got.every((v, i) => v === expected[i]), "the same bytes in the same places");
     });
+  });
+});
+
+/** Sizes that reserve around every edge of the ring: odd ones, whole blocks, the largest. */
+const RESERVATIONS = [4093, RESERVE_MAX_BYTES, DIRECT_BLOCK_BYTES, 1, RESERVE_MAX_BYTES - 7];
+
+Deno.test("bytes produced in reserved memory land in order, across the ring's end several times, with nothing copied", async () => {
+  await withTempDir(async (dir) => {
+    await withDirectIo(undefined, async () => {
+      const path = join(dir, "reserved");
+      const hashed: Uint8Array[] = [];
+      const sink = await createFileSink(path, {
+        expectedBytes: DIRECT_MIN_BYTES,
+        onBytes: (bytes) => {
+          assert.ok(bytes.buffer instanceof SharedArrayBuffer, "onBytes reads the sink's memory");
+          hashed.push(bytes.slice());
+        },
+      });
+      const header = pattern(777, 5);
+      await sink.write(header); // a plain write first, as the writers' headers are
+      const sizes = Array.from({ length: 30 }, (_, i) => RESERVATIONS[i % RESERVATIONS.length]!);
+      const total = header.length + sizes.reduce((a, b) => a + b, 0);
+      assert.ok(total > 3 * DIRECT_RING_BYTES, "wraps the ring more than three times");
+      const expected = pattern(total, 9);
+      expected.set(header);
+      let at = header.length;
+      // two reservations outstanding, as the safetensors writer keeps them
+      let ahead = await sink.reserve(sizes[0]!);
+      for (let i = 0; i < sizes.length; i++) {
+        const view = ahead!;
+        assert.ok(view.buffer instanceof SharedArrayBuffer);
+        view.set(expected.subarray(at, at + sizes[i]!));
+        ahead = i + 1 < sizes.length ? await sink.reserve(sizes[i + 1]!) : undefined;
+        await sink.write(view);
+        at += sizes[i]!;
+      }
+      await sink.finish();
+      const got = await Deno.readFile(path);
+      assert.equal(got.length, total);
+      assert.ok(got.every((v, i) => v === expected[i]), "the same bytes in the same places");
+      const fed = new Uint8Array(total);
+      let off = 0;
+      for (const h of hashed) fed.set(h, (off += h.length) - h.length);
+      assert.equal(off, total, "onBytes saw every byte once, not the padding");
+      assert.ok(fed.every((v, i) => v === expected[i]), "and in file order");
+    });
+  });
+});
+
+Deno.test("a block is reused only once the promise onBytes returned for it settled", async () => {
+  await withTempDir(async (dir) => {
+    await withDirectIo(undefined, async () => {
+      const held: { view: Uint8Array; copy: Uint8Array; release: () => void }[] = [];
+      const sink = await createFileSink(join(dir, "held"), {
+        expectedBytes: DIRECT_MIN_BYTES,
+        onBytes: (view) =>
+          new Promise<void>((release) => held.push({ view, copy: view.slice(), release })),
+      });
+      const blocks = DIRECT_RING_BYTES / DIRECT_BLOCK_BYTES;
+      for (let k = 0; k < blocks; k++) await sink.write(new Uint8Array(DIRECT_BLOCK_BYTES).fill(k));
+      assert.equal(held.length, blocks, "every block of the ring is held by its hash");
+      // the next block needs the first one again: its write waits for that hash, however long
+      let done = false;
+      const next = sink.write(new Uint8Array(DIRECT_BLOCK_BYTES).fill(0xee)).then(() =>
+        done = true
+      );
+      await new Promise((r) => setTimeout(r, 100));
+      assert.equal(done, false, "the write waits while the first block is held");
+      const first = held[0]!;
+      assert.ok(first.view.every((v, i) => v === first.copy[i]), "the held block did not change");
+      first.release();
+      await next;
+      for (const h of held) h.release();
+      await sink.finish();
+      assert.equal(held.length, blocks + 1);
+    });
+  });
+});
+
+Deno.test("a direct sink refuses a plain write while a reservation is outstanding, a reservation past the ring, and a finish before it is written", async () => {
+  await withTempDir(async (dir) => {
+    await withDirectIo(undefined, async () => {
+      const sink = await createFileSink(join(dir, "misused"), { expectedBytes: DIRECT_MIN_BYTES });
+      assert.equal(await sink.reserve(0), undefined);
+      assert.equal(await sink.reserve(RESERVE_MAX_BYTES + 1), undefined, "too large: not ours");
+      const view = (await sink.reserve(10))!;
+      await assert.rejects(() => sink.write(new Uint8Array(10)), /must be that reservation/);
+      await assert.rejects(() => sink.write(view.subarray(1)), /must be that reservation/);
+      for (let i = 0; i < 3; i++) await sink.reserve(RESERVE_MAX_BYTES);
+      await assert.rejects(() => sink.reserve(RESERVE_MAX_BYTES), /would run .* ahead/);
+      await assert.rejects(() => sink.finish(), /reservation not written/);
+      await sink.abandon();
+    });
+  });
+});
+
+Deno.test("a page-cache sink gives no memory to reserve and feeds onBytes the bytes written", async () => {
+  await withTempDir(async (dir) => {
+    const fed: number[] = [];
+    const sink = await createFileSink(join(dir, "small"), {
+      expectedBytes: 10,
+      onBytes: (bytes) => void fed.push(...bytes),
+    });
+    assert.equal(await sink.reserve(4), undefined);
+    await sink.write(new Uint8Array([1, 2]));
+    await sink.write(new Uint8Array([3]));
+    await sink.finish();
+    assert.deepEqual(fed, [1, 2, 3]);
+    assert.deepEqual([...await Deno.readFile(join(dir, "small"))], [1, 2, 3]);
   });
 });
 
@@ -140,6 +255,24 @@ Deno.test("safetensors and torch files above the direct I/O size are the same by
   });
 });
 
+Deno.test("a safetensors tensor whose single row is larger than a reservation is written byte for byte by a direct sink", async () => {
+  await withTempDir(async (dir) => {
+    const sd = bigStateDict(Math.ceil(DIRECT_MIN_BYTES / 2 ** 20) + 1);
+    const wide = RESERVE_MAX_BYTES + 4096;
+    sd.set("wide", tensorFromBytes("U8", [2, wide], pattern(2 * wide, 21)));
+    sd.set("z.after", tensorFromBytes("U8", [3, 5000], pattern(15000, 22)));
+    for (const env of [undefined, "0"]) {
+      await withDirectIo(env, () => writeSafetensors(join(dir, `${env ?? "direct"}.st`), sd));
+    }
+    const [a, b] = await Promise.all([
+      Deno.readFile(join(dir, "direct.st")),
+      Deno.readFile(join(dir, "0.st")),
+    ]);
+    assert.equal(a.length, b.length);
+    assert.ok(a.every((v, i) => v === b[i]), "the same bytes as through the page cache");
+  });
+});
+
 /**
  * Runs `fn` with every direct sink it creates driven by the failing test worker
  * (`_failing_sink_worker.ts`: the real one, whose first "write" or "finish" throws uncaught). The
@@ -169,8 +302,8 @@ Deno.test("when the direct I/O worker fails, the write waiting on it rejects, la
       const path = join(dir, "doomed");
       const sink = await createFileSink(path, { expectedBytes: DIRECT_MIN_BYTES });
       assert.equal(sink.direct, true);
-      // fills both blocks, then waits on the first block's write, at which the worker dies
-      await assert.rejects(() => sink.write(pattern(2 * DIRECT_BLOCK_BYTES + 1, 1)), WORKER_FAILED);
+      // fills the ring, then waits on the first block's write, at which the worker dies
+      await assert.rejects(() => sink.write(pattern(DIRECT_RING_BYTES + 1, 1)), WORKER_FAILED);
       await assert.rejects(() => sink.write(new Uint8Array(1)), WORKER_FAILED);
       await assert.rejects(() => sink.finish(), WORKER_FAILED);
       await sink.abandon();
@@ -236,6 +369,42 @@ Deno.test("a direct write the file system refuses (EINVAL) goes on buffered: the
       const size = 3 * 4096 - 7;
       assert.equal((await ask({ op: "finish", size })).direct, false);
       assert.deepEqual(await Deno.readFile(path), sent.subarray(0, size));
+    } finally {
+      worker.terminate();
+    }
+  });
+});
+
+Deno.test("a direct I/O worker whose open failed fails every later request with that error, and still closes", async () => {
+  await withTempDir(async (dir) => {
+    const wasm = new WebAssembly.Memory({ initial: 1, maximum: 1, shared: true });
+    const worker = new Worker(new URL("../../formats/_direct_file_worker.ts", import.meta.url), {
+      type: "module",
+    });
+    let id = 0;
+    const ask = (message: Record<string, unknown>) =>
+      new Promise<Record<string, unknown>>((resolve) => {
+        worker.onmessage = (e) => resolve(e.data);
+        worker.postMessage({ ...message, id: id++ });
+      });
+    try {
+      const path = join(dir, "no", "such", "folder");
+      for (
+        const m of [{ op: "open", path, buffer: wasm.buffer }, {
+          op: "write",
+          start: 0,
+          length: 4096,
+          offset: 0,
+        }, { op: "finish", size: 1 }]
+      ) {
+        const reply = await ask(m);
+        assert.equal(
+          (reply.error as { code?: string })?.code,
+          "ENOENT",
+          `${m.op}: the open's error`,
+        );
+      }
+      assert.equal((await ask({ op: "close" })).ok, true);
     } finally {
       worker.terminate();
     }

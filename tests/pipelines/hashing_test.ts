@@ -90,3 +90,23 @@ Deno.test("`HashWorker.close()` rejects a pending digest and releases a waiting 
   await waiting;
   await assert.rejects(digest);
 });
+
+Deno.test("`HashWorker.stream()` hashes bytes in shared memory where they are, and settles once it has", async () => {
+  const worker = new HashWorker();
+  try {
+    const shared = new Uint8Array(new SharedArrayBuffer(3 * 1024 * 1024));
+    for (let i = 0; i < shared.length; i++) shared[i] = (i * 13 + (i >> 10)) & 0xff;
+    const expected = createHash("sha256").update(shared).digest("hex");
+    const stream = worker.stream(1024); // a tiny copy queue: shared updates do not count in it
+    const third = shared.length / 3;
+    const updates = [0, 1, 2].map((k) =>
+      stream.update(shared.subarray(k * third, (k + 1) * third))
+    );
+    assert.ok(updates.every((u) => u instanceof Promise), "each shared update is a promise");
+    await Promise.all(updates);
+    shared.fill(0xee); // hashed before the promises settled: changing the memory now changes nothing
+    assert.deepEqual(await stream.digest(), { size: 3 * third, sha256: expected });
+  } finally {
+    worker.close();
+  }
+});
