@@ -9,6 +9,8 @@ import { CkptError } from "../../../errors.ts";
 import { inputReadError, readTextInput } from "../../../formats/read_text.ts";
 import { asInt, isObject, parsePyJson, type PyJson } from "../_pyjson.ts";
 import type { FileWitness } from "./_file_witness.ts";
+import { knownHighestId, rememberParsed } from "./_known_json.ts";
+import { createHash } from "node:crypto";
 
 /** Tokenizer and processor files copied when present (mergekit's list plus the vocab files). */
 export const TOKENIZER_FILES: readonly string[] = [
@@ -66,10 +68,17 @@ export interface TokenizerDoc {
   source: string;
   /** Files found, by name, with their paths. */
   present: Map<string, string>;
-  /** `tokenizer.json` as `JSON.parse` reads it (lookups, validation), if present. */
+  /**
+   * `tokenizer.json` as `JSON.parse` reads it (lookups, validation), if present. A folder read
+   * with {@linkcode readTokenizerFolder} parses it on first use when the same text parsed before.
+   */
   tokenizer: TokenizerJson | undefined;
   /** `tokenizer.json`'s text as read (what a worker loads when no edit changed it). */
   tokenizerText?: string | undefined;
+  /** The sha256 (hex) of {@linkcode TokenizerDoc.tokenizerText}. */
+  tokenizerSha256?: string | undefined;
+  /** The highest token id of `tokenizer.json` as read (before any edit). */
+  tokenizerHighestId?: number | undefined;
   /** `tokenizer.json` as an order-keeping tree, read only when an edit must rewrite it. */
   tokenizerTree: Map<string, PyJson> | undefined;
   /** `tokenizer_config.json` (empty when the folder has none). */
@@ -130,12 +139,41 @@ async function readJson(path: string): Promise<PyJson> {
   );
 }
 
-/** `tokenizer.json` parsed; its order-keeping tree too when `tree` is true. */
-async function readTokenizerJson(
-  path: string,
-  tree: boolean,
-): Promise<{ plain: TokenizerJson; tree: Map<string, PyJson> | undefined; text: string }> {
+/** The highest token id `tok` holds (vocab and added tokens); -1 when it holds none. */
+export function highestId(tok: TokenizerJson): number {
+  let m = -1;
+  const vocab = tok.model?.vocab;
+  if (Array.isArray(vocab)) m = vocab.length - 1;
+  else if (vocab && typeof vocab === "object") {
+    for (const v of Object.values(vocab)) if (typeof v === "number" && v > m) m = v;
+  }
+  const added = Array.isArray(tok.added_tokens) ? tok.added_tokens : [];
+  for (const t of added) if (typeof t.id === "number" && t.id > m) m = t.id;
+  return m;
+}
+
+/** `tokenizer.json` as read and parsed (`plain` undefined: the same text parsed before). */
+interface ReadTokenizerJson {
+  text: string;
+  sha256: string;
+  highestId: number;
+  plain: TokenizerJson | undefined;
+  tree: Map<string, PyJson> | undefined;
+}
+
+/**
+ * `tokenizer.json` read and parsed; its order-keeping tree too when `tree` is true. Without
+ * `tree`, a text known to parse (`_known_json.ts`) is not parsed again here.
+ */
+async function readTokenizerJson(path: string, tree: boolean): Promise<ReadTokenizerJson> {
   const text = await readTextInput(path, { code: "TOKENIZER_INVALID", what: "tokenizer file" });
+  const sha256 = createHash("sha256").update(text).digest("hex");
+  if (!tree) {
+    const known = await knownHighestId(sha256);
+    if (known !== undefined) {
+      return { text, sha256, highestId: known, plain: undefined, tree: undefined };
+    }
+  }
   let t: unknown;
   try {
     t = JSON.parse(text);
@@ -150,11 +188,27 @@ async function readTokenizerJson(
       file: path,
     });
   }
+  const plain = t as TokenizerJson;
+  const id = highestId(plain);
+  await rememberParsed(sha256, id);
   return {
-    plain: t as TokenizerJson,
-    tree: tree ? parsePyJson(text, path) as Map<string, PyJson> : undefined,
     text,
+    sha256,
+    highestId: id,
+    plain,
+    tree: tree ? parsePyJson(text, path) as Map<string, PyJson> : undefined,
   };
+}
+
+/** Makes `doc.tokenizer` parse `text` on first use (and take an assigned value as usual). */
+function parseOnFirstUse(doc: TokenizerDoc, text: string): void {
+  let parsed: TokenizerJson | undefined;
+  Object.defineProperty(doc, "tokenizer", {
+    get: () => (parsed ??= JSON.parse(text) as TokenizerJson),
+    set: (v: TokenizerJson | undefined) => (parsed = v),
+    enumerable: true,
+    configurable: true,
+  });
 }
 
 /** The chat template a folder defines: `chat_template.jinja`, else the config's (or its "default"). */
@@ -217,11 +271,13 @@ export async function readTokenizerFolder(
   }
   const map = mapPath ? await readJson(mapPath) : undefined;
   const vocabPath = present.get("vocab.json");
-  return {
+  const doc: TokenizerDoc = {
     source,
     present,
     tokenizer: tok?.plain,
     tokenizerText: tok?.text,
+    tokenizerSha256: tok?.sha256,
+    tokenizerHighestId: tok?.highestId,
     tokenizerTree: tok?.tree,
     config,
     specialMap: map !== undefined && isObject(map) ? map : undefined,
@@ -230,4 +286,6 @@ export async function readTokenizerFolder(
     rewritten: new Map(),
     changed: new Set(),
   };
+  if (tok && tok.plain === undefined) parseOnFirstUse(doc, tok.text);
+  return doc;
 }

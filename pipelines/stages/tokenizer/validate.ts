@@ -125,14 +125,16 @@ async function once(
  * same inputs load waits for that load.
  */
 export async function checkTokenizerLoads(doc: TokenizerDoc, signal?: AbortSignal): Promise<void> {
-  if (!doc.tokenizer) return;
+  // (the text first: `doc.tokenizer` may parse it on first use)
+  if (doc.tokenizerText === undefined && !doc.tokenizer) return;
   const file = doc.present.get("tokenizer.json") ?? doc.source;
-  const text = doc.changed.has("tokenizer.json") || doc.tokenizerText === undefined
-    ? JSON.stringify(doc.tokenizer)
-    : doc.tokenizerText;
+  const asRead = !doc.changed.has("tokenizer.json") && doc.tokenizerText !== undefined;
+  const text = asRead ? doc.tokenizerText! : JSON.stringify(doc.tokenizer);
   const config = toPlain(doc.config);
   const specials = [...specialTokens(doc)];
-  const key = inputDigest("tokenizer", [text, JSON.stringify(config), ...specials]);
+  // The text as read goes into the key by its digest (already computed when it was read).
+  const textKey = asRead && doc.tokenizerSha256 ? `sha256:${doc.tokenizerSha256}` : text;
+  const key = inputDigest("tokenizer", [textKey, JSON.stringify(config), ...specials]);
   await once(key, () => loadInWorker(file, { text, config, specials }, signal), signal);
 }
 

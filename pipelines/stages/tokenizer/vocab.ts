@@ -5,7 +5,7 @@
  */
 import { CkptError } from "../../../errors.ts";
 import type { StateDict } from "../../../formats/state_dict.ts";
-import type { TokenizerDoc } from "./folder.ts";
+import { highestId, type TokenizerDoc } from "./folder.ts";
 
 /** The id of `content` in `tokenizer.json` (added tokens first, then the vocab), if any. */
 export function tokenId(doc: TokenizerDoc, content: string): number | undefined {
@@ -25,17 +25,12 @@ export function tokenId(doc: TokenizerDoc, content: string): number | undefined 
 
 /** The highest token id, undefined when it cannot be known (no tokenizer.json, no vocab.json). */
 export function maxTokenId(doc: TokenizerDoc): number | undefined {
+  if (doc.tokenizerHighestId !== undefined && !doc.changed.has("tokenizer.json")) {
+    return doc.tokenizerHighestId; // as read: no need to parse a text known to parse
+  }
   const tok = doc.tokenizer;
   if (!tok) return doc.vocabJsonSize === undefined ? undefined : doc.vocabJsonSize - 1;
-  let m = -1;
-  const vocab = tok.model?.vocab;
-  if (Array.isArray(vocab)) m = vocab.length - 1;
-  else if (vocab && typeof vocab === "object") {
-    for (const v of Object.values(vocab)) if (typeof v === "number" && v > m) m = v;
-  }
-  const added = Array.isArray(tok.added_tokens) ? tok.added_tokens : [];
-  for (const t of added) if (typeof t.id === "number" && t.id > m) m = t.id;
-  return m;
+  return highestId(tok);
 }
 
 /** Number of token ids (highest id + 1), undefined when it cannot be known. */

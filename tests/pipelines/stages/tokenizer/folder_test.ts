@@ -1,0 +1,62 @@
+/**
+ * `readTokenizerFolder()` parses a `tokenizer.json` whose text parsed before only when something
+ * uses the parsed tree: the highest id is known without it (`_known_json.ts`).
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { readTokenizerFolder } from "../../../../pipelines/stages/tokenizer/folder.ts";
+import { prepareTokenizer } from "../../../../pipelines/stages/tokenizer/prepare.ts";
+import { tokenizerVocabSize } from "../../../../pipelines/stages/tokenizer/vocab.ts";
+import { withCacheDir } from "../../../_helpers/cache_dir.ts";
+import { withTempDir } from "../../../_helpers/tmp.ts";
+import { smallFolder } from "./_small_tokenizer.ts";
+
+/** The lengths of the texts `JSON.parse` was given while `fn` ran. */
+async function parsed<T>(fn: () => Promise<T>): Promise<{ result: T; lengths: number[] }> {
+  const original = JSON.parse;
+  const lengths: number[] = [];
+  JSON.parse = ((text: string, reviver?: (k: string, v: unknown) => unknown) => {
+    lengths.push(text.length);
+    return original(text, reviver);
+  }) as typeof JSON.parse;
+  try {
+    return { result: await fn(), lengths };
+  } finally {
+    JSON.parse = original;
+  }
+}
+
+Deno.test("`readTokenizerFolder()` parses a tokenizer.json text it parsed before only when the tree is used", async () => {
+  await withCacheDir(() =>
+    withTempDir(async (dir) => {
+      const src = await smallFolder(join(dir, "tok"), "lazy");
+      const size = (await Deno.stat(join(src, "tokenizer.json"))).size;
+      const first = await parsed(() => readTokenizerFolder(src, { tree: false }));
+      assert.ok(first.lengths.includes(size), String(first.lengths));
+      const again = await parsed(() => readTokenizerFolder(src, { tree: false }));
+      assert.equal(again.lengths.includes(size), false, String(again.lengths));
+      // the same facts, and the same tree once asked for
+      assert.equal(tokenizerVocabSize(again.result), 3);
+      assert.equal(tokenizerVocabSize(again.result), tokenizerVocabSize(first.result));
+      const used = await parsed(() => Promise.resolve(again.result.tokenizer));
+      assert.deepEqual(used.lengths, [size]);
+      assert.deepEqual(used.result, first.result.tokenizer);
+    })
+  );
+});
+
+Deno.test("a tokenizer read without parsing still takes edits that look up its tokens", async () => {
+  await withCacheDir(() =>
+    withTempDir(async (dir) => {
+      const src = await smallFolder(join(dir, "tok"), "lookup");
+      await readTokenizerFolder(src, { tree: false });
+      const plan = await prepareTokenizer({ sources: [src], padToken: "</s>" });
+      assert.equal(plan.padToken, "</s>");
+      assert.equal(plan.vocabSize, 3);
+      await assert.rejects(
+        () => prepareTokenizer({ sources: [src], padToken: "<|nope|>" }),
+        (e: Error & { code?: string }) => e.code === "TOKENIZER_INVALID",
+      );
+    })
+  );
+});
