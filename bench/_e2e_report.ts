@@ -83,11 +83,11 @@ const PHASES: Array<[Phase, string]> = [
   ["read", "positional reads of the base (pread into the backend's memory)"],
   ["merge", "blocks on the merge backend (decode, W + s·B·A, encode; the ‖ΔW‖ sums)"],
   ["cast", "dtype conversions outside the kernel"],
-  ["write", "output bytes handed to the OS"],
+  ["write", "output bytes handed to the OS (direct I/O: waiting for the disk to free a block)"],
   ["hash", "sha256 on the hash worker"],
   ["fsync", "fsync of the files and folders before the rename"],
   ["wait-data", "the writer waiting for its next block (read or merge behind)"],
-  ["wait-hash", "the writer waiting for the hash worker"],
+  ["wait-hash", "the writer waiting for the hash worker to free a block"],
 ];
 
 /** What `_e2e_child.ts` prints. */

@@ -33,6 +33,7 @@ import type { StateDict } from "../state_dict.ts";
 import { pickleValue } from "./pickle.ts";
 import { PyDict, type PyValue, type TorchStorage, torchTensor } from "./values.ts";
 import { TorchZipWriter } from "./zip_writer.ts";
+import { RESERVE_MAX_BYTES } from "../_file_sink.ts";
 
 /** Options of {@linkcode saveTorch}. */
 export interface SaveTorchOptions {
@@ -40,7 +41,7 @@ export interface SaveTorchOptions {
   signal?: AbortSignal;
   /** Called after each block with bytes of tensor data written and the total. */
   onProgress?: (bytesDone: number, bytesTotal: number) => void;
-  /** Bytes read and written per block. Default 16 MiB. */
+  /** Bytes read and written per block. Default 8 MiB (the most a writer reads in place). */
   blockSize?: number;
   /** Archive folder name. Default: the file name without its last extension, as torch does. */
   prefix?: string;
@@ -92,22 +93,31 @@ class BufferPair {
   }
 }
 
+/**
+ * A storage's bytes in blocks of about `blockSize`. A source that reads into a buffer reads into
+ * the file's own memory where the writer gives some (no copy), else into the pool's buffers.
+ */
 async function* blocks(
   storage: TorchStorage,
   blockSize: number,
   signal: AbortSignal | undefined,
   progress: (n: number) => void,
   pool: BufferPair,
+  writer: TorchZipWriter,
 ): AsyncGenerator<Uint8Array> {
   const total = storage.byteLength;
   const src = storage.source;
   const align = Math.max(1, src.blockAlign ?? 1);
   const step = Math.max(align, Math.floor(blockSize / align) * align);
   const reuse = src.readInto !== undefined && step <= pool.size;
+  // every block of the storage reserved, or none (a reservation is written before the next)
+  const reserve = reuse && step <= RESERVE_MAX_BYTES;
+  const target = async (n: number) =>
+    (reserve ? await writer.reserve(n) : undefined) ?? pool.take(n);
   for (let s = 0; s < total; s += step) {
     signal?.throwIfAborted();
     const e = Math.min(total, s + step);
-    const bytes = reuse ? await src.readInto!(s, e, pool.take(e - s)) : await src.read(s, e);
+    const bytes = reuse ? await src.readInto!(s, e, await target(e - s)) : await src.read(s, e);
     if (bytes.length !== e - s) {
       throw new CkptError(
         "TORCH_WRITE",
@@ -149,7 +159,7 @@ export async function saveTorch(
     done += n;
     options.onProgress?.(done, total);
   };
-  const blockSize = options.blockSize ?? 16 * 1024 * 1024;
+  const blockSize = options.blockSize ?? RESERVE_MAX_BYTES;
   const pool = new BufferPair(
     Math.min(blockSize, storages.reduce((m, s) => Math.max(m, s.byteLength), 1)),
   );
@@ -183,7 +193,7 @@ export async function saveTorch(
           { file: path },
         );
       }
-      await w.add(`data/${key}`, blocks(s, blockSize, signal, progress, pool), need);
+      await w.add(`data/${key}`, blocks(s, blockSize, signal, progress, pool, w), need);
     }
     await w.add("version", new TextEncoder().encode("3\n"));
     await w.add(".data/serialization_id", new TextEncoder().encode(w.serializationId()));

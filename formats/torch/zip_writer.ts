@@ -66,6 +66,8 @@ export class TorchZipWriter {
   #enc = new TextEncoder();
   #names: string[] = [];
   #crcs: number[] = [];
+  /** Views {@linkcode TorchZipWriter.reserve} gave out and not yet written, oldest first. */
+  #reserved: Uint8Array[] = [];
   /** Path being written. */
   readonly path: string;
 
@@ -125,9 +127,24 @@ export class TorchZipWriter {
   }
 
   /**
+   * The file's own memory for the next `n` bytes of a record's data, or undefined when the file has none to give (`FileSink.reserve`): a chunk produced there and
+   * yielded to {@linkcode TorchZipWriter.add} is written without a copy. Only for the chunks of
+   * the record being added, in order.
+   */
+  async reserve(n: number): Promise<Uint8Array | undefined> {
+    const view = await this.#file.reserve(n);
+    if (!view) return undefined;
+    // add() wrote the buffer out before asking for chunks: reserved bytes follow it in the file
+    if (this.#bufLen > 0) throw new Error("zip writer: reserve() outside a record's chunks");
+    this.#reserved.push(view);
+    return view;
+  }
+
+  /**
    * Adds record `name` (under the prefix) of `size` bytes from `data`: bytes, or chunks produced
-   * on demand (the next chunk is requested while the current one is written). `TORCH_WRITE` when
-   * the chunks do not add up to `size`.
+   * on demand (the next chunk is requested while the current one is written; a chunk may be
+   * memory {@linkcode TorchZipWriter.reserve} gave). `TORCH_WRITE` when the chunks do not add up
+   * to `size`.
    */
   async add(
     name: string,
@@ -170,6 +187,7 @@ export class TorchZipWriter {
       written = data.length;
       await this.#put(data);
     } else {
+      await this.#flush(); // chunks may be reserved: they follow what was put so far
       const it = data[Symbol.asyncIterator]();
       let next = it.next();
       for (;;) {
@@ -180,7 +198,15 @@ export class TorchZipWriter {
         crc = crc32(chunk, crc);
         written += chunk.length;
         if (written > size) break;
-        await this.#put(chunk);
+        const view = this.#reserved.shift(); // this chunk's reservation, if its source took one
+        if (view) {
+          // a source may have given other bytes than those it read into the view
+          const inPlace = chunk.buffer === view.buffer && chunk.byteOffset === view.byteOffset &&
+            chunk.length === view.length;
+          if (!inPlace) view.set(chunk);
+          await this.#file.write(view); // nothing is buffered while chunks are reserved
+          this.#pos += view.length;
+        } else await this.#put(chunk);
       }
     }
     if (written !== size) {

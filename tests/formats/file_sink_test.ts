@@ -8,7 +8,11 @@ import {
   DIRECT_RING_BYTES,
   RESERVE_MAX_BYTES,
 } from "../../formats/_file_sink.ts";
-import { readSafetensorsHeader, writeSafetensors } from "../../formats/safetensors.ts";
+import {
+  openSafetensors,
+  readSafetensorsHeader,
+  writeSafetensors,
+} from "../../formats/safetensors.ts";
 import { StateDict, tensorFromBytes } from "../../formats/state_dict.ts";
 import { saveTorchStateDict } from "../../formats/torch/save.ts";
 import { openTorchStateDict } from "../../formats/torch/state_dict.ts";
@@ -229,6 +233,9 @@ function bigStateDict(mib: number): StateDict {
 Deno.test("safetensors and torch files above the direct I/O size are the same bytes as written through the page cache", async () => {
   await withTempDir(async (dir) => {
     const sd = bigStateDict(Math.ceil(DIRECT_MIN_BYTES / 2 ** 20) + 1);
+    // small tensors between the large ones (a norm, a bias): blocks of a few bytes
+    sd.set("layer.1.norm", tensorFromBytes("F32", [7], pattern(28, 31)));
+    sd.set("layer.1.bias", tensorFromBytes("BF16", [4096], pattern(8192, 32)));
     for (const env of [undefined, "0"]) {
       await withDirectIo(env, async () => {
         // the same names in two folders (torch's record prefix comes from the file name)
@@ -236,9 +243,12 @@ Deno.test("safetensors and torch files above the direct I/O size are the same by
         await Deno.mkdir(out);
         await writeSafetensors(join(out, "model.safetensors"), sd);
         await saveTorchStateDict(join(out, "model.bin"), sd);
+        // refs that read into a buffer: the .bin writer reads them into the sink's memory
+        await using st = await openSafetensors(join(out, "model.safetensors"));
+        await saveTorchStateDict(join(out, "model.from-st"), st);
       });
     }
-    for (const ext of ["safetensors", "bin"]) {
+    for (const ext of ["safetensors", "bin", "from-st"]) {
       const [a, b] = await Promise.all([
         Deno.readFile(join(dir, "direct", `model.${ext}`)),
         Deno.readFile(join(dir, "0", `model.${ext}`)),
@@ -248,7 +258,7 @@ Deno.test("safetensors and torch files above the direct I/O size are the same by
       assert.ok(a.every((v, i) => v === b[i]), `${ext}: same bytes`);
     }
     const header = await readSafetensorsHeader(join(dir, "direct", "model.safetensors"));
-    assert.equal(header.tensors.length, 3);
+    assert.equal(header.tensors.length, 5);
     await using back = await openTorchStateDict(join(dir, "direct", "model.bin"));
     const last = await back.require("layer.2.weight").read();
     assert.deepEqual(last, await sd.require("layer.2.weight").read());
