@@ -189,11 +189,18 @@ export class TorchZipWriter {
     } else {
       await this.#flush(); // chunks may be reserved: they follow what was put so far
       const it = data[Symbol.asyncIterator]();
-      let next = it.next();
+      // the next chunk is asked for before this one is written: its failure (an abort, a read
+      // error) is thrown when it is awaited, never left as an unhandled rejection meanwhile
+      const ask = () => {
+        const p = it.next();
+        p.catch(() => {});
+        return p;
+      };
+      let next = ask();
       for (;;) {
         const r = await next;
         if (r.done) break;
-        next = it.next();
+        next = ask();
         const chunk = r.value;
         crc = crc32(chunk, crc);
         written += chunk.length;

@@ -115,6 +115,28 @@ Deno.test("TorchZipWriter.add() rejects chunks that do not add up to the declare
   });
 });
 
+Deno.test("TorchZipWriter.add() rejects with the error of a chunk source that fails while the chunk before is written, never an unhandled rejection", async () => {
+  await withTempDir(async (dir) => {
+    const w = await TorchZipWriter.create(join(dir, "c.pt"), "c");
+    const failure = new Error("the source failed (an abort, a read error)");
+    const chunks: AsyncIterable<Uint8Array> = {
+      [Symbol.asyncIterator]: () => {
+        let calls = 0;
+        return {
+          // the first chunk is large enough to be written out at once (an awaited write); the
+          // second, asked for meanwhile, fails at once
+          next: () =>
+            ++calls === 1
+              ? Promise.resolve({ done: false, value: new Uint8Array(1 << 20) })
+              : Promise.reject(failure),
+        };
+      },
+    };
+    await assert.rejects(w.add("data/0", chunks, 2 << 20), (e) => e === failure);
+    await w.abort();
+  });
+});
+
 Deno.test("ZipReader.open() reads the smallest zip, a bare 22-byte end record, and refuses 21 bytes", async () => {
   await withTempDir(async (dir) => {
     const eocd = new Uint8Array(22);
