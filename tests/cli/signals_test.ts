@@ -32,14 +32,14 @@ async function bombRun(dir: string) {
   return run;
 }
 
-Deno.test("a loop-bomb chat template is refused in preflight with TEMPLATE_TIMEOUT, nothing written", async () => {
+Deno.test("a loop-bomb chat template fails the run with TEMPLATE_TIMEOUT (its render runs beside the stages), nothing written", async () => {
   await withTempDir(async (dir) => {
     const run = await bombRun(dir);
     const out = join(dir, "exports", "out");
     const r = await ckpt(mergeArgs(run, out, "--log", "json"));
     assert.equal(r.code, 1, r.stderr);
     assert.match(r.stderr, /"code":"TEMPLATE_TIMEOUT".*5000 ms limit/);
-    assert.doesNotMatch(r.stdout + r.stderr, /"stage-start"|^\s+at /m);
+    assert.doesNotMatch(r.stdout + r.stderr, /"pipeline-end"|^\s+at /m);
     assert.deepEqual(await names(dir), ["run"]);
   });
 });
