@@ -73,9 +73,13 @@ export interface TokenizerDoc {
    * with {@linkcode readTokenizerFolder} parses it on first use when the same text parsed before.
    */
   tokenizer: TokenizerJson | undefined;
-  /** `tokenizer.json`'s text as read (what a worker loads when no edit changed it). */
+  /**
+   * `tokenizer.json`'s text as read (what a worker loads when no edit changed it). A folder read
+   * with {@linkcode readTokenizerFolder} decodes it on first use: a check passed before, a copy of
+   * the file and a plan reused by the run never need it.
+   */
   tokenizerText?: string | undefined;
-  /** The sha256 (hex) of {@linkcode TokenizerDoc.tokenizerText}. */
+  /** The sha256 (hex) of `tokenizer.json`'s bytes as read, when the folder has one. */
   tokenizerSha256?: string | undefined;
   /** The highest token id of `tokenizer.json` as read (before any edit). */
   tokenizerHighestId?: number | undefined;
@@ -154,7 +158,8 @@ export function highestId(tok: TokenizerJson): number {
 
 /** `tokenizer.json` as read and parsed (`plain` undefined: the same text parsed before). */
 interface ReadTokenizerJson {
-  text: string;
+  /** Its text, decoded on first call. */
+  text: () => string;
   sha256: string;
   highestId: number;
   plain: TokenizerJson | undefined;
@@ -166,8 +171,17 @@ interface ReadTokenizerJson {
  * `tree`, a text known to parse (`_known_json.ts`) is not parsed again here.
  */
 async function readTokenizerJson(path: string, tree: boolean): Promise<ReadTokenizerJson> {
-  const text = await readTextInput(path, { code: "TOKENIZER_INVALID", what: "tokenizer file" });
-  const sha256 = createHash("sha256").update(text).digest("hex");
+  let bytes: Uint8Array;
+  try {
+    bytes = await Deno.readFile(path);
+  } catch (cause) {
+    throw inputReadError(cause, "TOKENIZER_INVALID", "tokenizer file", path);
+  }
+  // the digest of the bytes, and the text decoded only when something reads it, as readTextFile
+  // decodes (UTF-8, invalid bytes replaced, a BOM kept: JSON.parse refuses it, as transformers does)
+  const sha256 = createHash("sha256").update(bytes).digest("hex");
+  let decoded: string | undefined;
+  const text = () => (decoded ??= new TextDecoder("utf-8", { ignoreBOM: true }).decode(bytes));
   if (!tree) {
     const known = await knownHighestId(sha256);
     if (known !== undefined) {
@@ -176,7 +190,7 @@ async function readTokenizerJson(path: string, tree: boolean): Promise<ReadToken
   }
   let t: unknown;
   try {
-    t = JSON.parse(text);
+    t = JSON.parse(text());
   } catch (cause) {
     throw new CkptError("JSON_PARSE", `Cannot parse "${path}": ${(cause as Error).message}`, {
       file: path,
@@ -196,16 +210,25 @@ async function readTokenizerJson(path: string, tree: boolean): Promise<ReadToken
     sha256,
     highestId: id,
     plain,
-    tree: tree ? parsePyJson(text, path) as Map<string, PyJson> : undefined,
+    tree: tree ? parsePyJson(text(), path) as Map<string, PyJson> : undefined,
   };
 }
 
 /** Makes `doc.tokenizer` parse `text` on first use (and take an assigned value as usual). */
-function parseOnFirstUse(doc: TokenizerDoc, text: string): void {
+function parseOnFirstUse(doc: TokenizerDoc, text: () => string): void {
   let parsed: TokenizerJson | undefined;
   Object.defineProperty(doc, "tokenizer", {
-    get: () => (parsed ??= JSON.parse(text) as TokenizerJson),
+    get: () => (parsed ??= JSON.parse(text()) as TokenizerJson),
     set: (v: TokenizerJson | undefined) => (parsed = v),
+    enumerable: true,
+    configurable: true,
+  });
+}
+
+/** Makes `doc.tokenizerText` decode on first use. */
+function decodeOnFirstUse(doc: TokenizerDoc, text: () => string): void {
+  Object.defineProperty(doc, "tokenizerText", {
+    get: text,
     enumerable: true,
     configurable: true,
   });
@@ -275,7 +298,6 @@ export async function readTokenizerFolder(
     source,
     present,
     tokenizer: tok?.plain,
-    tokenizerText: tok?.text,
     tokenizerSha256: tok?.sha256,
     tokenizerHighestId: tok?.highestId,
     tokenizerTree: tok?.tree,
@@ -286,6 +308,7 @@ export async function readTokenizerFolder(
     rewritten: new Map(),
     changed: new Set(),
   };
+  if (tok) decodeOnFirstUse(doc, tok.text);
   if (tok && tok.plain === undefined) parseOnFirstUse(doc, tok.text);
   return doc;
 }

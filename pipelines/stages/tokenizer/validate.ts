@@ -125,17 +125,30 @@ async function once(
  * same inputs load waits for that load.
  */
 export async function checkTokenizerLoads(doc: TokenizerDoc, signal?: AbortSignal): Promise<void> {
-  // (the text first: `doc.tokenizer` may parse it on first use)
-  if (doc.tokenizerText === undefined && !doc.tokenizer) return;
+  // (the digest first: reading `doc.tokenizerText` decodes the text, `doc.tokenizer` parses it)
+  const unchanged = !doc.changed.has("tokenizer.json");
+  const readDigest = unchanged ? doc.tokenizerSha256 : undefined;
+  let textKey: string;
+  let text: () => string;
+  if (readDigest !== undefined) {
+    // the text as read goes into the key by its digest; it is decoded only if the check runs
+    textKey = `sha256:${readDigest}`;
+    text = () => doc.tokenizerText!;
+  } else {
+    const t = unchanged && doc.tokenizerText !== undefined
+      ? doc.tokenizerText
+      : doc.tokenizer
+      ? JSON.stringify(doc.tokenizer)
+      : undefined;
+    if (t === undefined) return;
+    textKey = t;
+    text = () => t;
+  }
   const file = doc.present.get("tokenizer.json") ?? doc.source;
-  const asRead = !doc.changed.has("tokenizer.json") && doc.tokenizerText !== undefined;
-  const text = asRead ? doc.tokenizerText! : JSON.stringify(doc.tokenizer);
   const config = toPlain(doc.config);
   const specials = [...specialTokens(doc)];
-  // The text as read goes into the key by its digest (already computed when it was read).
-  const textKey = asRead && doc.tokenizerSha256 ? `sha256:${doc.tokenizerSha256}` : text;
   const key = inputDigest("tokenizer", [textKey, JSON.stringify(config), ...specials]);
-  await once(key, () => loadInWorker(file, { text, config, specials }, signal), signal);
+  await once(key, () => loadInWorker(file, { text: text(), config, specials }, signal), signal);
 }
 
 /** The worker run of {@linkcode checkTokenizerLoads}: throws the coded error of a failure. */

@@ -3,6 +3,7 @@
  * uses the parsed tree: the highest id is known without it (`_known_json.ts`).
  */
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { readTokenizerFolder } from "../../../../pipelines/stages/tokenizer/folder.ts";
 import { prepareTokenizer } from "../../../../pipelines/stages/tokenizer/prepare.ts";
@@ -57,6 +58,31 @@ Deno.test("a tokenizer read without parsing still takes edits that look up its t
         () => prepareTokenizer({ sources: [src], padToken: "<|nope|>" }),
         (e: Error & { code?: string }) => e.code === "TOKENIZER_INVALID",
       );
+    })
+  );
+});
+
+Deno.test("`readTokenizerFolder()` digests tokenizer.json's bytes and decodes its text only when it is read, as readTextFile does", async () => {
+  await withCacheDir(() =>
+    withTempDir(async (dir) => {
+      const src = await smallFolder(join(dir, "tok"), "bom");
+      const path = join(src, "tokenizer.json");
+      await readTokenizerFolder(src, { tree: false }); // parsed once: the next read needs no parse
+      // the same text after a BOM: other bytes, so read (and refused) anew
+      const bytes = new Uint8Array([0xef, 0xbb, 0xbf, ...await Deno.readFile(path)]);
+      await Deno.writeFile(path, bytes);
+      await assert.rejects(
+        () => readTokenizerFolder(src, { tree: false }),
+        (e: Error & { code?: string }) => e.code === "JSON_PARSE",
+        "a BOM is kept, and JSON.parse refuses it, as transformers' json.load does",
+      );
+      await Deno.writeFile(path, bytes.subarray(3));
+      const doc = await readTokenizerFolder(src, { tree: false });
+      const digest = createHash("sha256").update(bytes.subarray(3)).digest("hex");
+      assert.equal(doc.tokenizerSha256, digest);
+      const decoded = Object.getOwnPropertyDescriptor(doc, "tokenizerText");
+      assert.equal(typeof decoded?.get, "function", "decoded on first use, not when read");
+      assert.equal(doc.tokenizerText, await Deno.readTextFile(path), "as readTextFile decodes it");
     })
   );
 });
