@@ -149,6 +149,8 @@ export interface RunContextInit {
   part?: PartContext;
   /** Takes the checks a preflight defers (`ctx.defer`, the stage loop's). */
   defer?: (check: Promise<void>) => void;
+  /** Takes what a preflight keeps open for its run (`ctx.closeAtEnd`, the stage loop's). */
+  closeAtEnd?: (close: () => Promise<void>) => void;
 }
 
 /** The shared stage context plus what the stages recorded through it. */
@@ -177,6 +179,7 @@ export function createRunContext(init: RunContextInit): RunContext {
     ...(init.onOutputBytes ? { onOutputBytes: init.onOutputBytes } : {}),
     ...(init.part ? { part: init.part } : {}),
     ...(init.defer ? { defer: init.defer } : {}),
+    ...(init.closeAtEnd ? { closeAtEnd: init.closeAtEnd } : {}),
     stateDict: undefined,
     modelConfig: undefined,
     modelDir: undefined,

@@ -116,6 +116,8 @@ export class StageLoop {
   /** Rejects with the first failed check's error (never resolves). */
   readonly #checkFailed: Promise<never>;
   #rejectCheckFailed: (err: unknown) => void = () => {};
+  /** What the preflights kept open for their runs (`ctx.closeAtEnd`), closed by {@linkcode close}. */
+  readonly #closers: (() => Promise<void>)[] = [];
 
   /** A loop over `cfg`'s stages. */
   constructor(cfg: PipelineConfig, signal: AbortSignal, emit: (event: PipelineEvent) => void) {
@@ -147,6 +149,22 @@ export class StageLoop {
     outcome.catch(() => {});
     this.#checks.push(outcome);
   };
+
+  /**
+   * Takes something a preflight opened for its stage's run (`ctx.closeAtEnd`);
+   * {@linkcode StageLoop.close} closes it however the run ends.
+   */
+  closeAtEnd = (close: () => Promise<void>): void => {
+    this.#closers.push(close);
+  };
+
+  /**
+   * Closes what the preflights kept open (`ctx.closeAtEnd`), in order, each once; a failure to
+   * close is dropped (the run's outcome is decided). The runners await it before they return.
+   */
+  async close(): Promise<void> {
+    for (const close of this.#closers.splice(0)) await close().catch(() => {});
+  }
 
   /** `work`, or the first deferred check's failure if that comes first. */
   #raced<T>(work: Promise<T>): Promise<T> {

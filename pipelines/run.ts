@@ -244,6 +244,7 @@ export async function runPipeline(
       outDir: staging.path,
       signal: loop.signal,
       defer: loop.defer,
+      closeAtEnd: loop.closeAtEnd,
       dryRun,
       backend: options.backend,
       onOutputBytes: outputHasher &&
@@ -293,6 +294,7 @@ export async function runPipeline(
   } finally {
     hasher?.close();
     await loop.stateDict?.close().catch(() => {});
+    await loop.close();
     await staging?.discard(loop.inFlight);
     globalThis.removeEventListener("unload", onUnload);
     await lock?.release().catch(() => {});

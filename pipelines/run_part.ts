@@ -304,6 +304,7 @@ export async function runPart(
       outDir: paths.work,
       signal: loop.signal,
       defer: loop.defer,
+      closeAtEnd: loop.closeAtEnd,
       dryRun: false,
       backend: options.backend,
       onOutputBytes: (path, bytes) => {
@@ -363,6 +364,7 @@ export async function runPart(
   } finally {
     hasher?.close();
     await loop.stateDict?.close().catch(() => {});
+    await loop.close();
     // Failed: what the stages wrote. Finished: only the folders its files were moved out of (and
     // no stage is in flight).
     await work?.discard(loop.inFlight);
@@ -395,6 +397,7 @@ async function planPart(
         partPaths(splitFolder(cfg.output, splitId(cfg, how.count)), how.index, how.count).work,
       signal: loop.signal,
       defer: loop.defer,
+      closeAtEnd: loop.closeAtEnd,
       dryRun: true,
       backend: how.options.backend,
       onOutputBytes: undefined,
@@ -416,6 +419,7 @@ async function planPart(
     throw e;
   } finally {
     await loop.stateDict?.close().catch(() => {});
+    await loop.close();
   }
 }
 
