@@ -24,6 +24,7 @@ import {
   type LoadedValue,
   type OptimizerSource,
 } from "../../readers/optimizer.ts";
+import type { FileWitness } from "./tokenizer/_file_witness.ts";
 import { isObject, JsonFloat, parsePyJson, type PyJson } from "./_pyjson.ts";
 
 function isJsonPath(path: string): boolean {
@@ -98,6 +99,33 @@ function stepTensor(step: number): TorchTensor {
 }
 
 /**
+ * The optimizer source that recognises `path` (`optimizerSources` first, then the built-in ones),
+ * or undefined for a torch file or a JSON description. One `stat` (plus the sources' probes);
+ * `INPUT_MISSING` (or the coded OS error) when `path` cannot be looked at.
+ */
+export async function inputSource(
+  path: string,
+  optimizerSources: readonly OptimizerSource[] = [],
+): Promise<OptimizerSource | undefined> {
+  try {
+    return await findOptimizerSource(path, optimizerSources);
+  } catch (cause) {
+    throw inputReadError(cause, "INPUT_MISSING", "optimizer input", path);
+  }
+}
+
+/** Options of {@linkcode loadInput} beyond those of {@linkcode loadValue}. */
+export interface LoadValueOptions {
+  /** The source {@linkcode inputSource} found for the path (looked up again when absent). */
+  source?: OptimizerSource | null;
+  /**
+   * Records each file read (the torch file; the JSON description, its tensors file, or the absent
+   * sibling one), by `stat` before reading it. A source's files are not recorded.
+   */
+  seen?: FileWitness;
+}
+
+/**
  * Loads an optimizer or scheduler input as a Python value: a path one of the optimizer sources
  * recognises (`optimizerSources` first, then the built-in ones: torch.distributed.checkpoint
  * folders), a JSON description (with its safetensors tensors; `tensorsPath` overrides where they
@@ -109,13 +137,23 @@ export async function loadValue(
   keys: "int" | "name" = "int",
   optimizerSources: readonly OptimizerSource[] = [],
 ): Promise<LoadedValue> {
-  let source: OptimizerSource | undefined;
-  try {
-    source = await findOptimizerSource(path, optimizerSources);
-  } catch (cause) {
-    throw inputReadError(cause, "INPUT_MISSING", "optimizer input", path);
-  }
+  return await loadInput(path, tensorsPath, keys, optimizerSources, {});
+}
+
+/** {@linkcode loadValue}, with the source already found and the files read recorded. */
+export async function loadInput(
+  path: string,
+  tensorsPath: string | undefined,
+  keys: "int" | "name",
+  optimizerSources: readonly OptimizerSource[],
+  options: LoadValueOptions,
+): Promise<LoadedValue> {
+  const source = options.source === undefined
+    ? await inputSource(path, optimizerSources)
+    : options.source ?? undefined;
+  const seen = options.seen;
   if (source) return await source.load(path, { keys });
+  await seen?.stat(path);
   if (!isJsonPath(path)) {
     const loaded = await loadTorch(path);
     return { value: loaded.value, close: () => loaded.close() };
@@ -130,6 +168,7 @@ export async function loadValue(
   }
   if (tfile === undefined) {
     const sibling = join(dirname(path), basename(path, extname(path)) + ".safetensors");
+    await seen?.stat(sibling);
     try {
       await Deno.stat(sibling);
       tfile = sibling;
@@ -137,6 +176,7 @@ export async function loadValue(
       // no tensors file: fine when the description holds no tensors
     }
   }
+  if (tfile !== undefined) await seen?.stat(tfile);
   const tensors = tfile === undefined ? undefined : await openSafetensors(tfile);
   try {
     let body: PyJson = json;

@@ -60,7 +60,16 @@ import { PyDict, pyDict, pyTypeName, type PyValue, tensorsOf } from "../../forma
 import type { LoadedValue, OptimizerSource } from "../../readers/optimizer.ts";
 import { defineStage, type Stage, type StageContext } from "../stage.ts";
 import { checkOptimizerAgainstModel, checkOptimizerState, toIntKeys } from "./_optim_check.ts";
-import { loadValue } from "./_optim_load.ts";
+import { inputSource, loadInput, type LoadValueOptions } from "./_optim_load.ts";
+import {
+  closeInputs,
+  keepInputs,
+  type KeptLoads,
+  type LoadedOptimizer,
+  type OptimInputs,
+  takeInputs,
+} from "./_optim_kept.ts";
+import { FileWitness } from "./tokenizer/_file_witness.ts";
 
 export {
   checkOptimizerAgainstModel,
@@ -104,21 +113,49 @@ export interface PreparedOptimizer {
   close(): Promise<void>;
 }
 
+/** What {@linkcode prepareOptimizer} takes besides the path. */
+export interface PrepareOptimizerOptions {
+  /** safetensors file with a JSON description's tensors. */
+  tensors?: string;
+  /** Class name written as `'class'` (default: the input's, else `"AdamW"`). */
+  className?: string;
+  /** Keep the state's keys (`"keep"`, default) or renumber name keys to ints (`"int"`). */
+  keys?: "keep" | "int";
+  /** The model to check the per-parameter tensors against. */
+  model?: StateDict | undefined;
+  /** Parameter order of an int-keyed state for the model check. */
+  params?: "model" | readonly string[];
+  /** Check against `model` (default true). */
+  check?: boolean;
+  /** Extra optimizer sources, asked before the built-in ones. */
+  optimizerSources?: readonly OptimizerSource[];
+}
+
 /** Loads and validates an optimizer input into the HALOs `optimizer.pt` value. */
 export async function prepareOptimizer(
   path: string,
-  options: {
-    tensors?: string;
-    className?: string;
-    keys?: "keep" | "int";
-    model?: StateDict | undefined;
-    params?: "model" | readonly string[];
-    check?: boolean;
-    /** Extra optimizer sources, asked before the built-in ones. */
-    optimizerSources?: readonly OptimizerSource[];
-  } = {},
+  options: PrepareOptimizerOptions = {},
 ): Promise<PreparedOptimizer> {
-  const loaded = await loadValue(path, options.tensors, "int", options.optimizerSources);
+  const loaded = await loadOptimizer(path, options.tensors, options.optimizerSources ?? []);
+  try {
+    return finishOptimizer(loaded, path, options);
+  } catch (err) {
+    await loaded.loaded.close();
+    throw err;
+  }
+}
+
+/**
+ * Loads an optimizer input and checks its structure (`OPTIM_INVALID`, `OPTIM_MISMATCH` for a
+ * state entry in no param group); open until `loaded.close()`.
+ */
+async function loadOptimizer(
+  path: string,
+  tensors: string | undefined,
+  optimizerSources: readonly OptimizerSource[],
+  load: LoadValueOptions = {},
+): Promise<LoadedOptimizer> {
+  const loaded = await loadInput(path, tensors, "int", optimizerSources, load);
   try {
     const v = loaded.value;
     let sd: PyValue | undefined;
@@ -134,24 +171,39 @@ export async function prepareOptimizer(
       sd = rest;
     }
     const info = checkOptimizerState(sd!, path);
-    let state = sd as PyDict;
-    if (options.check !== false && options.model) {
-      checkOptimizerAgainstModel(state, options.model, path, options.params ?? loaded.paramNames);
-    }
-    if (options.keys === "int" && info.keyed === "name") state = toIntKeys(state);
-    const className = options.className ?? cls ?? "AdamW";
-    const value = pyDict([["state_dict", state], ["class", className]]);
     return {
-      value,
-      className,
+      loaded,
+      state: sd as PyDict,
+      className: cls,
+      keyed: info.keyed,
       entries: info.entries,
-      keyed: options.keys === "int" ? "int" : info.keyed,
-      close: loaded.close,
     };
   } catch (err) {
     await loaded.close();
     throw err;
   }
+}
+
+/** The checks against the model and the renumbering, on a loaded optimizer (closes nothing). */
+function finishOptimizer(
+  opt: LoadedOptimizer,
+  path: string,
+  options: PrepareOptimizerOptions,
+): PreparedOptimizer {
+  let state = opt.state;
+  if (options.check !== false && options.model) {
+    checkOptimizerAgainstModel(state, options.model, path, options.params ?? opt.loaded.paramNames);
+  }
+  if (options.keys === "int" && opt.keyed === "name") state = toIntKeys(state);
+  const className = options.className ?? opt.className ?? "AdamW";
+  const value = pyDict([["state_dict", state], ["class", className]]);
+  return {
+    value,
+    className,
+    entries: opt.entries,
+    keyed: options.keys === "int" ? "int" : opt.keyed,
+    close: opt.loaded.close,
+  };
 }
 
 function tensorBytes(v: PyValue): number {
@@ -174,8 +226,9 @@ async function loadScheduler(
   path: string,
   tensors: string | undefined,
   optimizerSources: readonly OptimizerSource[],
+  load: LoadValueOptions = {},
 ): Promise<LoadedValue> {
-  const sched = await loadValue(path, tensors, "int", optimizerSources);
+  const sched = await loadInput(path, tensors, "int", optimizerSources, load);
   if (!(sched.value instanceof PyDict)) {
     await sched.close();
     throw new CkptError(
@@ -187,6 +240,82 @@ async function loadScheduler(
     );
   }
   return sched;
+}
+
+/** The resolved input paths of a writeOptim stage's options. */
+interface InputPaths {
+  optimizer?: string;
+  optimizerTensors?: string;
+  scheduler?: string;
+  schedulerTensors?: string;
+}
+
+function inputPaths(ctx: StageContext, options: z.output<typeof writeOptimOptions>): InputPaths {
+  const paths: InputPaths = {};
+  if (options.optimizer !== undefined) paths.optimizer = ctx.resolve(options.optimizer);
+  if (options.optimizerTensors !== undefined) {
+    paths.optimizerTensors = ctx.resolve(options.optimizerTensors);
+  }
+  if (options.scheduler !== undefined) paths.scheduler = ctx.resolve(options.scheduler);
+  if (options.schedulerTensors !== undefined) {
+    paths.schedulerTensors = ctx.resolve(options.schedulerTensors);
+  }
+  return paths;
+}
+
+/** The key a preflight's load is kept under: every path it depends on. */
+function keyOf(paths: InputPaths): string {
+  return JSON.stringify([
+    paths.optimizer,
+    paths.optimizerTensors,
+    paths.scheduler,
+    paths.schedulerTensors,
+  ]);
+}
+
+/**
+ * Loads the optimizer (structure checked) then the scheduler (a dict); on a failure, closes what
+ * it opened and rejects with the coded error.
+ */
+async function loadInputs(
+  paths: InputPaths,
+  optimizerSources: readonly OptimizerSource[],
+  load: {
+    seen?: FileWitness;
+    optim?: LoadValueOptions["source"];
+    sched?: LoadValueOptions["source"];
+  } = {},
+): Promise<OptimInputs> {
+  const inputs: OptimInputs = {};
+  const seen = load.seen === undefined ? {} : { seen: load.seen };
+  try {
+    if (paths.optimizer !== undefined) {
+      inputs.optim = await loadOptimizer(
+        paths.optimizer,
+        paths.optimizerTensors,
+        optimizerSources,
+        {
+          ...seen,
+          ...(load.optim === undefined ? {} : { source: load.optim }),
+        },
+      );
+    }
+    if (paths.scheduler !== undefined) {
+      inputs.sched = await loadScheduler(
+        paths.scheduler,
+        paths.schedulerTensors,
+        optimizerSources,
+        {
+          ...seen,
+          ...(load.sched === undefined ? {} : { source: load.sched }),
+        },
+      );
+    }
+    return inputs;
+  } catch (err) {
+    await closeInputs(inputs);
+    throw err;
+  }
 }
 
 /** What {@linkcode createWriteOptimStage} takes. */
@@ -204,75 +333,78 @@ export function createWriteOptimStage(
   stageOptions: WriteOptimStageOptions = {},
 ): Stage {
   const optimizerSources = stageOptions.optimizerSources ?? [];
+  /** What this stage's preflights loaded, per run context, for their runs. */
+  const kept: KeptLoads = new WeakMap();
   return defineStage({
     name: "writeOptim",
     summary: "write optimizer.pt ({'state_dict', 'class'}) and scheduler.pt as HALOs does",
     options: writeOptimOptions,
     split: "one-part",
     /**
-     * Loads the inputs' structure before any stage runs (torch archives' pickles, JSON descriptions
-     * with their safetensors headers, DCP metadata; no tensor data) and validates it, so a missing,
-     * non-torch or malformed optimizer or scheduler fails first (`INPUT_MISSING`, `TORCH_*`,
-     * `OPTIM_INVALID`, `OPTIM_MISMATCH`, `SCHEDULER_INVALID`). The check against the model's
-     * parameters waits for the run.
+     * Looks the inputs up at once (one `stat` each, before any stage runs), so a missing optimizer
+     * or scheduler fails first (`INPUT_MISSING`, or the coded OS error). Then it starts loading
+     * their structure (torch archives' pickles, JSON descriptions with their safetensors headers,
+     * DCP metadata; no tensor data) and validating it, and hands that to the runner
+     * (`ctx.defer`): the stages run meanwhile, a failure (`TORCH_*`, `OPTIM_INVALID`,
+     * `OPTIM_MISMATCH`, `SCHEDULER_INVALID`, ...) ends the run at once with its code, and the
+     * output is finished only after it passed (outside the runner it awaits it). What it loaded
+     * stays open for the run (the runner closes it however the run ends, `ctx.closeAtEnd`). The
+     * check against the model's parameters waits for the run.
      */
     async preflight(ctx: StageContext, options): Promise<void> {
       requireInputs(options);
-      if (options.optimizer !== undefined) {
-        const optim = await prepareOptimizer(ctx.resolve(options.optimizer), {
-          ...(options.optimizerTensors === undefined
-            ? {}
-            : { tensors: ctx.resolve(options.optimizerTensors) }),
-          check: false,
-          optimizerSources,
-        });
-        await optim.close();
+      const paths = inputPaths(ctx, options);
+      const optim = paths.optimizer === undefined
+        ? undefined
+        : await inputSource(paths.optimizer, optimizerSources);
+      const sched = paths.scheduler === undefined
+        ? undefined
+        : await inputSource(paths.scheduler, optimizerSources);
+      const seen = new FileWitness();
+      const loaded = loadInputs(paths, optimizerSources, {
+        seen,
+        optim: optim ?? null,
+        sched: sched ?? null,
+      });
+      const closeAtEnd = ctx.closeAtEnd;
+      let checked: Promise<void>;
+      if (closeAtEnd === undefined) checked = loaded.then(closeInputs);
+      else {
+        const reusable = optim === undefined && sched === undefined;
+        keepInputs(kept, ctx, closeAtEnd, keyOf(paths), { loaded, seen, reusable });
+        checked = loaded.then(() => {});
       }
-      if (options.scheduler !== undefined) {
-        const sched = await loadScheduler(
-          ctx.resolve(options.scheduler),
-          options.schedulerTensors === undefined
-            ? undefined
-            : ctx.resolve(options.schedulerTensors),
-          optimizerSources,
-        );
-        await sched.close();
-      }
+      if (ctx.defer) ctx.defer(checked);
+      else await checked;
     },
+    /**
+     * Uses what its preflight loaded in this run when the input paths are the same and no file it
+     * read changed (by `stat`: device, inode, size, modification time; an optimizer source's
+     * input is always loaded again); otherwise loads again, checks included. Then checks the state
+     * against the model's parameters and writes the files.
+     */
     async run(ctx: StageContext, options): Promise<void> {
       requireInputs(options);
-      const closers: (() => Promise<void>)[] = [];
+      const paths = inputPaths(ctx, options);
+      if (paths.optimizer !== undefined) ctx.addInput(paths.optimizer, "optimizer");
+      if (paths.scheduler !== undefined) ctx.addInput(paths.scheduler, "scheduler");
+      const pre = takeInputs(kept, ctx, keyOf(paths));
+      let inputs: OptimInputs | undefined;
       try {
-        let optim: PreparedOptimizer | undefined;
-        let sched: LoadedValue | undefined;
-        if (options.optimizer !== undefined) {
-          const path = ctx.resolve(options.optimizer);
-          ctx.addInput(path, "optimizer");
-          optim = await prepareOptimizer(path, {
-            ...(options.optimizerTensors === undefined
-              ? {}
-              : { tensors: ctx.resolve(options.optimizerTensors) }),
-            ...(options.optimizerClass === undefined ? {} : { className: options.optimizerClass }),
-            keys: options.keys,
-            model: ctx.stateDict,
-            ...(options.params === undefined ? {} : { params: options.params }),
-            check: options.check,
-            optimizerSources,
-          });
-          closers.push(optim.close);
+        if (pre) {
+          const was = await pre.loaded;
+          if (pre.reusable && await pre.seen.unchanged()) inputs = was;
+          else await pre.close();
         }
-        if (options.scheduler !== undefined) {
-          const path = ctx.resolve(options.scheduler);
-          ctx.addInput(path, "scheduler");
-          sched = await loadScheduler(
-            path,
-            options.schedulerTensors === undefined
-              ? undefined
-              : ctx.resolve(options.schedulerTensors),
-            optimizerSources,
-          );
-          closers.push(sched.close);
-        }
+        inputs ??= await loadInputs(paths, optimizerSources);
+        const optim = inputs.optim && finishOptimizer(inputs.optim, paths.optimizer!, {
+          ...(options.optimizerClass === undefined ? {} : { className: options.optimizerClass }),
+          keys: options.keys,
+          model: ctx.stateDict,
+          ...(options.params === undefined ? {} : { params: options.params }),
+          check: options.check,
+        });
+        const sched = inputs.sched;
         const files: { path: string; bytes: number }[] = [];
         if (ctx.dryRun) {
           if (optim) files.push({ path: "optimizer.pt", bytes: tensorBytes(optim.value) });
@@ -301,7 +433,8 @@ export function createWriteOptimStage(
           ...(optim ? { class: optim.className, entries: optim.entries, keys: optim.keyed } : {}),
         });
       } finally {
-        for (const c of closers) await c();
+        await pre?.close();
+        await closeInputs(inputs);
       }
     },
   });

@@ -104,7 +104,8 @@ Deno.test("bad inputs fail with a code and leave no trace", async (t) => {
  * Runs a preset that must fail in a stage's preflight: the coded error comes before any stage
  * starts (no `stage-start` event at all), the error event names the stage, and nothing is left.
  * `deferred`: the failing check is one the preflight hands the runner (`ctx.defer`: loading the
- * tokenizer, rendering its template), which the stages do not wait for: a stage may have started.
+ * tokenizer, rendering its template, loading the optimizer and scheduler), which the stages do
+ * not wait for: a stage may have started.
  */
 async function failsInPreflight(
   preset: string,
@@ -204,6 +205,7 @@ Deno.test("bad inputs of later stages fail in preflight, before the first stage 
         dir,
         "TORCH_NOT_TORCH",
         "writeOptim",
+        { deferred: true },
       );
       await Deno.remove(state, { recursive: true });
     });
