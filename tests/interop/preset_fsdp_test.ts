@@ -82,6 +82,7 @@ for label, folder in outs.items():
     res[label] = r
 print(json.dumps(res))
 `;
+import { wordLevelTokenizer } from "../_helpers/word_level.ts";
 
 /** A run folder in the preset's layout around the fixture's DCP folders. */
 async function makeFsdpRun(run: string): Promise<void> {
@@ -111,27 +112,7 @@ async function makeFsdpRun(run: string): Promise<void> {
   for (const [i, w] of ["hi", "there", "how", "are", "you"].entries()) vocab[w] = i + 2;
   await Deno.writeTextFile(
     join(run, "base", "tokenizer.json"),
-    JSON.stringify({
-      version: "1.0",
-      truncation: null,
-      padding: null,
-      added_tokens: [
-        {
-          id: 1,
-          content: "</s>",
-          single_word: false,
-          lstrip: false,
-          rstrip: false,
-          normalized: false,
-          special: true,
-        },
-      ],
-      normalizer: null,
-      pre_tokenizer: { type: "Whitespace" },
-      post_processor: null,
-      decoder: null,
-      model: { type: "WordLevel", vocab, unk_token: "<unk>" },
-    }),
+    JSON.stringify(wordLevelTokenizer(vocab)),
   );
   await Deno.writeTextFile(
     join(run, "base", "tokenizer_config.json"),

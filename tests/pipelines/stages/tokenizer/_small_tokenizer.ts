@@ -4,31 +4,14 @@
  * @module
  */
 import { join } from "node:path";
+import { wordLevelTokenizer } from "../../../_helpers/word_level.ts";
 
 /** Writes the folder into `dir` (created when missing); resolves to `dir`. */
 export async function smallFolder(dir: string, word: string): Promise<string> {
   await Deno.mkdir(dir, { recursive: true });
   await Deno.writeTextFile(
     join(dir, "tokenizer.json"),
-    JSON.stringify({
-      version: "1.0",
-      truncation: null,
-      padding: null,
-      added_tokens: [{
-        id: 2,
-        content: "</s>",
-        single_word: false,
-        lstrip: false,
-        rstrip: false,
-        normalized: false,
-        special: true,
-      }],
-      normalizer: null,
-      pre_tokenizer: { type: "Whitespace" },
-      post_processor: null,
-      decoder: null,
-      model: { type: "WordLevel", vocab: { "<unk>": 0, [word]: 1, "</s>": 2 }, unk_token: "<unk>" },
-    }),
+    JSON.stringify(wordLevelTokenizer({ "<unk>": 0, [word]: 1, "</s>": 2 })),
   );
   await Deno.writeTextFile(
     join(dir, "tokenizer_config.json"),
