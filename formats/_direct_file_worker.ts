@@ -22,7 +22,7 @@ const scope = self as unknown as {
   postMessage(message: unknown): void;
 };
 
-const { O_WRONLY, O_CREAT, O_DIRECT } = fs.constants;
+const { O_WRONLY, O_DIRECT } = fs.constants;
 let fd: number | undefined;
 let path = "";
 let memory: Uint8Array<ArrayBufferLike> = new Uint8Array(0);
@@ -50,11 +50,15 @@ function handle(m: Request): Record<string, unknown> {
       path = m.path;
       memory = new Uint8Array(m.buffer);
       try {
-        fd = fs.openSync(path, O_WRONLY | O_CREAT | O_DIRECT, 0o666);
+        fd = fs.openSync(path, O_WRONLY | O_DIRECT);
       } catch (err) {
         if (errnoOf(err) !== "EINVAL") throw openFailed = err;
         // the file system has no direct I/O: the same file, written through the page cache
-        fd = fs.openSync(path, O_WRONLY);
+        try {
+          fd = fs.openSync(path, O_WRONLY);
+        } catch (again) {
+          throw openFailed = again;
+        }
         direct = false;
       }
       return { direct };

@@ -55,13 +55,17 @@ export interface FileSink {
    * The sink's own memory for the `n` bytes that follow the bytes written and reserved so far,
    * once it is free, or undefined when the sink has none to give (page-cache writes, `n` over
    * {@linkcode RESERVE_MAX_BYTES} or 0): fill it, then pass it to {@linkcode FileSink.write}.
-   * Reservations are written in the order they were made; at most 24 MiB may be reserved and
-   * not written.
+   * Reservations are written in the order they were made. What is reserved and not written, with
+   * what was written since the last full 4 MiB block, must fit the 32 MiB ring: two reservations of
+   * the largest size always do.
    */
   reserve(n: number): Promise<Uint8Array | undefined>;
   /** Writes what is left, waits for every write, closes; throws any write's error. */
   finish(): Promise<void>;
-  /** Waits for the writes in flight and closes, ignoring errors (the caller removes the file). */
+  /**
+   * Waits for the writes in flight (not for `onBytes`) and closes, ignoring errors (the caller
+   * removes the file).
+   */
   abandon(): Promise<void>;
 }
 
@@ -239,13 +243,18 @@ class DirectSink implements FileSink {
    * file system refuses direct I/O, the worker writes through the page cache instead.
    */
   static async create(path: string, onBytes: FileSinkOptions["onBytes"]): Promise<DirectSink> {
-    (await Deno.open(path, { write: true, createNew: true })).close();
     const pages = Math.ceil((DIRECT_RING_BYTES + RESERVE_MAX_BYTES) / WASM_PAGE);
     // a wasm memory's buffer starts on a page boundary: every block is aligned for direct I/O
     const wasm = new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
     const worker = new Worker(new URL("./_direct_file_worker.ts", import.meta.url), {
       type: "module",
     });
+    try {
+      (await Deno.open(path, { write: true, createNew: true })).close();
+    } catch (err) {
+      worker.terminate();
+      throw err;
+    }
     const sink = new DirectSink(worker, new Uint8Array(wasm.buffer), onBytes);
     // a failed open fails every later request, so it surfaces at the next wait or at finish
     sink.#call({ op: "open", path, buffer: wasm.buffer })
@@ -268,13 +277,17 @@ class DirectSink implements FileSink {
   async #free(b: number): Promise<void> {
     const f = this.#inFlight[b];
     if (!f) return;
-    this.#inFlight[b] = undefined;
-    const t0 = phaseClock.start();
-    await f.write;
-    phaseClock.stop("write", t0);
-    const hashWait = phaseClock.start();
-    await f.hash;
-    phaseClock.stop("wait-hash", hashWait);
+    try {
+      const t0 = phaseClock.start();
+      await f.write;
+      phaseClock.stop("write", t0);
+      const hashWait = phaseClock.start();
+      await f.hash;
+      phaseClock.stop("wait-hash", hashWait);
+    } finally {
+      // cleared only once waited for: a second waiter meanwhile waits for the same block
+      if (this.#inFlight[b] === f) this.#inFlight[b] = undefined;
+    }
   }
 
   /** Waits until the ring blocks under stream positions [from, to) are free. */
@@ -386,17 +399,19 @@ class DirectSink implements FileSink {
   }
 
   async abandon(): Promise<void> {
-    for (const f of this.#inFlight) {
-      await f?.write.catch(() => {});
-      await f?.hash;
-    }
+    // the hashes need not end: nothing reuses the memory after this
+    for (const f of this.#inFlight) await f?.write.catch(() => {});
     await this.#call({ op: "close" }).catch(() => {});
     this.#end();
   }
 
+  /** Ends the worker; requests it will not answer now fail (a later abandon does not wait). */
   #end(): void {
     if (this.#done) return;
     this.#done = true;
     this.#worker.terminate();
+    const ended = new Error("direct sink: already finished or abandoned");
+    for (const p of this.#pending.values()) p.reject(ended);
+    this.#pending.clear();
   }
 }

@@ -197,31 +197,33 @@ async function fillSegment(seg: Segment, target: Uint8Array, path: string): Prom
   return target;
 }
 
-/** Segments filled ahead of the one being written (the merge of one overlaps the read of the next). */
+/**
+ * Segments filled ahead of the one being written. One: reading (or merging) the next overlaps the
+ * write of this one. More would overlap two reads of one tensor, which its ref need not allow.
+ */
 const FILL_AHEAD = 1;
 
 /**
  * Writes `segments` to `sink` in order while the next {@linkcode FILL_AHEAD} are being filled: into
  * the sink's own memory where it gives some (no copy), else into our own rotating buffers. A
- * segment too large to reserve is filled once everything before it is written. Fills started are
- * added to `inFlight` (awaited by the caller after a failure).
+ * segment too large to reserve is filled once everything before it is written. After a failure it
+ * waits for the fills in flight before it throws (the caller then abandons the sink).
  */
 async function streamSegments(
   sink: FileSink,
   segments: Iterator<Segment>,
   block: number,
   path: string,
-  inFlight: Promise<unknown>[],
   options: { signal: AbortSignal | undefined; progress: ((n: number) => void) | undefined },
 ): Promise<void> {
   const buffers: Uint8Array[] = [];
-  let started = 0;
-  /** A buffer of ours for a segment of `n` bytes, not in use by the fills in flight. */
-  const ownBuffer = (n: number): Uint8Array => {
+  /** Our buffer for the `i`-th segment filled, of `n` bytes: not in use by the fills in flight. */
+  const ownBuffer = (i: number, n: number): Uint8Array => {
     if (n > block) return new Uint8Array(n);
-    return (buffers[started % (FILL_AHEAD + 1)] ??= new Uint8Array(block)).subarray(0, n);
+    return (buffers[i % (FILL_AHEAD + 1)] ??= new Uint8Array(block)).subarray(0, n);
   };
   const queue: Promise<Uint8Array>[] = [];
+  let started = 0;
   let large: Segment | undefined;
   const refill = (): void => {
     while (!large && queue.length < FILL_AHEAD) {
@@ -232,11 +234,11 @@ async function streamSegments(
         large = seg; // filled once the queue is empty: no reservation may be outstanding
         return;
       }
-      const own = ownBuffer(seg.bytes);
-      started++;
-      const p = sink.reserve(seg.bytes).then((view) => fillSegment(seg, view ?? own, path));
-      p.catch(() => {}); // awaited below, or by the caller after a failure
-      inFlight.push(p);
+      const i = started++;
+      const p = sink.reserve(seg.bytes).then((view) =>
+        fillSegment(seg, view ?? ownBuffer(i, seg.bytes), path)
+      );
+      p.catch(() => {}); // awaited below, or after a failure
       queue.push(p);
     }
   };
@@ -244,23 +246,27 @@ async function streamSegments(
     await sink.write(bytes);
     options.progress?.(bytes.byteLength);
   };
-  refill();
-  for (;;) {
-    if (queue.length > 0) {
-      const waited = phaseClock.start();
-      const bytes = await queue.shift()!;
-      phaseClock.stop("wait-data", waited);
-      inFlight.shift();
-      options.signal?.throwIfAborted();
-      refill(); // the next segments fill while this one is written
-      await write(bytes);
-    } else if (large) {
-      const bytes = await fillSegment(large, new Uint8Array(large.bytes), path);
-      large = undefined;
-      options.signal?.throwIfAborted();
-      await write(bytes); // written before anything else is reserved
-      refill();
-    } else return;
+  try {
+    refill();
+    for (;;) {
+      if (queue.length > 0) {
+        const waited = phaseClock.start();
+        const bytes = await queue.shift()!;
+        phaseClock.stop("wait-data", waited);
+        options.signal?.throwIfAborted();
+        refill(); // the next segments fill while this one is written
+        await write(bytes);
+      } else if (large) {
+        const bytes = await fillSegment(large, new Uint8Array(large.bytes), path);
+        large = undefined;
+        options.signal?.throwIfAborted();
+        await write(bytes); // written before anything else is reserved
+        refill();
+      } else return;
+    }
+  } catch (err) {
+    await Promise.allSettled(queue);
+    throw err;
   }
 }
 
@@ -295,12 +301,11 @@ export async function writePlanned(
     throw osError(cause, "create", tmp, { code: "FILE_WRITE" });
   }
   let closed = false;
-  const inFlight: Promise<unknown>[] = [];
   try {
     await sink.write(plan.headerBytes);
     progress?.(plan.headerBytes.length);
     const block = Math.min(STREAM_BLOCK_BYTES, Math.max(plan.dataBytes, 1));
-    await streamSegments(sink, segmentsOf(sd, plan, block), block, path, inFlight, {
+    await streamSegments(sink, segmentsOf(sd, plan, block), block, path, {
       signal,
       progress,
     });
@@ -316,7 +321,6 @@ export async function writePlanned(
     }
     await Deno.rename(tmp, path);
   } catch (err) {
-    await Promise.allSettled(inFlight);
     if (!closed) await sink.abandon();
     await Deno.remove(tmp).catch(() => {});
     if (err instanceof CkptError || (err instanceof DOMException && err.name === "AbortError")) {

@@ -88,9 +88,17 @@ interface StreamState {
   shared: Array<() => void>;
 }
 
+/** Resolves the updates waiting for the copy queue to drain. */
 function release(s: StreamState): void {
-  const w = [...s.waiters, ...s.shared];
+  const w = s.waiters;
   s.waiters = [];
+  for (const r of w) r();
+}
+
+/** Resolves every waiting update, shared ones too: the stream ended, or its worker did. */
+function releaseAll(s: StreamState): void {
+  release(s);
+  const w = s.shared;
   s.shared = [];
   for (const r of w) r();
 }
@@ -170,7 +178,7 @@ export class HashWorker {
     const end = (): void => {
       ended = true;
       this.#streams.delete(id);
-      release(state);
+      releaseAll(state);
     };
     return {
       get size() {
@@ -181,6 +189,8 @@ export class HashWorker {
         if (bytes.length === 0) return;
         if (bytes.buffer instanceof SharedArrayBuffer) {
           size += bytes.length;
+          // a worker closed or failed hashes nothing more: nothing to wait for (the digest fails)
+          if (this.#worker !== worker || !this.#streams.has(id)) return;
           return new Promise<void>((r) => {
             state.shared.push(r);
             worker.postMessage({ id, op: "update", bytes, shared: true });
@@ -265,13 +275,17 @@ export class HashWorker {
     this.#worker = undefined;
     for (const p of this.#pending.values()) p.reject(err);
     this.#pending.clear();
-    for (const s of this.#streams.values()) release(s);
+    for (const s of this.#streams.values()) releaseAll(s);
     this.#streams.clear();
   }
 
-  /** Stops the worker; pending hashes and digests reject, streams' waiting updates resolve. */
+  /**
+   * Stops the worker for good (later hashes run on the calling thread); pending hashes and digests
+   * reject, streams' waiting updates resolve.
+   */
   close(): void {
     this.#fail(new Error("hash worker closed"));
+    this.#failed = true;
   }
 }
 

@@ -284,17 +284,16 @@ Deno.test("a safetensors tensor whose single row is larger than a reservation is
 });
 
 /**
- * Runs `fn` with every direct sink it creates driven by the failing test worker
- * (`_failing_sink_worker.ts`: the real one, whose first "write" or "finish" throws uncaught). The
- * global `Worker` is replaced for this call only; other workers are left as they are. Deno prints
- * the worker's uncaught error on stderr even though the sink handles it.
+ * Runs `fn` with every direct sink it creates driven by the test worker `worker` instead of
+ * `formats/_direct_file_worker.ts`. The global `Worker` is replaced for this call only; other
+ * workers are left as they are.
  */
-async function withFailingWorker<T>(fn: () => Promise<T>): Promise<T> {
+async function withSinkWorker<T>(worker: string, fn: () => Promise<T>): Promise<T> {
   const Real = globalThis.Worker;
-  const failing = new URL("./_failing_sink_worker.ts", import.meta.url);
+  const replacement = new URL(worker, import.meta.url);
   globalThis.Worker = class extends Real {
     constructor(url: string | URL, options?: WorkerOptions) {
-      super(String(url).endsWith("/formats/_direct_file_worker.ts") ? failing : url, options);
+      super(String(url).endsWith("/formats/_direct_file_worker.ts") ? replacement : url, options);
     }
   };
   try {
@@ -303,6 +302,60 @@ async function withFailingWorker<T>(fn: () => Promise<T>): Promise<T> {
     globalThis.Worker = Real;
   }
 }
+
+/**
+ * Runs `fn` with the failing test worker (`_failing_sink_worker.ts`: the real one, whose first
+ * "write" or "finish" throws uncaught). Deno prints the worker's uncaught error on stderr even
+ * though the sink handles it.
+ */
+function withFailingWorker<T>(fn: () => Promise<T>): Promise<T> {
+  return withSinkWorker("./_failing_sink_worker.ts", fn);
+}
+
+Deno.test("a direct sink whose worker cannot start leaves no file behind", async () => {
+  await withTempDir(async (dir) => {
+    const Real = globalThis.Worker;
+    globalThis.Worker = class extends Real {
+      constructor(url: string | URL, options?: WorkerOptions) {
+        if (String(url).endsWith("/formats/_direct_file_worker.ts")) {
+          throw new Error("no more threads");
+        }
+        super(url, options);
+      }
+    };
+    try {
+      await withDirectIo(undefined, async () => {
+        const path = join(dir, "never");
+        await assert.rejects(
+          () => createFileSink(path, { expectedBytes: DIRECT_MIN_BYTES }),
+          /no more threads/,
+        );
+      });
+    } finally {
+      globalThis.Worker = Real;
+    }
+    assert.deepEqual(await Array.fromAsync(Deno.readDir(dir)), []);
+  });
+});
+
+Deno.test("a write the disk refuses fails finish with its error, and abandon then ends without waiting for the writes never answered", async () => {
+  await withTempDir(async (dir) => {
+    await withSinkWorker("./_silent_sink_worker.ts", async () => {
+      const path = join(dir, "full");
+      const sink = await createFileSink(path, { expectedBytes: DIRECT_MIN_BYTES });
+      await sink.write(pattern(DIRECT_RING_BYTES, 4)); // every block sent: the first one fails
+      await assert.rejects(() => sink.finish(), /no space left on device/);
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const ended = await Promise.race([
+        sink.abandon().then(() => true),
+        new Promise<false>((r) => timer = setTimeout(() => r(false), 2000)),
+      ]);
+      clearTimeout(timer);
+      assert.equal(ended, true, "abandon ended");
+      await Deno.remove(path);
+    });
+  });
+});
 
 const WORKER_FAILED = /the direct I\/O worker failed: .*the test worker fails at "(write|finish)"/;
 
@@ -370,6 +423,7 @@ Deno.test("a direct write the file system refuses (EINVAL) goes on buffered: the
         worker.postMessage({ ...message, id: id++ });
       });
     try {
+      await Deno.writeFile(path, new Uint8Array()); // the sink creates the file, the worker opens it
       assert.equal((await ask({ op: "open", path, buffer: wasm.buffer })).direct, true);
       await ask({ op: "write", start: 0, length: 4096, offset: 0 }); // aligned: direct
       // O_DIRECT refuses a length that is not a multiple of 4096 (EINVAL): reopened buffered
@@ -385,7 +439,7 @@ Deno.test("a direct write the file system refuses (EINVAL) goes on buffered: the
   });
 });
 
-Deno.test("a direct I/O worker whose open failed fails every later request with that error, and still closes", async () => {
+Deno.test("a direct I/O worker opens only a file the sink created, and when its open failed it fails every later request with that error, and still closes", async () => {
   await withTempDir(async (dir) => {
     const wasm = new WebAssembly.Memory({ initial: 1, maximum: 1, shared: true });
     const worker = new Worker(new URL("../../formats/_direct_file_worker.ts", import.meta.url), {
@@ -398,7 +452,7 @@ Deno.test("a direct I/O worker whose open failed fails every later request with 
         worker.postMessage({ ...message, id: id++ });
       });
     try {
-      const path = join(dir, "no", "such", "folder");
+      const path = join(dir, "not-created"); // the sink creates the file; the worker only opens it
       for (
         const m of [{ op: "open", path, buffer: wasm.buffer }, {
           op: "write",

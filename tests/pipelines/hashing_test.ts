@@ -110,3 +110,16 @@ Deno.test("`HashWorker.stream()` hashes bytes in shared memory where they are, a
     worker.close();
   }
 });
+
+Deno.test("an update of shared memory after its hash worker was closed does not wait, and the digest fails", async () => {
+  const worker = new HashWorker();
+  const stream = worker.stream();
+  await stream.update(new Uint8Array(new SharedArrayBuffer(8)));
+  worker.close();
+  assert.equal(
+    stream.update(new Uint8Array(new SharedArrayBuffer(8))),
+    undefined,
+    "nothing to wait for",
+  );
+  await assert.rejects(() => stream.digest(), /closed/);
+});
