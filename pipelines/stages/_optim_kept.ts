@@ -8,7 +8,7 @@
 import type { PyDict } from "../../formats/torch/values.ts";
 import type { LoadedValue } from "../../readers/optimizer.ts";
 import type { StageContext } from "../stage.ts";
-import type { FileWitness } from "./tokenizer/_file_witness.ts";
+import type { FileWitness } from "./_file_witness.ts";
 
 /** The inputs of a writeOptim stage, loaded (each open until closed). */
 export interface OptimInputs {

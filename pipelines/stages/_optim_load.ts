@@ -24,7 +24,7 @@ import {
   type LoadedValue,
   type OptimizerSource,
 } from "../../readers/optimizer.ts";
-import type { FileWitness } from "./tokenizer/_file_witness.ts";
+import type { FileWitness } from "./_file_witness.ts";
 import { isObject, JsonFloat, parsePyJson, type PyJson } from "./_pyjson.ts";
 
 function isJsonPath(path: string): boolean {

@@ -69,7 +69,7 @@ import {
   type OptimInputs,
   takeInputs,
 } from "./_optim_kept.ts";
-import { FileWitness } from "./tokenizer/_file_witness.ts";
+import { FileWitness } from "./_file_witness.ts";
 
 export {
   checkOptimizerAgainstModel,

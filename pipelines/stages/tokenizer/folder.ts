@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { CkptError } from "../../../errors.ts";
 import { inputReadError, readTextInput } from "../../../formats/read_text.ts";
 import { asInt, isObject, parsePyJson, type PyJson } from "../_pyjson.ts";
-import type { FileWitness } from "./_file_witness.ts";
+import type { FileWitness } from "../_file_witness.ts";
 import { knownHighestId, rememberParsed } from "./_known_json.ts";
 import { createHash } from "node:crypto";
 

@@ -42,7 +42,7 @@ import { findTokenizerFolder, readTokenizerFolder, type TokenizerDoc } from "./f
 import type { WriteTokenizerOptions } from "./options.ts";
 import { checkTemplateRenders, checkTokenizerLoads } from "./validate.ts";
 import { checkVocabFits, tokenizerVocabSize } from "./vocab.ts";
-import { FileWitness } from "./_file_witness.ts";
+import { FileWitness } from "../_file_witness.ts";
 import { CkptError } from "../../../errors.ts";
 
 /** Sub-folder of extra chat templates (copied whole when present). */

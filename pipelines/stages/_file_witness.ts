@@ -1,7 +1,7 @@
 /**
- * Private: what a tokenizer plan saw of the file system (each path it looked at, present or not,
- * with its device, inode, size and modification time), so the run can tell, by `stat` alone,
- * whether the plan its preflight made still holds.
+ * Private: what a preflight saw of the file system (each path it looked at, present or not, with
+ * its device, inode, size and modification time), so the stage's run can tell, by `stat` alone,
+ * whether what its preflight read still holds (writeTokenizer's plan, writeOptim's loaded inputs).
  * @module
  */
 
