@@ -10,7 +10,7 @@
  * @module
  */
 import { join } from "node:path";
-import { cacheDir } from "../formats/_cache_dir.ts";
+import { cacheDir, writeCacheFile } from "../formats/_cache_dir.ts";
 import type { MergeBackend, MergeRowsRequest } from "../kernels/types.ts";
 
 /** What a calibration measured: million merged weights per second per backend. */
@@ -139,10 +139,7 @@ export async function storeCalibration(
   try {
     const all = await readCache(file);
     all[key] = { ...c, cached: false };
-    await Deno.mkdir(join(file, ".."), { recursive: true });
-    const tmp = `${file}.tmp-${crypto.randomUUID()}`;
-    await Deno.writeTextFile(tmp, JSON.stringify(all, null, 2) + "\n");
-    await Deno.rename(tmp, file);
+    await writeCacheFile(file, JSON.stringify(all, null, 2) + "\n");
   } catch {
     // read-only home, no permission: calibrate again next time
   }

@@ -11,7 +11,7 @@
  * @module
  */
 import { join } from "node:path";
-import { cacheDir } from "../../../formats/_cache_dir.ts";
+import { cacheDir, writeCacheFile } from "../../../formats/_cache_dir.ts";
 
 /** The most entries kept; the oldest go first. */
 export const CHECK_CACHE_MAX = 256;
@@ -68,14 +68,8 @@ export async function rememberPass(key: string, found?: Record<string, number>):
     passed.set(key, { at: new Date().toISOString(), ...(found ? { found } : {}) });
     const kept = [...passed].sort(([, a], [, b]) => (a.at < b.at ? 1 : a.at > b.at ? -1 : 0))
       .slice(0, CHECK_CACHE_MAX);
-    await Deno.mkdir(join(file, ".."), { recursive: true });
-    const tmp = `${file}.tmp-${crypto.randomUUID()}`;
     const text = JSON.stringify({ format: FORMAT, passed: Object.fromEntries(kept) });
-    await Deno.writeTextFile(tmp, text + "\n");
-    await Deno.rename(tmp, file).catch(async (err) => {
-      await Deno.remove(tmp).catch(() => {});
-      throw err;
-    });
+    await writeCacheFile(file, text + "\n");
   } catch {
     // read-only home, no permission, full disk: check again next time
   }
