@@ -287,29 +287,19 @@ async function loadInputs(
   } = {},
 ): Promise<OptimInputs> {
   const inputs: OptimInputs = {};
-  const seen = load.seen === undefined ? {} : { seen: load.seen };
+  /** How to load an input whose source the preflight looked up (if it did). */
+  const how = (source: LoadValueOptions["source"]): LoadValueOptions => ({
+    ...(load.seen === undefined ? {} : { seen: load.seen }),
+    ...(source === undefined ? {} : { source }),
+  });
   try {
     if (paths.optimizer !== undefined) {
-      inputs.optim = await loadOptimizer(
-        paths.optimizer,
-        paths.optimizerTensors,
-        optimizerSources,
-        {
-          ...seen,
-          ...(load.optim === undefined ? {} : { source: load.optim }),
-        },
-      );
+      const { optimizer: path, optimizerTensors: tensors } = paths;
+      inputs.optim = await loadOptimizer(path, tensors, optimizerSources, how(load.optim));
     }
     if (paths.scheduler !== undefined) {
-      inputs.sched = await loadScheduler(
-        paths.scheduler,
-        paths.schedulerTensors,
-        optimizerSources,
-        {
-          ...seen,
-          ...(load.sched === undefined ? {} : { source: load.sched }),
-        },
-      );
+      const { scheduler: path, schedulerTensors: tensors } = paths;
+      inputs.sched = await loadScheduler(path, tensors, optimizerSources, how(load.sched));
     }
     return inputs;
   } catch (err) {
