@@ -3,9 +3,9 @@
  * `O_DIRECT` and writes blocks of a shared, page-aligned memory into it by position, so the data
  * goes from that memory to the device without a page-cache copy and the main thread never blocks
  * in a write. Messages in (each answered `{ id, ok: true, ... }` or `{ id, error }`):
- * `{ op: "open", path, buffer }` (opens the file the sink created, answered `direct: false` where the
- * file system refuses `O_DIRECT`: the file is then written through the page cache; a failed open
- * fails every later request but "close"), `{ op: "write", start, length, offset }`,
+ * `{ op: "open", path, buffer }` (opens the file the sink created, answered `direct: false` where
+ * the file system refuses `O_DIRECT`: the file is then written through the page cache; a failed
+ * open fails every later request but "close"), `{ op: "write", start, length, offset }`,
  * `{ op: "finish", size }` (truncates to the exact size and closes) and `{ op: "close" }`.
  * @module
  */

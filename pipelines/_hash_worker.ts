@@ -4,7 +4,8 @@
  * `{ id, path }` hashes a file, answered `{ id, size, sha256 }` or `{ id, error }`; a stream is
  * `{ id, op: "update", bytes }` (answered `{ id, ack, buffer }` with the byte count, so the sender
  * can bound what is queued, and the block's buffer transferred back for reuse; with `shared: true`
- * the bytes are a view of shared memory, answered `{ id, ack, shared: true }` once hashed), then `{ id, op: "digest" }` (answered `{ id, size, sha256, ms }`, `ms` the time spent hashing it) or
+ * the bytes are a view of shared memory, answered `{ id, ack, shared: true }` once hashed), then
+ * `{ id, op: "digest" }` (answered `{ id, size, sha256, ms }`, `ms` the time spent hashing it) or
  * `{ id, op: "abort" }` (discards it, no answer). Streams with different ids are independent.
  * @module
  */

@@ -116,7 +116,7 @@ export class StageLoop {
   /** Rejects with the first failed check's error (never resolves). */
   readonly #checkFailed: Promise<never>;
   #rejectCheckFailed: (err: unknown) => void = () => {};
-  /** What the preflights kept open for their runs (`ctx.closeAtEnd`), closed by {@linkcode close}. */
+  /** What the preflights kept open for their runs (`ctx.closeAtEnd`), closed by `close()`. */
   readonly #closers: (() => Promise<void>)[] = [];
 
   /** A loop over `cfg`'s stages. */

@@ -80,9 +80,9 @@ export class TorchZipWriter {
   /**
    * Creates (truncates) `path` and writes records under the folder `prefix`. `onBytes`, when
    * given, is called with every byte written, in file order, as it is written (the bytes may
-   * change once it returns, or once a promise it returns settles: copy what you keep). With `syncEvery`,
-   * an `fdatasync` of the file starts in the background after every that many bytes (its error
-   * fails {@linkcode TorchZipWriter.finish}). With `expectedBytes` (about the file's size), a new
+   * change once it returns, or once a promise it returns settles: copy what you keep). With
+   * `syncEvery`, an `fdatasync` of the file starts in the background after every that many bytes
+   * (its error fails {@linkcode TorchZipWriter.finish}). With `expectedBytes` (about the file's size), a new
    * `path` (which must not exist) is created and a large file is written with direct I/O
    * (`_file_sink.ts`); without it, `path` is truncated if it exists.
    */
@@ -127,9 +127,10 @@ export class TorchZipWriter {
   }
 
   /**
-   * The file's own memory for the next `n` bytes of a record's data, or undefined when the file has none to give (`FileSink.reserve`): a chunk produced there and
-   * yielded to {@linkcode TorchZipWriter.add} is written without a copy. Only for the chunks of
-   * the record being added, in order.
+   * The file's own memory for the next `n` bytes of a record's data, or undefined when the file
+   * has none to give (`FileSink.reserve`): a chunk produced there and yielded to
+   * {@linkcode TorchZipWriter.add} is written without a copy. Only for the chunks of the record
+   * being added, in order.
    */
   async reserve(n: number): Promise<Uint8Array | undefined> {
     const view = await this.#file.reserve(n);

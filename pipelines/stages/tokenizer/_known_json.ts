@@ -32,7 +32,7 @@ function keep(digest: string, highestId: number): void {
   known.set(digest, highestId);
 }
 
-/** The highest token id of the text with sha256 `digest`, when it is known to parse; else undefined. */
+/** The highest token id of the text with sha256 `digest`, if it is known to parse. */
 export async function knownHighestId(digest: string): Promise<number | undefined> {
   const mem = known.get(digest);
   if (mem !== undefined) return mem;

@@ -178,7 +178,8 @@ async function readTokenizerJson(path: string, tree: boolean): Promise<ReadToken
     throw inputReadError(cause, "TOKENIZER_INVALID", "tokenizer file", path);
   }
   // the digest of the bytes, and the text decoded only when something reads it, as readTextFile
-  // decodes (UTF-8, invalid bytes replaced, a BOM kept: JSON.parse refuses it, as transformers does)
+  // decodes (UTF-8, invalid bytes replaced, a BOM kept: JSON.parse refuses it, as transformers
+  // does)
   const sha256 = createHash("sha256").update(bytes).digest("hex");
   let decoded: string | undefined;
   const text = () => (decoded ??= new TextDecoder("utf-8", { ignoreBOM: true }).decode(bytes));

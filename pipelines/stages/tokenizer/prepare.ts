@@ -229,8 +229,9 @@ function planKey(args: PrepareTokenizerArgs): string {
 /**
  * The preflight half of {@linkcode prepareTokenizer}: reads, edits and plans at once (coded
  * errors as it does) and starts the checks without waiting for them; resolves to the plan and
- * `checked`, the checks' promise (it rejects with their coded error, `ABORTED` on `signal`). The plan is kept, with
- * the state of every file it looked at, for {@linkcode preparedTokenizer} in the run.
+ * `checked`, the checks' promise (it rejects with their coded error, `ABORTED` on `signal`). The
+ * plan is kept, with the state of every file it looked at, for {@linkcode preparedTokenizer} in
+ * the run.
  */
 export async function preflightTokenizer(
   args: PrepareTokenizerArgs,
