@@ -260,6 +260,7 @@ function storageLoader(
       byteLength: entry.size,
       read: (s: number, e: number) => zip.read(entry, s, e),
       readInto: (s: number, e: number, into: Uint8Array) => zip.read(entry, s, e, into),
+      independentReads: true,
     };
     const h = new StorageHandle({
       key,

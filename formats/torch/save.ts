@@ -2,8 +2,10 @@
  * `torch.save` for ckpt: writes a value tree as the zip archive torch 2.6 writes: records
  * `data.pkl` (protocol 2), `byteorder`, `data/<key>` (keys by first appearance, records in string
  * order as 2.6 sorts them), `version` (`3\n`) and `.data/serialization_id`, laid out by
- * {@linkcode TorchZipWriter}. Tensor bytes stream from their storages in bounded blocks; the file
- * is written as a temp file and renamed into place when complete. Output is deterministic.
+ * {@linkcode TorchZipWriter}. Tensor bytes stream from their storages in bounded blocks; small
+ * storages whose reads may overlap (a loaded torch file's) are read ahead, several at once, within
+ * 16 MiB; the file is written as a temp file and renamed into place when complete. Output is
+ * deterministic.
  *
  * Tensors that share a {@linkcode TorchStorage} (views, tied weights loaded from a torch file) are
  * written as one storage; every other tensor gets its own, and the whole storage is written (as
@@ -33,6 +35,7 @@ import type { StateDict } from "../state_dict.ts";
 import { pickleValue } from "./pickle.ts";
 import { PyDict, type PyValue, type TorchStorage, torchTensor } from "./values.ts";
 import { TorchZipWriter } from "./zip_writer.ts";
+import { ReadAhead, readsAhead } from "./_read_ahead.ts";
 import { RESERVE_MAX_BYTES } from "../_file_sink.ts";
 
 /** Options of {@linkcode saveTorch}. */
@@ -178,13 +181,15 @@ export async function saveTorch(
   } catch (cause) {
     throw osError(cause, "create", tmp, { code: "FILE_WRITE" });
   }
+  let ahead: ReadAhead | undefined;
   try {
     await w.add("data.pkl", pickle);
     await w.add("byteorder", new TextEncoder().encode("little"));
     const ordered = storages.map((s, i) => [String(i), s] as const).sort((a, b) =>
       a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0
     );
-    for (const [key, s] of ordered) {
+    ahead = new ReadAhead(ordered.map(([, s]) => [s, s.byteLength] as const), signal);
+    for (const [i, [key, s]] of ordered.entries()) {
       const need = s.byteLength;
       if (s.source.byteLength < need) {
         throw new CkptError(
@@ -193,7 +198,12 @@ export async function saveTorch(
           { file: path },
         );
       }
-      await w.add(`data/${key}`, blocks(s, blockSize, signal, progress, pool, w), need);
+      if (readsAhead(s, need)) {
+        signal?.throwIfAborted();
+        await w.add(`data/${key}`, await ahead.take(i));
+        ahead.release(i);
+        progress(need);
+      } else await w.add(`data/${key}`, blocks(s, blockSize, signal, progress, pool, w), need);
     }
     await w.add("version", new TextEncoder().encode("3\n"));
     await w.add(".data/serialization_id", new TextEncoder().encode(w.serializationId()));
@@ -202,6 +212,7 @@ export async function saveTorch(
     await Deno.rename(tmp, path);
     return { bytes, storages: storages.length };
   } catch (err) {
+    await ahead?.close();
     await w.abort();
     await Deno.remove(tmp).catch(() => {});
     if (err instanceof CkptError || (signal?.aborted && err === signal.reason)) throw err;

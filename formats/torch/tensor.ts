@@ -34,6 +34,11 @@ export interface StorageSource {
    * filled part, so that streaming writers can reuse buffers.
    */
   readInto?(start: number, end: number, into: Uint8Array): Promise<Uint8Array>;
+  /**
+   * Optional: true when reads may run at once and each returns bytes that stay valid (positional
+   * reads of a file, memory), so a writer may read several storages ahead.
+   */
+  readonly independentReads?: boolean;
 }
 
 /**
@@ -234,6 +239,7 @@ export class TorchTensor implements TensorRef {
 export function bytesSource(bytes: Uint8Array): StorageSource {
   return {
     byteLength: bytes.byteLength,
+    independentReads: true,
     read(start: number, end: number): Promise<Uint8Array> {
       if (start < 0 || end > bytes.byteLength || end < start) {
         throw new CkptError(
