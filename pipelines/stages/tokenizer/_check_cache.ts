@@ -19,12 +19,12 @@ export const CHECK_CACHE_MAX = 256;
 /** The file's shape: `{ format, passed: { key: { at: ISO time, found? } } }`. */
 const FORMAT = "ckpt-tokenizer-checks-2";
 
-/** One remembered pass: when, and what the check found (numbers only, e.g. the highest id). */
+/** One remembered pass: when, and what the check found (numbers and strings: an id, a digest). */
 export interface CachedPass {
   /** When it passed (ISO time). */
   at: string;
   /** What it found, if it records anything. */
-  found?: Record<string, number>;
+  found?: Record<string, number | string>;
 }
 
 /** The cache file (`checks.json` in the cache folder), or undefined when there is none. */
@@ -38,7 +38,7 @@ function isPass(v: unknown): v is CachedPass {
   const found = (v as CachedPass).found;
   return found === undefined ||
     (found !== null && typeof found === "object" &&
-      Object.values(found).every((n) => typeof n === "number"));
+      Object.values(found).every((n) => typeof n === "number" || typeof n === "string"));
 }
 
 async function readPassed(file: string): Promise<Map<string, CachedPass>> {
@@ -60,7 +60,10 @@ export async function passedBefore(key: string): Promise<CachedPass | undefined>
 }
 
 /** Records that the check with `key` passed, with what it `found` (best effort, atomic). */
-export async function rememberPass(key: string, found?: Record<string, number>): Promise<void> {
+export async function rememberPass(
+  key: string,
+  found?: Record<string, number | string>,
+): Promise<void> {
   const file = checkCacheFile();
   if (!file) return;
   try {

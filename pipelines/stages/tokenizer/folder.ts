@@ -9,7 +9,7 @@ import { CkptError } from "../../../errors.ts";
 import { inputReadError, readTextInput } from "../../../formats/read_text.ts";
 import { asInt, isObject, parsePyJson, type PyJson } from "../_pyjson.ts";
 import type { FileWitness } from "../_file_witness.ts";
-import { knownHighestId, rememberParsed } from "./_known_json.ts";
+import { knownByStat, knownHighestId, rememberByStat, rememberParsed } from "./_known_json.ts";
 import { createHash } from "node:crypto";
 
 /** Tokenizer and processor files copied when present (mergekit's list plus the vocab files). */
@@ -100,18 +100,18 @@ export interface TokenizerDoc {
 }
 
 /**
- * Whether `path` exists; a folder that may not be searched is `FS_PERMISSION`, not absent.
- * `seen` records what was found.
+ * What `stat` says of `path`, undefined when it does not exist; a folder that may not be searched
+ * is `FS_PERMISSION`, not absent. `seen` records what was found.
  */
-async function exists(path: string, seen?: FileWitness): Promise<boolean> {
+async function exists(path: string, seen?: FileWitness): Promise<Deno.FileInfo | undefined> {
   try {
     const info = await Deno.stat(path);
     seen?.saw(path, info);
-    return true;
+    return info;
   } catch (cause) {
     if (cause instanceof Deno.errors.NotFound || cause instanceof Deno.errors.NotADirectory) {
       seen?.saw(path, undefined);
-      return false;
+      return undefined;
     }
     throw inputReadError(cause, "TOKENIZER_MISSING", "tokenizer file", path);
   }
@@ -168,9 +168,20 @@ interface ReadTokenizerJson {
 
 /**
  * `tokenizer.json` read and parsed; its order-keeping tree too when `tree` is true. Without
- * `tree`, a text known to parse (`_known_json.ts`) is not parsed again here.
+ * `tree`, a text known to parse (`_known_json.ts`) is not parsed again here, and a file whose
+ * `stat` (`info`) is that of one known to parse is not even read: its text is read when first
+ * asked for, and must still have the digest.
  */
-async function readTokenizerJson(path: string, tree: boolean): Promise<ReadTokenizerJson> {
+async function readTokenizerJson(
+  path: string,
+  tree: boolean,
+  info: Deno.FileInfo | undefined,
+): Promise<ReadTokenizerJson> {
+  const byStat = !tree && info ? await knownByStat(path, info) : undefined;
+  if (byStat) {
+    const text = lazyText(path, byStat.sha256);
+    return { text, ...byStat, plain: undefined, tree: undefined };
+  }
   let bytes: Uint8Array;
   try {
     bytes = await Deno.readFile(path);
@@ -186,6 +197,7 @@ async function readTokenizerJson(path: string, tree: boolean): Promise<ReadToken
   if (!tree) {
     const known = await knownHighestId(sha256);
     if (known !== undefined) {
+      if (info) await rememberByStat(path, info, sha256, known);
       return { text, sha256, highestId: known, plain: undefined, tree: undefined };
     }
   }
@@ -206,12 +218,38 @@ async function readTokenizerJson(path: string, tree: boolean): Promise<ReadToken
   const plain = t as TokenizerJson;
   const id = highestId(plain);
   await rememberParsed(sha256, id);
+  if (info) await rememberByStat(path, info, sha256, id);
   return {
     text,
     sha256,
     highestId: id,
     plain,
     tree: tree ? parsePyJson(text(), path) as Map<string, PyJson> : undefined,
+  };
+}
+
+/**
+ * The text of the file at `path`, read and decoded on first call (as `readTokenizerJson` decodes
+ * it); `TOKENIZER_INVALID` when it cannot be read or no longer has the digest `sha256`.
+ */
+function lazyText(path: string, sha256: string): () => string {
+  let decoded: string | undefined;
+  return () => {
+    if (decoded !== undefined) return decoded;
+    let bytes: Uint8Array;
+    try {
+      bytes = Deno.readFileSync(path);
+    } catch (cause) {
+      throw inputReadError(cause, "TOKENIZER_INVALID", "tokenizer file", path);
+    }
+    if (createHash("sha256").update(bytes).digest("hex") !== sha256) {
+      throw new CkptError(
+        "TOKENIZER_INVALID",
+        `Cannot read "${path}": it changed while it was being read`,
+        { file: path },
+      );
+    }
+    return decoded = new TextDecoder("utf-8", { ignoreBOM: true }).decode(bytes);
   };
 }
 
@@ -275,14 +313,18 @@ export async function readTokenizerFolder(
   options: { extraFiles?: readonly string[] | undefined; tree: boolean; seen?: FileWitness },
 ): Promise<TokenizerDoc> {
   const present = new Map<string, string>();
+  let tokInfo: Deno.FileInfo | undefined;
   for (const n of [...TOKENIZER_FILES, ...(options.extraFiles ?? [])]) {
     const p = join(source, n);
-    if (await exists(p, options.seen)) present.set(n, p);
+    const info = await exists(p, options.seen);
+    if (!info) continue;
+    present.set(n, p);
+    if (n === "tokenizer.json") tokInfo = info;
   }
   const tokPath = present.get("tokenizer.json");
   const cfgPath = present.get("tokenizer_config.json");
   const mapPath = present.get("special_tokens_map.json");
-  const tok = tokPath ? await readTokenizerJson(tokPath, options.tree) : undefined;
+  const tok = tokPath ? await readTokenizerJson(tokPath, options.tree, tokInfo) : undefined;
   let config = new Map<string, PyJson>();
   if (cfgPath) {
     const c = await readJson(cfgPath);
