@@ -312,6 +312,25 @@ function withFailingWorker<T>(fn: () => Promise<T>): Promise<T> {
   return withSinkWorker("./_failing_sink_worker.ts", fn);
 }
 
+Deno.test("on a file system that refuses O_DIRECT at open, a direct sink writes through the page cache: the bytes land and finish says direct: false", async () => {
+  await withTempDir(async (dir) => {
+    await withSinkWorker("./_no_direct_open_worker.ts", async () => {
+      const path = join(dir, "buffered");
+      const hashed: number[] = [];
+      const sink = await createFileSink(path, {
+        expectedBytes: DIRECT_MIN_BYTES,
+        onBytes: (b) => void hashed.push(b.length),
+      });
+      const bytes = pattern(DIRECT_RING_BYTES + DIRECT_BLOCK_BYTES + 12_345, 9);
+      await sink.write(bytes);
+      await sink.finish();
+      assert.equal(sink.direct, false, "the worker found the file system refuses direct I/O");
+      assert.deepEqual(await Deno.readFile(path), bytes);
+      assert.equal(hashed.reduce((a, b) => a + b, 0), bytes.length, "every byte hashed once");
+    });
+  });
+});
+
 Deno.test("a direct sink whose worker cannot start leaves no file behind", async () => {
   await withTempDir(async (dir) => {
     const Real = globalThis.Worker;
