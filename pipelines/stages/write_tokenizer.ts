@@ -80,12 +80,12 @@ export const writeTokenizerStage: Stage = defineStage({
       sources,
       ...(chatTemplatePath === undefined ? {} : { chatTemplatePath }),
       signal: ctx.signal,
-    });
+    }, ctx);
     if (ctx.defer) ctx.defer(checked);
     else await checked;
   },
   /**
-   * Uses the plan the preflight made in this process when the sources and options are the same
+   * Uses the plan its preflight made in this run when the sources and options are the same
    * and no file it looked at changed (by `stat`: device, inode, size, modification time), after
    * its checks passed; otherwise prepares again, checks included. Then checks the ids fit the
    * state dict and `vocab_size` (`TOKENIZER_VOCAB`) and writes the files.
@@ -104,7 +104,7 @@ export const writeTokenizerStage: Stage = defineStage({
       stateDict: ctx.stateDict,
       modelConfig: ctx.modelConfig,
       signal: ctx.signal,
-    });
+    }, ctx);
     for (const f of plan.files) if (f.copyFrom) ctx.addInput(f.copyFrom, "tokenizer");
     ctx.report("writeTokenizer", {
       source: plan.source,

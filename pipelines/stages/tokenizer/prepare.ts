@@ -3,7 +3,8 @@
  * memory, validates the result and lists the files to write (unchanged files are copied byte for
  * byte; changed JSON is written as transformers writes it). {@linkcode writeTokenizerPlan} writes
  * them. A preflight uses {@linkcode preflightTokenizer} (the checks started, not awaited; the plan
- * kept) and the run {@linkcode preparedTokenizer} (that plan, when no file it looked at changed).
+ * kept for its run) and the run {@linkcode preparedTokenizer} (that plan, when no file it looked at
+ * changed).
  *
  * @example Copying and validating a tokenizer folder
  * ```ts
@@ -215,9 +216,11 @@ interface KeptPlan {
   checked: Promise<void>;
 }
 
-/** Plans made by preflights in this process, by {@linkcode planKey}; a few at most. */
-const kept = new Map<string, KeptPlan>();
-const KEPT_MAX = 4;
+/**
+ * Plans preflights made, per run (the stage's context, as writeOptim keeps its loads), by
+ * {@linkcode planKey}: dropped with the run.
+ */
+const keptByRun = new WeakMap<object, Map<string, KeptPlan>>();
 
 /** What a plan depends on besides the files: the sources and every option (not the model). */
 function planKey(args: PrepareTokenizerArgs): string {
@@ -229,38 +232,45 @@ function planKey(args: PrepareTokenizerArgs): string {
 /**
  * The preflight half of {@linkcode prepareTokenizer}: reads, edits and plans at once (coded
  * errors as it does) and starts the checks without waiting for them; resolves to the plan and
- * `checked`, the checks' promise (it rejects with their coded error, `ABORTED` on `signal`). The
- * plan is kept, with the state of every file it looked at, for {@linkcode preparedTokenizer} in
- * the run.
+ * `checked`, the checks' promise (it rejects with their coded error, `ABORTED` on `signal`). With
+ * a `run` (the stage's context), the plan is kept for it, with the state of every file it looked
+ * at, for {@linkcode preparedTokenizer} in the same run.
  */
 export async function preflightTokenizer(
   args: PrepareTokenizerArgs,
+  run?: object,
 ): Promise<{ plan: TokenizerPlan; checked: Promise<void> }> {
   const seen = new FileWitness();
   const draft = await draftTokenizer(args, seen);
   checkPlanVocab(draft, args);
   const checked = args.validate ?? true ? checkDraft(draft.doc, args.signal) : Promise.resolve();
-  const key = planKey(args);
-  const entry: KeptPlan = { plan: draft.plan, vocabFile: draft.vocabFile, seen, checked };
-  kept.delete(key);
-  if (kept.size >= KEPT_MAX) kept.delete(kept.keys().next().value!);
-  kept.set(key, entry);
-  checked.catch(() => {
-    if (kept.get(key) === entry) kept.delete(key);
-  });
+  if (run !== undefined) {
+    const key = planKey(args);
+    const entry: KeptPlan = { plan: draft.plan, vocabFile: draft.vocabFile, seen, checked };
+    const kept = keptByRun.get(run) ?? new Map<string, KeptPlan>();
+    keptByRun.set(run, kept);
+    kept.set(key, entry);
+    checked.catch(() => {
+      if (kept.get(key) === entry) kept.delete(key);
+    });
+  }
   return { plan: draft.plan, checked };
 }
 
 /**
- * The run's {@linkcode prepareTokenizer}: the plan a preflight of this process made with the
+ * The run's {@linkcode prepareTokenizer}: the plan the preflight of the same `run` made with the
  * same sources and options, when every file it looked at still has the same device, inode, size
  * and modification time (by `stat`, nothing read again), after its checks passed; otherwise
  * prepared again. The checks against `args`' state dict and model config always run.
  */
-export async function preparedTokenizer(args: PrepareTokenizerArgs): Promise<TokenizerPlan> {
+export async function preparedTokenizer(
+  args: PrepareTokenizerArgs,
+  run?: object,
+): Promise<TokenizerPlan> {
   const key = planKey(args);
-  const entry = kept.get(key);
-  if (entry !== undefined) {
+  const kept = run === undefined ? undefined : keptByRun.get(run);
+  const entry = kept?.get(key);
+  if (kept !== undefined && entry !== undefined) {
     kept.delete(key);
     if (await entry.seen.unchanged()) {
       try {

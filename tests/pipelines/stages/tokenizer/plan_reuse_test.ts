@@ -1,5 +1,5 @@
 /**
- * The run of writeTokenizer reuses the plan its preflight made in this process
+ * The run of writeTokenizer reuses the plan its preflight made for the same run
  * (`preflightTokenizer()` then `preparedTokenizer()`) only while nothing it depends on changed:
  * the same sources and options, and every file it looked at with the same device, inode, size
  * and modification time. The checks against the model run either way.
@@ -21,10 +21,11 @@ async function plans(
   args: PrepareTokenizerArgs,
   between: () => Promise<void> = () => Promise.resolve(),
 ) {
-  const { plan, checked } = await preflightTokenizer(args);
+  const run = {}; // the run context the stage passes
+  const { plan, checked } = await preflightTokenizer(args, run);
   await checked;
   await between();
-  return { preflight: plan, run: await preparedTokenizer(args) };
+  return { preflight: plan, run: await preparedTokenizer(args, run) };
 }
 
 Deno.test("the run reuses the plan its preflight made when no file changed", async () => {
@@ -91,9 +92,10 @@ Deno.test("the run does not take a plan made with other options", async () => {
   await withCacheDir(() =>
     withTempDir(async (dir) => {
       const src = await smallFolder(join(dir, "tok"), "options");
-      const { plan, checked } = await preflightTokenizer({ sources: [src] });
+      const ctx = {};
+      const { plan, checked } = await preflightTokenizer({ sources: [src] }, ctx);
       await checked;
-      const run = await preparedTokenizer({ sources: [src], padToken: "</s>" });
+      const run = await preparedTokenizer({ sources: [src], padToken: "</s>" }, ctx);
       assert.notEqual(run, plan);
       assert.equal(plan.padToken, undefined);
       assert.equal(run.padToken, "</s>");
@@ -105,12 +107,32 @@ Deno.test("a reused plan is still checked against the model's vocab_size", async
   await withCacheDir(() =>
     withTempDir(async (dir) => {
       const src = await smallFolder(join(dir, "tok"), "vocab");
-      const { checked } = await preflightTokenizer({ sources: [src] });
+      const ctx = {};
+      const { checked } = await preflightTokenizer({ sources: [src] }, ctx);
       await checked;
       await assert.rejects(
-        () => preparedTokenizer({ sources: [src], modelConfig: { vocab_size: 2 } }),
+        () => preparedTokenizer({ sources: [src], modelConfig: { vocab_size: 2 } }, ctx),
         (e) => isCkptError(e, "TOKENIZER_VOCAB"),
       );
+    })
+  );
+});
+
+Deno.test("a plan is kept for its own run only: another run, or a call without one, prepares again", async () => {
+  await withCacheDir(() =>
+    withTempDir(async (dir) => {
+      const src = await smallFolder(join(dir, "tok"), "runs");
+      const first = {}, second = {};
+      const { plan, checked } = await preflightTokenizer({ sources: [src] }, first);
+      await checked;
+      assert.notEqual(await preparedTokenizer({ sources: [src] }, second), plan);
+      assert.notEqual(await preparedTokenizer({ sources: [src] }), plan);
+      assert.equal(
+        await preparedTokenizer({ sources: [src] }, first),
+        plan,
+        "its own run takes it",
+      );
+      assert.notEqual(await preparedTokenizer({ sources: [src] }, first), plan, "once");
     })
   );
 });
