@@ -30,6 +30,8 @@ export class ReadAhead {
   readonly #slab: Uint8Array;
   /** Reads started and not released, oldest first: index, bytes, where in the slab. */
   readonly #live: { i: number; at: number; n: number; bytes: Promise<Uint8Array> }[] = [];
+  /** Bytes of the live reads. */
+  #liveBytes = 0;
   #next = 0;
 
   /** Reads ahead among `storages` (each with the byte count to write) in their order. */
@@ -58,13 +60,14 @@ export class ReadAhead {
 
   /** Gives storage `i`'s memory back (after its bytes were written) and reads further ahead. */
   release(i: number): void {
-    if (this.#live[0]?.i === i) this.#live.shift();
+    if (this.#live[0]?.i === i) this.#liveBytes -= this.#live.shift()!.n;
     this.#fill();
   }
 
   /** Starts nothing more and waits for the reads in flight (after a failed write). */
   async close(): Promise<void> {
     this.#next = this.#storages.length;
+    this.#liveBytes = 0;
     await Promise.allSettled(this.#live.splice(0).map((r) => r.bytes));
   }
 
@@ -81,6 +84,7 @@ export class ReadAhead {
       const bytes = this.#read(s, n, this.#slab.subarray(at, at + n));
       bytes.catch(() => {}); // awaited by take(), or dropped with a failed write
       this.#live.push({ i, at, n, bytes });
+      this.#liveBytes += n;
     }
   }
 
@@ -88,7 +92,7 @@ export class ReadAhead {
   #room(n: number): number | undefined {
     const live = this.#live;
     if (live.length === 0) return 0;
-    if (live.reduce((t, r) => t + r.n, 0) >= READ_AHEAD_BUDGET) return undefined;
+    if (this.#liveBytes >= READ_AHEAD_BUDGET) return undefined;
     const first = live[0]!.at, last = live[live.length - 1]!;
     const end = last.at + last.n;
     if (end >= first) {
