@@ -79,10 +79,10 @@ export async function fsCall<T>(op: string, action: string, path: string, fn: ()
 /** Files {@linkcode StagingFolder.seal} fsyncs at once (one journal commit can serve several). */
 const SYNC_AT_ONCE = 16;
 
-/** fsyncs one file (opened for reading). */
-function syncFile(abs: string): Promise<void> {
-  return fsCall("fsync", "sync", abs, async () => {
-    const file = await Deno.open(abs, { read: true });
+/** fsyncs a file or a folder, opened for reading (`op` and `action` name the step for errors). */
+function syncPath(op: string, action: string, path: string): Promise<void> {
+  return fsCall(op, action, path, async () => {
+    const file = await Deno.open(path, { read: true });
     const t0 = phaseClock.start();
     try {
       await file.sync();
@@ -91,6 +91,11 @@ function syncFile(abs: string): Promise<void> {
       file.close();
     }
   });
+}
+
+/** fsyncs one file. */
+function syncFile(abs: string): Promise<void> {
+  return syncPath("fsync", "sync", abs);
 }
 
 /** A folder held by an open, `flock`ed descriptor (staging, or an output set aside). */
@@ -157,16 +162,7 @@ export async function removeStaleStaging(parent: string, name: string): Promise<
 
 /** fsyncs a folder (its entries' names and sizes reach the disk). */
 async function syncFolder(path: string): Promise<void> {
-  await fsCall("fsync-dir", "sync the folder", path, async () => {
-    const dir = await Deno.open(path, { read: true });
-    const t0 = phaseClock.start();
-    try {
-      await dir.sync();
-    } finally {
-      phaseClock.stop("fsync", t0);
-      dir.close();
-    }
-  });
+  await syncPath("fsync-dir", "sync the folder", path);
 }
 
 /** The folder a run writes into, beside its output. */

@@ -33,75 +33,73 @@ async function reads<T>(fn: () => Promise<T>): Promise<{ result: T; paths: strin
   }
 }
 
-Deno.test("a tokenizer.json recorded by its stat is not read until its text is used, and its text must still have the digest", async () => {
-  await withCacheDir(() =>
+/** Runs `fn` on a fresh small tokenizer folder (its tokenizer.json's path too), in a fresh cache. */
+function withTokenizer(word: string, fn: (src: string, path: string) => Promise<void>) {
+  return withCacheDir(() =>
     withTempDir(async (dir) => {
-      const src = await smallFolder(join(dir, "tok"), "stat");
-      const path = join(src, "tokenizer.json");
-      const bytes = await Deno.readFile(path);
-      const settled = Date.now() + SETTLED_MS; // as if recorded later: the file is settled
-      await rememberByStat(path, await Deno.stat(path), sha256(bytes), 2, settled);
-
-      const { result: doc, paths } = await reads(() => readTokenizerFolder(src, { tree: false }));
-      assert.equal(paths.includes(path), false, `not read: ${paths}`);
-      assert.equal(doc.tokenizerSha256, sha256(bytes));
-      assert.equal(tokenizerVocabSize(doc), 3, "the highest id of the record");
-      const used = await reads(() => Promise.resolve(doc.tokenizer));
-      assert.deepEqual(used.paths, [path], "read when the text is used");
-      assert.deepEqual(used.result, JSON.parse(new TextDecoder().decode(bytes)));
-
-      // a file that changed after the preflight looked at it is refused when its text is used
-      const again = await readTokenizerFolder(src, { tree: false });
-      const changed = bytes.slice();
-      changed[changed.indexOf(0x7b /* { */)] = 0x20;
-      await Deno.writeFile(path, changed);
-      assert.throws(
-        () => again.tokenizer,
-        (e: Error & { code?: string }) =>
-          e.code === "TOKENIZER_INVALID" && /changed while it was being read/.test(e.message),
-      );
+      const src = await smallFolder(join(dir, "tok"), word);
+      await fn(src, join(src, "tokenizer.json"));
     })
   );
+}
+
+Deno.test("a tokenizer.json recorded by its stat is not read until its text is used, and its text must still have the digest", async () => {
+  await withTokenizer("stat", async (src, path) => {
+    const bytes = await Deno.readFile(path);
+    const settled = Date.now() + SETTLED_MS; // as if recorded later: the file is settled
+    await rememberByStat(path, await Deno.stat(path), sha256(bytes), 2, settled);
+
+    const { result: doc, paths } = await reads(() => readTokenizerFolder(src, { tree: false }));
+    assert.equal(paths.includes(path), false, `not read: ${paths}`);
+    assert.equal(doc.tokenizerSha256, sha256(bytes));
+    assert.equal(tokenizerVocabSize(doc), 3, "the highest id of the record");
+    const used = await reads(() => Promise.resolve(doc.tokenizer));
+    assert.deepEqual(used.paths, [path], "read when the text is used");
+    assert.deepEqual(used.result, JSON.parse(new TextDecoder().decode(bytes)));
+
+    // a file that changed after the preflight looked at it is refused when its text is used
+    const again = await readTokenizerFolder(src, { tree: false });
+    const changed = bytes.slice();
+    changed[changed.indexOf(0x7b /* { */)] = 0x20;
+    await Deno.writeFile(path, changed);
+    assert.throws(
+      () => again.tokenizer,
+      (e: Error & { code?: string }) =>
+        e.code === "TOKENIZER_INVALID" && /changed while it was being read/.test(e.message),
+    );
+  });
 });
 
 Deno.test("a tokenizer.json changed less than SETTLED_MS ago is not recorded by its stat", async () => {
-  await withCacheDir(() =>
-    withTempDir(async (dir) => {
-      const src = await smallFolder(join(dir, "tok"), "fresh");
-      const path = join(src, "tokenizer.json");
-      const info = await Deno.stat(path);
-      await rememberByStat(path, info, sha256(await Deno.readFile(path)), 2);
-      assert.equal(await knownByStat(path, info), undefined);
-      await readTokenizerFolder(src, { tree: false }); // a preflight does not record it either
-      assert.equal(await knownByStat(path, await Deno.stat(path)), undefined);
-    })
-  );
+  await withTokenizer("fresh", async (src, path) => {
+    const info = await Deno.stat(path);
+    await rememberByStat(path, info, sha256(await Deno.readFile(path)), 2);
+    assert.equal(await knownByStat(path, info), undefined);
+    await readTokenizerFolder(src, { tree: false }); // a preflight does not record it either
+    assert.equal(await knownByStat(path, await Deno.stat(path)), undefined);
+  });
 });
 
 Deno.test("a rewrite that keeps the size and sets the modification time back no longer matches the record (the change time moved)", async () => {
-  await withCacheDir(() =>
-    withTempDir(async (dir) => {
-      const src = await smallFolder(join(dir, "tok"), "sneaky");
-      const path = join(src, "tokenizer.json");
-      const bytes = await Deno.readFile(path);
-      const before = await Deno.stat(path);
-      await rememberByStat(path, before, sha256(bytes), 2, Date.now() + SETTLED_MS);
-      assert.deepEqual(await knownByStat(path, before), { sha256: sha256(bytes), highestId: 2 });
+  await withTokenizer("sneaky", async (src, path) => {
+    const bytes = await Deno.readFile(path);
+    const before = await Deno.stat(path);
+    await rememberByStat(path, before, sha256(bytes), 2, Date.now() + SETTLED_MS);
+    assert.deepEqual(await knownByStat(path, before), { sha256: sha256(bytes), highestId: 2 });
 
-      await new Promise((r) => setTimeout(r, 1100)); // the change time has whole seconds
-      const changed = bytes.slice();
-      changed[changed.indexOf(0x7b /* { */)] = 0x20;
-      await Deno.writeFile(path, changed);
-      await Deno.utime(path, before.atime!, before.mtime!);
-      const after = await Deno.stat(path);
-      assert.equal(after.size, before.size);
-      assert.equal(after.mtime?.getTime(), before.mtime?.getTime());
-      assert.equal(await knownByStat(path, after), undefined);
-      await assert.rejects(
-        () => readTokenizerFolder(src, { tree: false }).then((d) => d.tokenizer),
-        (e: Error & { code?: string }) => e.code === "JSON_PARSE",
-        "the new bytes are read and refused",
-      );
-    })
-  );
+    await new Promise((r) => setTimeout(r, 1100)); // the change time has whole seconds
+    const changed = bytes.slice();
+    changed[changed.indexOf(0x7b /* { */)] = 0x20;
+    await Deno.writeFile(path, changed);
+    await Deno.utime(path, before.atime!, before.mtime!);
+    const after = await Deno.stat(path);
+    assert.equal(after.size, before.size);
+    assert.equal(after.mtime?.getTime(), before.mtime?.getTime());
+    assert.equal(await knownByStat(path, after), undefined);
+    await assert.rejects(
+      () => readTokenizerFolder(src, { tree: false }).then((d) => d.tokenizer),
+      (e: Error & { code?: string }) => e.code === "JSON_PARSE",
+      "the new bytes are read and refused",
+    );
+  });
 });
