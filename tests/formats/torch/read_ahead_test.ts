@@ -5,30 +5,52 @@ import {
   READ_AHEAD_BUDGET,
   READ_AHEAD_MAX_STORAGE,
   ReadAhead,
+  READS_AT_ONCE,
   readsAhead,
 } from "../../../formats/torch/_read_ahead.ts";
 import { type StorageSource, TorchStorage } from "../../../formats/torch/values.ts";
 
-/** A U8 storage of `n` bytes filled with `seed`, whose reads take a tick and are counted. */
+/** What the test sources saw: bytes and reads in flight, now and at most. */
+interface Seen {
+  inFlight: number;
+  most: number;
+  reads?: number;
+  mostReads?: number;
+}
+
+/**
+ * A U8 storage of `n` bytes filled with `seed`, whose reads take a tick and are counted; with
+ * `own`, a source without `readInto` that returns bytes of its own.
+ */
 function storage(
   n: number,
   seed: number,
-  seen: { inFlight: number; most: number },
-  options: { independent?: boolean; fail?: boolean } = {},
+  seen: Seen,
+  options: { independent?: boolean; fail?: boolean; own?: boolean } = {},
 ): TorchStorage {
-  const source: StorageSource = {
-    byteLength: n,
-    independentReads: options.independent ?? true,
-    read: () => Promise.reject(new Error("read() is not used when readInto() exists")),
-    async readInto(s, e, into) {
-      seen.inFlight += e - s;
-      seen.most = Math.max(seen.most, seen.inFlight);
-      await new Promise((r) => setTimeout(r, 0));
-      seen.inFlight -= e - s;
-      if (options.fail) throw new Error(`storage ${seed} cannot be read`);
-      return into.subarray(0, e - s).fill(seed);
-    },
+  const read = async (s: number, e: number, into: Uint8Array) => {
+    seen.inFlight += e - s;
+    seen.most = Math.max(seen.most, seen.inFlight);
+    seen.reads = (seen.reads ?? 0) + 1;
+    seen.mostReads = Math.max(seen.mostReads ?? 0, seen.reads);
+    await new Promise((r) => setTimeout(r, 0));
+    seen.inFlight -= e - s;
+    seen.reads--;
+    if (options.fail) throw new Error(`storage ${seed} cannot be read`);
+    return into.subarray(0, e - s).fill(seed);
   };
+  const source: StorageSource = options.own
+    ? {
+      byteLength: n,
+      independentReads: options.independent ?? true,
+      read: (s, e) => read(s, e, new Uint8Array(e - s)),
+    }
+    : {
+      byteLength: n,
+      independentReads: options.independent ?? true,
+      read: () => Promise.reject(new Error("read() is not used when readInto() exists")),
+      readInto: read,
+    };
   return new TorchStorage("U8", n, source);
 }
 
@@ -48,7 +70,7 @@ Deno.test("ReadAhead keeps each storage's bytes until it is released, through a 
   const list = Array.from({ length: 60 }, (_, i) => {
     const s = i % 7 === 3
       ? storage(100, i, seen, { independent: false })
-      : storage(size(i), i, seen);
+      : storage(size(i), i, seen, { own: i % 11 === 5 });
     return [s, s.byteLength] as const;
   });
   const ahead = new ReadAhead(list, undefined);
@@ -99,4 +121,41 @@ Deno.test("ReadAhead starts nothing once its signal is aborted", async () => {
   const ahead = new ReadAhead([[s, 10]], ctl.signal);
   assert.equal(seen.most, 0);
   await ahead.close();
+});
+
+Deno.test("ReadAhead keeps at most READS_AT_ONCE reads in flight over many tiny storages, and gives each its bytes", async () => {
+  const seen: Seen = { inFlight: 0, most: 0 };
+  const list = Array.from({ length: 5000 }, (_, i) => {
+    const s = storage(1 + (i % 5), i, seen, { own: i % 3 === 0 });
+    return [s, s.byteLength] as const;
+  });
+  const ahead = new ReadAhead(list, undefined);
+  for (const [i, [, n]] of list.entries()) {
+    const got = await ahead.take(i);
+    assert.equal(got.length, n);
+    assert.ok(got.every((b) => b === (i & 255)), `storage ${i}`);
+    ahead.release(i);
+  }
+  assert.ok(seen.mostReads! > 1, "reads overlap");
+  assert.ok(seen.mostReads! <= READS_AT_ONCE, `at most ${READS_AT_ONCE} (${seen.mostReads})`);
+});
+
+Deno.test("ReadAhead's ring never hands out live bytes, with a budget that keeps it full and wrapping at every size", async () => {
+  for (const seed of [1, 2, 3, 4, 5]) {
+    const seen: Seen = { inFlight: 0, most: 0 };
+    let x = seed;
+    const next = () => (x = (x * 1103515245 + 12345) % 2 ** 31);
+    const list = Array.from({ length: 400 }, (_, i) => {
+      const s = storage(1 + (next() % 1000), i, seen, { own: next() % 13 === 0 });
+      return [s, s.byteLength] as const;
+    });
+    const ahead = new ReadAhead(list, undefined, 3000);
+    for (const [i, [, n]] of list.entries()) {
+      const got = await ahead.take(i);
+      await new Promise((r) => setTimeout(r, 0)); // the reads ahead land meanwhile
+      assert.equal(got.length, n);
+      assert.ok(got.every((b) => b === (i & 255)), `seed ${seed}: storage ${i} kept its bytes`);
+      ahead.release(i);
+    }
+  }
 });
