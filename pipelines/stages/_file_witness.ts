@@ -1,14 +1,17 @@
 /**
  * Private: what a preflight saw of the file system (each path it looked at, present or not, with
- * its device, inode, size and modification time), so the stage's run can tell, by `stat` alone,
+ * its device, inode, size, modification and change times), so the stage's run can tell, by `stat` alone,
  * whether what its preflight read still holds (writeTokenizer's plan, writeOptim's loaded inputs).
  * @module
  */
 
-/** One path's state: `absent`, or `dev:ino:size:mtime`. */
+/**
+ * One path's state: `absent`, or `dev:ino:size:mtime:ctime` (the change time shows a rewrite
+ * that kept the size and set the modification time back).
+ */
 function signature(info: Deno.FileInfo | undefined): string {
   if (info === undefined) return "absent";
-  return `${info.dev}:${info.ino}:${info.size}:${info.mtime?.getTime()}`;
+  return `${info.dev}:${info.ino}:${info.size}:${info.mtime?.getTime()}:${info.ctime?.getTime()}`;
 }
 
 /** The state of one path now (`absent` when missing; an error when it cannot be looked at). */

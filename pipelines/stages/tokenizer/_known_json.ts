@@ -46,7 +46,7 @@ function statKey(path: string, info: Deno.FileInfo): string | undefined {
   return createHash("sha256").update(`${PARSER}\0by stat\0${id}`).digest("hex");
 }
 
-/** Digests of files by their `stat` key, in this process. */
+/** Digests of files by their `stat` key, in this process (bounded as `known` is). */
 const byStat = new Map<string, { sha256: string; highestId: number }>();
 
 /**
@@ -68,26 +68,35 @@ export async function knownByStat(
     return undefined;
   }
   const known = { sha256, highestId };
-  byStat.set(key, known);
+  keepByStat(key, known);
   return known;
 }
 
+function keepByStat(key: string, known: { sha256: string; highestId: number }): void {
+  byStat.delete(key);
+  if (byStat.size >= KNOWN_MAX) byStat.delete(byStat.keys().next().value!);
+  byStat.set(key, known);
+}
+
 /**
- * Records that the file at `path` whose `stat` is `info` has digest `sha256` and parsed with
- * `highestId`, when its times are settled (see the module doc); otherwise nothing.
+ * Records that the file at `path` whose `stat`, taken at `statAt` (ms since the epoch), is `info`
+ * has digest `sha256` and parsed with `highestId`, when its times were settled then (see the
+ * module doc); otherwise nothing. Nor on a file system whose change time is only its modification
+ * time (FAT): there a rewrite that sets the modification time back would not show.
  */
 export async function rememberByStat(
   path: string,
   info: Deno.FileInfo,
   sha256: string,
   highestId: number,
-  now: number = Date.now(),
+  statAt: number,
 ): Promise<void> {
   const key = statKey(path, info);
   if (key === undefined) return;
-  if (Math.max(info.mtime!.getTime(), info.ctime!.getTime()) > now - SETTLED_MS) return;
+  const mtime = info.mtime!.getTime(), ctime = info.ctime!.getTime();
+  if (Math.max(mtime, ctime) > statAt - SETTLED_MS || ctime === mtime) return;
   if (byStat.get(key)?.sha256 === sha256) return;
-  byStat.set(key, { sha256, highestId });
+  keepByStat(key, { sha256, highestId });
   await rememberPass(key, { sha256, highestId });
 }
 

@@ -175,9 +175,9 @@ interface ReadTokenizerJson {
 async function readTokenizerJson(
   path: string,
   tree: boolean,
-  info: Deno.FileInfo | undefined,
+  stat: { info: Deno.FileInfo; at: number } | undefined,
 ): Promise<ReadTokenizerJson> {
-  const byStat = !tree && info ? await knownByStat(path, info) : undefined;
+  const byStat = !tree && stat ? await knownByStat(path, stat.info) : undefined;
   if (byStat) {
     const text = lazyText(path, byStat.sha256);
     return { text, ...byStat, plain: undefined, tree: undefined };
@@ -197,7 +197,7 @@ async function readTokenizerJson(
   if (!tree) {
     const known = await knownHighestId(sha256);
     if (known !== undefined) {
-      if (info) await rememberByStat(path, info, sha256, known);
+      if (stat) await rememberByStat(path, stat.info, sha256, known, stat.at);
       return { text, sha256, highestId: known, plain: undefined, tree: undefined };
     }
   }
@@ -218,7 +218,7 @@ async function readTokenizerJson(
   const plain = t as TokenizerJson;
   const id = highestId(plain);
   await rememberParsed(sha256, id);
-  if (info) await rememberByStat(path, info, sha256, id);
+  if (stat) await rememberByStat(path, stat.info, sha256, id, stat.at);
   return {
     text,
     sha256,
@@ -245,7 +245,7 @@ function lazyText(path: string, sha256: string): () => string {
     if (createHash("sha256").update(bytes).digest("hex") !== sha256) {
       throw new CkptError(
         "TOKENIZER_INVALID",
-        `Cannot read "${path}": it changed while it was being read`,
+        `Cannot read "${path}": it changed since it was looked at`,
         { file: path },
       );
     }
@@ -313,18 +313,19 @@ export async function readTokenizerFolder(
   options: { extraFiles?: readonly string[] | undefined; tree: boolean; seen?: FileWitness },
 ): Promise<TokenizerDoc> {
   const present = new Map<string, string>();
-  let tokInfo: Deno.FileInfo | undefined;
+  let tokStat: { info: Deno.FileInfo; at: number } | undefined;
   for (const n of [...TOKENIZER_FILES, ...(options.extraFiles ?? [])]) {
     const p = join(source, n);
+    const at = Date.now();
     const info = await exists(p, options.seen);
     if (!info) continue;
     present.set(n, p);
-    if (n === "tokenizer.json") tokInfo = info;
+    if (n === "tokenizer.json") tokStat = { info, at };
   }
   const tokPath = present.get("tokenizer.json");
   const cfgPath = present.get("tokenizer_config.json");
   const mapPath = present.get("special_tokens_map.json");
-  const tok = tokPath ? await readTokenizerJson(tokPath, options.tree, tokInfo) : undefined;
+  const tok = tokPath ? await readTokenizerJson(tokPath, options.tree, tokStat) : undefined;
   let config = new Map<string, PyJson>();
   if (cfgPath) {
     const c = await readJson(cfgPath);

@@ -65,7 +65,7 @@ Deno.test("a tokenizer.json recorded by its stat is not read until its text is u
     assert.throws(
       () => again.tokenizer,
       (e: Error & { code?: string }) =>
-        e.code === "TOKENIZER_INVALID" && /changed while it was being read/.test(e.message),
+        e.code === "TOKENIZER_INVALID" && /changed since it was looked at/.test(e.message),
     );
   });
 });
@@ -73,7 +73,7 @@ Deno.test("a tokenizer.json recorded by its stat is not read until its text is u
 Deno.test("a tokenizer.json changed less than SETTLED_MS ago is not recorded by its stat", async () => {
   await withTokenizer("fresh", async (src, path) => {
     const info = await Deno.stat(path);
-    await rememberByStat(path, info, sha256(await Deno.readFile(path)), 2);
+    await rememberByStat(path, info, sha256(await Deno.readFile(path)), 2, Date.now());
     assert.equal(await knownByStat(path, info), undefined);
     await readTokenizerFolder(src, { tree: false }); // a preflight does not record it either
     assert.equal(await knownByStat(path, await Deno.stat(path)), undefined);
@@ -101,5 +101,29 @@ Deno.test("a rewrite that keeps the size and sets the modification time back no 
       (e: Error & { code?: string }) => e.code === "JSON_PARSE",
       "the new bytes are read and refused",
     );
+  });
+});
+
+Deno.test("a stat whose change time is its modification time (FAT keeps no other) is not recorded", async () => {
+  await withTokenizer("fat", async (_src, path) => {
+    const info = await Deno.stat(path);
+    const old = new Date(Date.now() - 10 * SETTLED_MS);
+    const fat = { ...info, mtime: old, ctime: old };
+    await rememberByStat(path, fat, sha256(await Deno.readFile(path)), 2, Date.now());
+    assert.equal(await knownByStat(path, fat), undefined);
+    const ext4 = { ...info, mtime: old, ctime: new Date(old.getTime() + 1000) };
+    await rememberByStat(path, ext4, sha256(await Deno.readFile(path)), 2, Date.now());
+    assert.notEqual(await knownByStat(path, ext4), undefined, "the same file with a change time");
+  });
+});
+
+Deno.test("a file is recorded only when it was settled at the time of the stat, not of the record", async () => {
+  await withTokenizer("late", async (_src, path) => {
+    const statAt = Date.now();
+    const info = await Deno.stat(path);
+    const digest = sha256(await Deno.readFile(path));
+    await new Promise((r) => setTimeout(r, SETTLED_MS + 100)); // a slow read, parse or cache
+    await rememberByStat(path, info, digest, 2, statAt);
+    assert.equal(await knownByStat(path, info), undefined);
   });
 });

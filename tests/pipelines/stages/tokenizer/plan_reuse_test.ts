@@ -159,3 +159,21 @@ Deno.test("the run prepares again when the chat template file it was given chang
     })
   );
 });
+
+Deno.test("the run prepares again after a rewrite that kept the size and set the modification time back", async () => {
+  await withCacheDir(() =>
+    withTempDir(async (dir) => {
+      const src = await smallFolder(join(dir, "tok"), "sneaky");
+      const cfg = join(src, "tokenizer_config.json");
+      const { preflight, run } = await plans({ sources: [src], padWithEos: true }, async () => {
+        const before = await Deno.stat(cfg);
+        await new Promise((r) => setTimeout(r, 1100)); // the change time has whole seconds
+        const text = await Deno.readTextFile(cfg);
+        await Deno.writeTextFile(cfg, text.replace("}}|{%", "}}/{%")); // another separator
+        await Deno.utime(cfg, before.atime!, before.mtime!);
+        assert.equal((await Deno.stat(cfg)).size, before.size);
+      });
+      assert.notEqual(run, preflight);
+    })
+  );
+});
