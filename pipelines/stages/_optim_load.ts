@@ -140,6 +140,9 @@ export async function loadValue(
   return await loadInput(path, tensorsPath, keys, optimizerSources, {});
 }
 
+/** How many inputs {@linkcode loadInput} loaded in this process: for tests. */
+export const inputsLoaded: { count: number } = { count: 0 };
+
 /** {@linkcode loadValue}, with the source already found and the files read recorded. */
 export async function loadInput(
   path: string,
@@ -152,6 +155,7 @@ export async function loadInput(
     ? await inputSource(path, optimizerSources)
     : options.source ?? undefined;
   const seen = options.seen;
+  inputsLoaded.count++;
   if (source) return await source.load(path, { keys });
   await seen?.stat(path);
   if (!isJsonPath(path)) {

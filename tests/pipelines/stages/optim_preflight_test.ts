@@ -16,6 +16,7 @@ import { type PyDict, pyDict, tensorOfBytes } from "../../../formats/torch/value
 import { runPipeline } from "../../../pipelines/run.ts";
 import type { PipelineEvent, Stage } from "../../../pipelines/stage.ts";
 import { createWriteOptimStage, writeOptimStage } from "../../../pipelines/stages/write_optim.ts";
+import { inputsLoaded } from "../../../pipelines/stages/_optim_load.ts";
 import { withTempDir } from "../../_helpers/tmp.ts";
 import { FAKE_STAGES } from "../_fake_stages.ts";
 
@@ -183,15 +184,30 @@ Deno.test("writeOptim's missing input still fails before any stage starts", asyn
 Deno.test("writeOptim's run reuses what its preflight loaded while the file is unchanged", async () => {
   await withTempDir(async (dir) => {
     await inputs(dir);
-    // Same inode, size and modification time: the preflight's structure is used. (The wait lets
-    // the preflight's load, which runs beside the stages, end before the rewrite.)
+    const before = inputsLoaded.count;
     const { error } = await run(dir, [
-      { use: "wait", ms: 500 },
+      { use: "wait", ms: 100 },
+      { use: "writeOptim", optimizer: "optimizer.pt" },
+    ]);
+    assert.equal(error, undefined);
+    assert.equal(inputsLoaded.count - before, 1, "loaded once, by the preflight");
+    assert.equal(await lrOf(join(dir, "out", "optimizer.pt")), 0.001);
+    if (Deno.build.os === "linux") assert.equal(openFilesOn(join(dir, "optimizer.pt")), 0);
+  });
+});
+
+Deno.test("writeOptim's run loads again after a same-size rewrite that set the modification time back (the change time moved)", async () => {
+  await withTempDir(async (dir) => {
+    await inputs(dir);
+    // (The wait lets the preflight's load, which runs beside the stages, end before the rewrite;
+    // the change time has whole seconds.)
+    const { error } = await run(dir, [
+      { use: "wait", ms: 1100 },
       { use: "rewrite", path: "optimizer.pt", from: "optimize2.pt", keepTime: true },
       { use: "writeOptim", optimizer: "optimizer.pt" },
     ]);
     assert.equal(error, undefined);
-    assert.equal(await lrOf(join(dir, "out", "optimizer.pt")), 0.001);
+    assert.equal(await lrOf(join(dir, "out", "optimizer.pt")), 0.002);
     if (Deno.build.os === "linux") assert.equal(openFilesOn(join(dir, "optimizer.pt")), 0);
   });
 });
