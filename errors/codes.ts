@@ -233,7 +233,8 @@ export const ERROR_CODES = {
   // Stages (pipelines/stages/)
   GATHER_DUPLICATE:
     "Stripping wrapper prefixes (module., _orig_mod.) maps two tensors to one name.",
-  CONFIG_JSON: "The model's config.json is not valid JSON or not an object.",
+  CONFIG_JSON:
+    "The model's config.json or generation_config.json is not a JSON object, or cannot be read.",
   MODEL_WRAPPED: "writeModel got PEFT-wrapped weights: merge them or write the adapter.",
   TIED_WEIGHTS: "Tied embeddings disagree, or config.json unties them and there is no lm_head.",
   ADAPTER_MISSING: "writeModel with what: adapter has no adapter or LoRA tensors to write.",

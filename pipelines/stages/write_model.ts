@@ -50,7 +50,7 @@ import {
   writtenSizes,
 } from "./model/files.ts";
 import { writeModelOptions } from "./model/options.ts";
-import { planModel } from "./model/plan.ts";
+import { planModel, readGenerationConfig } from "./model/plan.ts";
 
 export { checkAdapterFits } from "./model/adapter.ts";
 export type { WriteModelOptions } from "./model/options.ts";
@@ -129,14 +129,19 @@ export const writeModelStage: Stage = defineStage({
   options: writeModelOptions,
   split: "every-part",
   /**
-   * Checks the options that need no weights (`dtype` is a float dtype, `maxShardSize` parses) and,
-   * for `what: "adapter"` with an explicit `adapter`, that the adapter's config and weights header
-   * read (`DTYPE_UNKNOWN`, `DTYPE_NOT_FLOAT`, `SIZE_INVALID`, `PEFT_ADAPTER_MISSING`, `PEFT_CONFIG`).
+   * Checks the options that need no weights (`dtype` is a float dtype, `maxShardSize` parses), for
+   * a model that the model folder's `generation_config.json`, copied as it is, is a JSON object
+   * (`JSON_PARSE`, `CONFIG_JSON`), and for `what: "adapter"` with an explicit `adapter`, that the
+   * adapter's config and weights header read (`DTYPE_UNKNOWN`, `DTYPE_NOT_FLOAT`, `SIZE_INVALID`,
+   * `PEFT_ADAPTER_MISSING`, `PEFT_CONFIG`).
    */
   async preflight(ctx, options) {
     outputDType(options);
-    if (options.what === "model") parseSize(options.maxShardSize);
-    else if (options.adapter !== undefined) {
+    if (options.what === "model") {
+      parseSize(options.maxShardSize);
+      // copied as it is: one transformers cannot read fails before any stage runs
+      if (ctx.modelDir !== undefined) await readGenerationConfig(ctx.modelDir);
+    } else if (options.adapter !== undefined) {
       const adapter = await loadAdapter(ctx.resolve(options.adapter));
       await adapter.tensors.close();
     }

@@ -12,6 +12,7 @@ import { type DType, DTYPES, isFloatDType } from "../../../formats/dtype.ts";
 import { rowCount, rowNumel, StateDict, type TensorRef } from "../../../formats/state_dict.ts";
 import { torchTensor } from "../../../formats/torch/values.ts";
 import { dumpPyJson, fromPlain, isObject, parsePyJson, type PyJson, toPlain } from "../_pyjson.ts";
+import { inputReadError } from "../../../formats/read_text.ts";
 
 /** transformers' name of a dtype (`"bfloat16"`). */
 export function torchDtypeName(dtype: DType): string {
@@ -69,12 +70,36 @@ function configHolder(config: Map<string, PyJson>, key: string): Map<string, PyJ
   return config;
 }
 
-async function readFileIfAny(path: string): Promise<Uint8Array | undefined> {
+/**
+ * The bytes of `path`, undefined when it does not exist; any other failure (no permission, a
+ * folder, an I/O error) is `FS_PERMISSION` or `CONFIG_JSON` naming the file, never taken for
+ * absence: a config that cannot be read must not silently go missing from the output.
+ */
+async function readFileIfAny(path: string, what: string): Promise<Uint8Array | undefined> {
   try {
     return await Deno.readFile(path);
-  } catch {
-    return undefined;
+  } catch (cause) {
+    if (cause instanceof Deno.errors.NotFound) return undefined;
+    throw inputReadError(cause, "CONFIG_JSON", what, path);
   }
+}
+
+/**
+ * The model folder's `generation_config.json` as it is (it is copied byte for byte), or undefined
+ * when there is none: `JSON_PARSE` when it is not JSON, `CONFIG_JSON` when not a JSON object (the
+ * output must not carry a file transformers cannot read).
+ */
+export async function readGenerationConfig(modelDir: string): Promise<Uint8Array | undefined> {
+  const path = join(modelDir, "generation_config.json");
+  const bytes = await readFileIfAny(path, "generation config");
+  if (bytes === undefined) return undefined;
+  const text = new TextDecoder("utf-8", { fatal: false }).decode(bytes);
+  if (!isObject(parsePyJson(text, path))) {
+    throw new CkptError("CONFIG_JSON", `Cannot use "${path}": it is not a JSON object`, {
+      file: path,
+    });
+  }
+  return bytes;
 }
 
 /** The planned merged-model output (validated; nothing written). */
@@ -259,7 +284,7 @@ export async function planModel(sd: StateDict, options: PlanModelOptions): Promi
     out.set(k, cast);
   }
   const fileText = options.modelDir
-    ? await readFileIfAny(join(options.modelDir, "config.json"))
+    ? await readFileIfAny(join(options.modelDir, "config.json"), "model config")
     : undefined;
   const config = readModelConfig(fileText, options);
   const tied = await resolveTied(sd, out, config, options);
@@ -268,7 +293,7 @@ export async function planModel(sd: StateDict, options: PlanModelOptions): Promi
     ? configBytes(config, out, dtype, fileText)
     : undefined;
   const generationConfig = options.modelDir
-    ? await readFileIfAny(join(options.modelDir, "generation_config.json"))
+    ? await readGenerationConfig(options.modelDir)
     : undefined;
   return {
     stateDict: out,

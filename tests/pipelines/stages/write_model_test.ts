@@ -234,3 +234,40 @@ Deno.test("`writeModel` what=adapter refuses an adapter for another architecture
     assert.deepEqual(await listFiles(out), []);
   });
 });
+
+Deno.test("`writeModel` refuses, before any stage runs, a generation_config.json transformers cannot read, and never takes an unreadable config for a missing one", async () => {
+  await withTempDir(async (dir) => {
+    const base = await baseDir(dir);
+    const gen = join(base, "generation_config.json");
+    const preflight = () =>
+      writeModelStage.preflight!(
+        fakeContext(join(dir, "out"), { modelDir: base }),
+        parseStageOptions(writeModelStage, {}),
+      );
+    await preflight(); // a JSON object: copied as it is
+    for (
+      const [text, code] of [
+        ['{"eos_token_id": 3', "JSON_PARSE"],
+        ["", "JSON_PARSE"],
+        ["[1, 2]", "CONFIG_JSON"],
+      ] as const
+    ) {
+      await Deno.writeTextFile(gen, text);
+      await assert.rejects(preflight, (e) => isCkptError(e, code) && e.file === gen, text);
+    }
+    // a folder where the file should be: not "absent", an error naming it
+    await Deno.remove(gen);
+    await Deno.mkdir(gen);
+    await assert.rejects(preflight, (e) => isCkptError(e, "CONFIG_JSON") && e.file === gen);
+    const out = join(dir, "out");
+    await Deno.mkdir(out);
+    await Deno.remove(gen);
+    await Deno.remove(join(base, "config.json"));
+    await Deno.mkdir(join(base, "config.json"));
+    const ctx = fakeContext(out, { stateDict: tiedModel(false), modelDir: base });
+    await assert.rejects(
+      () => writeModelStage.run(ctx, parseStageOptions(writeModelStage, {})),
+      (e) => isCkptError(e, "CONFIG_JSON") && e.file === join(base, "config.json"),
+    );
+  });
+});
