@@ -1,7 +1,7 @@
 /**
  * Private: what a writeOptim preflight loaded, kept for its run in the same run context, with what
- * it saw of the files (device, inode, size, modification time), so the run can tell by `stat`
- * alone whether it may use the values instead of loading them again. Public API in
+ * it saw of the files (device, inode, size, modification and change times), so the run can tell by
+ * `stat` alone whether it may use the values instead of loading them again. Public API in
  * `write_optim.ts`.
  * @module
  */

@@ -369,9 +369,9 @@ export function createWriteOptimStage(
     },
     /**
      * Uses what its preflight loaded in this run when the input paths are the same and no file it
-     * read changed (by `stat`: device, inode, size, modification time; an optimizer source's
-     * input is always loaded again); otherwise loads again, checks included. Then checks the state
-     * against the model's parameters and writes the files.
+     * read changed (by `stat`: device, inode, size, modification and change times; an optimizer
+     * source's input is always loaded again); otherwise loads again, checks included. Then checks
+     * the state against the model's parameters and writes the files.
      */
     async run(ctx: StageContext, options): Promise<void> {
       requireInputs(options);

@@ -85,10 +85,10 @@ export const writeTokenizerStage: Stage = defineStage({
     else await checked;
   },
   /**
-   * Uses the plan its preflight made in this run when the sources and options are the same
-   * and no file it looked at changed (by `stat`: device, inode, size, modification time), after
-   * its checks passed; otherwise prepares again, checks included. Then checks the ids fit the
-   * state dict and `vocab_size` (`TOKENIZER_VOCAB`) and writes the files.
+   * Uses the plan its preflight made in this run when the sources and options are the same and
+   * no file it looked at changed (by `stat`: device, inode, size, modification and change times),
+   * after its checks passed; otherwise prepares again, checks included. Then checks the ids fit
+   * the state dict and `vocab_size` (`TOKENIZER_VOCAB`) and writes the files.
    */
   async run(ctx, options) {
     const sources = options.from !== undefined

@@ -259,9 +259,9 @@ export async function preflightTokenizer(
 
 /**
  * The run's {@linkcode prepareTokenizer}: the plan the preflight of the same `run` made with the
- * same sources and options, when every file it looked at still has the same device, inode, size
- * and modification time (by `stat`, nothing read again), after its checks passed; otherwise
- * prepared again. The checks against `args`' state dict and model config always run.
+ * same sources and options, when every file it looked at still has the same device, inode, size,
+ * modification and change times (by `stat`, nothing read again), after its checks passed;
+ * otherwise prepared again. The checks against `args`' state dict and model config always run.
  */
 export async function preparedTokenizer(
   args: PrepareTokenizerArgs,
