@@ -93,8 +93,7 @@ export async function readGenerationConfig(modelDir: string): Promise<Uint8Array
   const path = join(modelDir, "generation_config.json");
   const bytes = await readFileIfAny(path, "generation config");
   if (bytes === undefined) return undefined;
-  const text = new TextDecoder("utf-8", { fatal: false }).decode(bytes);
-  if (!isObject(parsePyJson(text, path))) {
+  if (!isObject(parsePyJson(new TextDecoder().decode(bytes), path))) {
     throw new CkptError("CONFIG_JSON", `Cannot use "${path}": it is not a JSON object`, {
       file: path,
     });

@@ -188,12 +188,10 @@ async function readTokenizerJson(
   } catch (cause) {
     throw inputReadError(cause, "TOKENIZER_INVALID", "tokenizer file", path);
   }
-  // the digest of the bytes, and the text decoded only when something reads it, as readTextFile
-  // decodes (UTF-8, invalid bytes replaced, a BOM kept: JSON.parse refuses it, as transformers
-  // does)
+  // the digest of the bytes, and the text decoded only when something reads it
   const sha256 = createHash("sha256").update(bytes).digest("hex");
   let decoded: string | undefined;
-  const text = () => (decoded ??= new TextDecoder("utf-8", { ignoreBOM: true }).decode(bytes));
+  const text = () => (decoded ??= decodeTokenizerText(bytes));
   if (!tree) {
     const known = await knownHighestId(sha256);
     if (known !== undefined) {
@@ -229,8 +227,16 @@ async function readTokenizerJson(
 }
 
 /**
- * The text of the file at `path`, read and decoded on first call (as `readTokenizerJson` decodes
- * it); `TOKENIZER_INVALID` when it cannot be read or no longer has the digest `sha256`.
+ * `tokenizer.json`'s text as readTextFile decodes it: UTF-8, invalid bytes replaced, a BOM kept
+ * (JSON.parse refuses it, as transformers does).
+ */
+function decodeTokenizerText(bytes: Uint8Array): string {
+  return new TextDecoder("utf-8", { ignoreBOM: true }).decode(bytes);
+}
+
+/**
+ * The text of the file at `path`, read and decoded on first call; `TOKENIZER_INVALID` when it
+ * cannot be read or no longer has the digest `sha256`.
  */
 function lazyText(path: string, sha256: string): () => string {
   let decoded: string | undefined;
@@ -249,7 +255,7 @@ function lazyText(path: string, sha256: string): () => string {
         { file: path },
       );
     }
-    return decoded = new TextDecoder("utf-8", { ignoreBOM: true }).decode(bytes);
+    return decoded = decodeTokenizerText(bytes);
   };
 }
 

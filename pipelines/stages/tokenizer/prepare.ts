@@ -240,11 +240,12 @@ export async function preflightTokenizer(
   args: PrepareTokenizerArgs,
   run?: object,
 ): Promise<{ plan: TokenizerPlan; checked: Promise<void> }> {
-  const seen = new FileWitness();
+  // what the plan looked at is recorded only when it is kept for a run
+  const seen = run === undefined ? undefined : new FileWitness();
   const draft = await draftTokenizer(args, seen);
   checkPlanVocab(draft, args);
   const checked = args.validate ?? true ? checkDraft(draft.doc, args.signal) : Promise.resolve();
-  if (run !== undefined) {
+  if (run !== undefined && seen !== undefined) {
     const key = planKey(args);
     const entry: KeptPlan = { plan: draft.plan, vocabFile: draft.vocabFile, seen, checked };
     const kept = keptByRun.get(run) ?? new Map<string, KeptPlan>();
