@@ -5,11 +5,16 @@
  * by a worker thread from a ring of page-aligned blocks in a shared memory: the worker writes each
  * full block by position while the next ones fill. The page cache is not involved, so there is no
  * per-page copy and allocation in the kernel for every byte written (which costs more CPU than
- * the copy here, and varies a lot on virtual machines) and nothing is left dirty for the fsync
- * before the rename. The last block is padded to the alignment and the file truncated to its
- * exact size. Where the file system refuses direct I/O, on systems other than Linux, with
- * `CKPT_DIRECT_IO=0`, and for small files, the bytes are written through the page cache, with an
- * early background `fdatasync` every `syncEvery` bytes.
+ * the copy here, and varies a lot on virtual machines) and nothing is left dirty in it. The last
+ * block is padded to the alignment and the file truncated to its exact size. Where the file system
+ * refuses direct I/O, on systems other than Linux, with `CKPT_DIRECT_IO=0`, and for small files,
+ * the bytes are written through the page cache.
+ *
+ * Either way an `fdatasync` starts in the background every `syncEvery` bytes written: a direct
+ * write is done when the device has the bytes, not when they are durable. A disk with a volatile
+ * write cache (a virtual machine's disk with the host's cache behind it, most SSDs) holds them
+ * there until a flush, and the fsync before the rename would otherwise wait for all of them at
+ * once, after the CPU work, instead of while it runs.
  *
  * No copy on the way: a writer may {@linkcode FileSink.reserve} the ring's memory for its next
  * bytes and produce them there (a positional read, a merge's output), and `onBytes` (the output
@@ -73,7 +78,7 @@ export interface FileSink {
 export interface FileSinkOptions {
   /** Expected size of the file in bytes (chooses direct I/O for large files). */
   expectedBytes: number;
-  /** Buffered writes only: an `fdatasync` in the background after every this many bytes. */
+  /** An `fdatasync` in the background after every this many bytes written (0: none). */
   syncEvery?: number | undefined;
   /** Truncate `path` when it exists instead of failing (always written buffered). */
   replace?: boolean | undefined;
@@ -105,7 +110,7 @@ function directAllowed(): boolean {
  */
 export async function createFileSink(path: string, options: FileSinkOptions): Promise<FileSink> {
   if (!options.replace && options.expectedBytes >= DIRECT_MIN_BYTES && directAllowed()) {
-    return await DirectSink.create(path, options.onBytes);
+    return await DirectSink.create(path, options.syncEvery ?? 0, options.onBytes);
   }
   const file = await Deno.open(
     path,
@@ -196,6 +201,7 @@ class DirectSink implements FileSink {
   readonly #worker: Worker;
   readonly #memory: Uint8Array;
   readonly #onBytes: FileSinkOptions["onBytes"];
+  readonly #writeback: Writeback | undefined;
   readonly #pending = new Map<
     number,
     { resolve: (r: Reply) => void; reject: (e: Error) => void }
@@ -213,9 +219,15 @@ class DirectSink implements FileSink {
   #done = false;
   #failed: Error | undefined;
 
-  private constructor(worker: Worker, memory: Uint8Array, onBytes: FileSinkOptions["onBytes"]) {
+  private constructor(
+    worker: Worker,
+    memory: Uint8Array,
+    writeback: Writeback | undefined,
+    onBytes: FileSinkOptions["onBytes"],
+  ) {
     this.#worker = worker;
     this.#memory = memory;
+    this.#writeback = writeback;
     this.#onBytes = onBytes;
     worker.onmessage = (e: MessageEvent<Reply>) => {
       const p = this.#pending.get(e.data.id);
@@ -242,7 +254,11 @@ class DirectSink implements FileSink {
    * starts and opens the file while the first blocks fill: nothing waits for it here. Where the
    * file system refuses direct I/O, the worker writes through the page cache instead.
    */
-  static async create(path: string, onBytes: FileSinkOptions["onBytes"]): Promise<DirectSink> {
+  static async create(
+    path: string,
+    syncEvery: number,
+    onBytes: FileSinkOptions["onBytes"],
+  ): Promise<DirectSink> {
     const pages = Math.ceil((DIRECT_RING_BYTES + RESERVE_MAX_BYTES) / WASM_PAGE);
     // a wasm memory's buffer starts on a page boundary: every block is aligned for direct I/O
     const wasm = new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
@@ -255,7 +271,8 @@ class DirectSink implements FileSink {
       worker.terminate();
       throw err;
     }
-    const sink = new DirectSink(worker, new Uint8Array(wasm.buffer), onBytes);
+    const writeback = syncEvery > 0 ? new Writeback(path, syncEvery) : undefined;
+    const sink = new DirectSink(worker, new Uint8Array(wasm.buffer), writeback, onBytes);
     // a failed open fails every later request, so it surfaces at the next wait or at finish
     sink.#call({ op: "open", path, buffer: wasm.buffer })
       .then((reply) => sink.#direct = reply.direct ?? sink.#direct, () => {});
@@ -304,7 +321,8 @@ class DirectSink implements FileSink {
    */
   #send(length: number, real: number): void {
     const start = this.#sent % DIRECT_RING_BYTES;
-    const write = this.#call({ op: "write", start, length, offset: this.#sent }).then(() => {});
+    const write = this.#call({ op: "write", start, length, offset: this.#sent })
+      .then(() => this.#writeback?.wrote(length));
     write.catch(() => {}); // awaited before the block is reused, and in finish
     let hash: Promise<void> | undefined;
     if (this.#onBytes) {
@@ -393,7 +411,9 @@ class DirectSink implements FileSink {
       for (let b = 0; b < RING_BLOCKS; b++) await this.#free(b);
       const reply = await this.#call({ op: "finish", size });
       this.#direct = reply.direct ?? this.#direct;
+      await this.#writeback?.finish();
     } finally {
+      await this.#writeback?.abandon();
       this.#end();
     }
   }
@@ -402,6 +422,7 @@ class DirectSink implements FileSink {
     // the hashes need not end: nothing reuses the memory after this
     for (const f of this.#inFlight) await f?.write.catch(() => {});
     await this.#call({ op: "close" }).catch(() => {});
+    await this.#writeback?.abandon();
     this.#end();
   }
 

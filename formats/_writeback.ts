@@ -1,8 +1,9 @@
 /**
  * Early writeback for the streaming writers: every `every` bytes written, an `fdatasync` of the
  * file starts on a second descriptor (one at a time, never awaited by the writer), so the kernel
- * writes the data to disk while the next blocks are computed, and the runner's fsync before the
- * rename finds little left to flush. An error of such a sync is kept and thrown by
+ * writes the data to disk, and the disk flushes its write cache (direct writes wait there too),
+ * while the next blocks are computed, and the runner's fsync before the rename finds little left
+ * to flush. An error of such a sync is kept and thrown by
  * {@linkcode Writeback.finish}: Linux reports a writeback error once per descriptor, and the
  * runner's later fsync on a new descriptor might not see it.
  * @module

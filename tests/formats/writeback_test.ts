@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { createFileSink, DIRECT_BLOCK_BYTES, DIRECT_MIN_BYTES } from "../../formats/_file_sink.ts";
 import { Writeback } from "../../formats/_writeback.ts";
 import { phaseClock } from "../../formats/phase_clock.ts";
 import { writeSafetensors } from "../../formats/safetensors.ts";
@@ -88,6 +89,33 @@ Deno.test("`saveTorchStateDict()` with syncEvery syncs while writing and writes 
     for (const k of a.keys()) {
       assert.deepEqual(await b.require(k).read(), await a.require(k).read(), k);
     }
+  } finally {
+    phaseClock.disable();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a direct I/O sink with syncEvery syncs while writing too: a direct write is not yet durable on a disk with a write cache", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = join(dir, "big");
+    phaseClock.enable();
+    const sink = await createFileSink(path, {
+      expectedBytes: DIRECT_MIN_BYTES,
+      syncEvery: DIRECT_BLOCK_BYTES,
+    });
+    assert.equal(sink.direct, true, "this machine's temporary folder takes O_DIRECT");
+    const block = new Uint8Array(DIRECT_BLOCK_BYTES);
+    for (let i = 0; i < 6; i++) await sink.write(block.fill(i + 1));
+    await sink.write(new Uint8Array([42]));
+    await sink.finish();
+    const calls = phaseClock.snapshot().fsync?.calls ?? 0;
+    phaseClock.disable();
+    assert.ok(calls >= 1, `background syncs ran while the blocks were written (${calls})`);
+    const got = await Deno.readFile(path);
+    assert.equal(got.length, 6 * DIRECT_BLOCK_BYTES + 1);
+    for (let i = 0; i < 6; i++) assert.equal(got[i * DIRECT_BLOCK_BYTES], i + 1);
+    assert.equal(got[got.length - 1], 42);
   } finally {
     phaseClock.disable();
     await Deno.remove(dir, { recursive: true });
