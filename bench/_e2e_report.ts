@@ -85,7 +85,7 @@ const PHASES: Array<[Phase, string]> = [
   ["cast", "dtype conversions outside the kernel"],
   ["write", "output bytes handed to the OS (direct I/O: waiting for the disk to free a block)"],
   ["hash", "sha256 on the hash worker"],
-  ["fsync", "fsync of the files and folders before the rename"],
+  ["fsync", "background syncs while writing (one at a time), fsyncs before the rename"],
   ["wait-data", "the writer waiting for its next block (read or merge behind)"],
   ["wait-hash", "the writer waiting for the hash worker to free a block"],
 ];
