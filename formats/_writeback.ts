@@ -19,6 +19,7 @@ export class Writeback {
   #file: Deno.FsFile | undefined;
   #error: unknown;
   #failed = false;
+  #abandoned = false;
 
   /** Syncs `path` (open for writing elsewhere) after every `every` bytes reported written. */
   constructor(path: string, every: number) {
@@ -29,14 +30,18 @@ export class Writeback {
   /** Reports `n` more bytes written; starts a sync when `every` bytes wait and none runs. */
   wrote(n: number): void {
     this.#unsynced += n;
-    if (this.#unsynced < this.#every || this.#inFlight) return;
+    if (this.#unsynced < this.#every || this.#inFlight || this.#abandoned) return;
     this.#unsynced = 0;
     this.#inFlight = this.#sync().finally(() => this.#inFlight = undefined);
   }
 
   async #sync(): Promise<void> {
     try {
-      this.#file ??= await Deno.open(this.#path, { read: true });
+      if (!this.#file) {
+        const file = await Deno.open(this.#path, { read: true });
+        if (this.#abandoned) return file.close();
+        this.#file = file;
+      }
       const t0 = phaseClock.start();
       await this.#file.syncData();
       phaseClock.stop("fsync", t0);
@@ -54,12 +59,17 @@ export class Writeback {
     if (this.#failed) throw this.#error;
   }
 
-  /** Waits for the sync in flight and closes the descriptor, ignoring errors (the write failed). */
-  async abandon(): Promise<void> {
-    await this.#inFlight;
+  /**
+   * Closes the descriptor at once, ignoring errors (the write failed or was stopped), and starts
+   * no more syncs. A sync in flight is not waited for: on a slow disk it can take most of a second,
+   * which an abort must not wait out; it ends on its own (the file closes when it does).
+   */
+  abandon(): Promise<void> {
+    this.#abandoned = true;
     try {
       this.#file?.close();
     } catch { /* closed */ }
     this.#file = undefined;
+    return Promise.resolve();
   }
 }

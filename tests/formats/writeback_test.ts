@@ -63,6 +63,32 @@ Deno.test("`Writeback` keeps a failed sync's error for finish() and starts one s
   }
 });
 
+Deno.test("`Writeback.abandon()` does not wait for a sync in flight, and no sync runs after it", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = join(dir, "f");
+    await Deno.writeFile(path, new Uint8Array(100));
+    const openFds = () => [...Deno.readDirSync("/proc/self/fd")].length;
+    const before = openFds();
+    phaseClock.enable();
+    const wb = new Writeback(path, 1);
+    wb.wrote(1); // a sync starts: its open is in flight
+    await wb.abandon();
+    assert.equal(phaseClock.snapshot().fsync?.calls ?? 0, 0, "abandon returned before the sync");
+    wb.wrote(1); // abandoned: nothing starts
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(
+      phaseClock.snapshot().fsync?.calls ?? 0,
+      0,
+      "the sync in flight stopped at its open",
+    );
+    assert.equal(openFds(), before, "the descriptor the sync opened is closed");
+  } finally {
+    phaseClock.disable();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("`saveTorchStateDict()` with syncEvery syncs while writing and writes the same bytes", async () => {
   const dir = await Deno.makeTempDir();
   try {
