@@ -14,7 +14,12 @@
  * write is done when the device has the bytes, not when they are durable. A disk with a volatile
  * write cache (a virtual machine's disk with the host's cache behind it, most SSDs) holds them
  * there until a flush, and the fsync before the rename would otherwise wait for all of them at
- * once, after the CPU work, instead of while it runs.
+ * once, after the CPU work, instead of while it runs. The direct sink starts one only while at most
+ * half its ring is queued for the disk: when the disk is what the export waits for (a gather), a
+ * flush would hold up the writes queued behind it, and the final fsync costs less than the flushes.
+ * Measured on this project's VM, alternating runs against no early sync and an unconditional one:
+ * `ckpt gather` 1.99 s against 2.02 and 2.27 s, `ckpt merge` 2.43 s against 2.75 and 2.61 s,
+ * halos-final 2.55 s against 2.76 and 2.67 s (medians).
  *
  * No copy on the way: a writer may {@linkcode FileSink.reserve} the ring's memory for its next
  * bytes and produce them there (a positional read, a merge's output), and `onBytes` (the output
@@ -209,6 +214,8 @@ class DirectSink implements FileSink {
   #nextId = 0;
   /** What each ring block still waits for, if anything. */
   readonly #inFlight: (BlockInFlight | undefined)[] = new Array(RING_BLOCKS).fill(undefined);
+  /** Writes sent to the worker and not answered yet. */
+  #writesQueued = 0;
   /** Bytes sent to the worker (whole blocks until the last). */
   #sent = 0;
   /** Bytes written (sent, or waiting in the current block). */
@@ -321,8 +328,9 @@ class DirectSink implements FileSink {
    */
   #send(length: number, real: number): void {
     const start = this.#sent % DIRECT_RING_BYTES;
+    this.#writesQueued++;
     const write = this.#call({ op: "write", start, length, offset: this.#sent })
-      .then(() => this.#writeback?.wrote(length));
+      .then(() => this.#writeback?.wrote(length, --this.#writesQueued > RING_BLOCKS / 2));
     write.catch(() => {}); // awaited before the block is reused, and in finish
     let hash: Promise<void> | undefined;
     if (this.#onBytes) {

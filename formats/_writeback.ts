@@ -27,10 +27,14 @@ export class Writeback {
     this.#every = every;
   }
 
-  /** Reports `n` more bytes written; starts a sync when `every` bytes wait and none runs. */
-  wrote(n: number): void {
+  /**
+   * Reports `n` more bytes written; starts a sync when `every` bytes wait, none runs, and the
+   * writer is not `busy` (true: writes are queued behind this one, and a flush now would hold
+   * them up).
+   */
+  wrote(n: number, busy = false): void {
     this.#unsynced += n;
-    if (this.#unsynced < this.#every || this.#inFlight || this.#abandoned) return;
+    if (this.#unsynced < this.#every || this.#inFlight || this.#abandoned || busy) return;
     this.#unsynced = 0;
     this.#inFlight = this.#sync().finally(() => this.#inFlight = undefined);
   }

@@ -36,7 +36,7 @@ Deno.test("`writeSafetensors()` with syncEvery syncs while writing and writes th
   }
 });
 
-Deno.test("`Writeback` keeps a failed sync's error for finish() and starts one sync at a time", async () => {
+Deno.test("`Writeback` keeps a failed sync's error for finish(), starts one sync at a time, and none while the writer is busy", async () => {
   const missing = new Writeback("/nonexistent-ckpt-dir/file", 10);
   missing.wrote(9); // below the threshold: nothing starts
   await missing.finish();
@@ -54,6 +54,15 @@ Deno.test("`Writeback` keeps a failed sync's error for finish() and starts one s
     const calls = phaseClock.snapshot().fsync?.calls ?? 0;
     phaseClock.disable();
     assert.equal(calls, 1);
+    const busy = new Writeback(path, 1);
+    phaseClock.enable();
+    for (let i = 0; i < 5; i++) busy.wrote(1, true); // writes queued behind each: no flush
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(phaseClock.snapshot().fsync?.calls ?? 0, 0, "no sync while the writer is busy");
+    busy.wrote(0); // the first report of a writer not busy starts the sync the bytes wait for
+    await busy.finish();
+    assert.equal(phaseClock.snapshot().fsync?.calls ?? 0, 1);
+    phaseClock.disable();
     const quiet = new Writeback(join(dir, "gone"), 1);
     quiet.wrote(1);
     await quiet.abandon(); // the write failed anyway: no second error

@@ -15,10 +15,10 @@ import type { ModelPlan } from "./plan.ts";
 
 /**
  * The weights files start an `fdatasync` every 16 MiB while they are written (direct I/O too: a
- * disk's write cache holds direct writes until a flush), so the disk drains while the merge and the
- * hash run and the runner's fsync before the rename has little left to wait for. 16 MiB against
- * 64: `ckpt merge` of the 1 GB e2e model 2.49 s against 2.80 s median (alternating runs), gather
- * and page-cache writes unchanged.
+ * disk's write cache holds direct writes until a flush; `formats/_file_sink.ts` says when), so the
+ * disk drains while the merge and the hash run and the runner's fsync before the rename has little
+ * left to wait for. 16 MiB against 64: `ckpt merge` of the 1 GB e2e model 2.49 s against 2.80 s
+ * median (alternating runs), page-cache writes unchanged.
  */
 const EARLY_SYNC_BYTES = 16 * 2 ** 20;
 
