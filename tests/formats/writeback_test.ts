@@ -156,3 +156,36 @@ Deno.test("a direct I/O sink with syncEvery syncs while writing too: a direct wr
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a direct I/O sink starts no background sync while more than half its ring waits for the disk, and syncs once the disk catches up", async () => {
+  const dir = await Deno.makeTempDir();
+  const Real = globalThis.Worker;
+  let disk: Worker | undefined;
+  // the sink's worker is the slow-disk test worker, kept here to tell it when to catch up
+  globalThis.Worker = class extends Real {
+    constructor(url: string | URL, options?: WorkerOptions) {
+      const ours = String(url).endsWith("/formats/_direct_file_worker.ts");
+      super(ours ? new URL("./_slow_disk_sink_worker.ts", import.meta.url) : url, options);
+      if (ours) disk = this;
+    }
+  };
+  try {
+    phaseClock.enable();
+    const sink = await createFileSink(join(dir, "slow"), {
+      expectedBytes: DIRECT_MIN_BYTES,
+      syncEvery: DIRECT_BLOCK_BYTES,
+    });
+    assert.ok(disk, "the sink started the slow-disk worker");
+    const block = new Uint8Array(DIRECT_BLOCK_BYTES);
+    for (let i = 0; i < 24; i++) await sink.write(block); // 19 writes answered, 5 always queued
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(phaseClock.snapshot().fsync?.calls ?? 0, 0, "no flush held up the queued writes");
+    disk.postMessage({ op: "drain" });
+    await sink.finish(); // waits for the sync the drained writes started
+    assert.ok((phaseClock.snapshot().fsync?.calls ?? 0) >= 1, "a sync ran once the disk caught up");
+  } finally {
+    globalThis.Worker = Real;
+    phaseClock.disable();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
