@@ -427,10 +427,11 @@ class DirectSink implements FileSink {
   }
 
   async abandon(): Promise<void> {
+    // first: the writes that end below must not start a sync of a file being given up
+    await this.#writeback?.abandon();
     // the hashes need not end: nothing reuses the memory after this
     for (const f of this.#inFlight) await f?.write.catch(() => {});
     await this.#call({ op: "close" }).catch(() => {});
-    await this.#writeback?.abandon();
     this.#end();
   }
 

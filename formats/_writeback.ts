@@ -63,6 +63,11 @@ export class Writeback {
     if (this.#failed) throw this.#error;
   }
 
+  /** Resolves once no sync is in flight (never rejects): what an abandoned one leaves running. */
+  async settled(): Promise<void> {
+    while (this.#inFlight) await this.#inFlight;
+  }
+
   /**
    * Closes the descriptor at once, ignoring errors (the write failed or was stopped), and starts
    * no more syncs. A sync in flight is not waited for: on a slow disk it can take most of a second,

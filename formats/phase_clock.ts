@@ -28,8 +28,8 @@
  * The phases: `read` (positional reads of inputs), `cast` (dtype conversions outside the merge
  * kernel), `merge` (a block on the merge backend, its decode and encode included), `write` (output
  * bytes handed to the OS), `hash` (sha256 on the hash worker), `fsync` (the writers' background
- * syncs while they write, and the runner's fsyncs of files and folders), `wait-data` (a writer waiting for its next block), `wait-hash` (a writer
- * waiting for the hash worker to catch up).
+ * syncs while they write, and the runner's fsyncs of files and folders), `wait-data` (a writer
+ * waiting for its next block), `wait-hash` (a writer waiting for the hash worker to catch up).
  */
 export type Phase =
   | "read"

@@ -66,6 +66,7 @@ Deno.test("`Writeback` keeps a failed sync's error for finish(), starts one sync
     const quiet = new Writeback(join(dir, "gone"), 1);
     quiet.wrote(1);
     await quiet.abandon(); // the write failed anyway: no second error
+    await quiet.settled();
   } finally {
     phaseClock.disable();
     await Deno.remove(dir, { recursive: true });
@@ -84,14 +85,13 @@ Deno.test("`Writeback.abandon()` does not wait for a sync in flight, and no sync
     wb.wrote(1); // a sync starts: its open is in flight
     await wb.abandon();
     assert.equal(phaseClock.snapshot().fsync?.calls ?? 0, 0, "abandon returned before the sync");
-    wb.wrote(1); // abandoned: nothing starts
-    await new Promise((r) => setTimeout(r, 50));
-    assert.equal(
-      phaseClock.snapshot().fsync?.calls ?? 0,
-      0,
-      "the sync in flight stopped at its open",
-    );
+    await wb.settled();
+    assert.equal(phaseClock.snapshot().fsync?.calls ?? 0, 0, "the sync stopped at its open");
     assert.equal(openFds(), before, "the descriptor the sync opened is closed");
+    wb.wrote(1); // abandoned, and no sync in flight any more: nothing starts
+    await wb.settled();
+    assert.equal(phaseClock.snapshot().fsync?.calls ?? 0, 0, "no sync after abandon");
+    assert.equal(openFds(), before);
   } finally {
     phaseClock.disable();
     await Deno.remove(dir, { recursive: true });
@@ -139,11 +139,11 @@ Deno.test("a direct I/O sink with syncEvery syncs while writing too: a direct wr
       expectedBytes: DIRECT_MIN_BYTES,
       syncEvery: DIRECT_BLOCK_BYTES,
     });
-    assert.equal(sink.direct, true, "this machine's temporary folder takes O_DIRECT");
     const block = new Uint8Array(DIRECT_BLOCK_BYTES);
     for (let i = 0; i < 6; i++) await sink.write(block.fill(i + 1));
     await sink.write(new Uint8Array([42]));
     await sink.finish();
+    assert.equal(sink.direct, true, "this machine's temporary folder takes O_DIRECT");
     const calls = phaseClock.snapshot().fsync?.calls ?? 0;
     phaseClock.disable();
     assert.ok(calls >= 1, `background syncs ran while the blocks were written (${calls})`);
@@ -183,6 +183,37 @@ Deno.test("a direct I/O sink starts no background sync while more than half its 
     disk.postMessage({ op: "drain" });
     await sink.finish(); // waits for the sync the drained writes started
     assert.ok((phaseClock.snapshot().fsync?.calls ?? 0) >= 1, "a sync ran once the disk caught up");
+  } finally {
+    globalThis.Worker = Real;
+    phaseClock.disable();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("an abandoned direct I/O sink starts no background sync for the writes that end after it gave up", async () => {
+  const dir = await Deno.makeTempDir();
+  const Real = globalThis.Worker;
+  let disk: Worker | undefined;
+  globalThis.Worker = class extends Real {
+    constructor(url: string | URL, options?: WorkerOptions) {
+      const ours = String(url).endsWith("/formats/_direct_file_worker.ts");
+      super(ours ? new URL("./_slow_disk_sink_worker.ts", import.meta.url) : url, options);
+      if (ours) disk = this;
+    }
+  };
+  try {
+    phaseClock.enable();
+    const sink = await createFileSink(join(dir, "slow"), {
+      expectedBytes: DIRECT_MIN_BYTES,
+      syncEvery: DIRECT_BLOCK_BYTES,
+    });
+    const block = new Uint8Array(DIRECT_BLOCK_BYTES);
+    for (let i = 0; i < 12; i++) await sink.write(block); // 5 writes still queued
+    const abandoned = sink.abandon();
+    disk!.postMessage({ op: "drain" }); // the queued writes end now, the disk no longer behind
+    await abandoned;
+    await new Promise((r) => setTimeout(r, 100)); // a sync started by them would have ended
+    assert.equal(phaseClock.snapshot().fsync?.calls ?? 0, 0, "no sync of a file given up");
   } finally {
     globalThis.Worker = Real;
     phaseClock.disable();
