@@ -1,6 +1,11 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { createFileSink, DIRECT_BLOCK_BYTES, DIRECT_MIN_BYTES } from "../../formats/_file_sink.ts";
+import {
+  createFileSink,
+  DIRECT_BLOCK_BYTES,
+  DIRECT_MIN_BYTES,
+  type FileSink,
+} from "../../formats/_file_sink.ts";
 import { Writeback } from "../../formats/_writeback.ts";
 import { phaseClock } from "../../formats/phase_clock.ts";
 import { writeSafetensors } from "../../formats/safetensors.ts";
@@ -157,11 +162,15 @@ Deno.test("a direct I/O sink with syncEvery syncs while writing too: a direct wr
   }
 });
 
-Deno.test("a direct I/O sink starts no background sync while more than half its ring waits for the disk, and syncs once the disk catches up", async () => {
+/**
+ * Runs `fn` with a direct sink (syncing every block, the phase clock on) whose worker is the
+ * slow-disk test worker (`_slow_disk_sink_worker.ts`: five writes always unanswered), and with that
+ * worker, to tell it when the disk catches up (`{ op: "drain" }`).
+ */
+async function withSlowDisk(fn: (sink: FileSink, disk: Worker) => Promise<void>): Promise<void> {
   const dir = await Deno.makeTempDir();
   const Real = globalThis.Worker;
   let disk: Worker | undefined;
-  // the sink's worker is the slow-disk test worker, kept here to tell it when to catch up
   globalThis.Worker = class extends Real {
     constructor(url: string | URL, options?: WorkerOptions) {
       const ours = String(url).endsWith("/formats/_direct_file_worker.ts");
@@ -176,6 +185,16 @@ Deno.test("a direct I/O sink starts no background sync while more than half its 
       syncEvery: DIRECT_BLOCK_BYTES,
     });
     assert.ok(disk, "the sink started the slow-disk worker");
+    await fn(sink, disk);
+  } finally {
+    globalThis.Worker = Real;
+    phaseClock.disable();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+Deno.test("a direct I/O sink starts no background sync while more than half its ring waits for the disk, and syncs once the disk catches up", async () => {
+  await withSlowDisk(async (sink, disk) => {
     const block = new Uint8Array(DIRECT_BLOCK_BYTES);
     for (let i = 0; i < 24; i++) await sink.write(block); // 19 writes answered, 5 always queued
     await new Promise((r) => setTimeout(r, 50));
@@ -183,40 +202,17 @@ Deno.test("a direct I/O sink starts no background sync while more than half its 
     disk.postMessage({ op: "drain" });
     await sink.finish(); // waits for the sync the drained writes started
     assert.ok((phaseClock.snapshot().fsync?.calls ?? 0) >= 1, "a sync ran once the disk caught up");
-  } finally {
-    globalThis.Worker = Real;
-    phaseClock.disable();
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("an abandoned direct I/O sink starts no background sync for the writes that end after it gave up", async () => {
-  const dir = await Deno.makeTempDir();
-  const Real = globalThis.Worker;
-  let disk: Worker | undefined;
-  globalThis.Worker = class extends Real {
-    constructor(url: string | URL, options?: WorkerOptions) {
-      const ours = String(url).endsWith("/formats/_direct_file_worker.ts");
-      super(ours ? new URL("./_slow_disk_sink_worker.ts", import.meta.url) : url, options);
-      if (ours) disk = this;
-    }
-  };
-  try {
-    phaseClock.enable();
-    const sink = await createFileSink(join(dir, "slow"), {
-      expectedBytes: DIRECT_MIN_BYTES,
-      syncEvery: DIRECT_BLOCK_BYTES,
-    });
+  await withSlowDisk(async (sink, disk) => {
     const block = new Uint8Array(DIRECT_BLOCK_BYTES);
     for (let i = 0; i < 12; i++) await sink.write(block); // 5 writes still queued
     const abandoned = sink.abandon();
-    disk!.postMessage({ op: "drain" }); // the queued writes end now, the disk no longer behind
+    disk.postMessage({ op: "drain" }); // the queued writes end now, the disk no longer behind
     await abandoned;
     await new Promise((r) => setTimeout(r, 100)); // a sync started by them would have ended
     assert.equal(phaseClock.snapshot().fsync?.calls ?? 0, 0, "no sync of a file given up");
-  } finally {
-    globalThis.Worker = Real;
-    phaseClock.disable();
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
