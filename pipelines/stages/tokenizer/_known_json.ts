@@ -68,14 +68,15 @@ export async function knownByStat(
     return undefined;
   }
   const known = { sha256, highestId };
-  keepByStat(key, known);
+  keep(byStat, key, known);
   return known;
 }
 
-function keepByStat(key: string, known: { sha256: string; highestId: number }): void {
-  byStat.delete(key);
-  if (byStat.size >= KNOWN_MAX) byStat.delete(byStat.keys().next().value!);
-  byStat.set(key, known);
+/** Sets `key` in `map` as its newest entry, dropping the oldest beyond {@linkcode KNOWN_MAX}. */
+function keep<V>(map: Map<string, V>, key: string, value: V): void {
+  map.delete(key);
+  if (map.size >= KNOWN_MAX) map.delete(map.keys().next().value!);
+  map.set(key, value);
 }
 
 /**
@@ -96,14 +97,8 @@ export async function rememberByStat(
   const mtime = info.mtime!.getTime(), ctime = info.ctime!.getTime();
   if (Math.max(mtime, ctime) > statAt - SETTLED_MS || ctime === mtime) return;
   if (byStat.get(key)?.sha256 === sha256) return;
-  keepByStat(key, { sha256, highestId });
+  keep(byStat, key, { sha256, highestId });
   await rememberPass(key, { sha256, highestId });
-}
-
-function keep(digest: string, highestId: number): void {
-  known.delete(digest);
-  if (known.size >= KNOWN_MAX) known.delete(known.keys().next().value!);
-  known.set(digest, highestId);
 }
 
 /** The highest token id of the text with sha256 `digest`, if it is known to parse. */
@@ -112,12 +107,12 @@ export async function knownHighestId(digest: string): Promise<number | undefined
   if (mem !== undefined) return mem;
   const id = (await passedBefore(cacheKey(digest)))?.found?.highestId;
   if (typeof id !== "number" || !Number.isSafeInteger(id) || id < -1) return undefined;
-  keep(digest, id);
+  keep(known, digest, id);
   return id;
 }
 
 /** Records that the text with sha256 `digest` parsed, holding ids up to `highestId`. */
 export async function rememberParsed(digest: string, highestId: number): Promise<void> {
-  keep(digest, highestId);
+  keep(known, digest, highestId);
   await rememberPass(cacheKey(digest), { highestId });
 }

@@ -10,7 +10,7 @@ import { inputReadError, readTextInput } from "../../../formats/read_text.ts";
 import { asInt, isObject, parsePyJson, type PyJson } from "../_pyjson.ts";
 import type { FileWitness } from "../_file_witness.ts";
 import { knownByStat, knownHighestId, rememberByStat, rememberParsed } from "./_known_json.ts";
-import { createHash } from "node:crypto";
+import { sha256Hex } from "../../hashing.ts";
 
 /** Tokenizer and processor files copied when present (mergekit's list plus the vocab files). */
 export const TOKENIZER_FILES: readonly string[] = [
@@ -189,7 +189,7 @@ async function readTokenizerJson(
     throw inputReadError(cause, "TOKENIZER_INVALID", "tokenizer file", path);
   }
   // the digest of the bytes, and the text decoded only when something reads it
-  const sha256 = createHash("sha256").update(bytes).digest("hex");
+  const sha256 = sha256Hex(bytes);
   let decoded: string | undefined;
   const text = () => (decoded ??= decodeTokenizerText(bytes));
   if (!tree) {
@@ -248,7 +248,7 @@ function lazyText(path: string, sha256: string): () => string {
     } catch (cause) {
       throw inputReadError(cause, "TOKENIZER_INVALID", "tokenizer file", path);
     }
-    if (createHash("sha256").update(bytes).digest("hex") !== sha256) {
+    if (sha256Hex(bytes) !== sha256) {
       throw new CkptError(
         "TOKENIZER_INVALID",
         `Cannot read "${path}": it changed since it was looked at`,
