@@ -82,9 +82,9 @@ export class TorchZipWriter {
    * given, is called with every byte written, in file order, as it is written (the bytes may
    * change once it returns, or once a promise it returns settles: copy what you keep). With
    * `syncEvery`, an `fdatasync` of the file starts in the background after every that many bytes
-   * (its error fails {@linkcode TorchZipWriter.finish}). With `expectedBytes` (about the file's size), a new
-   * `path` (which must not exist) is created and a large file is written with direct I/O
-   * (`_file_sink.ts`); without it, `path` is truncated if it exists.
+   * (its error fails {@linkcode TorchZipWriter.finish}). With `expectedBytes` (about the file's
+   * size), a new `path` (which must not exist) is created and a large file is written with direct
+   * I/O (`_file_sink.ts`); without it, `path` is truncated if it exists.
    */
   static async create(
     path: string,

@@ -1,7 +1,8 @@
 /**
  * Private: what a preflight saw of the file system (each path it looked at, present or not, with
- * its device, inode, size, modification and change times), so the stage's run can tell, by `stat` alone,
- * whether what its preflight read still holds (writeTokenizer's plan, writeOptim's loaded inputs).
+ * its device, inode, size, modification and change times), so the stage's run can tell, by `stat`
+ * alone, whether what its preflight read still holds (writeTokenizer's plan, writeOptim's loaded
+ * inputs).
  * @module
  */
 
