@@ -7,13 +7,14 @@
  * failed run leaves nothing behind.
  */
 import assert from "node:assert/strict";
-import { join, relative } from "node:path";
+import { join } from "node:path";
 import { makeDemoRun } from "../../examples/_demo_run.ts";
 import { CkptError } from "../../errors.ts";
 import { loadPreset } from "../../pipelines/presets.ts";
 import { runPipeline } from "../../pipelines/run.ts";
 import { withCacheDir } from "../_helpers/cache_dir.ts";
 import { withTempDir } from "../_helpers/tmp.ts";
+import { listFiles } from "./_context.ts";
 
 /** The damages, each from the file's bytes and a seeded random source. */
 const DAMAGES: readonly [string, (b: Uint8Array, rnd: (n: number) => number) => Uint8Array][] = [
@@ -36,21 +37,11 @@ function flip(b: Uint8Array, n: number, within: number, rnd: (n: number) => numb
   return c;
 }
 
-async function filesUnder(dir: string): Promise<string[]> {
-  const out: string[] = [];
-  for await (const e of Deno.readDir(dir)) {
-    const p = join(dir, e.name);
-    if (e.isDirectory) out.push(...await filesUnder(p));
-    else out.push(p);
-  }
-  return out.sort();
-}
-
 Deno.test("a demo run with any one input damaged either exports or fails with a coded error, leaving nothing", async () => {
   await withCacheDir(() =>
     withTempDir(async (dir) => {
       const clean = await makeDemoRun(join(dir, "clean"), { size: "tiny" });
-      const files = (await filesUnder(clean.dir)).map((f) => relative(clean.dir, f));
+      const files = await listFiles(clean.dir);
       let x = 7;
       const rnd = (n: number) => (x = (x * 1103515245 + 12345) % 2 ** 31) % Math.max(n, 1);
       const failures = new Map<string, number>();
@@ -81,8 +72,9 @@ Deno.test("a demo run with any one input damaged either exports or fails with a 
           if (ok) {
             exported++;
             // what transformers reads must read: every JSON file of the export parses
-            for (const f of (await filesUnder(out)).filter((p) => p.endsWith(".json"))) {
-              assert.doesNotThrow(() => JSON.parse(Deno.readTextFileSync(f)), `${what}: ${f}`);
+            for (const f of (await listFiles(out)).filter((p) => p.endsWith(".json"))) {
+              const text = Deno.readTextFileSync(join(out, f));
+              assert.doesNotThrow(() => JSON.parse(text), `${what}: ${f}`);
             }
             await Deno.remove(out, { recursive: true });
           }

@@ -3,8 +3,8 @@
  * preflight needs not read it; a record never outlives a change of the file.
  */
 import assert from "node:assert/strict";
-import { createHash } from "node:crypto";
 import { join } from "node:path";
+import { sha256Hex as sha256 } from "../../../../pipelines/hashing.ts";
 import { readTokenizerFolder } from "../../../../pipelines/stages/tokenizer/folder.ts";
 import {
   knownByStat,
@@ -15,8 +15,6 @@ import { tokenizerVocabSize } from "../../../../pipelines/stages/tokenizer/vocab
 import { withCacheDir } from "../../../_helpers/cache_dir.ts";
 import { withTempDir } from "../../../_helpers/tmp.ts";
 import { smallFolder } from "./_small_tokenizer.ts";
-
-const sha256 = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest("hex");
 
 /** The paths `Deno.readFile` and `Deno.readFileSync` were given while `fn` ran. */
 async function reads<T>(fn: () => Promise<T>): Promise<{ result: T; paths: string[] }> {
