@@ -1,7 +1,8 @@
 /**
  * The CPU merge backend: a WebAssembly SIMD kernel (`kernels/cpu/kernel.ts`, generated at startup)
- * run by workers that share one `WebAssembly.Memory`, each merging a contiguous range of the
- * block's rows. Results equal `kernels/reference.ts` bit for bit.
+ * run by workers that share one `WebAssembly.Memory` and claim the block's rows chunk by chunk
+ * (`_chunks.ts`). Results equal `kernels/reference.ts` bit for bit; the ‖ΔW‖ sums do not depend on
+ * the worker count.
  *
  * A block is copied into the shared memory (A rearranged by 16-column tile as the kernel reads it,
  * `packA`), merged by the workers in parallel (one block at a
@@ -28,15 +29,16 @@
  * @module
  */
 import { CkptError } from "../../errors.ts";
-import {
-  compileKernel,
-  type CpuTask,
-  KernelCache,
-  kernelKey,
-  kernelKind,
-  runCpuTask,
-} from "./_rows.ts";
+import { compileKernel, type CpuTask, KernelCache, kernelKey, kernelKind } from "./_rows.ts";
 import { KERNEL_MAX_PAGES, packA } from "./kernel.ts";
+import {
+  addChunkSums,
+  CHUNK_ELEMENTS,
+  chunkCount,
+  type ChunkedTask,
+  chunkRows,
+  runAllChunks,
+} from "./_chunks.ts";
 import { phaseClock } from "../../formats/phase_clock.ts";
 import {
   MERGE_DTYPE_SIZE,
@@ -55,13 +57,19 @@ export interface CpuBackendOptions {
   /** Blocks with fewer than this many `weights × rank` products run on the calling thread
    * (default 2^20). */
   inlineBelow?: number;
+  /** Elements per chunk of a block that the workers claim one at a time (default 2^18, about
+   * 512 KiB of bf16; tests make it small to give small blocks several chunks). */
+  chunkElements?: number;
 }
 
 const PAGE = 65536;
+/** The claim counter of the block being merged (one at a time): in the memory's first page, which
+ * no slot uses (slots start past the memory's initial 16 pages). */
+const COUNTER_PTR = 0;
 const align = (n: number) => Math.ceil(n / 64) * 64;
 
 interface Pending {
-  resolve: (change?: MergeChangeSums) => void;
+  resolve: (sums: number[]) => void;
   reject: (e: Error) => void;
 }
 
@@ -93,12 +101,14 @@ class CpuBackend implements CpuMergeBackend {
   /** The workers' turn: one block merged at a time. */
   #compute: Promise<unknown> = Promise.resolve();
   #inlineBelow: number;
+  #chunkElements: number;
   #disposed = false;
 
-  constructor(workers: number, inlineBelow: number) {
+  constructor(workers: number, inlineBelow: number, chunkElements: number) {
     this.#mem = new WebAssembly.Memory({ initial: 16, maximum: KERNEL_MAX_PAGES, shared: true });
     this.#cache = new KernelCache(this.#mem);
     this.#inlineBelow = inlineBelow;
+    this.#chunkElements = chunkElements;
     this.#workers = [];
     this.#sent = [];
     for (let n = 0; n < workers; n++) {
@@ -107,14 +117,10 @@ class CpuBackend implements CpuMergeBackend {
         name: `ckpt-merge-cpu-${n}`,
       });
       w.onmessage = (e: MessageEvent) => {
-        const { id, error, change } = e.data as {
-          id: number;
-          error?: string;
-          change?: MergeChangeSums;
-        };
+        const { id, error, sums } = e.data as { id: number; error?: string; sums?: number[] };
         const p = this.#pending.get(id);
         this.#pending.delete(id);
-        if (error === undefined) p?.resolve(change);
+        if (error === undefined) p?.resolve(sums ?? []);
         else p?.reject(new CkptError("MERGE_CPU_WORKER", `Cannot merge on the CPU: ${error}`));
       };
       w.onerror = (e: ErrorEvent) => {
@@ -303,46 +309,39 @@ class CpuBackend implements CpuMergeBackend {
     n: number,
     work: number,
   ): Promise<MergeChangeSums | undefined> {
-    const { rows } = req;
-    const dora = base.dora;
-    if (n <= 1 || work < this.#inlineBelow) {
-      return runCpuTask(this.#mem, this.#cache, { ...base, row0: 0, row1: rows });
-    } else {
-      const kernelOut = dora ? "F32" : req.outDtype;
-      const module = this.#module(
-        base.key,
-        kernelKind(req.wDtype, kernelOut, base.rank, base.cols),
+    const job: ChunkedTask = {
+      ...base,
+      rows: req.rows,
+      chunkRows: chunkRows(base.cols, this.#chunkElements),
+      counterPtr: COUNTER_PTR,
+    };
+    const chunks = chunkCount(job);
+    const threads = Math.min(n, chunks);
+    if (threads <= 1 || work < this.#inlineBelow) return runAllChunks(this.#mem, this.#cache, job);
+    const module = this.#module(
+      base.key,
+      kernelKind(req.wDtype, base.dora ? "F32" : req.outDtype, base.rank, base.cols),
+    );
+    Atomics.store(new Int32Array(this.#mem.buffer as unknown as ArrayBuffer, COUNTER_PTR, 1), 0, 0);
+    const jobs: Promise<number[]>[] = [];
+    for (let t = 0; t < threads; t++) {
+      const id = this.#nextId++;
+      const sent = this.#sent[t]!;
+      const first = !sent.has(base.key);
+      sent.add(base.key);
+      jobs.push(
+        new Promise<number[]>((resolve, reject) => {
+          this.#pending.set(id, { resolve, reject });
+          this.#workers[t]!.postMessage({ type: "task", id, job, ...(first ? { module } : {}) });
+        }),
       );
-      const jobs: Promise<MergeChangeSums | undefined>[] = [];
-      for (let t = 0; t < n; t++) {
-        const row0 = Math.floor((rows * t) / n), row1 = Math.floor((rows * (t + 1)) / n);
-        const id = this.#nextId++;
-        const sent = this.#sent[t]!;
-        const first = !sent.has(base.key);
-        sent.add(base.key);
-        jobs.push(
-          new Promise<MergeChangeSums | undefined>((resolve, reject) => {
-            this.#pending.set(id, { resolve, reject });
-            this.#workers[t]!.postMessage({
-              type: "task",
-              id,
-              task: { ...base, row0, row1 },
-              ...(first ? { module } : {}),
-            });
-          }),
-        );
-      }
-      const parts = await Promise.all(jobs);
-      if (!base.change) return undefined;
-      const sums: MergeChangeSums = { sumSqW: 0, sumSqDelta: 0, maxAbs: 0 };
-      for (const p of parts) {
-        if (!p) continue;
-        sums.sumSqW += p.sumSqW;
-        sums.sumSqDelta += p.sumSqDelta;
-        sums.maxAbs = Math.max(sums.maxAbs, p.maxAbs);
-      }
-      return sums;
     }
+    // every thread has stopped claiming before the next block resets the counter, failed or not
+    const settled = await Promise.allSettled(jobs);
+    const failed = settled.find((r) => r.status === "rejected");
+    if (failed) throw failed.reason;
+    const parts = settled.map((r) => (r as PromiseFulfilledResult<number[]>).value);
+    return base.change ? addChunkSums(chunks, parts) : undefined;
   }
 
   dispose(): Promise<void> {
@@ -363,5 +362,11 @@ export function createCpuBackend(options: CpuBackendOptions = {}): Promise<CpuMe
     0,
     Math.min(16, Math.floor(options.workers ?? navigator.hardwareConcurrency ?? 1)),
   );
-  return Promise.resolve(new CpuBackend(workers, options.inlineBelow ?? 1 << 20));
+  return Promise.resolve(
+    new CpuBackend(
+      workers,
+      options.inlineBelow ?? 1 << 20,
+      Math.max(1, options.chunkElements ?? CHUNK_ELEMENTS),
+    ),
+  );
 }

@@ -178,7 +178,7 @@ Deno.test("`mergeLora()` computes the next row range ahead and serves it to an i
 });
 
 Deno.test("merged refs' `readInto()` writes `read()`'s bytes into the writer's buffer on every fixture case", async () => {
-  const cpu = await createCpuBackend({ workers: 2, inlineBelow: 0 });
+  const cpu = await createCpuBackend({ workers: 2, inlineBelow: 0, chunkElements: 64 });
   let inPlace = 0;
   const backend: MergeBackend = {
     kind: "cpu",

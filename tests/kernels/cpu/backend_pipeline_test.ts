@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import { createCpuBackend } from "../../../kernels/cpu/backend.ts";
 import { KernelCache, kernelKind, kernelsCompiled } from "../../../kernels/cpu/_rows.ts";
+import { chunkRows } from "../../../kernels/cpu/_chunks.ts";
 import { mergeRowsReference } from "../../../kernels/reference.ts";
 import { MERGE_DTYPE_SIZE } from "../../../kernels/types.ts";
 import { mergeKernelWasm } from "../../../kernels/cpu/kernel.ts";
@@ -48,7 +49,7 @@ Deno.test("`KernelCache.get()` instantiates a module it is given without compili
 });
 
 Deno.test("`createCpuBackend()` with workers compiles each kernel kind once for all its blocks and workers", async () => {
-  const cpu = await createCpuBackend({ workers: 2, inlineBelow: 0 });
+  const cpu = await createCpuBackend({ workers: 2, inlineBelow: 0, chunkElements: 64 });
   try {
     const at = kernelsCompiled.count;
     for (const seed of [1, 2, 3]) {
@@ -66,7 +67,7 @@ Deno.test("`createCpuBackend()` with workers compiles each kernel kind once for 
 
 Deno.test("`createCpuBackend()` with workers keeps up to 65 compiled kinds and starts over at the 66th", async () => {
   // two workers: a block of two rows is split between them (with one, it merges on this thread)
-  const cpu = await createCpuBackend({ workers: 2, inlineBelow: 0 });
+  const cpu = await createCpuBackend({ workers: 2, inlineBelow: 0, chunkElements: 1 });
   try {
     const merge = async (cols: number) => {
       const r = request("BF16", "BF16", 2, cols, 1, cols);
@@ -86,7 +87,7 @@ Deno.test("`createCpuBackend()` with workers keeps up to 65 compiled kinds and s
 
 Deno.test("`mergeRowsInto()` reads the next block in while the one before is still being read: two slots take turns", async () => {
   for (const workers of [0, 1]) {
-    const cpu = await createCpuBackend({ workers, inlineBelow: 0 });
+    const cpu = await createCpuBackend({ workers, inlineBelow: 0, chunkElements: 64 });
     try {
       const reqs = [1, 2, 3].map((seed) => request("BF16", "BF16", 4, 32, 2, seed));
       const reads: number[] = [];
@@ -149,7 +150,7 @@ Deno.test("`createCpuBackend()` merges, on a fresh backend, a block whose factor
   for (const workers of [0, 2]) {
     for (const r of [plain, dora, tall]) {
       // a fresh backend each: its first block goes at the start of the memory's growth
-      const cpu = await createCpuBackend({ workers, inlineBelow: 0 });
+      const cpu = await createCpuBackend({ workers, inlineBelow: 0, chunkElements: 64 });
       try {
         assertSameBytes(await cpu.mergeRows(r), mergeRowsReference(r), `${workers}: ${r.name}`);
       } finally {
@@ -167,7 +168,7 @@ Deno.test("`createCpuBackend()` at rank 0 keeps every weight as it is, -0 includ
   );
   const w = new Uint8Array(new Float32Array(values).buffer);
   for (const workers of [0, 2]) {
-    const cpu = await createCpuBackend({ workers, inlineBelow: 0 });
+    const cpu = await createCpuBackend({ workers, inlineBelow: 0, chunkElements: 64 });
     try {
       for (const scale of [1, -1.5]) {
         const r = {
@@ -193,7 +194,7 @@ Deno.test("`createCpuBackend()` at rank 0 keeps every weight as it is, -0 includ
 });
 
 Deno.test("`createCpuBackend()` with workers merges a DoRA block and then a plain one of the same shape, each with its own kernel", async () => {
-  const cpu = await createCpuBackend({ workers: 2, inlineBelow: 0 });
+  const cpu = await createCpuBackend({ workers: 2, inlineBelow: 0, chunkElements: 64 });
   try {
     const dora = request("BF16", "BF16", 8, 48, 4, 21, { dora: true });
     const plain = request("BF16", "BF16", 8, 48, 4, 22);
@@ -208,15 +209,16 @@ Deno.test("`createCpuBackend()` with workers merges a DoRA block and then a plai
   }
 });
 
-Deno.test("`createCpuBackend()` with workers merges a one-row block on the calling thread: its kernel is compiled for this thread, apart from the module the workers get", async () => {
+Deno.test("`createCpuBackend()` with workers merges a block of one chunk on the calling thread: its kernel is compiled for this thread, apart from the module the workers get", async () => {
   const cpu = await createCpuBackend({ workers: 2, inlineBelow: 0 });
   try {
     const at = kernelsCompiled.count;
-    const one = request("BF16", "F16", 1, 48, 4, 51);
+    const cols = 4096;
+    const one = request("BF16", "F16", chunkRows(cols), cols, 4, 51);
     assertSameBytes(await cpu.mergeRows(one), mergeRowsReference(one), one.name);
     assert.equal(kernelsCompiled.count - at, 1);
-    // two rows of the same kind go to the workers: their module is compiled now, once
-    const two = request("BF16", "F16", 2, 48, 4, 52);
+    // one row more is two chunks, for the workers: their module is compiled now, once
+    const two = request("BF16", "F16", chunkRows(cols) + 1, cols, 4, 52);
     assertSameBytes(await cpu.mergeRows(two), mergeRowsReference(two), two.name);
     assert.equal(kernelsCompiled.count - at, 2);
     assertSameBytes(await cpu.mergeRows(one), mergeRowsReference(one), `${one.name} again`);
@@ -245,7 +247,7 @@ Deno.test("`createCpuBackend()` gives the phase clock a block's merge time in mi
   }
 });
 
-Deno.test("the CPU merge worker answers a task with its id, and a task that throws with the error's stack: what failed and where", async () => {
+Deno.test("the CPU merge worker answers a block with its id and the sums of the chunks it claimed, and a block that throws with the error's stack: what failed and where", async () => {
   const worker = new Worker(new URL("../../../kernels/cpu/worker.ts", import.meta.url).href, {
     type: "module",
   });
@@ -263,19 +265,29 @@ Deno.test("the CPU merge worker answers a task with its id, and a task that thro
     const mem = new WebAssembly.Memory({ initial: 1, maximum: 2, shared: true });
     new Float32Array(mem.buffer as unknown as ArrayBuffer).set([1, -2, 3], 0);
     worker.postMessage({ type: "init", mem });
-    // one row of 3 columns (scalar tail only), rank 0: W copied from 0 to 256
-    const task = oneRowF32Task(0, 256, 1);
-    worker.postMessage({ type: "task", id: 1, task });
-    assert.deepEqual(await reply(), { id: 1 });
+    // one row of 3 columns (scalar tail only), rank 0: W copied from 0 to 256; the claim counter
+    // at 1024 (0: the first chunk is still to be claimed)
+    const { row0: _, row1: __, ...task } = oneRowF32Task(0, 256, 1);
+    const job = { ...task, rows: 1, chunkRows: 1, counterPtr: 1024 };
+    worker.postMessage({ type: "task", id: 1, job });
+    assert.deepEqual(await reply(), { id: 1, sums: [] });
     assert.deepEqual([...new Float32Array(mem.buffer as unknown as ArrayBuffer, 256, 3)], [
       1,
       -2,
       3,
     ]);
+    // with the ‖ΔW‖ sums: chunk 0's [chunk, ΣW², ΣΔ², max]
+    new Int32Array(mem.buffer as unknown as ArrayBuffer, 1024, 1)[0] = 0;
+    worker.postMessage({ type: "task", id: 2, job: { ...job, change: true } });
+    assert.deepEqual(await reply(), { id: 2, sums: [0, 14, 0, 0] });
+    // and nothing left to claim: no chunk merged
+    worker.postMessage({ type: "task", id: 3, job: { ...job, change: true } });
+    assert.deepEqual(await reply(), { id: 3, sums: [] });
     // rank 1 with A past the end of the memory: the tail's view of A (3 floats) cannot be made
-    worker.postMessage({ type: "task", id: 2, task: { ...task, rank: 1, aPtr: 1 << 20 } });
+    new Int32Array(mem.buffer as unknown as ArrayBuffer, 1024, 1)[0] = 0;
+    worker.postMessage({ type: "task", id: 4, job: { ...job, rank: 1, aPtr: 1 << 20 } });
     const failed = await reply() as { id: number; error: string };
-    assert.equal(failed.id, 2);
+    assert.equal(failed.id, 4);
     assert.match(failed.error, /^RangeError: Invalid typed array length: 3\n/);
     assert.match(failed.error, /\n +at runCpuTask \(.*kernels\/cpu\/_rows\.ts:\d+:\d+\)/);
   } finally {

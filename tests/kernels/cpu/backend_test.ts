@@ -21,7 +21,7 @@ Deno.test("`createCpuBackend()` equals the reference bit for bit over the corpus
 });
 
 Deno.test("`createCpuBackend()` with workers equals the reference bit for bit", async () => {
-  const cpu = await createCpuBackend({ workers: 2, inlineBelow: 0 });
+  const cpu = await createCpuBackend({ workers: 2, inlineBelow: 0, chunkElements: 64 });
   try {
     assert.match(cpu.description, /2 workers/);
     for (const req of corpus()) {
@@ -73,7 +73,7 @@ Deno.test("`createCpuBackend()` rounds bf16/f16 edges exactly like the reference
 
 Deno.test("`mergeRowsInto()` reads W into the shared memory and writes the reference's bytes into the caller's buffer", async () => {
   for (const workers of [0, 2]) {
-    const cpu = await createCpuBackend({ workers, inlineBelow: 0 });
+    const cpu = await createCpuBackend({ workers, inlineBelow: 0, chunkElements: 64 });
     try {
       const reqs = [
         ...corpus(),
@@ -171,7 +171,7 @@ Deno.test("`uleb()` and `sleb()` write LEB128 as the WebAssembly spec does, at e
 
 Deno.test("`mergeRowsInto()` with change adds the block's Σ W², Σ ΔW² and max |ΔW| as the read path measures them", async () => {
   for (const workers of [0, 2]) {
-    const cpu = await createCpuBackend({ workers, inlineBelow: 0 });
+    const cpu = await createCpuBackend({ workers, inlineBelow: 0, chunkElements: 64 });
     try {
       for (
         const r of [
@@ -200,6 +200,34 @@ Deno.test("`mergeRowsInto()` with change adds the block's Σ W², Σ ΔW² and m
   }
 });
 
+Deno.test("`mergeRowsInto()` gives the same Σ W², Σ ΔW² and max |ΔW| bits with 0, 1, 2 or 3 workers: chunks are added in order, whoever merged them", async () => {
+  // finite weights: sums that round at every addition, so another order shows in their bits
+  const reqs = [
+    request("BF16", "BF16", 257, 1040, 16, 104),
+    request("F16", "F32", 64, 1027, 8, 105),
+    request("F32", "BF16", 33, 70, 4, 106),
+  ].map((r) => ({ ...r, w: encodeF32(r.wDtype, seeded(r.rows * r.cols, r.rows, 4)) }));
+  const seen = new Map<string, string>();
+  for (const workers of [0, 1, 2, 3]) {
+    const cpu = await createCpuBackend({ workers, inlineBelow: 0, chunkElements: 4096 });
+    try {
+      for (const r of reqs) {
+        const { w, ...rest } = r;
+        const change = { sumSqW: 0, sumSqDelta: 0, maxAbs: 0 };
+        const out = new Uint8Array(r.rows * r.cols * MERGE_DTYPE_SIZE[r.outDtype]);
+        await cpu.mergeRowsInto({ ...rest, readW: () => Promise.resolve(w), change }, out);
+        assert.ok(Number.isFinite(change.sumSqDelta) && change.sumSqDelta > 0, r.name);
+        const bits = [...new Uint8Array(Float64Array.of(change.sumSqW, change.sumSqDelta).buffer)]
+          .join(",") + `/${change.maxAbs}`;
+        if (!seen.has(r.name)) seen.set(r.name, bits);
+        assert.equal(bits, seen.get(r.name), `${r.name}: ${workers} workers`);
+      }
+    } finally {
+      await cpu.dispose();
+    }
+  }
+});
+
 Deno.test("`createCpuBackend()` merges the column tail of a DoRA block's last row without touching the magnitudes that follow its scratch rows", async () => {
   // 32 × 17 f32 scratch rows are 2,176 bytes, a multiple of 64: the magnitudes start right after
   // them, so anything written for a row past the block's last lands on magnitude 16 onwards
@@ -207,7 +235,7 @@ Deno.test("`createCpuBackend()` merges the column tail of a DoRA block's last ro
   // finite weights, so that a wrong magnitude shows in every row it scales
   req.w = encodeF32("BF16", seeded(32 * 17, 32, 4));
   for (const workers of [0, 2]) {
-    const cpu = await createCpuBackend({ workers, inlineBelow: 0 });
+    const cpu = await createCpuBackend({ workers, inlineBelow: 0, chunkElements: 64 });
     try {
       assertSameBytes(await cpu.mergeRows(req), mergeRowsReference(req), `${workers} workers`);
     } finally {

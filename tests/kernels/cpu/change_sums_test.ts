@@ -215,7 +215,7 @@ Deno.test("`mergeRowsInto()` adds a block's exact Σ W², Σ ΔW² and max |ΔW|
   assert.ok(block.sumSqW > 0 && block.sumSqDelta > 0 && block.maxAbs > 1);
   for (const [wd, od] of [["BF16", "BF16"], ["F16", "F32"]] as const) {
     for (const workers of [0, 2]) {
-      const cpu = await createCpuBackend({ workers, inlineBelow: 0 });
+      const cpu = await createCpuBackend({ workers, inlineBelow: 0, chunkElements: 64 });
       try {
         const wBytes = encodeF32(wd, Float32Array.from(w));
         const out = new Uint8Array(rows * cols * MERGE_DTYPE_SIZE[od]);
