@@ -40,7 +40,16 @@ export function embeddingKeys(sd: StateDict): { input?: string; output?: string 
   return out;
 }
 
-/** True when two refs hold the same bytes (same dtype and shape), compared in row blocks. */
+/** Bytes of each tensor {@linkcode sameTensor} reads first: most different tensors differ at once. */
+const FIRST_COMPARE_BYTES = 64 << 10;
+/** The most it reads of each at a time. */
+const MAX_COMPARE_BYTES = 8 << 20;
+
+/**
+ * True when two refs hold the same bytes (same dtype and shape), compared in row blocks that start
+ * at about 64 KiB and double up to 8 MiB: an untied head that differs from the embedding is told
+ * apart after a few rows, not after two 8 MiB reads into fresh memory.
+ */
 export async function sameTensor(
   a: TensorRef,
   b: TensorRef,
@@ -51,8 +60,9 @@ export async function sameTensor(
   if (a.shape.some((d, i) => d !== b.shape[i])) return false;
   const rows = rowCount(a.shape);
   const rowBytes = Math.max(1, rowNumel(a.shape) * DTYPES[a.dtype].size);
-  const step = Math.max(1, Math.floor((8 << 20) / rowBytes));
-  for (let r = 0; r < rows; r += step) {
+  const maxStep = Math.max(1, Math.floor(MAX_COMPARE_BYTES / rowBytes));
+  let step = Math.max(1, Math.floor(FIRST_COMPARE_BYTES / rowBytes));
+  for (let r = 0; r < rows; r += step, step = Math.min(maxStep, step * 2)) {
     signal?.throwIfAborted();
     const end = Math.min(rows, r + step);
     const [x, y] = await Promise.all([a.read(r, end), b.read(r, end)]);
