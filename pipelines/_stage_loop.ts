@@ -118,6 +118,8 @@ export class StageLoop {
   #rejectCheckFailed: (err: unknown) => void = () => {};
   /** What the preflights kept open for their runs (`ctx.closeAtEnd`), closed by `close()`. */
   readonly #closers: (() => Promise<void>)[] = [];
+  /** Set by `close()`: what is handed over later is closed at once. */
+  #closed = false;
 
   /** A loop over `cfg`'s stages. */
   constructor(cfg: PipelineConfig, signal: AbortSignal, emit: (event: PipelineEvent) => void) {
@@ -155,7 +157,10 @@ export class StageLoop {
    * {@linkcode StageLoop.close} closes it however the run ends.
    */
   closeAtEnd = (close: () => Promise<void>): void => {
-    this.#closers.push(close);
+    // a preflight the run stopped waiting for (an abort) may still hand something over: closed
+    // at once, since the runner has closed the rest already
+    if (this.#closed) void close().catch(() => {});
+    else this.#closers.push(close);
   };
 
   /**
@@ -163,6 +168,7 @@ export class StageLoop {
    * close is dropped (the run's outcome is decided). The runners await it before they return.
    */
   async close(): Promise<void> {
+    this.#closed = true;
     for (const close of this.#closers.splice(0)) await close().catch(() => {});
   }
 

@@ -46,8 +46,33 @@ export interface KeptInputs {
   seen: FileWitness;
   /** False when an optimizer source read the input (its files are not witnessed). */
   reusable: boolean;
-  /** Waits for the load and closes what it opened; once (later calls wait for the first). */
+  /** Waits for the load and closes what it opened; once (later calls wait for the first). Once
+   * the run's signal is aborted it waits {@linkcode LATE_LOAD_WAIT_MS} at most: a load that takes
+   * longer is closed when it ends. */
   close(): Promise<void>;
+}
+
+/** How long a run that failed or was aborted waits for a load still running, to close it. */
+export const LATE_LOAD_WAIT_MS = 1000;
+
+/**
+ * `closed`; or, once `signal` is aborted, `closed` or {@linkcode LATE_LOAD_WAIT_MS} later,
+ * whichever comes first: a failed or aborted run does not hang on a load that does (a source on a
+ * stalled file system), and what that load opened is still closed when it ends.
+ */
+function waitAtMost(closed: Promise<void>, signal: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve) => {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const onAbort = () => (timer = setTimeout(resolve, LATE_LOAD_WAIT_MS));
+    if (signal.aborted) onAbort();
+    else signal.addEventListener("abort", onAbort, { once: true });
+    // a close that fails is dropped, as the runner drops it (the run's outcome is decided)
+    closed.catch(() => {}).then(() => {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", onAbort);
+      resolve();
+    });
+  });
 }
 
 /** Loads kept per run context (one list per stage instance), by the resolved input paths. */
@@ -68,9 +93,12 @@ export function keepInputs(
   const full: KeptInputs = {
     ...entry,
     close: () =>
-      closing ??= entry.loaded.then(closeInputs, () => {
-        // a failed load closed what it had opened
-      }),
+      closing ??= waitAtMost(
+        entry.loaded.then(closeInputs, () => {
+          // a failed load closed what it had opened
+        }),
+        ctx.signal,
+      ),
   };
   let byKey = kept.get(ctx);
   if (!byKey) kept.set(ctx, byKey = new Map());

@@ -95,3 +95,38 @@ Deno.test("the error event names no stage for a failure after the last stage end
     assert.equal("stage" in before.event!, false, JSON.stringify(before.event));
   });
 });
+
+Deno.test("what a preflight hands over after the run stopped waiting for it (an abort) is closed at once, not left open", async () => {
+  await withTempDir(async (dir) => {
+    let release = () => {};
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    let closed = 0;
+    let handedOver = () => {};
+    const handed = new Promise<void>((resolve) => (handedOver = resolve));
+    // a preflight blocked in I/O that does not watch the signal, then opens something for its run
+    const slow: Stage = {
+      name: "slow",
+      summary: "opens something for its run after a slow preflight",
+      options: z.strictObject({}),
+      async preflight(ctx) {
+        await gate;
+        ctx.closeAtEnd?.(() => Promise.resolve(void closed++));
+        handedOver();
+      },
+      run: () => Promise.resolve(),
+    };
+    const stop = new AbortController();
+    const running = runPipeline({ output: "out", stages: [{ use: "slow" }] }, {
+      stages: { ...FAKE_STAGES, slow },
+      env: {},
+      baseDir: dir,
+      signal: stop.signal,
+    });
+    setTimeout(() => stop.abort(new Error("stop")), 20);
+    const error = await running.then(() => undefined, (e: unknown) => e);
+    assert.ok(isCkptError(error, "ABORTED"), String(error));
+    release();
+    await handed;
+    assert.equal(closed, 1);
+  });
+});

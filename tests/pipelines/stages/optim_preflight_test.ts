@@ -267,3 +267,39 @@ Deno.test({
     assert.deepEqual(await names(dir), ["optimize2.pt", "optimizer.pt"]);
   });
 });
+
+Deno.test("a run that fails while writeOptim's load still runs ends at once, and what the load opens is closed when it ends", async () => {
+  await withTempDir(async (dir) => {
+    await Deno.mkdir(join(dir, "state"));
+    let release = () => {};
+    const stalled = new Promise<void>((resolve) => (release = resolve));
+    let closed = 0;
+    // a source whose load hangs (a network file system) and does not watch any signal
+    const writeOptim = createWriteOptimStage({
+      optimizerSources: [{
+        name: "stalled",
+        detect: (p) => p.isDirectory,
+        load: async () => {
+          await stalled;
+          return { value: halosOptimizer(0.001), close: () => Promise.resolve(void closed++) };
+        },
+      }],
+    });
+    const t0 = performance.now();
+    const error = await runPipeline({
+      output: "out",
+      stages: [{ use: "fail" }, { use: "writeOptim", optimizer: "state" }],
+    }, { stages: { ...FAKE_STAGES, writeOptim }, env: {}, baseDir: dir }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    assert.ok(isCkptError(error), String(error));
+    assert.ok(performance.now() - t0 < 5000, `took ${performance.now() - t0} ms`);
+    assert.deepEqual(await names(dir), ["state"]);
+    assert.equal(closed, 0);
+    release();
+
+    for (let i = 0; i < 50 && closed === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(closed, 1);
+  });
+});
