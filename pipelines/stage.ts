@@ -112,7 +112,9 @@ export interface StageContext {
    * Hands the runner something a preflight opened for its stage's run (a file it loaded), to close
    * when the run ends, whichever way: after the last stage, on a failure or an abort, in a dry run.
    * The runner awaits it before it returns; closing twice must be safe (the run may close it
-   * first). Absent when a stage is called outside the runner: a preflight then keeps nothing open.
+   * first). Handed over after the runner closed the rest (a preflight it stopped waiting for on an
+   * abort), it is closed at once. Absent when a stage is called outside the runner: a preflight
+   * then keeps nothing open.
    */
   readonly closeAtEnd?: (close: () => Promise<void>) => void;
   /** The model weights as a lazy state dict, set by gatherShards and wrapped by mergeLora. */
