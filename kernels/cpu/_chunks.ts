@@ -75,12 +75,13 @@ export function runAllChunks(
   cache: KernelCache,
   job: ChunkedTask,
 ): MergeChangeSums | undefined {
+  const n = chunkCount(job);
   const sums: number[] = [];
-  for (let i = 0; i < chunkCount(job); i++) {
+  for (let i = 0; i < n; i++) {
     const c = runChunk(mem, cache, job, i);
     if (c) sums.push(i, c.sumSqW, c.sumSqDelta, c.maxAbs);
   }
-  return job.change ? addChunkSums(chunkCount(job), [sums]) : undefined;
+  return job.change ? addChunkSums(n, [sums]) : undefined;
 }
 
 /** The block's sums from the quadruples of every thread: added in chunk order, from zero. */

@@ -96,6 +96,13 @@ async function names(dir: string): Promise<string[]> {
   return out.sort();
 }
 
+/** Waits until `done()` holds, or `ms` have passed (the caller asserts what it expects). */
+async function within(ms: number, done: () => boolean): Promise<void> {
+  for (const end = performance.now() + ms; !done() && performance.now() < end;) {
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
 /** optimizer.pt (lr 0.001, dated in the past) and optimize2.pt (lr 0.002, the same size) in `dir`. */
 async function inputs(dir: string): Promise<void> {
   await saveTorch(join(dir, "optimizer.pt"), halosOptimizer(0.001));
@@ -228,9 +235,10 @@ Deno.test({
     // closed by the time the run returns, or (a preflight still loading when an abort ended the
     // run, on a busy machine) as soon as that load ends: never left open
     const closed = async () => {
-      const open = () =>
-        openFilesOn(join(dir, "optimizer.pt")) + openFilesOn(join(dir, "optimize2.pt"));
-      for (let i = 0; i < 200 && open() > 0; i++) await new Promise((r) => setTimeout(r, 10));
+      await within(
+        2000,
+        () => openFilesOn(join(dir, "optimizer.pt")) + openFilesOn(join(dir, "optimize2.pt")) === 0,
+      );
       assert.equal(openFilesOn(join(dir, "optimizer.pt")), 0);
       assert.equal(openFilesOn(join(dir, "optimize2.pt")), 0);
     };
@@ -303,8 +311,7 @@ Deno.test("a run that fails while writeOptim's load still runs ends at once, and
     assert.deepEqual(await names(dir), ["state"]);
     assert.equal(closed, 0);
     release();
-
-    for (let i = 0; i < 50 && closed === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    await within(500, () => closed > 0);
     assert.equal(closed, 1);
   });
 });

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { tensorFromBytes, type TensorRef } from "../../../formats/state_dict.ts";
 import { sameTensor } from "../../../pipelines/stages/model/plan.ts";
 
-/** A 4096 × 64 bf16 tensor (128 bytes a row, 1 MiB), with `reads` counting the bytes read. */
+/** A 4096 × 64 bf16 tensor (128 bytes a row, 512 KiB), with `readBytes` counting the bytes read. */
 function counted(bytes: Uint8Array): TensorRef & { readBytes: number } {
   const inner = tensorFromBytes("BF16", [4096, 64], bytes);
   const ref = {
